@@ -1,0 +1,138 @@
+#pragma once
+// Oriented pooling math (SPEC.md section 1; paper eqs. 9-12), shared by the CPU and CUDA
+// kernels so that the CPU tests exercise the arithmetic the GPU runs.
+//
+// The input x[B, C, H, W] is cut into a G x G grid of h x w patches; patch (i, j) starts at
+// (i * sh, j * sw). A patch flattens in (C, h, w) order to L = C*h*w values, so the position
+// l = (c*h + dy)*w + dx inside it is the element x[b, c, i*sh + dy, j*sw + dx].
+//   p_i[l] = max over j of patch(i, j)[l]      (row maxima)
+//   q_j[l] = max over i of patch(i, j)[l]      (column maxima)
+// The output out[B, 4, G*L] holds [p_0..p_{G-1}], [q_0..q_{G-1}] and both reversed.
+// argmax[B, 2, G, L] (uint8) records the winning j of p_i[l] in plane 0 and the winning i of
+// q_j[l] in plane 1: the forward computes it in the same pass as the maxima.
+
+#include <cstdint>
+
+#include "common/macros.h"
+
+namespace ssanet_ops::oriented_pool {
+
+struct Geometry {
+  int64_t channels, height, width;  // of the input map
+  int64_t patch_h, patch_w;
+  int64_t grid;  // G: patches per row and per column
+  int64_t stride_h, stride_w;
+
+  SSANET_HOST_DEVICE int64_t patch_area() const { return patch_h * patch_w; }
+  SSANET_HOST_DEVICE int64_t patch_length() const { return channels * patch_h * patch_w; }  // L
+  SSANET_HOST_DEVICE int64_t orientation_length() const { return grid * patch_length(); }  // G*L
+};
+
+// Element strides of a 4-d tensor, so the kernels read non-contiguous and channels-last input
+// in place.
+struct Strides4 {
+  int64_t n, c, h, w;
+};
+
+// The SPEC's running maximum: a strictly larger value replaces the best (so ties keep the
+// lowest index), and a NaN replaces a number (NaN propagates, as in torch.amax) but not an
+// earlier NaN.
+template <typename acc_t>
+SSANET_HOST_DEVICE bool replaces_max(acc_t candidate, acc_t best) {
+  return candidate > best || (candidate != candidate && best == best);
+}
+
+// Maximum of the G values line[k * step], k = 0..G-1, and the k that won it.
+template <typename scalar_t, typename acc_t>
+SSANET_HOST_DEVICE acc_t line_max(const scalar_t* line, int64_t step, int64_t count,
+                                  uint8_t& winner) {
+  acc_t best = static_cast<acc_t>(line[0]);
+  winner = 0;
+  for (int64_t k = 1; k < count; ++k) {
+    const acc_t value = static_cast<acc_t>(line[k * step]);
+    if (replaces_max(value, best)) {
+      best = value;
+      winner = static_cast<uint8_t>(k);
+    }
+  }
+  return best;
+}
+
+// Forward for one (sample, grid line k, position l = (c, dy, dx)): p_k[l] and q_k[l], written to
+// the four orientations, with their argmax. `sample` and `out_sample`, `argmax_sample` point at
+// sample b of x, out and argmax.
+template <typename scalar_t, typename acc_t>
+SSANET_HOST_DEVICE void forward_cell(const scalar_t* sample, const Strides4& x_strides,
+                                     const Geometry& g, int64_t k, int64_t c, int64_t dy,
+                                     int64_t dx, scalar_t* out_sample, uint8_t* argmax_sample) {
+  const scalar_t* corner = sample + c * x_strides.c + dy * x_strides.h + dx * x_strides.w;
+  uint8_t winning_column, winning_row;
+  // Row k: patches (k, j) for j = 0..G-1, stepping sw columns.
+  const acc_t p = line_max<scalar_t, acc_t>(corner + k * g.stride_h * x_strides.h,
+                                            g.stride_w * x_strides.w, g.grid, winning_column);
+  // Column k: patches (i, k) for i = 0..G-1, stepping sh rows.
+  const acc_t q = line_max<scalar_t, acc_t>(corner + k * g.stride_w * x_strides.w,
+                                            g.stride_h * x_strides.h, g.grid, winning_row);
+
+  const int64_t L = g.patch_length();
+  const int64_t GL = g.orientation_length();
+  const int64_t l = (c * g.patch_h + dy) * g.patch_w + dx;
+  const int64_t forward_at = k * L + l;
+  const int64_t reversed_at = (g.grid - 1 - k) * L + l;
+  out_sample[0 * GL + forward_at] = static_cast<scalar_t>(p);
+  out_sample[1 * GL + forward_at] = static_cast<scalar_t>(q);
+  out_sample[2 * GL + reversed_at] = static_cast<scalar_t>(p);
+  out_sample[3 * GL + reversed_at] = static_cast<scalar_t>(q);
+  argmax_sample[forward_at] = winning_column;
+  argmax_sample[GL + forward_at] = winning_row;
+}
+
+// Grid lines k in [first, last] whose patch span [k*stride, k*stride + size) covers `pos`
+// (empty when first > last).
+SSANET_HOST_DEVICE void covering_patches(int64_t pos, int64_t size, int64_t stride,
+                                         int64_t grid, int64_t& first, int64_t& last) {
+  if (stride == 0) {  // every patch starts at 0
+    first = 0;
+    last = pos < size ? grid - 1 : -1;
+    return;
+  }
+  const int64_t lowest_start = pos - size + 1;  // k*stride >= pos - size + 1
+  first = lowest_start <= 0 ? 0 : (lowest_start + stride - 1) / stride;
+  last = pos / stride < grid - 1 ? pos / stride : grid - 1;
+}
+
+// Gradient of one input element x[b, c, y, x] (SPEC.md section 1, backward): the sum over the
+// patches that contain it of the gradients of the maxima it won. Each gather is a fixed-order
+// sum with no atomics, so the backward is deterministic on both devices.
+// grad_sample points at sample b of grad_out[B, 4, G*L], with strides (orientation, position).
+template <typename scalar_t, typename acc_t>
+SSANET_HOST_DEVICE acc_t backward_cell(const scalar_t* grad_sample, int64_t grad_stride_o,
+                                       int64_t grad_stride_l, const uint8_t* argmax_sample,
+                                       const Geometry& g, int64_t c, int64_t y, int64_t x) {
+  int64_t first_row, last_row, first_column, last_column;
+  covering_patches(y, g.patch_h, g.stride_h, g.grid, first_row, last_row);
+  covering_patches(x, g.patch_w, g.stride_w, g.grid, first_column, last_column);
+  const int64_t L = g.patch_length();
+  const int64_t GL = g.orientation_length();
+  auto grad_at = [&](int64_t orientation, int64_t position) {
+    return static_cast<acc_t>(grad_sample[orientation * grad_stride_o + position * grad_stride_l]);
+  };
+
+  acc_t total = 0;
+  for (int64_t i = first_row; i <= last_row; ++i) {
+    const int64_t dy = y - i * g.stride_h;
+    for (int64_t j = first_column; j <= last_column; ++j) {
+      const int64_t dx = x - j * g.stride_w;
+      const int64_t l = (c * g.patch_h + dy) * g.patch_w + dx;
+      if (argmax_sample[i * L + l] == j) {  // won p_i[l]: orientations 0 and 2
+        total += grad_at(0, i * L + l) + grad_at(2, (g.grid - 1 - i) * L + l);
+      }
+      if (argmax_sample[GL + j * L + l] == i) {  // won q_j[l]: orientations 1 and 3
+        total += grad_at(1, j * L + l) + grad_at(3, (g.grid - 1 - j) * L + l);
+      }
+    }
+  }
+  return total;
+}
+
+}  // namespace ssanet_ops::oriented_pool

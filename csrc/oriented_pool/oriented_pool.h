@@ -1,0 +1,75 @@
+#pragma once
+// Argument checks and output allocation shared by the CPU and CUDA oriented_pool kernels. The
+// Python wrapper (ssanet_ops/ops.py) checks the same things with friendlier messages; these
+// guard direct calls of torch.ops.ssanet_ops.oriented_pool.
+
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <c10/util/Exception.h>
+
+#include <tuple>
+
+#include "common/oriented_pool.h"
+
+namespace ssanet_ops::oriented_pool {
+
+// argmax stores grid indices as uint8.
+constexpr int64_t kMaxGrid = 256;
+
+inline Geometry check_forward_args(const at::Tensor& x, at::IntArrayRef patch_size,
+                                   int64_t grid_size, at::IntArrayRef stride) {
+  TORCH_CHECK(x.dim() == 4, "oriented_pool: x must be a 4-d tensor [B, C, H, W], got ", x.dim(),
+              " dimensions");
+  TORCH_CHECK(patch_size.size() == 2 && patch_size[0] >= 1 && patch_size[1] >= 1,
+              "oriented_pool: patch_size must be two positive ints, got ", patch_size);
+  TORCH_CHECK(grid_size >= 1 && grid_size <= kMaxGrid,
+              "oriented_pool: grid_size must be in [1, ", kMaxGrid, "], got ", grid_size);
+  TORCH_CHECK(stride.size() == 2 && stride[0] >= 0 && stride[1] >= 0,
+              "oriented_pool: stride must be two non-negative ints, got ", stride);
+  const Geometry g{x.size(1), x.size(2), x.size(3), patch_size[0], patch_size[1],
+                   grid_size,  stride[0], stride[1]};
+  TORCH_CHECK((g.grid - 1) * g.stride_h + g.patch_h <= g.height &&
+                  (g.grid - 1) * g.stride_w + g.patch_w <= g.width,
+              "oriented_pool: a ", g.grid, "x", g.grid, " grid of ", g.patch_h, "x", g.patch_w,
+              " patches at stride (", g.stride_h, ", ", g.stride_w, ") does not fit in the ",
+              g.height, "x", g.width, " input x");
+  return g;
+}
+
+// out[B, 4, G*L] in x's dtype and argmax[B, 2, G, L] as uint8.
+inline std::tuple<at::Tensor, at::Tensor> allocate_outputs(const at::Tensor& x,
+                                                           const Geometry& g) {
+  const int64_t batch = x.size(0);
+  at::Tensor out = at::empty({batch, 4, g.orientation_length()}, x.options());
+  at::Tensor argmax =
+      at::empty({batch, 2, g.grid, g.patch_length()}, x.options().dtype(at::kByte));
+  return {out, argmax};
+}
+
+inline Geometry check_backward_args(const at::Tensor& grad_output, const at::Tensor& argmax,
+                                    at::IntArrayRef patch_size, int64_t grid_size,
+                                    at::IntArrayRef stride, int64_t batch, int64_t channels,
+                                    int64_t height, int64_t width) {
+  TORCH_CHECK(grad_output.device() == argmax.device(),
+              "oriented_pool backward: grad_output and argmax must be on one device, got ",
+              grad_output.device(), " and ", argmax.device());
+  TORCH_CHECK(argmax.scalar_type() == at::kByte, "oriented_pool backward: argmax must be uint8");
+  const Geometry g{channels, height, width, patch_size[0], patch_size[1],
+                   grid_size, stride[0], stride[1]};
+  TORCH_CHECK(grad_output.dim() == 3 && grad_output.size(0) == batch &&
+                  grad_output.size(1) == 4 && grad_output.size(2) == g.orientation_length(),
+              "oriented_pool backward: grad_output must have shape [", batch, ", 4, ",
+              g.orientation_length(), "], got ", grad_output.sizes());
+  TORCH_CHECK(argmax.is_contiguous() && argmax.dim() == 4 && argmax.size(0) == batch &&
+                  argmax.size(1) == 2 && argmax.size(2) == g.grid &&
+                  argmax.size(3) == g.patch_length(),
+              "oriented_pool backward: argmax must be a contiguous [", batch, ", 2, ", g.grid,
+              ", ", g.patch_length(), "] tensor, got ", argmax.sizes());
+  return g;
+}
+
+inline Strides4 strides_of(const at::Tensor& x) {
+  return {x.stride(0), x.stride(1), x.stride(2), x.stride(3)};
+}
+
+}  // namespace ssanet_ops::oriented_pool

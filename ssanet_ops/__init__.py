@@ -1,0 +1,34 @@
+"""ssanet_ops: C++/CUDA operators of the SSANET network for fine-grained recognition.
+
+The operators are registered with the PyTorch dispatcher as ``torch.ops.ssanet_ops.*``; the
+functions here check their arguments and call them. ``ssanet_ops.reference`` holds plain PyTorch
+versions of each, and ``ssanet_ops.nn`` the modules.
+"""
+
+from __future__ import annotations
+
+from . import _extension
+
+_C = _extension.load()
+
+from . import _autograd, _fake, nn, reference  # noqa: E402  (registrations need _C loaded)
+from .ops import oriented_pool  # noqa: E402
+
+__version__: str = _C.build_info()["version"]
+
+
+def build_info() -> dict:
+    """How the compiled extension was built.
+
+    Returns a dict with ``version``, ``torch_version`` (the torch it was compiled against),
+    ``cuda`` (whether the CUDA kernels are compiled in), ``cuda_version``,
+    ``cuda_architectures`` (a list such as ``["90-real"]``), ``cxx_compiler`` and
+    ``cuda_compiler``.
+    """
+    info = dict(_C.build_info())
+    if info["cuda_architectures"] is not None:
+        info["cuda_architectures"] = info["cuda_architectures"].split(";")
+    return info
+
+
+__all__ = ["build_info", "nn", "oriented_pool", "reference", "__version__"]

@@ -1,0 +1,50 @@
+"""Loads the compiled extension ssanet_ops._C, and explains what to do when it cannot."""
+
+from __future__ import annotations
+
+import json
+from importlib import resources
+from types import ModuleType
+
+import torch
+
+REBUILD_COMMAND = "pip install --no-build-isolation --force-reinstall --no-deps ."
+EDITABLE_REBUILD_COMMAND = "pip install --no-build-isolation -e ."
+_HOW_TO_BUILD = (
+    "From the ssanet_ops source folder, with the torch you want to use installed, run\n"
+    f"    {REBUILD_COMMAND}\n"
+    f"(or, for a development checkout, {EDITABLE_REBUILD_COMMAND}). See the README's "
+    "'Building' and 'Troubleshooting' sections."
+)
+
+
+def _read_build_config() -> dict | None:
+    try:
+        text = resources.files(__package__).joinpath("_build_config.json").read_text()
+    except (FileNotFoundError, OSError):
+        return None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return None
+
+
+def load() -> ModuleType:
+    """Imports ssanet_ops._C after checking it was built against the torch imported now."""
+    config = _read_build_config()
+    if config is not None and config.get("torch_version") != torch.__version__:
+        raise ImportError(
+            "ssanet_ops was built against torch "
+            f"{config.get('torch_version')}, but torch {torch.__version__} is installed. "
+            "A C++ extension only works with the torch it was compiled for. Rebuild it:\n"
+            + _HOW_TO_BUILD
+        )
+    try:
+        from . import _C
+    except ImportError as error:
+        if config is None:
+            reason = "the compiled extension ssanet_ops._C is missing (the package was not built)"
+        else:
+            reason = f"the compiled extension ssanet_ops._C failed to load ({error})"
+        raise ImportError(f"{reason}.\n{_HOW_TO_BUILD}") from error
+    return _C
