@@ -95,8 +95,8 @@ def make_synthetic(
     The figure's length is ``scale_range`` times the image size, its rotation uniform in
     ``[-max_rotation, max_rotation]`` degrees; ``clutter`` muted shapes fill the background.
     ``out_dir`` must be empty or absent, or, with ``overwrite``, a dataset written earlier by
-    this function (which is then replaced). Defaults: 400 images of 128x128, written in about
-    two seconds.
+    this function (which is then replaced). Defaults: 400 images of 128x128 (6.5 MB), written
+    in a few seconds on one CPU core.
     """
     if not 1 <= num_classes <= MAX_CLASSES:
         raise ValueError(f"num_classes must be in 1..{MAX_CLASSES}, got {num_classes}")
