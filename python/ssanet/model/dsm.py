@@ -1,0 +1,74 @@
+"""Discriminative scale mining (paper section 3.2, eqs. 6-8; SPEC.md sections 2 and 3).
+
+Each part proposal is expanded and shrunk into S scale candidates (``multiscale_roi_crop``);
+the features of the S candidates are matched against one filter bank per part index under all
+S circulant shifts (``scale_align``), and the best shift per class is the part's logit.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+import ssanet_ops.nn
+
+from .operators import operators
+
+__all__ = ["DSM_MODES", "DiscriminativeScaleMining"]
+
+# "align": the paper's DSM. "fixed": shift 0 only, y = sum_n w_n . phi_n (Table 5, DSM(fixed)).
+# "single": one scale, the proposal itself (S = 1, Table 5's single-scale variant).
+DSM_MODES = ("align", "fixed", "single")
+
+
+class DiscriminativeScaleMining(nn.Module):
+    """Per-part circulant scale alignment: ``phi [K, B, S, D] -> logits [K, B, C]``.
+
+    Args:
+        in_features: D, the feature length of one candidate.
+        num_classes: C.
+        num_parts: K; part index k has its own filters ``[C, S, D]`` (``ScaleAlign`` groups).
+        num_scales: S.
+        mode: one of :data:`DSM_MODES` ("single" needs ``num_scales == 1``).
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        num_classes: int,
+        num_parts: int,
+        num_scales: int,
+        mode: str = "align",
+    ) -> None:
+        super().__init__()
+        if mode not in DSM_MODES:
+            raise ValueError(f"dsm mode must be one of {DSM_MODES}, got {mode!r}")
+        if mode == "single" and num_scales != 1:
+            raise ValueError(f"dsm mode 'single' uses one scale, got num_scales={num_scales}")
+        self.mode = mode
+        self.num_parts = num_parts
+        self.num_scales = num_scales
+        self.num_classes = num_classes
+        self.scale_align = ssanet_ops.nn.ScaleAlign(
+            in_features, num_classes, num_scales, groups=num_parts
+        )
+
+    def forward(self, phi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits ``[K, B, C]`` and the winning shift r* ``[K, B, C]`` of ``phi [K, B, S, D]``."""
+        shape = (self.num_parts, self.num_classes, self.num_scales, -1)
+        weight = self.scale_align.weight.view(shape)
+        bias = self.scale_align.bias.view(self.num_parts, self.num_classes)
+        if self.mode == "fixed":
+            logits = torch.einsum("knsd,kcsd->knc", phi, weight) + bias[:, None, :]
+            return logits, torch.zeros(logits.shape, dtype=torch.long, device=logits.device)
+        return operators().scale_align(phi, weight, bias)
+
+    def aligned_index(self, logits: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+        """The candidate aligned with the filters' original scale, for each part's predicted
+        class: ``j* = (m0 - r*) mod S`` with ``m0 = (S - 1) // 2`` (SPEC.md section 3).
+
+        ``logits``, ``shift``: ``[K, B, C]``. Returns ``[K, B]`` (long).
+        """
+        predicted = logits.argmax(dim=-1, keepdim=True)
+        winning_shift = shift.gather(-1, predicted).squeeze(-1)
+        return ((self.num_scales - 1) // 2 - winning_shift) % self.num_scales

@@ -1,0 +1,272 @@
+"""SSANet (paper section 3): proposals with MAC, discriminative scale mining, oriented pooling."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import asdict
+from typing import Any, NamedTuple
+
+import torch
+from torch import nn
+
+import ssanet_ops
+
+from .backbone import Backbone
+from .dsm import DSM_MODES, DiscriminativeScaleMining
+from .operators import operators
+from .oriented_pooling import POOLING_MODES, PartPoolingHead
+from .proposals import NTS_ANCHOR_LEVELS, AnchorLevel, ProposalHead, make_anchors, select_proposals
+
+__all__ = ["SSANet", "SSANetOutput"]
+
+PART_FEATURE_MODES = ("image", "shared")
+DSM_FEATURE_MODES = ("pooled", "flatten")
+
+
+class SSANetOutput(NamedTuple):
+    """What :meth:`SSANet.forward` returns. B images, K parts, S scales, C classes, D features.
+
+    Fields are None where the configuration has no such part (``proposals=False``: only
+    ``logits``; ``dsm="none"``: no DSM fields; ``op="none"``: no OP fields).
+    """
+
+    logits: torch.Tensor  # [B, C] final: dsm_logits + op_logits
+    dsm_logits: torch.Tensor | None  # [B, C] the parts' DSM logits summed
+    op_logits: torch.Tensor | None  # [B, C] the parts' OP logits summed
+    dsm_part_logits: torch.Tensor | None  # [B, K, C]
+    op_part_logits: torch.Tensor | None  # [B, K, C]
+    part_logits: torch.Tensor | None  # [B, K, C] part classifier (FC of eq. 1) on part_features
+    part_features: torch.Tensor | None  # [B, K, D] pooled features of the proposals (f_ij)
+    part_boxes: torch.Tensor | None  # [B, K, 4] (x1, y1, x2, y2), part j = rank j after NMS
+    part_scores: torch.Tensor | None  # [B, K] proposal-head scores of part_boxes
+    candidate_boxes: torch.Tensor | None  # [B, K, S, 4] the scale candidates of each part
+    aligned_scale: torch.Tensor | None  # [B, K] long: the candidate fed to the OP module
+
+
+class SSANet(nn.Module):
+    """The spatial-scale aligned network.
+
+    Args:
+        num_classes: C.
+        num_parts: K proposals per image (the paper: 4).
+        num_scales: S scale candidates per proposal (the paper: 5; odd).
+        scale_alpha: the candidates' factors are ``alpha ** (n - (S-1)/2)``, n = 0..S-1.
+        backbone: a torchvision ResNet name (the paper: "resnet50"; "resnet18" for small runs).
+        weights: the backbone's initial weights: None, a torchvision weights name
+            ("IMAGENET1K_V2", "DEFAULT") or a local file (see :func:`load_backbone_weights`).
+        part_features: "image" crops every candidate from the image at ``part_size`` and runs
+            the backbone on it (the paper); "shared" crops the backbone's stride-16 map at
+            ``part_size / 16`` and runs only the last stage on the crops (section 4.1). Both
+            give ``part_size / 32`` maps (7x7 at 224).
+        proposals: False is the plain backbone (global average pooling and a linear
+            classifier; Table 3's first row); the remaining arguments are then unused.
+        dsm: "align" (the paper), "fixed" (shift 0 only), "single" (one scale: the proposal),
+            or "none" (no DSM; Table 3).
+        op: "oriented" (the paper), "gap", "gmp" (Table 4) or "none" (no OP; Table 3). With
+            neither DSM nor OP, the logits are the part classifier's, summed over parts.
+        dsm_features: "pooled" (global average of each candidate's map, D = channels) or
+            "flatten" (the whole map, D = h*w*channels, as in the paper's figure 3).
+        part_size: side of the part crops fed to the part network (the paper: 224).
+        anchor_levels: the anchors (default NTS-Net's three levels).
+        nms_iou: IoU threshold of the proposals' NMS (NTS-Net: 0.25).
+        op_patch_size, op_grid_size: of the oriented pooling (the paper: 3 and 3).
+
+    The images are ``[B, 3, H, W]``, normalized as the backbone expects (ImageNet mean and
+    std for torchvision's weights); the paper uses 448x448. Proposals without MAC (Table 3)
+    are a training choice: ``SSANetLoss(mac_lambda=0)``.
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        num_parts: int = 4,
+        num_scales: int = 5,
+        scale_alpha: float = 1.2,
+        backbone: str = "resnet50",
+        weights: str | os.PathLike | None = None,
+        part_features: str = "image",
+        *,
+        proposals: bool = True,
+        dsm: str = "align",
+        op: str = "oriented",
+        dsm_features: str = "pooled",
+        part_size: int = 224,
+        anchor_levels: Sequence[AnchorLevel | dict] = NTS_ANCHOR_LEVELS,
+        nms_iou: float = 0.25,
+        op_patch_size: int = 3,
+        op_grid_size: int = 3,
+    ) -> None:
+        super().__init__()
+        if num_classes < 1 or num_parts < 1 or num_scales < 1:
+            raise ValueError(
+                f"num_classes, num_parts and num_scales must be positive, got "
+                f"{num_classes}, {num_parts}, {num_scales}"
+            )
+        if part_features not in PART_FEATURE_MODES:
+            raise ValueError(
+                f"part_features must be one of {PART_FEATURE_MODES}, got {part_features!r}"
+            )
+        if dsm not in (*DSM_MODES, "none"):
+            raise ValueError(f"dsm must be one of {(*DSM_MODES, 'none')}, got {dsm!r}")
+        if op not in (*POOLING_MODES, "none"):
+            raise ValueError(f"op must be one of {(*POOLING_MODES, 'none')}, got {op!r}")
+        if dsm_features not in DSM_FEATURE_MODES:
+            raise ValueError(
+                f"dsm_features must be one of {DSM_FEATURE_MODES}, got {dsm_features!r}"
+            )
+        if part_size % 32:
+            raise ValueError(f"part_size must be a multiple of 32, got {part_size}")
+        anchor_levels = tuple(
+            level if isinstance(level, AnchorLevel) else AnchorLevel(**level)
+            for level in anchor_levels
+        )
+        self.config: dict[str, Any] = {
+            "num_classes": num_classes,
+            "num_parts": num_parts,
+            "num_scales": num_scales,
+            "scale_alpha": scale_alpha,
+            "backbone": backbone,
+            "part_features": part_features,
+            "proposals": proposals,
+            "dsm": dsm,
+            "op": op,
+            "dsm_features": dsm_features,
+            "part_size": part_size,
+            "anchor_levels": [asdict(level) for level in anchor_levels],
+            "nms_iou": nms_iou,
+            "op_patch_size": op_patch_size,
+            "op_grid_size": op_grid_size,
+        }
+        self.backbone = Backbone(backbone, weights)
+        channels = self.backbone.out_channels
+        self.proposals = proposals
+        if not proposals:
+            self.classifier = nn.Linear(channels, num_classes)
+            return
+
+        self.num_parts = num_parts
+        self.part_features_mode = part_features
+        self.part_size = part_size
+        self.nms_iou = nms_iou
+        self.anchor_levels = anchor_levels
+        # "single" and "none" look at the proposal only; otherwise S candidates.
+        self.scales = [1.0]
+        if dsm in ("align", "fixed"):
+            self.scales = ssanet_ops.scale_factors(scale_alpha, num_scales)
+        self.original_scale = (len(self.scales) - 1) // 2  # m0, the factor 1 (SPEC.md s. 3)
+        self.dsm_features = dsm_features
+        map_side = part_size // 32
+
+        self.proposal_head = ProposalHead(channels, anchor_levels)
+        self.part_classifier = nn.Linear(channels, num_classes)  # FC of eq. 1, shared by parts
+        self.dsm = None
+        if dsm != "none":
+            in_features = channels * (map_side**2 if dsm_features == "flatten" else 1)
+            self.dsm = DiscriminativeScaleMining(
+                in_features, num_classes, num_parts, len(self.scales), dsm
+            )
+        self.op = None
+        if op != "none":
+            self.op = PartPoolingHead(
+                channels, num_classes, num_parts, op, op_patch_size, op_grid_size
+            )
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> SSANet:
+        """A model with the architecture of ``model.config`` (random weights)."""
+        return cls(**config)
+
+    def candidate_maps(
+        self, images: torch.Tensor, stride16: torch.Tensor, rois: torch.Tensor
+    ) -> torch.Tensor:
+        """The part network's maps of every candidate: ``[B*K, S, C, part_size/32, ...]``.
+
+        ``rois``: ``[B*K, 5]`` (batch index, x1, y1, x2, y2) in image coordinates.
+        """
+        ops = operators()
+        side = self.part_size
+        if self.part_features_mode == "image":
+            # Every candidate resized to part_size x part_size, then the whole backbone.
+            crops = ops.multiscale_roi_crop(images, rois, (side, side), self.scales)
+            maps = self.backbone(crops.flatten(0, 1))[1]
+        else:
+            # Section 4.1: crop the shared stride-16 map, then only the last stage.
+            crops = ops.multiscale_roi_crop(
+                stride16,
+                rois,
+                (side // 16, side // 16),
+                self.scales,
+                spatial_scale=1 / 16,
+                sampling_ratio=2,
+            )
+            maps = self.backbone.layer4(crops.flatten(0, 1))
+        return maps.unflatten(0, (rois.shape[0], len(self.scales)))
+
+    def forward(self, images: torch.Tensor) -> SSANetOutput:
+        """``images [B, 3, H, W]`` -> :class:`SSANetOutput`."""
+        if images.dim() != 4 or images.shape[1] != 3:
+            raise ValueError(f"images must be [B, 3, H, W], got {tuple(images.shape)}")
+        stride16, stride32 = self.backbone(images)
+        if not self.proposals:
+            logits = self.classifier(stride32.mean(dim=(-2, -1)))
+            return SSANetOutput(logits, *([None] * (len(SSANetOutput._fields) - 1)))
+
+        batch, _, height, width = images.shape
+        parts = self.num_parts
+        # Section 3.1: score every anchor, NMS, top-K; part j is the j-th best.
+        anchor_scores, map_sizes = self.proposal_head(stride32)
+        anchors = make_anchors(self.anchor_levels, map_sizes, (height, width), images.device)
+        part_boxes, part_scores, _ = select_proposals(
+            anchors, anchor_scores, parts, self.nms_iou, (height, width)
+        )
+        batch_index = torch.arange(batch, device=images.device, dtype=part_boxes.dtype)
+        rois = torch.cat(
+            [batch_index.repeat_interleave(parts)[:, None], part_boxes.reshape(-1, 4)], dim=1
+        )
+        candidate_boxes = ssanet_ops.scale_candidates(rois, self.scales, (height, width))
+        maps = self.candidate_maps(images, stride16, rois).unflatten(0, (batch, parts))
+        # maps: [B, K, S, C, h, w]
+
+        # f_ij of eq. 1: the pooled features of the proposal itself (factor 1).
+        part_features = maps[:, :, self.original_scale].mean(dim=(-2, -1))
+        part_logits = self.part_classifier(part_features)
+
+        dsm_part_logits = None
+        aligned = torch.full((batch, parts), self.original_scale, device=images.device)
+        if self.dsm is not None:
+            # Section 3.2: phi [K, B, S, D], one filter bank per part index.
+            if self.dsm_features == "pooled":
+                phi = maps.mean(dim=(-2, -1))
+            else:
+                phi = maps.flatten(3)
+            dsm_logits_kbc, shift = self.dsm(phi.transpose(0, 1))
+            aligned = self.dsm.aligned_index(dsm_logits_kbc, shift).transpose(0, 1)
+            dsm_part_logits = dsm_logits_kbc.transpose(0, 1)
+
+        op_part_logits = None
+        if self.op is not None:
+            # Section 3.3: the map of each part's aligned candidate.
+            rows = torch.arange(batch, device=images.device)[:, None]
+            columns = torch.arange(parts, device=images.device)[None, :]
+            aligned_maps = maps[rows, columns, aligned]  # [B, K, C, h, w]
+            op_part_logits = self.op(aligned_maps).transpose(0, 1)
+
+        # Section 3: the parts' logits summed, final = DSM + OP.
+        dsm_logits = dsm_part_logits.sum(dim=1) if dsm_part_logits is not None else None
+        op_logits = op_part_logits.sum(dim=1) if op_part_logits is not None else None
+        heads = [logits for logits in (dsm_logits, op_logits) if logits is not None]
+        logits = sum(heads[1:], heads[0]) if heads else part_logits.sum(dim=1)
+        return SSANetOutput(
+            logits=logits,
+            dsm_logits=dsm_logits,
+            op_logits=op_logits,
+            dsm_part_logits=dsm_part_logits,
+            op_part_logits=op_part_logits,
+            part_logits=part_logits,
+            part_features=part_features,
+            part_boxes=part_boxes,
+            part_scores=part_scores,
+            candidate_boxes=candidate_boxes.view(batch, parts, len(self.scales), 4),
+            aligned_scale=aligned,
+        )
