@@ -9,6 +9,7 @@ the test set, distances by explicit geometry.
 from __future__ import annotations
 
 import csv
+import importlib.util
 import json
 import math
 import os
@@ -113,7 +114,7 @@ def data_root(tmp_path_factory) -> Path:
 def trained_run(data_root, tmp_path_factory) -> Path:
     """A finished three-stage run of the full model (1 epoch per stage)."""
     run_dir = tmp_path_factory.mktemp("runs") / "full"
-    train(tiny_config(), data_root, run_dir, progress=False)
+    train(tiny_config(tensorboard=True), data_root, run_dir, progress=False)
     return run_dir
 
 
@@ -217,6 +218,8 @@ def test_three_stages_train_what_they_name(trained_run):
     expected = sum(float(first[f"train_loss_{term}"]) for term in ("dsm", "mac", "rank"))
     assert float(first["train_loss"]) == pytest.approx(expected, rel=1e-5)
     assert (trained_run / "training_curves.png").stat().st_size > 0
+    if importlib.util.find_spec("tensorboard") is not None:
+        assert list((trained_run / "tensorboard").glob("events.out.tfevents.*"))
     contents = torch.load(trained_run / "last.pt", weights_only=True)
     assert contents["epoch"] == 3 and contents["training"]["stage_name"] == "stage3"
     loaded = load_checkpoint(trained_run / "best.pt")

@@ -31,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import csv
+import importlib.util
 import json
 import math
 import os
@@ -567,6 +568,14 @@ def _amp_dtype(mode: str, device: torch.device) -> torch.dtype | None:
     return torch.bfloat16
 
 
+def _require(module: str, purpose: str) -> None:
+    if importlib.util.find_spec(module) is None:
+        raise ImportError(
+            f"{module} is needed for {purpose}: pip install {module} "
+            "(or the package's [train] extra)"
+        )
+
+
 class Trainer:
     """One run: see :func:`train`."""
 
@@ -585,6 +594,10 @@ class Trainer:
         self.context = context
         self.progress = progress and context.is_main
         self.device = context.device
+        if context.is_main:
+            _require("matplotlib", f"the run's {PLOT_FILE}")
+            if self.progress:
+                _require("tqdm", "the progress bars (progress=False / --quiet turns them off)")
 
         transform = config["transform"]
         train_tf = train_transform(_as_size(transform["resize"]), _as_size(transform["crop"]))
