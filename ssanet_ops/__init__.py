@@ -13,6 +13,7 @@ _C = _extension.load()
 
 from . import _autograd, _fake, nn, reference  # noqa: E402  (registrations need _C loaded)
 from .ops import oriented_pool  # noqa: E402
+from .ops import multiscale_roi_crop, scale_candidates, scale_factors  # noqa: E402
 
 __version__: str = _C.build_info()["version"]
 
@@ -31,4 +32,13 @@ def build_info() -> dict:
     return info
 
 
-__all__ = ["build_info", "nn", "oriented_pool", "reference", "__version__"]
+__all__ = [
+    "build_info",
+    "multiscale_roi_crop",
+    "nn",
+    "oriented_pool",
+    "reference",
+    "scale_candidates",
+    "scale_factors",
+    "__version__",
+]
