@@ -11,7 +11,8 @@ from . import _extension
 
 _C = _extension.load()
 
-from . import _autograd, _fake, nn, reference  # noqa: E402  (registrations need _C loaded)
+# The registrations need the schemas that loading _C defines.
+from . import _autograd, _fake, nn, reference  # noqa: E402, F401  (registers autograd and fake kernels)  # noqa: E402
 from .ops import oriented_pool  # noqa: E402
 from .ops import multiscale_roi_crop, scale_candidates, scale_factors  # noqa: E402
 

@@ -25,8 +25,10 @@ def _oriented_pool_backward_fake(
 ):
     torch._check(
         grad_output.device == argmax.device,
-        lambda: f"grad_output and argmax must be on one device, got {grad_output.device} "
-        f"and {argmax.device}",
+        lambda: (
+            f"grad_output and argmax must be on one device, got {grad_output.device} "
+            f"and {argmax.device}"
+        ),
     )
     return grad_output.new_empty((batch, channels, height, width))
 

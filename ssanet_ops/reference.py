@@ -33,8 +33,9 @@ def oriented_pool(
     batch = x.shape[0]
     device = x.device
     # rows[i, dy] = i*sh + dy and columns[j, dx] = j*sw + dx.
-    rows = torch.arange(grid, device=device)[:, None] * stride_h + torch.arange(patch_h, device=device)
-    columns = torch.arange(grid, device=device)[:, None] * stride_w + torch.arange(patch_w, device=device)
+    grid_index = torch.arange(grid, device=device)[:, None]
+    rows = grid_index * stride_h + torch.arange(patch_h, device=device)
+    columns = grid_index * stride_w + torch.arange(patch_w, device=device)
     # patches[b, c, i, j, dy, dx] = x[b, c, i*sh + dy, j*sw + dx]
     patches = x[:, :, rows[:, None, :, None], columns[None, :, None, :]]
     # [B, G(i), G(j), L] with L flattened in (C, h, w) order.
