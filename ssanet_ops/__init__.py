@@ -13,8 +13,12 @@ _C = _extension.load()
 
 # The registrations need the schemas that loading _C defines.
 from . import _autograd, _fake, nn, reference  # noqa: E402, F401  (registers autograd and fake kernels)  # noqa: E402
-from .ops import oriented_pool  # noqa: E402
-from .ops import multiscale_roi_crop, scale_candidates, scale_factors  # noqa: E402
+from .ops import (  # noqa: E402
+    multiscale_roi_crop,
+    oriented_pool,
+    scale_candidates,
+    scale_factors,
+)
 
 __version__: str = _C.build_info()["version"]
 

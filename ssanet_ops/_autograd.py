@@ -30,7 +30,9 @@ torch.library.register_autograd(
 
 
 def _multiscale_roi_crop_setup_context(ctx, inputs, output):
-    input, boxes, scales, centers, output_size, spatial_scale, sampling_ratio, aligned, clip = inputs
+    input, boxes, scales, centers, output_size, spatial_scale, sampling_ratio, aligned, clip = (
+        inputs
+    )
     ctx.save_for_backward(boxes, centers)
     ctx.scales = scales
     ctx.sampling = (output_size, spatial_scale, sampling_ratio, aligned, clip)

@@ -110,7 +110,9 @@ def scale_factors(alpha: float, S: int) -> list[float]:
     [0.25, 0.5, 1.0, 2.0, 4.0]
     """
     if isinstance(S, bool) or not isinstance(S, int) or S < 1 or S % 2 == 0:
-        raise ValueError(f"S must be a positive odd int (one original scale in the middle), got {S!r}")
+        raise ValueError(
+            f"S must be a positive odd int (one original scale in the middle), got {S!r}"
+        )
     alpha = float(alpha)
     if not math.isfinite(alpha) or alpha <= 0:
         raise ValueError(f"alpha must be a positive finite number, got {alpha}")
@@ -225,9 +227,10 @@ def scale_candidates(
     ):
         raise TypeError(f"image_size must be a (height, width) pair of numbers, got {image_size!r}")
     image_height, image_width = float(image_size[0]), float(image_size[1])
-    if not (math.isfinite(image_height) and math.isfinite(image_width)) or min(
-        image_height, image_width
-    ) <= 0:
+    if (
+        not (math.isfinite(image_height) and math.isfinite(image_width))
+        or min(image_height, image_width) <= 0
+    ):
         raise ValueError(f"image_size must be positive and finite, got {tuple(image_size)}")
     centers = _centers_tensor(centers, None, rois.dtype)
     if centers is not None:

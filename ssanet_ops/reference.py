@@ -139,7 +139,11 @@ def multiscale_roi_crop(
     count, S = candidates.shape[:2]
     flat = torch.cat([rois[:, :1].repeat_interleave(S, dim=0), candidates.reshape(-1, 4)], dim=1)
     out = roi_align(
-        input, flat.to(input.dtype), pair(output_size, "output_size"), spatial_scale,
-        sampling_ratio, aligned,
+        input,
+        flat.to(input.dtype),
+        pair(output_size, "output_size"),
+        spatial_scale,
+        sampling_ratio,
+        aligned,
     )
     return out.reshape(count, S, channels, *out.shape[-2:])

@@ -61,7 +61,11 @@ def _workload(batch, channels, map_size, parts, output_size, spatial_scale, samp
 
     def fused(input, boxes, **_):
         return ssanet_ops.multiscale_roi_crop(
-            input, boxes, output_size, SCALES, spatial_scale=spatial_scale,
+            input,
+            boxes,
+            output_size,
+            SCALES,
+            spatial_scale=spatial_scale,
             sampling_ratio=sampling_ratio,
         )
 
@@ -72,8 +76,10 @@ def _workload(batch, channels, map_size, parts, output_size, spatial_scale, samp
         padded = F.pad(input, (pad, pad, pad, pad))
         parts = [
             F.interpolate(
-                padded[b : b + 1, :, top:bottom, left:right], size=(output_size, output_size),
-                mode="bilinear", align_corners=True,
+                padded[b : b + 1, :, top:bottom, left:right],
+                size=(output_size, output_size),
+                mode="bilinear",
+                align_corners=True,
             )
             for b, left, top, right, bottom in slices
         ]

@@ -1,14 +1,16 @@
 // scale_candidates and multiscale_roi_crop on the CPU.
 //
 // The crop uses that roi_align's sample weights are a product of a y factor and an x factor
-// (common/bilinear.h): for every candidate it builds, once, a sparse table per axis of the map
-// rows (columns) each output row (column) reads and their weights, and every channel reuses
-// them. One output plane is then two small passes: the rows of the map a row of outputs reads
-// are summed with their weights over the candidate's column span (a contiguous, vectorizable
-// loop), then each output sums its columns of that line. The forward runs in parallel over
-// (candidate, channel). The backward is the transposed tables (built with the same weight
-// functions as the CUDA gather), run in parallel over input planes (image, channel): each
-// thread owns its planes and adds the candidates of that image in index order, so the result
+// (common/bilinear.h). For each candidate a thread builds, once, a sparse table per axis of
+// the map rows (columns) each output row (column) reads, with their weights, and reuses it for
+// every channel. An output row is then two passes: the map rows it reads are summed with their
+// weights over the candidate's column span (a contiguous, vectorizable loop), then each output
+// sums its columns of that line. With few channels (images) the passes run on one [H, W] plane
+// at a time, in parallel over (candidate, channel); with many (feature maps) they run on
+// channels-last data, each tap a multiply-add over a chunk of channels, in parallel over
+// (candidate, chunk). The backward runs the transposed tables (built with the weight functions
+// the CUDA gather uses) in parallel over (image, channel or chunk): each thread owns its part
+// of the input gradient and adds the candidates of that image in index order, so the result
 // does not depend on the number of threads.
 
 #include <ATen/Dispatch.h>
@@ -28,6 +30,12 @@ namespace {
 
 constexpr const char* kCandidatesOp = "scale_candidates";
 constexpr const char* kCropOp = "multiscale_roi_crop";
+
+// From this many channels on, the crop runs on channels-last data, in chunks of channels.
+constexpr int64_t kChannelsLastFrom = 16;
+constexpr int64_t kChannelChunk = 64;
+
+bool uses_channels_last(int64_t channels) { return channels >= kChannelsLastFrom; }
 
 void check_cpu_dtype(const at::Tensor& tensor, const char* name, const char* op) {
   TORCH_CHECK(tensor.scalar_type() == at::kFloat || tensor.scalar_type() == at::kDouble, op,
@@ -235,7 +243,7 @@ Candidates<T> candidate_grids(const CropParams<T>& p, const T* boxes, const T* c
 }
 
 // The forward tables of one candidate: its output rows' map rows, its output columns' map
-// columns, and the span of map columns they read.
+// columns, and the span [column_low, column_high] of map columns they read.
 template <typename T>
 struct ForwardTables {
   SparseRows<T> rows, columns;
@@ -246,11 +254,42 @@ struct ForwardTables {
     rows = sample_taps(grid.y, row_low, row_high);
     columns = sample_taps(grid.x, column_low, column_high);
   }
+
+  int64_t span() const { return column_high - column_low + 1; }  // <= 0: reads nothing
 };
 
+// The backward tables of the candidates of one image, in index order.
 template <typename T>
-void crop_forward(const CropParams<T>& p, const Candidates<T>& candidates, const T* input,
-                  T* output) {
+struct ImageBackwardTables {
+  int64_t image = -1;
+  std::vector<SparseRows<T>> rows, columns;
+
+  void build(const Candidates<T>& candidates, const std::vector<int64_t>& of_image, int64_t b) {
+    rows.clear();
+    columns.clear();
+    for (const int64_t n : of_image) {
+      rows.push_back(reaching_taps(candidates.grid[n].y));
+      columns.push_back(reaching_taps(candidates.grid[n].x));
+    }
+    image = b;
+  }
+};
+
+// The candidates of each image, in index order: the fixed order of the backward's sums.
+template <typename T>
+std::vector<std::vector<int64_t>> candidates_by_image(const CropParams<T>& p,
+                                                      const Candidates<T>& candidates) {
+  std::vector<std::vector<int64_t>> of_image(p.batch);
+  for (int64_t n = 0; n < p.candidates(); ++n) {
+    of_image[candidates.image[n]].push_back(n);
+  }
+  return of_image;
+}
+
+// Few channels (images): one plane per item. input: contiguous [B, C, H, W].
+template <typename T>
+void crop_forward_planar(const CropParams<T>& p, const Candidates<T>& candidates,
+                         const T* input, T* output) {
   const int64_t plane = p.height * p.width;
   const int64_t grain = std::max<int64_t>(1, 16384 / (p.cells() + 1));
   // Items (candidate, channel), candidate-major: a thread builds the tables of the candidates
@@ -269,7 +308,7 @@ void crop_forward(const CropParams<T>& p, const Candidates<T>& candidates, const
       const SparseRows<T>& y = tables->rows;
       const SparseRows<T>& x = tables->columns;
       const int64_t low = tables->column_low;
-      const int64_t span = tables->column_high - low + 1;
+      const int64_t span = tables->span();
       const T inverse_count = T(1) / candidates.grid[n].count;
       const T* map = input + (candidates.image[n] * p.channels + c) * plane;
       T* out = output + item * p.cells();
@@ -280,14 +319,8 @@ void crop_forward(const CropParams<T>& p, const Candidates<T>& candidates, const
           std::fill(out_row, out_row + p.out_w, T(0));
           continue;
         }
-        {
-          const T* source = map + y.index[e0] * p.width + low;
-          const T w = y.weight[e0];
-          for (int64_t j = 0; j < span; ++j) {
-            line[j] = w * source[j];
-          }
-        }
-        for (int64_t e = e0 + 1; e < e1; ++e) {
+        std::fill(line.begin(), line.begin() + span, T(0));
+        for (int64_t e = e0; e < e1; ++e) {
           const T* source = map + y.index[e] * p.width + low;
           const T w = y.weight[e];
           for (int64_t j = 0; j < span; ++j) {
@@ -306,58 +339,40 @@ void crop_forward(const CropParams<T>& p, const Candidates<T>& candidates, const
   });
 }
 
+// Few channels: one input plane (image, channel) per item; each thread owns its planes, so
+// the sums run in a fixed order whatever the number of threads. grad: contiguous
+// [N, C, oh, ow]; grad_input: contiguous [B, C, H, W].
 template <typename T>
-void crop_backward(const CropParams<T>& p, const Candidates<T>& candidates, const T* grad,
-                   T* grad_input) {
-  // The candidates of each image, in index order: the fixed order of the sums below.
-  std::vector<std::vector<int64_t>> of_image(p.batch);
-  for (int64_t n = 0; n < p.candidates(); ++n) {
-    of_image[candidates.image[n]].push_back(n);
-  }
+void crop_backward_planar(const CropParams<T>& p, const Candidates<T>& candidates,
+                          const T* grad, T* grad_input) {
+  const std::vector<std::vector<int64_t>> of_image = candidates_by_image(p, candidates);
   const int64_t plane = p.height * p.width;
   const int64_t grain = std::max<int64_t>(1, 16384 / (plane + 1));
-  // Items are input planes (image, channel), image-major: a thread builds the backward tables
-  // of an image's candidates once, when it reaches the first of its planes.
+  // Items are input planes, image-major: a thread builds an image's tables once.
   at::parallel_for(0, p.batch * p.channels, grain, [&](int64_t begin, int64_t end) {
     std::vector<T> line(p.out_w);  // one map row's weighted sum of output rows
-    std::vector<SparseRows<T>> rows, columns;
-    int64_t tables_of = -1;
+    ImageBackwardTables<T> tables;
     for (int64_t item = begin; item < end; ++item) {
       const int64_t b = item / p.channels;
       const int64_t c = item % p.channels;
-      if (b != tables_of) {
-        rows.clear();
-        columns.clear();
-        for (const int64_t n : of_image[b]) {
-          rows.push_back(reaching_taps(candidates.grid[n].y));
-          columns.push_back(reaching_taps(candidates.grid[n].x));
-        }
-        tables_of = b;
+      if (b != tables.image) {
+        tables.build(candidates, of_image[b], b);
       }
       T* map = grad_input + item * plane;
       std::fill(map, map + plane, T(0));
       for (size_t m = 0; m < of_image[b].size(); ++m) {
         const int64_t n = of_image[b][m];
         const T* g = grad + (n * p.channels + c) * p.cells();
-        const SparseRows<T>& y = rows[m];
-        const SparseRows<T>& x = columns[m];
+        const SparseRows<T>& y = tables.rows[m];
+        const SparseRows<T>& x = tables.columns[m];
         const T inverse_count = T(1) / candidates.grid[n].count;
-        if (x.rows() == 0) {
-          continue;
-        }
-        for (int64_t r = 0; r < y.rows(); ++r) {
+        for (int64_t r = 0; r < y.rows() && x.rows() > 0; ++r) {
           const int64_t e0 = y.begin[r], e1 = y.begin[r + 1];
           if (e0 == e1) {
             continue;
           }
-          {
-            const T* source = g + y.index[e0] * p.out_w;
-            const T w = y.weight[e0] * inverse_count;
-            for (int64_t pw = 0; pw < p.out_w; ++pw) {
-              line[pw] = w * source[pw];
-            }
-          }
-          for (int64_t e = e0 + 1; e < e1; ++e) {
+          std::fill(line.begin(), line.end(), T(0));
+          for (int64_t e = e0; e < e1; ++e) {
             const T* source = g + y.index[e] * p.out_w;
             const T w = y.weight[e] * inverse_count;
             for (int64_t pw = 0; pw < p.out_w; ++pw) {
@@ -372,6 +387,167 @@ void crop_backward(const CropParams<T>& p, const Candidates<T>& candidates, cons
             }
             map_row[column] += total;
           }
+        }
+      }
+    }
+  });
+}
+
+// Many channels (feature maps): the same two passes on channels-last data, so that every tap
+// is a contiguous multiply-add over a chunk of channels. The input (any strides) is first
+// copied to blocks [B][chunks][H][W][channels of the chunk], each block contiguous.
+template <typename T>
+void crop_forward_channels_last(const CropParams<T>& p, const Candidates<T>& candidates,
+                                const at::Tensor& input, T* output) {
+  const int64_t chunk = std::min(p.channels, kChannelChunk);
+  const int64_t chunks = (p.channels + chunk - 1) / chunk;
+  const int64_t plane = p.height * p.width;
+  at::Tensor blocked_tensor = at::empty({p.batch * chunks * plane * chunk}, input.options());
+  T* blocked = blocked_tensor.mutable_data_ptr<T>();
+  const T* source = input.const_data_ptr<T>();
+  const int64_t stride_n = input.stride(0), stride_c = input.stride(1);
+  const int64_t stride_h = input.stride(2), stride_w = input.stride(3);
+  at::parallel_for(0, p.batch * chunks, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t b = item / chunks;
+      const int64_t c0 = (item % chunks) * chunk;
+      const int64_t width = std::min(chunk, p.channels - c0);
+      T* block = blocked + item * plane * chunk;
+      for (int64_t cc = 0; cc < width; ++cc) {
+        const T* map = source + b * stride_n + (c0 + cc) * stride_c;
+        for (int64_t y = 0; y < p.height; ++y) {
+          for (int64_t x = 0; x < p.width; ++x) {
+            block[(y * p.width + x) * width + cc] = map[y * stride_h + x * stride_w];
+          }
+        }
+      }
+    }
+  });
+
+  // Items (candidate, channel chunk), candidate-major, tables built once per thread as above.
+  at::parallel_for(0, p.candidates() * chunks, 1, [&](int64_t begin, int64_t end) {
+    std::vector<T> line(p.width * chunk);     // [column][channel] over the column span
+    std::vector<T> cells(p.cells() * chunk);  // [oh][ow][channel]
+    std::optional<ForwardTables<T>> tables;
+    int64_t tables_of = -1;
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t n = item / chunks;
+      const int64_t k = item % chunks;
+      const int64_t c0 = k * chunk;
+      const int64_t width = std::min(chunk, p.channels - c0);  // channels in this chunk
+      if (n != tables_of) {
+        tables.emplace(candidates.grid[n]);
+        tables_of = n;
+      }
+      const SparseRows<T>& y = tables->rows;
+      const SparseRows<T>& x = tables->columns;
+      const int64_t low = tables->column_low;
+      const int64_t span = tables->span();
+      const T inverse_count = T(1) / candidates.grid[n].count;
+      const T* block = blocked + (candidates.image[n] * chunks + k) * plane * chunk;
+      std::fill(cells.begin(), cells.end(), T(0));
+      for (int64_t ph = 0; ph < p.out_h && span > 0; ++ph) {
+        const int64_t e0 = y.begin[ph], e1 = y.begin[ph + 1];
+        if (e0 == e1) {
+          continue;
+        }
+        const int64_t length = span * width;
+        std::fill(line.begin(), line.begin() + length, T(0));
+        for (int64_t e = e0; e < e1; ++e) {
+          const T w = y.weight[e];
+          const T* row = block + (y.index[e] * p.width + low) * width;
+          for (int64_t j = 0; j < length; ++j) {
+            line[j] += w * row[j];
+          }
+        }
+        for (int64_t pw = 0; pw < p.out_w; ++pw) {
+          T* cell = cells.data() + (ph * p.out_w + pw) * width;
+          for (int64_t f = x.begin[pw]; f < x.begin[pw + 1]; ++f) {
+            const T w = x.weight[f] * inverse_count;
+            const T* column = line.data() + (x.index[f] - low) * width;
+            for (int64_t cc = 0; cc < width; ++cc) {
+              cell[cc] += w * column[cc];
+            }
+          }
+        }
+      }
+      T* out = output + (n * p.channels + c0) * p.cells();
+      for (int64_t cc = 0; cc < width; ++cc) {
+        for (int64_t cell = 0; cell < p.cells(); ++cell) {
+          out[cc * p.cells() + cell] = cells[cell * width + cc];
+        }
+      }
+    }
+  });
+}
+
+// Many channels: items (image, channel chunk), image-major; each item owns its chunk of the
+// image's gradient and adds the candidates in index order. grad: contiguous [N, C, oh, ow];
+// grad_input: contiguous [B, C, H, W].
+template <typename T>
+void crop_backward_channels_last(const CropParams<T>& p, const Candidates<T>& candidates,
+                                 const T* grad, T* grad_input) {
+  const std::vector<std::vector<int64_t>> of_image = candidates_by_image(p, candidates);
+  const int64_t chunk = std::min(p.channels, kChannelChunk);
+  const int64_t chunks = (p.channels + chunk - 1) / chunk;
+  const int64_t plane = p.height * p.width;
+  at::parallel_for(0, p.batch * chunks, 1, [&](int64_t begin, int64_t end) {
+    std::vector<T> cells(p.cells() * chunk);      // a candidate's gradient, [oh][ow][channel]
+    std::vector<T> line(p.out_w * chunk);         // [ow][channel] for one map row
+    std::vector<T> accumulated(plane * chunk);  // the chunk's gradient, [H][W][channel]
+    ImageBackwardTables<T> tables;
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t b = item / chunks;
+      const int64_t c0 = (item % chunks) * chunk;
+      const int64_t width = std::min(chunk, p.channels - c0);
+      if (b != tables.image) {
+        tables.build(candidates, of_image[b], b);
+      }
+      std::fill(accumulated.begin(), accumulated.end(), T(0));
+      for (size_t m = 0; m < of_image[b].size(); ++m) {
+        const int64_t n = of_image[b][m];
+        const SparseRows<T>& y = tables.rows[m];
+        const SparseRows<T>& x = tables.columns[m];
+        if (y.rows() == 0 || x.rows() == 0) {
+          continue;
+        }
+        const T inverse_count = T(1) / candidates.grid[n].count;
+        const T* g = grad + (n * p.channels + c0) * p.cells();
+        for (int64_t cc = 0; cc < width; ++cc) {
+          for (int64_t cell = 0; cell < p.cells(); ++cell) {
+            cells[cell * width + cc] = g[cc * p.cells() + cell] * inverse_count;
+          }
+        }
+        for (int64_t r = 0; r < y.rows(); ++r) {
+          const int64_t e0 = y.begin[r], e1 = y.begin[r + 1];
+          if (e0 == e1) {
+            continue;
+          }
+          std::fill(line.begin(), line.begin() + p.out_w * width, T(0));
+          for (int64_t e = e0; e < e1; ++e) {
+            const T w = y.weight[e];
+            const T* source = cells.data() + y.index[e] * p.out_w * width;
+            for (int64_t j = 0; j < p.out_w * width; ++j) {
+              line[j] += w * source[j];
+            }
+          }
+          T* row = accumulated.data() + ((y.first + r) * p.width + x.first) * width;
+          for (int64_t column = 0; column < x.rows(); ++column) {
+            T* target = row + column * width;
+            for (int64_t f = x.begin[column]; f < x.begin[column + 1]; ++f) {
+              const T w = x.weight[f];
+              const T* source = line.data() + x.index[f] * width;
+              for (int64_t cc = 0; cc < width; ++cc) {
+                target[cc] += w * source[cc];
+              }
+            }
+          }
+        }
+      }
+      T* out = grad_input + (b * p.channels + c0) * plane;
+      for (int64_t cc = 0; cc < width; ++cc) {
+        for (int64_t i = 0; i < plane; ++i) {
+          out[cc * plane + i] = accumulated[i * width + cc];
         }
       }
     }
@@ -393,7 +569,6 @@ at::Tensor multiscale_roi_crop_cpu(const at::Tensor& input, const at::Tensor& bo
   if (K == 0) {
     return output;
   }
-  const at::Tensor input_c = input.contiguous();
   const at::Tensor boxes_c = boxes.contiguous();
   const at::Tensor centers_c = centers.has_value() ? centers->contiguous() : at::Tensor();
 
@@ -404,9 +579,14 @@ at::Tensor multiscale_roi_crop_cpu(const at::Tensor& input, const at::Tensor& bo
     const Candidates<scalar_t> candidates = candidate_grids(
         p, boxes_c.const_data_ptr<scalar_t>(),
         centers_c.defined() ? centers_c.const_data_ptr<scalar_t>() : nullptr, scales);
-    if (output.numel() > 0) {
-      crop_forward(p, candidates, input_c.const_data_ptr<scalar_t>(),
-                   output.mutable_data_ptr<scalar_t>());
+    if (output.numel() == 0) {
+      return;
+    }
+    if (uses_channels_last(p.channels)) {
+      crop_forward_channels_last(p, candidates, input, output.mutable_data_ptr<scalar_t>());
+    } else {
+      crop_forward_planar(p, candidates, input.contiguous().const_data_ptr<scalar_t>(),
+                          output.mutable_data_ptr<scalar_t>());
     }
   });
   return output;
@@ -439,8 +619,13 @@ at::Tensor multiscale_roi_crop_backward_cpu(const at::Tensor& grad_output, const
     const Candidates<scalar_t> candidates = candidate_grids(
         p, boxes_c.const_data_ptr<scalar_t>(),
         centers_c.defined() ? centers_c.const_data_ptr<scalar_t>() : nullptr, scales);
-    crop_backward(p, candidates, grad_c.const_data_ptr<scalar_t>(),
-                  grad_input.mutable_data_ptr<scalar_t>());
+    if (uses_channels_last(p.channels)) {
+      crop_backward_channels_last(p, candidates, grad_c.const_data_ptr<scalar_t>(),
+                                  grad_input.mutable_data_ptr<scalar_t>());
+    } else {
+      crop_backward_planar(p, candidates, grad_c.const_data_ptr<scalar_t>(),
+                           grad_input.mutable_data_ptr<scalar_t>());
+    }
   });
   return grad_input;
 }
