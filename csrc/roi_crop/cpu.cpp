@@ -7,11 +7,11 @@
 // weights over the candidate's column span (a contiguous, vectorizable loop), then each output
 // sums its columns of that line. With few channels (images) the passes run on one [H, W] plane
 // at a time, in parallel over (candidate, channel); with many (feature maps) they run on
-// channels-last data, each tap a multiply-add over a chunk of channels, in parallel over
-// (candidate, chunk). The backward runs the transposed tables (built with the weight functions
-// the CUDA gather uses) in parallel over (image, channel or chunk): each thread owns its part
-// of the input gradient and adds the candidates of that image in index order, so the result
-// does not depend on the number of threads.
+// channels-last copies of chunks of channels, each tap a multiply-add over the chunk, in
+// parallel over (image, chunk). The backward runs the transposed tables (built with the weight
+// functions the CUDA gather uses) in parallel over (image, channel or chunk): each thread owns
+// its part of the input gradient and adds the candidates of that image in index order, so the
+// result does not depend on the number of threads. Each pass is one parallel region.
 
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
@@ -31,11 +31,17 @@ namespace {
 constexpr const char* kCandidatesOp = "scale_candidates";
 constexpr const char* kCropOp = "multiscale_roi_crop";
 
-// From this many channels on, the crop runs on channels-last data, in chunks of channels.
+// With many channels the crop runs on channels-last data, in chunks of channels, when a
+// thread's buffers for a chunk (an output crop, a map) stay small; otherwise plane by plane.
 constexpr int64_t kChannelsLastFrom = 16;
 constexpr int64_t kChannelChunk = 64;
+constexpr int64_t kMaxChunkBuffer = int64_t{1} << 20;  // elements
 
-bool uses_channels_last(int64_t channels) { return channels >= kChannelsLastFrom; }
+template <typename T>
+bool uses_channels_last(const CropParams<T>& p) {
+  return p.channels >= kChannelsLastFrom && p.cells() * kChannelChunk <= kMaxChunkBuffer &&
+         p.height * p.width * kChannelChunk <= kMaxChunkBuffer;
+}
 
 void check_cpu_dtype(const at::Tensor& tensor, const char* name, const char* op) {
   TORCH_CHECK(tensor.scalar_type() == at::kFloat || tensor.scalar_type() == at::kDouble, op,
@@ -393,26 +399,51 @@ void crop_backward_planar(const CropParams<T>& p, const Candidates<T>& candidate
   });
 }
 
+// Channels per chunk of the channels-last kernels: 16 to kChannelChunk, small enough that
+// every thread gets a few (image, chunk) items. Each channel's arithmetic is the same whatever
+// the chunk, so the results do not depend on it.
+template <typename T>
+int64_t channel_chunk(const CropParams<T>& p) {
+  const int64_t wanted_chunks = (4 * at::get_num_threads() + p.batch - 1) / p.batch;
+  const int64_t chunk = (p.channels + wanted_chunks - 1) / wanted_chunks;
+  return std::clamp<int64_t>(chunk, std::min<int64_t>(kChannelsLastFrom, p.channels),
+                             kChannelChunk);
+}
+
 // Many channels (feature maps): the same two passes on channels-last data, so that every tap
-// is a contiguous multiply-add over a chunk of channels. The input (any strides) is first
-// copied to blocks [B][chunks][H][W][channels of the chunk], each block contiguous.
+// is a contiguous multiply-add over a chunk of channels. Items (image, chunk): a thread copies
+// the chunk of the image (input of any strides) to a [H][W][channel] block, then crops every
+// candidate of the image from it, with the image's tables built once per thread.
 template <typename T>
 void crop_forward_channels_last(const CropParams<T>& p, const Candidates<T>& candidates,
                                 const at::Tensor& input, T* output) {
-  const int64_t chunk = std::min(p.channels, kChannelChunk);
+  const std::vector<std::vector<int64_t>> of_image = candidates_by_image(p, candidates);
+  const int64_t chunk = channel_chunk(p);
   const int64_t chunks = (p.channels + chunk - 1) / chunk;
   const int64_t plane = p.height * p.width;
-  at::Tensor blocked_tensor = at::empty({p.batch * chunks * plane * chunk}, input.options());
-  T* blocked = blocked_tensor.mutable_data_ptr<T>();
   const T* source = input.const_data_ptr<T>();
   const int64_t stride_n = input.stride(0), stride_c = input.stride(1);
   const int64_t stride_h = input.stride(2), stride_w = input.stride(3);
   at::parallel_for(0, p.batch * chunks, 1, [&](int64_t begin, int64_t end) {
+    std::vector<T> block(plane * chunk);      // [H][W][channel]
+    std::vector<T> line(p.width * chunk);     // [column][channel] over the column span
+    std::vector<T> cells(p.cells() * chunk);  // [oh][ow][channel]
+    std::vector<ForwardTables<T>> tables;
+    int64_t tables_of = -1;
     for (int64_t item = begin; item < end; ++item) {
       const int64_t b = item / chunks;
       const int64_t c0 = (item % chunks) * chunk;
-      const int64_t width = std::min(chunk, p.channels - c0);
-      T* block = blocked + item * plane * chunk;
+      const int64_t width = std::min(chunk, p.channels - c0);  // channels in this chunk
+      if (of_image[b].empty()) {
+        continue;
+      }
+      if (b != tables_of) {
+        tables.clear();
+        for (const int64_t n : of_image[b]) {
+          tables.emplace_back(candidates.grid[n]);
+        }
+        tables_of = b;
+      }
       for (int64_t cc = 0; cc < width; ++cc) {
         const T* map = source + b * stride_n + (c0 + cc) * stride_c;
         for (int64_t y = 0; y < p.height; ++y) {
@@ -421,60 +452,44 @@ void crop_forward_channels_last(const CropParams<T>& p, const Candidates<T>& can
           }
         }
       }
-    }
-  });
-
-  // Items (candidate, channel chunk), candidate-major, tables built once per thread as above.
-  at::parallel_for(0, p.candidates() * chunks, 1, [&](int64_t begin, int64_t end) {
-    std::vector<T> line(p.width * chunk);     // [column][channel] over the column span
-    std::vector<T> cells(p.cells() * chunk);  // [oh][ow][channel]
-    std::optional<ForwardTables<T>> tables;
-    int64_t tables_of = -1;
-    for (int64_t item = begin; item < end; ++item) {
-      const int64_t n = item / chunks;
-      const int64_t k = item % chunks;
-      const int64_t c0 = k * chunk;
-      const int64_t width = std::min(chunk, p.channels - c0);  // channels in this chunk
-      if (n != tables_of) {
-        tables.emplace(candidates.grid[n]);
-        tables_of = n;
-      }
-      const SparseRows<T>& y = tables->rows;
-      const SparseRows<T>& x = tables->columns;
-      const int64_t low = tables->column_low;
-      const int64_t span = tables->span();
-      const T inverse_count = T(1) / candidates.grid[n].count;
-      const T* block = blocked + (candidates.image[n] * chunks + k) * plane * chunk;
-      std::fill(cells.begin(), cells.end(), T(0));
-      for (int64_t ph = 0; ph < p.out_h && span > 0; ++ph) {
-        const int64_t e0 = y.begin[ph], e1 = y.begin[ph + 1];
-        if (e0 == e1) {
-          continue;
-        }
-        const int64_t length = span * width;
-        std::fill(line.begin(), line.begin() + length, T(0));
-        for (int64_t e = e0; e < e1; ++e) {
-          const T w = y.weight[e];
-          const T* row = block + (y.index[e] * p.width + low) * width;
-          for (int64_t j = 0; j < length; ++j) {
-            line[j] += w * row[j];
+      for (size_t m = 0; m < of_image[b].size(); ++m) {
+        const int64_t n = of_image[b][m];
+        const SparseRows<T>& y = tables[m].rows;
+        const SparseRows<T>& x = tables[m].columns;
+        const int64_t low = tables[m].column_low;
+        const int64_t span = tables[m].span();
+        const T inverse_count = T(1) / candidates.grid[n].count;
+        std::fill(cells.begin(), cells.end(), T(0));
+        for (int64_t ph = 0; ph < p.out_h && span > 0; ++ph) {
+          const int64_t e0 = y.begin[ph], e1 = y.begin[ph + 1];
+          if (e0 == e1) {
+            continue;
           }
-        }
-        for (int64_t pw = 0; pw < p.out_w; ++pw) {
-          T* cell = cells.data() + (ph * p.out_w + pw) * width;
-          for (int64_t f = x.begin[pw]; f < x.begin[pw + 1]; ++f) {
-            const T w = x.weight[f] * inverse_count;
-            const T* column = line.data() + (x.index[f] - low) * width;
-            for (int64_t cc = 0; cc < width; ++cc) {
-              cell[cc] += w * column[cc];
+          const int64_t length = span * width;
+          std::fill(line.begin(), line.begin() + length, T(0));
+          for (int64_t e = e0; e < e1; ++e) {
+            const T w = y.weight[e];
+            const T* row = block.data() + (y.index[e] * p.width + low) * width;
+            for (int64_t j = 0; j < length; ++j) {
+              line[j] += w * row[j];
+            }
+          }
+          for (int64_t pw = 0; pw < p.out_w; ++pw) {
+            T* cell = cells.data() + (ph * p.out_w + pw) * width;
+            for (int64_t f = x.begin[pw]; f < x.begin[pw + 1]; ++f) {
+              const T w = x.weight[f] * inverse_count;
+              const T* column = line.data() + (x.index[f] - low) * width;
+              for (int64_t cc = 0; cc < width; ++cc) {
+                cell[cc] += w * column[cc];
+              }
             }
           }
         }
-      }
-      T* out = output + (n * p.channels + c0) * p.cells();
-      for (int64_t cc = 0; cc < width; ++cc) {
-        for (int64_t cell = 0; cell < p.cells(); ++cell) {
-          out[cc * p.cells() + cell] = cells[cell * width + cc];
+        T* out = output + (n * p.channels + c0) * p.cells();
+        for (int64_t cc = 0; cc < width; ++cc) {
+          for (int64_t cell = 0; cell < p.cells(); ++cell) {
+            out[cc * p.cells() + cell] = cells[cell * width + cc];
+          }
         }
       }
     }
@@ -488,7 +503,7 @@ template <typename T>
 void crop_backward_channels_last(const CropParams<T>& p, const Candidates<T>& candidates,
                                  const T* grad, T* grad_input) {
   const std::vector<std::vector<int64_t>> of_image = candidates_by_image(p, candidates);
-  const int64_t chunk = std::min(p.channels, kChannelChunk);
+  const int64_t chunk = channel_chunk(p);
   const int64_t chunks = (p.channels + chunk - 1) / chunk;
   const int64_t plane = p.height * p.width;
   at::parallel_for(0, p.batch * chunks, 1, [&](int64_t begin, int64_t end) {
@@ -582,7 +597,7 @@ at::Tensor multiscale_roi_crop_cpu(const at::Tensor& input, const at::Tensor& bo
     if (output.numel() == 0) {
       return;
     }
-    if (uses_channels_last(p.channels)) {
+    if (uses_channels_last(p)) {
       crop_forward_channels_last(p, candidates, input, output.mutable_data_ptr<scalar_t>());
     } else {
       crop_forward_planar(p, candidates, input.contiguous().const_data_ptr<scalar_t>(),
@@ -619,7 +634,7 @@ at::Tensor multiscale_roi_crop_backward_cpu(const at::Tensor& grad_output, const
     const Candidates<scalar_t> candidates = candidate_grids(
         p, boxes_c.const_data_ptr<scalar_t>(),
         centers_c.defined() ? centers_c.const_data_ptr<scalar_t>() : nullptr, scales);
-    if (uses_channels_last(p.channels)) {
+    if (uses_channels_last(p)) {
       crop_backward_channels_last(p, candidates, grad_c.const_data_ptr<scalar_t>(),
                                   grad_input.mutable_data_ptr<scalar_t>());
     } else {
