@@ -461,6 +461,32 @@ def test_bad_scales_raise():
         )
 
 
+def test_scales_as_a_tensor():
+    x = torch.randn(1, 3, 8, 8)
+    boxes = torch.tensor([[0, 1.0, 1.0, 5.0, 5.0]])
+    torch.testing.assert_close(
+        crop_error(x, boxes, scales=torch.tensor(SCALES)), crop_error(x, boxes), rtol=0, atol=0
+    )
+    with pytest.raises(ValueError, match=r"scales must be a 1-d tensor"):
+        crop_error(x, boxes, scales=torch.ones(2, 2))
+
+
+def test_scale_candidates_argument_errors():
+    boxes = torch.tensor([[0, 1.0, 1.0, 5.0, 5.0]])
+    with pytest.raises(ValueError, match="image_size must be positive"):
+        ssanet_ops.scale_candidates(boxes, SCALES, (0, 8))
+    with pytest.raises(TypeError, match="image_size must be a"):
+        ssanet_ops.scale_candidates(boxes, SCALES, 8)
+    with pytest.raises(ValueError, match=r"centers must be a \[B, 2\]"):
+        ssanet_ops.scale_candidates(boxes, SCALES, (8, 8), torch.zeros(1, 3))
+    with pytest.raises(RuntimeError, match=r"batch index.*\[0, 1\)"):
+        ssanet_ops.scale_candidates(
+            boxes + torch.tensor([1.0, 0, 0, 0, 0]), SCALES, (8, 8), torch.zeros(1, 2)
+        )
+    with pytest.raises(RuntimeError, match="centers must be finite"):
+        ssanet_ops.scale_candidates(boxes, SCALES, (8, 8), torch.full((1, 2), math.nan))
+
+
 def test_wrong_ranks_and_shapes_raise():
     x = torch.randn(1, 3, 8, 8)
     boxes = torch.tensor([[0, 1.0, 1.0, 5.0, 5.0]])
