@@ -310,9 +310,40 @@ def test_gradient_accumulation_matches_a_larger_batch(data_root, tmp_path):
         return torch.load(tmp_path / name / "last.pt", weights_only=True)["model"]
 
     accumulated, large = run("accumulated", 2, 2), run("large", 4, 1)
-    initial = SSANet(NUM_CLASSES, **PLAIN_MODEL).state_dict()  # seed 0, as in train
+    torch.manual_seed(0)  # the seed of the config: the weights training started from
+    initial = SSANet(NUM_CLASSES, **PLAIN_MODEL).state_dict()
     torch.testing.assert_close(accumulated["classifier.weight"], large["classifier.weight"])
     assert not torch.allclose(accumulated["classifier.weight"], initial["classifier.weight"])
+
+
+def test_gradient_clipping_bounds_the_step(data_root, tmp_path):
+    # One SGD step without momentum or weight decay moves the weights by lr * gradient, whose
+    # norm clip_grad_norm bounds.
+    def step_norm(name, clip):
+        config = tiny_config(PLAIN_MODEL, strategy="joint", batch_size=12, clip_grad_norm=clip)
+        config["optimizer"] = {"momentum": 0.0, "weight_decay": 0.0}
+        config["strategies"]["joint"][0].update(epochs=1, train=["classifier"], lr=1.0)
+        train(config, data_root, tmp_path / name, progress=False)
+        after = torch.load(tmp_path / name / "last.pt", weights_only=True)["model"]
+        torch.manual_seed(0)  # the seed of the config: the weights training started from
+        before = SSANet(NUM_CLASSES, **PLAIN_MODEL).state_dict()
+        return math.sqrt(
+            sum(
+                (after[key] - before[key]).pow(2).sum().item()
+                for key in ("classifier.weight", "classifier.bias")
+            )
+        )
+
+    assert step_norm("clipped", 0.01) == pytest.approx(0.01, rel=1e-3)
+    assert step_norm("free", None) > 0.02
+
+
+def test_non_finite_loss_stops_the_run(data_root, tmp_path):
+    config = tiny_config(PLAIN_MODEL, strategy="joint")
+    config["strategies"]["joint"][0].update(epochs=1, lr=1e30)
+    with pytest.raises(FloatingPointError, match="non-finite in epoch 1"):
+        train(config, data_root, tmp_path / "run", progress=False)
+    assert not (tmp_path / "run" / "last.pt").exists()
 
 
 def test_checkpoint_write_is_atomic(data_root, tmp_path, monkeypatch):

@@ -95,6 +95,7 @@ _DEFAULTS: dict[str, Any] = {
     "validation": "test",
     "eval_every": 1,
     "find_unused_parameters": False,
+    "clip_grad_norm": None,  # a float: clip the gradients' total norm to it at every step
     "tensorboard": True,
     "strategy": "three_stage",
     "strategies": None,
@@ -234,6 +235,9 @@ def check_config(config: dict) -> dict:
             raise ValueError(f"config {key!r} must be a positive integer, got {config[key]!r}")
     if config["eval_batch_size"] is None:
         config["eval_batch_size"] = config["batch_size"]
+    clip = config["clip_grad_norm"]
+    if clip is not None and not (isinstance(clip, int | float) and clip > 0):
+        raise ValueError(f"config 'clip_grad_norm' must be null or positive, got {clip!r}")
     if not isinstance(config["workers"], int) or config["workers"] < 0:
         raise ValueError(f"config 'workers' must be an integer >= 0, got {config['workers']!r}")
     if config["amp"] not in AMP_MODES:
@@ -806,6 +810,10 @@ class Trainer:
                     loss = sum(losses[term] for term in stage["losses"] if term in losses)
                 self.scaler.scale(loss / group_size).backward()
             if last_in_group:
+                if self.config["clip_grad_norm"] is not None:
+                    self.scaler.unscale_(optimizer)
+                    trained = [p for group in optimizer.param_groups for p in group["params"]]
+                    nn.utils.clip_grad_norm_(trained, self.config["clip_grad_norm"])
                 self.scaler.step(optimizer)
                 self.scaler.update()
                 optimizer.zero_grad(set_to_none=True)
@@ -829,6 +837,12 @@ class Trainer:
         if self.context.enabled:
             torch_dist.all_reduce(totals)
         totals = totals.cpu()
+        if not math.isfinite(totals[1].item()):
+            raise FloatingPointError(
+                f"the training loss became non-finite in epoch {self.epoch + 1} (stage "
+                f"{stage['name']!r}); {self.run_dir / LAST_CHECKPOINT} holds the previous "
+                "epoch. Lower the learning rate or set clip_grad_norm"
+            )
         self.epoch += 1
         self.stage_epoch += 1
 
