@@ -12,7 +12,7 @@ from . import _extension
 _C = _extension.load()
 
 from . import _autograd, _fake, nn, reference  # noqa: E402  (registrations need _C loaded)
-from .ops import oriented_pool  # noqa: E402
+from .ops import oriented_pool, scale_align, scale_correlation  # noqa: E402
 
 __version__: str = _C.build_info()["version"]
 
@@ -31,4 +31,12 @@ def build_info() -> dict:
     return info
 
 
-__all__ = ["build_info", "nn", "oriented_pool", "reference", "__version__"]
+__all__ = [
+    "build_info",
+    "nn",
+    "oriented_pool",
+    "reference",
+    "scale_align",
+    "scale_correlation",
+    "__version__",
+]

@@ -10,7 +10,13 @@ import torch
 
 from .ops import oriented_pool_geometry
 
-__all__ = ["oriented_pool"]
+__all__ = [
+    "oriented_pool",
+    "scale_align",
+    "scale_align_fft",
+    "scale_correlation",
+    "scale_correlation_fft",
+]
 
 
 def oriented_pool(
@@ -41,3 +47,52 @@ def oriented_pool(
     column_max = patches.max(dim=1).values  # q_j: [B, G, L]
     orientations = [row_max, column_max, row_max.flip(1), column_max.flip(1)]
     return torch.stack([o.reshape(batch, -1) for o in orientations], dim=1)
+
+
+def scale_correlation(phi: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Reference for :func:`ssanet_ops.scale_correlation` (SPEC.md section 3, eq. 7), in the
+    direct form: ``corr[.., n, c, r] = <torch.roll(phi[.., n], r, dims=0), weight[.., c]>``,
+    since the rolled phi holds ``phi[(j - r) mod S]`` at scale j. ``[G?, N, C, S]``."""
+    scales = phi.shape[-2]
+    return torch.stack(
+        [
+            torch.einsum("...nsd,...csd->...nc", torch.roll(phi, shifts=r, dims=-2), weight)
+            for r in range(scales)
+        ],
+        dim=-1,
+    )
+
+
+def scale_correlation_fft(phi: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """:func:`scale_correlation` in the Fourier form of SPEC.md section 3:
+    ``irfft(sum over d of conj(rfft(phi)) * rfft(weight), n=S)`` with the FFTs over the scale
+    axis. ``[G?, N, C, S]``."""
+    scales = phi.shape[-2]
+    phi_spectrum = torch.fft.rfft(phi, dim=-2)  # [G?, N, S//2 + 1, D]
+    weight_spectrum = torch.fft.rfft(weight, dim=-2)  # [G?, C, S//2 + 1, D]
+    spectrum = torch.einsum("...nfd,...cfd->...ncf", phi_spectrum.conj(), weight_spectrum)
+    return torch.fft.irfft(spectrum, n=scales, dim=-1)
+
+
+def _align(corr: torch.Tensor, bias: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    # max(dim) returns the first maximal index and sends the gradient to it alone: the SPEC's
+    # lowest shift on ties and the one-hot gradient of eq. 8.
+    logits, shift = corr.max(dim=-1)
+    if bias is not None:
+        logits = logits + bias.unsqueeze(-2)
+    return logits, shift
+
+
+def scale_align(
+    phi: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Reference for :func:`ssanet_ops.scale_align` (SPEC.md section 3), on the direct form
+    :func:`scale_correlation`: ``(logits [G?, N, C], shift [G?, N, C])``."""
+    return _align(scale_correlation(phi, weight), bias)
+
+
+def scale_align_fft(
+    phi: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`scale_align` on the Fourier form :func:`scale_correlation_fft`."""
+    return _align(scale_correlation_fft(phi, weight), bias)
