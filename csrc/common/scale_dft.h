@@ -232,12 +232,14 @@ SSANET_HOST_DEVICE bool replaces_max(acc_t candidate, acc_t best) {
 template <typename acc_t, typename Products>
 SSANET_HOST_DEVICE int64_t align_point(const Products& K, const Twiddles<acc_t>& tw, acc_t bias,
                                        acc_t& best) {
+  acc_t even, odd;
+  synthesis_at<acc_t>(K, /*conjugate=*/false, 0, tw, even, odd);
+  best = even + odd + bias;
   int64_t best_shift = 0;
-  for (int64_t r = 0; r < tw.S; ++r) {
-    acc_t even, odd;
+  for (int64_t r = 1; r < tw.S; ++r) {
     synthesis_at<acc_t>(K, /*conjugate=*/false, r, tw, even, odd);
     const acc_t value = even + odd + bias;
-    if (r == 0 || replaces_max(value, best)) {
+    if (replaces_max(value, best)) {
       best = value;
       best_shift = r;
     }
