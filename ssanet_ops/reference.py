@@ -66,7 +66,10 @@ def scale_correlation(phi: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
 def scale_correlation_fft(phi: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """:func:`scale_correlation` in the Fourier form of SPEC.md section 3:
     ``irfft(sum over d of conj(rfft(phi)) * rfft(weight), n=S)`` with the FFTs over the scale
-    axis. ``[G?, N, C, S]``."""
+    axis. ``[G?, N, C, S]``. torch.fft has no bfloat16 and takes float16 only at power-of-two
+    sizes, so reduced-precision inputs run in float32 and the result is cast back."""
+    if phi.dtype in (torch.float16, torch.bfloat16):
+        return scale_correlation_fft(phi.float(), weight.float()).to(phi.dtype)
     scales = phi.shape[-2]
     phi_spectrum = torch.fft.rfft(phi, dim=-2)  # [G?, N, S//2 + 1, D]
     weight_spectrum = torch.fft.rfft(weight, dim=-2)  # [G?, C, S//2 + 1, D]

@@ -38,6 +38,12 @@ constexpr int64_t kChunkBytes = int64_t{2} << 20;
 // Narrowest chunk: narrower GEMMs lose more to overhead than the cache saves.
 constexpr int64_t kMinChunkWidth = 64;
 
+// Rows per parallel work item, for rows of about `row_cost` multiply-adds each: enough that a
+// thread's share outweighs the cost of waking it.
+int64_t grain_for(int64_t row_cost) {
+  return std::max<int64_t>(1, (int64_t{1} << 17) / std::max<int64_t>(1, row_cost));
+}
+
 // How the feature axis is cut: `count` chunks of `width` columns (the last may be narrower),
 // run as `tasks` parallel tasks, task t taking chunks [t * count / tasks, (t+1) * count / tasks).
 struct Chunking {
@@ -158,8 +164,7 @@ void analysis(const at::Tensor& x, int64_t first, int64_t width, scale_dft::Pack
   const int64_t stride_g = x.stride(0), stride_r = x.stride(1), stride_s = x.stride(2),
                 stride_d = x.stride(3);
   const scalar_t* x_data = x.const_data_ptr<scalar_t>();
-  const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(1, T * width));
-  at::parallel_for(0, G * R, grain, [&](int64_t row_begin, int64_t row_end) {
+  at::parallel_for(0, G * R, grain_for(T * width), [&](int64_t row_begin, int64_t row_end) {
     for (int64_t row = row_begin; row < row_end; ++row) {
       const int64_t g = row / R, r = row % R;
       const scalar_t* source = x_data + g * stride_g + r * stride_r + first * stride_d;
@@ -185,8 +190,7 @@ void synthesis(const scalar_t* products, int64_t G, int64_t R, int64_t width, bo
                const scale_dft::Twiddles<scalar_t>& tw, at::Tensor& out, int64_t first) {
   const int64_t S = tw.S, D = out.size(3), T = scale_dft::plane_count(S);
   scalar_t* out_data = out.mutable_data_ptr<scalar_t>();
-  const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(1, T * width));
-  at::parallel_for(0, G * R, grain, [&](int64_t row_begin, int64_t row_end) {
+  at::parallel_for(0, G * R, grain_for(T * width), [&](int64_t row_begin, int64_t row_end) {
     for (int64_t row = row_begin; row < row_end; ++row) {
       const int64_t g = row / R, r = row % R;
       const scalar_t* source = products + (g * T * R + r) * width;
@@ -249,7 +253,7 @@ at::Tensor grad_planes(const at::Tensor& grad, const std::optional<at::Tensor>& 
   const int64_t grad_stride_g = grad.stride(0), grad_stride_n = grad.stride(1),
                 grad_stride_c = grad.stride(2);
   const int64_t grad_stride_s = shift.has_value() ? 0 : grad.stride(3);
-  at::parallel_for(0, G * N, std::max<int64_t>(1, 4096 / std::max<int64_t>(1, C * T)),
+  at::parallel_for(0, G * N, grain_for(C * T),
                    [&](int64_t row_begin, int64_t row_end) {
     for (int64_t row = row_begin; row < row_end; ++row) {
       const int64_t g = row / N, n = row % N;
@@ -293,7 +297,7 @@ std::tuple<at::Tensor, at::Tensor> align_epilogue(const at::Tensor& products, co
   const int64_t bias_stride_c = bias.has_value() ? bias_grouped.stride(1) : 0;
   scalar_t* logits_data = logits.mutable_data_ptr<scalar_t>();
   int64_t* shift_data = shift.mutable_data_ptr<int64_t>();
-  at::parallel_for(0, G * N, std::max<int64_t>(1, 4096 / std::max<int64_t>(1, C * S * T)),
+  at::parallel_for(0, G * N, grain_for(C * S * T),
                    [&](int64_t row_begin, int64_t row_end) {
     for (int64_t row = row_begin; row < row_end; ++row) {
       const int64_t g = row / N, n = row % N;
@@ -319,7 +323,7 @@ at::Tensor correlation_epilogue(const at::Tensor& products, const Shape& shape,
   at::Tensor corr = at::empty({G, N, C, S}, like.options());
   const scalar_t* products_data = products.const_data_ptr<scalar_t>();
   scalar_t* corr_data = corr.mutable_data_ptr<scalar_t>();
-  at::parallel_for(0, G * N, std::max<int64_t>(1, 4096 / std::max<int64_t>(1, C * S * T)),
+  at::parallel_for(0, G * N, grain_for(C * S * T),
                    [&](int64_t row_begin, int64_t row_end) {
     for (int64_t row = row_begin; row < row_end; ++row) {
       const int64_t g = row / N, n = row % N;
