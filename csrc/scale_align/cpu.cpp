@@ -2,11 +2,13 @@
 // a DFT over the scale axis into T planes, the T plane products as one batched real GEMM
 // (at::bmm / at::baddbmm_, MKL underneath), then the inverse DFT fused with bias, max and argmax.
 //
-// The feature axis D is cut into chunks whose planes fit in a core's cache; the chunks are shared
-// out among the threads as a few tasks, each running the DFT and the GEMMs of its chunks on its
-// own (ATen and MKL run serially inside a parallel region), so one call is one parallel region
-// and the planes are never written to memory at full size. The forward sums the tasks' partial
-// products; in the backward the chunks write disjoint columns of d phi and d weight.
+// The feature axis D is cut into chunks whose planes fit in a core's cache, and the chunks are
+// shared out among the threads as tasks, each running the DFT and the GEMMs of its chunks on
+// its own (ATen and MKL run serially inside a parallel region). So the planes never reach
+// memory at full size, and a call has few parallel regions (each costs a wake-up of the thread
+// pool): the tasks, and the epilogue. The forward's tasks keep partial products that the
+// epilogue adds up; in the backward the chunks write disjoint columns of d phi or d weight.
+// With fewer chunks than threads, one task runs and the DFT loops and MKL go parallel inside.
 // No tensor of size N*C*S*D and no rolled copy is ever formed.
 
 #include <ATen/Dispatch.h>
@@ -57,8 +59,9 @@ struct Chunking {
 // needs for its own partial sums (the forward's products), which caps the task count.
 Chunking plan_chunks(int64_t features, int64_t bytes_per_column, int64_t partial_bytes) {
   const int64_t threads = std::max<int64_t>(1, at::get_num_threads());
-  int64_t width = std::clamp<int64_t>(kChunkBytes / std::max<int64_t>(bytes_per_column, 1),
-                                      kMinChunkWidth, std::max<int64_t>(features, 1));
+  int64_t width = std::min(
+      std::max(kChunkBytes / std::max<int64_t>(bytes_per_column, 1), kMinChunkWidth),
+      std::max<int64_t>(features, 1));
   int64_t count = (features + width - 1) / width;
   if (count > 1) {
     // Equal shares for the threads.
@@ -169,12 +172,16 @@ void analysis(const at::Tensor& x, int64_t first, int64_t width, scale_dft::Pack
       const int64_t g = row / R, r = row % R;
       const scalar_t* source = x_data + g * stride_g + r * stride_r + first * stride_d;
       scalar_t* target = planes + (g * T * R + r) * width;
+      const int64_t plane_stride = R * width;
       over_columns<scalar_t>(width, [&]<typename V>(int64_t d) {
-        const auto column = [&](int64_t j) {
-          return load_lanes<V>(source + j * stride_s + d * stride_d, stride_d);
+        // Captured by value: the stores cannot then be taken to change them.
+        const scalar_t* column_start = source + d * stride_d;
+        scalar_t* column_target = target + d;
+        const auto column = [column_start, stride_s, stride_d](int64_t j) {
+          return load_lanes<V>(column_start + j * stride_s, stride_d);
         };
-        const auto out = [&](int64_t p, const V& value) {
-          store_lanes(target + p * R * width + d, value);
+        const auto out = [column_target, plane_stride](int64_t p, const V& value) {
+          store_lanes(column_target + p * plane_stride, value);
         };
         scale_dft::planes<V>(packing, conjugate, column, tw, out);
       });
@@ -195,10 +202,15 @@ void synthesis(const scalar_t* products, int64_t G, int64_t R, int64_t width, bo
       const int64_t g = row / R, r = row % R;
       const scalar_t* source = products + (g * T * R + r) * width;
       scalar_t* target = out_data + row * S * D + first;
+      const int64_t plane_stride = R * width;
       over_columns<scalar_t>(width, [&]<typename V>(int64_t d) {
-        const auto K = [&](int64_t p) { return load_lanes<V>(source + p * R * width + d, 1); };
-        const auto column = [&](int64_t j, const V& value) {
-          store_lanes(target + j * D + d, value);
+        const scalar_t* column_products = source + d;
+        scalar_t* column_target = target + d;
+        const auto K = [column_products, plane_stride](int64_t p) {
+          return load_lanes<V>(column_products + p * plane_stride, 1);
+        };
+        const auto column = [column_target, D](int64_t j, const V& value) {
+          store_lanes(column_target + j * D, value);
         };
         scale_dft::synthesis<V>(K, conjugate, tw, column);
       });
@@ -206,31 +218,37 @@ void synthesis(const scalar_t* products, int64_t G, int64_t R, int64_t width, bo
   });
 }
 
-// The T plane products of the forward, [G*T, N, C]: phi planes times weight planes, summed
-// over the feature axis.
+// The T plane products of the forward: phi planes times weight planes, summed over the feature
+// axis, as partial sums per task, [tasks, G*T, N, C], which the epilogue adds up.
 template <typename scalar_t>
 at::Tensor forward_products(const at::Tensor& phi, const at::Tensor& weight, const Shape& shape,
                             const scale_dft::Twiddles<scalar_t>& tw) {
   const int64_t G = shape.groups, N = shape.proposals, C = shape.classes;
   const int64_t D = shape.features, T = shape.planes();
   const int64_t batches = G * T;
+  if (D == 0) {
+    return at::zeros({1, batches, N, C}, phi.options());  // sums over an empty feature axis
+  }
   const Chunking chunking = plan_chunks(D, batches * (N + C) * int64_t{sizeof(scalar_t)},
                                         batches * N * C * int64_t{sizeof(scalar_t)});
-  const at::Tensor partials = at::zeros({chunking.tasks, batches, N, C}, phi.options());
-  if (D > 0) {
-    const at::Tensor phi_planes = task_buffers(chunking, batches, N, phi);
-    const at::Tensor weight_planes = task_buffers(chunking, batches, C, phi);
-    for_each_chunk(chunking, D, [&](int64_t task, int64_t first, int64_t width) {
-      at::Tensor phi_view = planes_view(phi_planes, task, batches, N, width);
-      at::Tensor weight_view = planes_view(weight_planes, task, batches, C, width);
-      analysis(phi, first, width, scale_dft::kPhiPacking, false, tw,
-               phi_view.mutable_data_ptr<scalar_t>());
-      analysis(weight, first, width, scale_dft::kWeightPacking, false, tw,
-               weight_view.mutable_data_ptr<scalar_t>());
-      partials.select(0, task).baddbmm_(phi_view, weight_view.transpose(1, 2));
-    });
-  }
-  return chunking.tasks == 1 ? partials.select(0, 0) : partials.sum(0);
+  at::Tensor partials = at::empty({chunking.tasks, batches, N, C}, phi.options());
+  const at::Tensor phi_planes = task_buffers(chunking, batches, N, phi);
+  const at::Tensor weight_planes = task_buffers(chunking, batches, C, phi);
+  for_each_chunk(chunking, D, [&](int64_t task, int64_t first, int64_t width) {
+    at::Tensor phi_view = planes_view(phi_planes, task, batches, N, width);
+    at::Tensor weight_view = planes_view(weight_planes, task, batches, C, width);
+    analysis(phi, first, width, scale_dft::kPhiPacking, false, tw,
+             phi_view.mutable_data_ptr<scalar_t>());
+    analysis(weight, first, width, scale_dft::kWeightPacking, false, tw,
+             weight_view.mutable_data_ptr<scalar_t>());
+    at::Tensor partial = partials.select(0, task);
+    if (first == chunking.begin(chunking.first_chunk(task))) {
+      at::bmm_out(partial, phi_view, weight_view.transpose(1, 2));  // the task's first chunk
+    } else {
+      partial.baddbmm_(phi_view, weight_view.transpose(1, 2));
+    }
+  });
+  return partials;
 }
 
 // The gradient planes [G, T, N, C] of d phi (phi packing) or d weight (weight packing of the
@@ -280,6 +298,17 @@ at::Tensor grad_planes(const at::Tensor& grad, const std::optional<at::Tensor>& 
 
 // ---- forward ops ----
 
+// The sum of the tasks' partial products at `point` (forward_products).
+template <typename scalar_t>
+scalar_t sum_of_partials(const scalar_t* point, int64_t tasks, int64_t task_stride) {
+  scalar_t total = point[0];
+  for (int64_t task = 1; task < tasks; ++task) {
+    total += point[task * task_stride];
+  }
+  return total;
+}
+
+// The epilogues read `products` [tasks, G*T, N, C] (forward_products).
 template <typename scalar_t>
 std::tuple<at::Tensor, at::Tensor> align_epilogue(const at::Tensor& products, const Shape& shape,
                                                   const std::optional<at::Tensor>& bias,
@@ -290,6 +319,7 @@ std::tuple<at::Tensor, at::Tensor> align_epilogue(const at::Tensor& products, co
   at::Tensor logits = at::empty({G, N, C}, like.options());
   at::Tensor shift = at::empty({G, N, C}, like.options().dtype(at::kLong));
   const scalar_t* products_data = products.const_data_ptr<scalar_t>();
+  const int64_t tasks = products.size(0), task_stride = products.stride(0);
   const at::Tensor bias_grouped = bias.has_value() ? bias->reshape({G, C}) : at::Tensor();
   const scalar_t* bias_data =
       bias.has_value() ? bias_grouped.const_data_ptr<scalar_t>() : nullptr;
@@ -303,7 +333,9 @@ std::tuple<at::Tensor, at::Tensor> align_epilogue(const at::Tensor& products, co
       const int64_t g = row / N, n = row % N;
       for (int64_t c = 0; c < C; ++c) {
         const scalar_t* point = products_data + (g * T * N + n) * C + c;
-        const auto K = [&](int64_t p) { return point[p * N * C]; };
+        const auto K = [&](int64_t p) {
+          return sum_of_partials(point + p * N * C, tasks, task_stride);
+        };
         const scalar_t offset =
             bias_data != nullptr ? bias_data[g * bias_stride_g + c * bias_stride_c] : scalar_t(0);
         scalar_t best;
@@ -322,6 +354,7 @@ at::Tensor correlation_epilogue(const at::Tensor& products, const Shape& shape,
   const int64_t S = shape.scales, T = shape.planes();
   at::Tensor corr = at::empty({G, N, C, S}, like.options());
   const scalar_t* products_data = products.const_data_ptr<scalar_t>();
+  const int64_t tasks = products.size(0), task_stride = products.stride(0);
   scalar_t* corr_data = corr.mutable_data_ptr<scalar_t>();
   at::parallel_for(0, G * N, grain_for(C * S * T),
                    [&](int64_t row_begin, int64_t row_end) {
@@ -329,7 +362,9 @@ at::Tensor correlation_epilogue(const at::Tensor& products, const Shape& shape,
       const int64_t g = row / N, n = row % N;
       for (int64_t c = 0; c < C; ++c) {
         const scalar_t* point = products_data + (g * T * N + n) * C + c;
-        const auto K = [&](int64_t p) { return point[p * N * C]; };
+        const auto K = [&](int64_t p) {
+          return sum_of_partials(point + p * N * C, tasks, task_stride);
+        };
         scalar_t* target = corr_data + (row * C + c) * S;
         const auto out = [&](int64_t r, scalar_t value) { target[r] = value; };
         scale_dft::synthesis<scalar_t>(K, /*conjugate=*/false, tw, out);
