@@ -185,10 +185,13 @@ def scale_correlation(phi: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
 
     float32/float64 on the CPU; also float16/bfloat16 on CUDA (accumulated in float32). Under
     autocast the op behaves like a linear layer: on CUDA the inputs are cast to the autocast
-    dtype; on the CPU reduced-precision inputs run in float32. On CUDA the plane products use
-    cuBLAS (``torch.bmm``) unless the environment variable ``SSANET_OPS_SCALE_ALIGN_PRODUCTS``
-    is ``tiled``, which selects the package's own tiled kernel (tensor cores for
-    float16/bfloat16, and TF32 for float32 when ``torch.backends.cuda.matmul.allow_tf32``).
+    dtype; on the CPU reduced-precision inputs run in float32.
+
+    On CUDA the plane products run on cuBLAS (``torch.bmm``, the default) or, when the
+    environment variable ``SSANET_OPS_SCALE_ALIGN_PRODUCTS`` is ``tiled`` (read at every call),
+    on the package's own tiled kernel: tensor cores for float16/bfloat16, TF32 for float32
+    when ``torch.backends.cuda.matmul.allow_tf32`` (fp32_precision ``"tf32"``) is on, FMA
+    otherwise. Both accumulate in float32 (float64 for float64).
     """
     check_scale_align_inputs(phi, weight)
     return torch.ops.ssanet_ops.scale_correlation(phi, weight)

@@ -294,6 +294,13 @@ def test_torch_compile_fullgraph(device):
     assert_close_tuple((phi.grad, weight.grad, bias.grad), expected_grads)
 
 
+def test_torch_export(device):
+    module = ScaleAlign(12, 7, 5, groups=2, device=device)
+    phi = torch.randn(2, 3, 5, 12, device=device)
+    exported = torch.export.export(module, (phi,))
+    assert_close_tuple(exported.module()(phi), module(phi))
+
+
 def test_frozen_weight_gets_no_gradient(device):
     phi, weight, _ = make_inputs(5, device=device)
     weight = weight.detach()
@@ -448,6 +455,14 @@ def test_cuda_tf32(monkeypatch, products):
     corr = ssanet_ops.scale_correlation(phi, weight)
     expected = reference.scale_correlation(phi.double(), weight.double()).float()
     torch.testing.assert_close(corr, expected, atol=0.1, rtol=2e-2)
+
+
+@requires_cuda
+def test_cuda_rejects_an_unknown_product_kernel(monkeypatch):
+    monkeypatch.setenv("SSANET_OPS_SCALE_ALIGN_PRODUCTS", "fastest")
+    phi, weight, _ = make_inputs(5, dtype=torch.float32, device="cuda")
+    with pytest.raises(RuntimeError, match="must be 'torch' or 'tiled'"):
+        ssanet_ops.scale_align(phi, weight)
 
 
 @requires_cuda

@@ -366,8 +366,12 @@ void batched_products(const at::Tensor& lhs, const at::Tensor& rhs, at::Tensor& 
     return;
   }
   const bool reduced = lhs.scalar_type() == at::kHalf || lhs.scalar_type() == at::kBFloat16;
-  const bool tensor_cores = reduced || (lhs.scalar_type() == at::kFloat &&
-                                        at::globalContext().allowTF32CuBLAS());
+  // TF32 exactly when torch.mm would use it (torch.backends.cuda.matmul.allow_tf32, or
+  // fp32_precision = "tf32", or torch.set_float32_matmul_precision("high")).
+  const bool tf32 = at::globalContext().float32Precision(at::Float32Backend::CUDA,
+                                                         at::Float32Op::MATMUL) ==
+                    at::Float32Precision::TF32;
+  const bool tensor_cores = reduced || (lhs.scalar_type() == at::kFloat && tf32);
   if (!use_tiled_products() || (tensor_cores && !has_tensor_cores(lhs))) {
     if (reduced) {
       at::bmm_out(out, lhs, rhs, at::kFloat);  // cuBLAS, float32 accumulation and result
