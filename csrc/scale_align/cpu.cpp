@@ -162,7 +162,7 @@ void over_columns(int64_t width, const Body& body) {
 // DFT over the scale axis, packed (scale_dft::planes), into a contiguous [G, T, R, width] buffer.
 template <typename scalar_t>
 void analysis(const at::Tensor& x, int64_t first, int64_t width, scale_dft::Packing packing,
-              bool conjugate, const scale_dft::Twiddles<scalar_t>& tw, scalar_t* planes) {
+              const scale_dft::Twiddles<scalar_t>& tw, scalar_t* planes) {
   const int64_t G = x.size(0), R = x.size(1), T = scale_dft::plane_count(tw.S);
   const int64_t stride_g = x.stride(0), stride_r = x.stride(1), stride_s = x.stride(2),
                 stride_d = x.stride(3);
@@ -183,7 +183,7 @@ void analysis(const at::Tensor& x, int64_t first, int64_t width, scale_dft::Pack
         const auto out = [column_target, plane_stride](int64_t p, const V& value) {
           store_lanes(column_target + p * plane_stride, value);
         };
-        scale_dft::planes<V>(packing, conjugate, column, tw, out);
+        scale_dft::planes<V>(packing, /*conjugate=*/false, column, tw, out);
       });
     }
   });
@@ -237,9 +237,8 @@ at::Tensor forward_products(const at::Tensor& phi, const at::Tensor& weight, con
   for_each_chunk(chunking, D, [&](int64_t task, int64_t first, int64_t width) {
     at::Tensor phi_view = planes_view(phi_planes, task, batches, N, width);
     at::Tensor weight_view = planes_view(weight_planes, task, batches, C, width);
-    analysis(phi, first, width, scale_dft::kPhiPacking, false, tw,
-             phi_view.mutable_data_ptr<scalar_t>());
-    analysis(weight, first, width, scale_dft::kWeightPacking, false, tw,
+    analysis(phi, first, width, scale_dft::kPhiPacking, tw, phi_view.mutable_data_ptr<scalar_t>());
+    analysis(weight, first, width, scale_dft::kWeightPacking, tw,
              weight_view.mutable_data_ptr<scalar_t>());
     at::Tensor partial = partials.select(0, task);
     if (first == chunking.begin(chunking.first_chunk(task))) {
@@ -445,7 +444,7 @@ at::Tensor backward_cpu(const at::Tensor& grad, const std::optional<at::Tensor>&
         at::Tensor input_view = planes_view(input_planes, task, batches, other_rows, width);
         at::Tensor products_view = planes_view(products, task, batches, result_rows, width);
         analysis(other4, first, width,
-                 for_weight ? scale_dft::kPhiPacking : scale_dft::kWeightPacking, false, tw,
+                 for_weight ? scale_dft::kPhiPacking : scale_dft::kWeightPacking, tw,
                  input_view.mutable_data_ptr<scalar_t>());
         at::bmm_out(products_view, lhs, input_view);
         synthesis(products_view.const_data_ptr<scalar_t>(), G, result_rows, width,

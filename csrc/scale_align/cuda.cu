@@ -478,7 +478,8 @@ std::tuple<at::Tensor, at::Tensor> scale_align_cuda(const at::Tensor& phi,
   at::Tensor shift = at::empty({G, N, C}, phi.options().dtype(at::kLong));
   const int64_t points = logits.numel();
   if (points > 0) {
-    const at::Tensor products = forward_products(as_grouped(phi), as_grouped(weight), shape, stream);
+    const at::Tensor products =
+        forward_products(as_grouped(phi), as_grouped(weight), shape, stream);
     const at::Tensor bias_grouped = bias.has_value() ? bias->reshape({G, C}) : at::Tensor();
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, phi.scalar_type(),
                                     "scale_align_cuda", [&] {
@@ -505,7 +506,8 @@ at::Tensor scale_correlation_cuda(const at::Tensor& phi, const at::Tensor& weigh
   at::Tensor corr = at::empty({G, N, C, S}, phi.options());
   const int64_t points = G * N * C;
   if (points > 0) {
-    const at::Tensor products = forward_products(as_grouped(phi), as_grouped(weight), shape, stream);
+    const at::Tensor products =
+        forward_products(as_grouped(phi), as_grouped(weight), shape, stream);
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, phi.scalar_type(),
                                     "scale_correlation_cuda", [&] {
       using acc_t = at::opmath_type<scalar_t>;

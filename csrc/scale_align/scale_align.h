@@ -1,10 +1,9 @@
 #pragma once
-// Argument checks, shapes and output allocation shared by the CPU and CUDA scale_correlation /
+// Argument checks and shapes shared by the CPU and CUDA scale_correlation /
 // scale_align kernels (SPEC.md section 3). The Python wrappers (ssanet_ops/ops.py) check the
 // same things with friendlier messages; these guard direct calls of torch.ops.ssanet_ops.*.
 
 #include <ATen/core/Tensor.h>
-#include <ATen/ops/empty.h>
 #include <c10/util/Exception.h>
 
 #include <optional>
@@ -120,8 +119,8 @@ inline void check_grad(const at::Tensor& grad, const std::optional<at::Tensor>& 
   }
 }
 
-// Twiddle tables computed on the host: cos[k] and sin[k] = cos, sin(2*pi*k/S), one after the
-// other in one buffer.
+// The CPU's twiddle tables, computed on the host: cos[k] and sin[k] = cos, sin(2*pi*k/S), one
+// after the other in one buffer.
 template <typename acc_t>
 struct HostTwiddles {
   std::vector<acc_t> values;
