@@ -21,13 +21,19 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import ssanet_ops  # noqa: E402
 from cases import Case  # noqa: E402
 from cases import oriented_pool as oriented_pool_cases  # noqa: E402
+from cases import roi_crop as roi_crop_cases  # noqa: E402
 from cases import scale_align as scale_align_cases  # noqa: E402
 from timing import copy_bandwidth_gbs, device_name, device_slug, median_ms  # noqa: E402
 
-CASE_MODULES = {"oriented_pool": oriented_pool_cases, "scale_align": scale_align_cases}
+import ssanet_ops  # noqa: E402
+
+CASE_MODULES = {
+    "oriented_pool": oriented_pool_cases,
+    "multiscale_roi_crop": roi_crop_cases,
+    "scale_align": scale_align_cases,
+}
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
 
@@ -56,8 +62,14 @@ def make_step(case: Case, name: str, inputs: dict, pass_name: str):
     return forward_backward
 
 
-def run_case(case: Case, device: torch.device, dtype: torch.dtype, repeats: int, warmup: int,
-             bandwidth_gbs: float | None) -> list[dict]:
+def run_case(
+    case: Case,
+    device: torch.device,
+    dtype: torch.dtype,
+    repeats: int,
+    warmup: int,
+    bandwidth_gbs: float | None,
+) -> list[dict]:
     inputs = case.make_inputs(device, dtype)
     if case.max_repeats is not None:
         repeats, warmup = min(repeats, case.max_repeats), min(warmup, 1)
@@ -69,10 +81,15 @@ def run_case(case: Case, device: torch.device, dtype: torch.dtype, repeats: int,
             times[name] = median_ms(step, device, repeats, warmup)
         for name, ms in times.items():
             row = {
-                "op": case.op, "size": case.size, "device": device.type,
-                "dtype": str(dtype).removeprefix("torch."), "pass": pass_name,
-                "implementation": name, "median_ms": ms,
-                "ratio": times[case.baseline] / ms, "baseline": case.baseline,
+                "op": case.op,
+                "size": case.size,
+                "device": device.type,
+                "dtype": str(dtype).removeprefix("torch."),
+                "pass": pass_name,
+                "implementation": name,
+                "median_ms": ms,
+                "ratio": times[case.baseline] / ms,
+                "baseline": case.baseline,
             }
             if name in case.flops and pass_name == "forward":
                 row["gflops"] = case.flops[name] / (ms * 1e-3) / 1e9
@@ -90,8 +107,10 @@ def run_case(case: Case, device: torch.device, dtype: torch.dtype, repeats: int,
 
 
 def format_table(rows: list[dict]) -> str:
-    header = ("| op | size | dtype | pass | implementation | median ms | speed-up vs baseline "
-              "| GFLOP/s | x copy time | target |")
+    header = (
+        "| op | size | dtype | pass | implementation | median ms | speed-up vs baseline "
+        "| GFLOP/s | x copy time | target |"
+    )
     lines = [header, "|---|---|---|---|---|---:|---:|---:|---:|---|"]
     for row in rows:
         ratio = "baseline" if row["implementation"] == row["baseline"] else f"{row['ratio']:.2f}x"
@@ -109,15 +128,29 @@ def format_table(rows: list[dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--quick", action="store_true", help="small sizes and fewer repeats")
-    parser.add_argument("--device", choices=["cpu", "cuda", "all"], default="all",
-                        help="where to run (default: the CPU, and CUDA when present)")
-    parser.add_argument("--ops", nargs="+", choices=sorted(CASE_MODULES),
-                        default=sorted(CASE_MODULES), help="which operators")
-    parser.add_argument("--repeats", type=int, default=None,
-                        help="timed runs per measurement (default 5 quick, 20 full)")
+    parser.add_argument(
+        "--device",
+        choices=["cpu", "cuda", "all"],
+        default="all",
+        help="where to run (default: the CPU, and CUDA when present)",
+    )
+    parser.add_argument(
+        "--ops",
+        nargs="+",
+        choices=sorted(CASE_MODULES),
+        default=sorted(CASE_MODULES),
+        help="which operators",
+    )
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=None,
+        help="timed runs per measurement (default 5 quick, 20 full)",
+    )
     parser.add_argument("--output-dir", type=Path, default=RESULTS_DIR)
     args = parser.parse_args(argv)
 
@@ -142,8 +175,10 @@ def main(argv: list[str] | None = None) -> int:
         for case, dtype in tqdm(work, desc=f"benchmarks on {device.type}", file=sys.stderr):
             rows.extend(run_case(case, device, dtype, repeats, warmup, bandwidth))
 
-        title = (f"ssanet_ops operator benchmarks on {device_name(device)}"
-                 f"{' (quick sizes)' if args.quick else ''}")
+        title = (
+            f"ssanet_ops operator benchmarks on {device_name(device)}"
+            f"{' (quick sizes)' if args.quick else ''}"
+        )
         facts = {
             "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
             "device": device_name(device),
@@ -153,23 +188,26 @@ def main(argv: list[str] | None = None) -> int:
             "copy_bandwidth_gbs": bandwidth,
         }
         table = format_table(rows)
-        text = (f"# {title}\n\n"
-                f"- date: {facts['date']}\n- device: {facts['device']}\n"
-                f"- torch {facts['torch']}, ssanet_ops {facts['ssanet_ops']['version']} "
-                f"(CUDA kernels compiled: {facts['ssanet_ops']['cuda']})\n"
-                f"- median of {repeats} runs after {warmup} warm-up runs"
-                f"{'; CUDA events' if device.type == 'cuda' else ''}\n"
-                f"- measured copy bandwidth (read + write): {bandwidth:.1f} GB/s\n"
-                "- speed-up = baseline median / implementation median (above 1: faster); "
-                "x copy time = forward time / time to read the input and write the output once "
-                "at the measured copy bandwidth\n\n"
-                f"{table}\n")
+        text = (
+            f"# {title}\n\n"
+            f"- date: {facts['date']}\n- device: {facts['device']}\n"
+            f"- torch {facts['torch']}, ssanet_ops {facts['ssanet_ops']['version']} "
+            f"(CUDA kernels compiled: {facts['ssanet_ops']['cuda']})\n"
+            f"- median of {repeats} runs after {warmup} warm-up runs"
+            f"{'; CUDA events' if device.type == 'cuda' else ''}\n"
+            f"- measured copy bandwidth (read + write): {bandwidth:.1f} GB/s\n"
+            "- speed-up = baseline median / implementation median (above 1: faster); "
+            "x copy time = forward time / time to read the input and write the output once "
+            "at the measured copy bandwidth\n\n"
+            f"{table}\n"
+        )
         print(text)
         args.output_dir.mkdir(parents=True, exist_ok=True)
         stem = f"ops_{device_slug(device)}{'_quick' if args.quick else ''}"
         (args.output_dir / f"{stem}.md").write_text(text)
         (args.output_dir / f"{stem}.json").write_text(
-            json.dumps({"facts": facts, "rows": rows}, indent=2) + "\n")
+            json.dumps({"facts": facts, "rows": rows}, indent=2) + "\n"
+        )
         print(f"wrote {args.output_dir / (stem + '.md')}", file=sys.stderr)
     return 0
 

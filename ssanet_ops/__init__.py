@@ -11,8 +11,16 @@ from . import _extension
 
 _C = _extension.load()
 
-from . import _autograd, _fake, nn, reference  # noqa: E402  (registrations need _C loaded)
-from .ops import oriented_pool, scale_align, scale_correlation  # noqa: E402
+# The registrations need the schemas that loading _C defines.
+from . import _autograd, _fake, nn, reference  # noqa: E402, F401  (registers autograd and fake kernels)  # noqa: E402
+from .ops import (  # noqa: E402
+    multiscale_roi_crop,
+    oriented_pool,
+    scale_align,
+    scale_candidates,
+    scale_correlation,
+    scale_factors,
+)
 
 __version__: str = _C.build_info()["version"]
 
@@ -27,16 +35,19 @@ def build_info() -> dict:
     """
     info = dict(_C.build_info())
     if info["cuda_architectures"] is not None:
-        info["cuda_architectures"] = info["cuda_architectures"].split(";")
+        info["cuda_architectures"] = info["cuda_architectures"].split(",")
     return info
 
 
 __all__ = [
     "build_info",
+    "multiscale_roi_crop",
     "nn",
     "oriented_pool",
     "reference",
     "scale_align",
+    "scale_candidates",
     "scale_correlation",
+    "scale_factors",
     "__version__",
 ]

@@ -29,6 +29,34 @@ torch.library.register_autograd(
 )
 
 
+def _multiscale_roi_crop_setup_context(ctx, inputs, output):
+    input, boxes, scales, centers, output_size, spatial_scale, sampling_ratio, aligned, clip = (
+        inputs
+    )
+    ctx.save_for_backward(boxes, centers)
+    ctx.scales = scales
+    ctx.sampling = (output_size, spatial_scale, sampling_ratio, aligned, clip)
+    ctx.input_shape = input.shape
+
+
+def _multiscale_roi_crop_backward(ctx, grad_output):
+    # SPEC.md section 2: the gradient goes to input only, as in roi_align.
+    boxes, centers = ctx.saved_tensors
+    grad_input = None
+    if ctx.needs_input_grad[0]:
+        grad_input = torch.ops.ssanet_ops._multiscale_roi_crop_backward(
+            grad_output, boxes, ctx.scales, centers, *ctx.sampling, *ctx.input_shape
+        )
+    return grad_input, None, None, None, None, None, None, None, None
+
+
+torch.library.register_autograd(
+    "ssanet_ops::multiscale_roi_crop",
+    _multiscale_roi_crop_backward,
+    setup_context=_multiscale_roi_crop_setup_context,
+)
+
+
 # scale_correlation / scale_align (SPEC.md section 3, eq. 8): d phi and d weight each have their
 # own backward op, so an input that needs no gradient costs nothing; d bias is the sum of the
 # logits' gradient over the proposals.

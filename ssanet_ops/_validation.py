@@ -17,8 +17,10 @@ def pair(value: int | Sequence[int], name: str) -> tuple[int, int]:
         raise TypeError(f"{name} must be an int or a pair of ints, got {value!r}")
     if isinstance(value, int):
         return value, value
-    if isinstance(value, Sequence) and len(value) == 2 and all(
-        isinstance(v, int) and not isinstance(v, bool) for v in value
+    if (
+        isinstance(value, Sequence)
+        and len(value) == 2
+        and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
     ):
         return int(value[0]), int(value[1])
     raise TypeError(f"{name} must be an int or a pair of ints, got {value!r}")
@@ -39,7 +41,9 @@ def check_rank(tensor: torch.Tensor, rank: int, name: str, shape: str) -> None:
     if not isinstance(tensor, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(tensor).__name__}")
     if tensor.dim() != rank:
-        raise ValueError(f"{name} must be a {rank}-d tensor {shape}, got shape {tuple(tensor.shape)}")
+        raise ValueError(
+            f"{name} must be a {rank}-d tensor {shape}, got shape {tuple(tensor.shape)}"
+        )
 
 
 def check_same_device(tensors: dict[str, torch.Tensor]) -> None:

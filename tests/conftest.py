@@ -17,9 +17,7 @@ DEVICES = [
     ),
 ]
 
-requires_cuda = pytest.mark.skipif(
-    not CUDA_AVAILABLE, reason="needs a GPU and the CUDA kernels"
-)
+requires_cuda = pytest.mark.skipif(not CUDA_AVAILABLE, reason="needs a GPU and the CUDA kernels")
 
 
 @pytest.fixture(params=DEVICES)

@@ -36,10 +36,11 @@ struct Strides4 {
 
 // The SPEC's running maximum: a strictly larger value replaces the best (so ties keep the
 // lowest index), and a NaN replaces a number (NaN propagates, as in torch.amax) but not an
-// earlier NaN.
+// earlier NaN. Bitwise operators, not && and ||: the max of random data is unpredictable, and
+// branch-free selects keep the CPU from mispredicting on every comparison.
 template <typename acc_t>
 SSANET_HOST_DEVICE bool replaces_max(acc_t candidate, acc_t best) {
-  return candidate > best || (candidate != candidate && best == best);
+  return (candidate > best) | ((candidate != candidate) & (best == best));
 }
 
 // Maximum of the G values line[k * step], k = 0..G-1, and the k that won it.
@@ -50,10 +51,9 @@ SSANET_HOST_DEVICE acc_t line_max(const scalar_t* line, int64_t step, int64_t co
   winner = 0;
   for (int64_t k = 1; k < count; ++k) {
     const acc_t value = static_cast<acc_t>(line[k * step]);
-    if (replaces_max(value, best)) {
-      best = value;
-      winner = static_cast<uint8_t>(k);
-    }
+    const bool replaces = replaces_max(value, best);
+    best = replaces ? value : best;
+    winner = replaces ? static_cast<uint8_t>(k) : winner;
   }
   return best;
 }
@@ -124,12 +124,11 @@ SSANET_HOST_DEVICE acc_t backward_cell(const scalar_t* grad_sample, int64_t grad
     for (int64_t j = first_column; j <= last_column; ++j) {
       const int64_t dx = x - j * g.stride_w;
       const int64_t l = (c * g.patch_h + dy) * g.patch_w + dx;
-      if (argmax_sample[i * L + l] == j) {  // won p_i[l]: orientations 0 and 2
-        total += grad_at(0, i * L + l) + grad_at(2, (g.grid - 1 - i) * L + l);
-      }
-      if (argmax_sample[GL + j * L + l] == i) {  // won q_j[l]: orientations 1 and 3
-        total += grad_at(1, j * L + l) + grad_at(3, (g.grid - 1 - j) * L + l);
-      }
+      // Selects rather than branches, as in line_max.
+      const acc_t row_grad = grad_at(0, i * L + l) + grad_at(2, (g.grid - 1 - i) * L + l);
+      const acc_t column_grad = grad_at(1, j * L + l) + grad_at(3, (g.grid - 1 - j) * L + l);
+      total += argmax_sample[i * L + l] == j ? row_grad : acc_t(0);  // won p_i[l]
+      total += argmax_sample[GL + j * L + l] == i ? column_grad : acc_t(0);  // won q_j[l]
     }
   }
   return total;

@@ -1,9 +1,17 @@
-// oriented_pool on the CPU: the shared cell functions of common/oriented_pool.h, run in
-// parallel with at::parallel_for.
+// oriented_pool on the CPU. Each work item is one sample and a block of channels; the block is
+// transposed into a [H][W][channels] buffer so that every step of the SPEC's max (forward) and
+// of the gradient gather (backward) is a loop over contiguous channels, which the compiler
+// vectorizes. The rules themselves (replaces_max, covering_patches) come from
+// common/oriented_pool.h and are the ones the CUDA kernels run per element; the summation order
+// of the backward is the CUDA kernel's too (row maxima then column maxima, patches in row-major
+// order), so both devices round the same way.
 
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
+
+#include <algorithm>
+#include <vector>
 
 #include "oriented_pool/oriented_pool.h"
 
@@ -16,6 +24,40 @@ void check_cpu_dtype(const at::Tensor& tensor, const char* name) {
               tensor.scalar_type());
 }
 
+// Channels per work item: the transposed input block stays within about 64 KiB (L2-resident).
+int64_t channel_block(const Geometry& g, int64_t element_size) {
+  const int64_t plane_bytes = std::max<int64_t>(1, g.height * g.width * element_size);
+  return std::clamp<int64_t>((int64_t{64} << 10) / plane_bytes, 1, 64);
+}
+
+// A [cells][block] buffer of values and one of grid indices, for the G*h*w cells of the row
+// maxima p_k (or the column maxima q_k) of one channel block; cell = (k*h + dy)*w + dx.
+template <typename scalar_t, typename index_t>
+struct CellBlock {
+  std::vector<scalar_t> value;
+  std::vector<index_t> index;
+  CellBlock(int64_t cells, int64_t block) : value(cells * block), index(cells * block) {}
+};
+
+// Max over the G patches of a grid line for one cell and `count` channels, vectorized over
+// channels: first[c + m*line_step] for m = 0..G-1 (SPEC.md section 1 rules via replaces_max).
+template <typename scalar_t>
+void block_line_max(const scalar_t* __restrict first, int64_t line_step, int64_t grid,
+                    int64_t count, scalar_t* __restrict best, uint8_t* __restrict winner) {
+  for (int64_t c = 0; c < count; ++c) {
+    best[c] = first[c];
+    winner[c] = 0;
+  }
+  for (int64_t m = 1; m < grid; ++m) {
+    const scalar_t* __restrict line = first + m * line_step;
+    for (int64_t c = 0; c < count; ++c) {
+      const bool replaces = replaces_max(line[c], best[c]);
+      best[c] = replaces ? line[c] : best[c];
+      winner[c] = replaces ? static_cast<uint8_t>(m) : winner[c];
+    }
+  }
+}
+
 std::tuple<at::Tensor, at::Tensor> oriented_pool_forward_cpu(const at::Tensor& x,
                                                              at::IntArrayRef patch_size,
                                                              int64_t grid_size,
@@ -23,31 +65,74 @@ std::tuple<at::Tensor, at::Tensor> oriented_pool_forward_cpu(const at::Tensor& x
   const Geometry g = check_forward_args(x, patch_size, grid_size, stride);
   check_cpu_dtype(x, "x");
   auto [out, argmax] = allocate_outputs(x, g);
-  const int64_t batch = x.size(0);
   if (out.numel() == 0) {
     return {out, argmax};
   }
   const Strides4 x_strides = strides_of(x);
+  const int64_t batch = x.size(0);
+  const int64_t L = g.patch_length();
+  const int64_t GL = g.orientation_length();
+  const int64_t area = g.patch_area();
+  const int64_t cells = g.grid * area;
 
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "oriented_pool_forward_cpu", [&] {
+    const int64_t block = channel_block(g, sizeof(scalar_t));
+    const int64_t blocks_per_sample = (g.channels + block - 1) / block;
     const scalar_t* x_data = x.const_data_ptr<scalar_t>();
     scalar_t* out_data = out.mutable_data_ptr<scalar_t>();
     uint8_t* argmax_data = argmax.mutable_data_ptr<uint8_t>();
-    // One work item per (sample, grid line, channel): h*w cells each.
-    const int64_t items = batch * g.grid * g.channels;
-    const int64_t grain = std::max<int64_t>(1, 4096 / (g.patch_area() * g.grid + 1));
-    at::parallel_for(0, items, grain, [&](int64_t begin, int64_t end) {
+
+    at::parallel_for(0, batch * blocks_per_sample, 1, [&](int64_t begin, int64_t end) {
+      std::vector<scalar_t> transposed(g.height * g.width * block);  // [H][W][block]
+      CellBlock<scalar_t, uint8_t> rows(cells, block), columns(cells, block);  // p_k, q_k
       for (int64_t item = begin; item < end; ++item) {
-        const int64_t c = item % g.channels;
-        const int64_t k = (item / g.channels) % g.grid;
-        const int64_t b = item / (g.channels * g.grid);
-        const scalar_t* sample = x_data + b * x_strides.n;
-        scalar_t* out_sample = out_data + b * 4 * g.orientation_length();
-        uint8_t* argmax_sample = argmax_data + b * 2 * g.orientation_length();
-        for (int64_t dy = 0; dy < g.patch_h; ++dy) {
-          for (int64_t dx = 0; dx < g.patch_w; ++dx) {
-            forward_cell<scalar_t, scalar_t>(sample, x_strides, g, k, c, dy, dx, out_sample,
-                                             argmax_sample);
+        const int64_t b = item / blocks_per_sample;
+        const int64_t c0 = (item % blocks_per_sample) * block;
+        const int64_t count = std::min(block, g.channels - c0);
+
+        for (int64_t c = 0; c < count; ++c) {
+          const scalar_t* plane = x_data + b * x_strides.n + (c0 + c) * x_strides.c;
+          for (int64_t y = 0; y < g.height; ++y) {
+            for (int64_t x = 0; x < g.width; ++x) {
+              transposed[(y * g.width + x) * block + c] = plane[y * x_strides.h + x * x_strides.w];
+            }
+          }
+        }
+
+        // Row k of patches steps sw columns; column k steps sh rows.
+        const int64_t column_step = g.stride_w * block;
+        const int64_t row_step = g.stride_h * g.width * block;
+        for (int64_t k = 0; k < g.grid; ++k) {
+          for (int64_t dy = 0; dy < g.patch_h; ++dy) {
+            for (int64_t dx = 0; dx < g.patch_w; ++dx) {
+              const int64_t cell = ((k * g.patch_h + dy) * g.patch_w + dx) * block;
+              block_line_max(
+                  &transposed[((k * g.stride_h + dy) * g.width + dx) * block], column_step,
+                  g.grid, count, &rows.value[cell], &rows.index[cell]);
+              block_line_max(
+                  &transposed[(dy * g.width + k * g.stride_w + dx) * block], row_step, g.grid,
+                  count, &columns.value[cell], &columns.index[cell]);
+            }
+          }
+        }
+
+        // Back to the output layout: out[b, o, k*L + (c*h + dy)*w + dx].
+        scalar_t* out_sample = out_data + b * 4 * GL;
+        uint8_t* argmax_sample = argmax_data + b * 2 * GL;
+        for (int64_t k = 0; k < g.grid; ++k) {
+          const int64_t forward_at = k * L + c0 * area;
+          const int64_t reversed_at = (g.grid - 1 - k) * L + c0 * area;
+          for (int64_t c = 0; c < count; ++c) {
+            for (int64_t offset = 0; offset < area; ++offset) {
+              const int64_t from = (k * area + offset) * block + c;
+              const int64_t to = c * area + offset;
+              out_sample[0 * GL + forward_at + to] = rows.value[from];
+              out_sample[1 * GL + forward_at + to] = columns.value[from];
+              out_sample[2 * GL + reversed_at + to] = rows.value[from];
+              out_sample[3 * GL + reversed_at + to] = columns.value[from];
+              argmax_sample[forward_at + to] = rows.index[from];
+              argmax_sample[GL + forward_at + to] = columns.index[from];
+            }
           }
         }
       }
@@ -67,27 +152,93 @@ at::Tensor oriented_pool_backward_cpu(const at::Tensor& grad_output, const at::T
   if (grad_input.numel() == 0) {
     return grad_input;
   }
+  const int64_t L = g.patch_length();
+  const int64_t GL = g.orientation_length();
+  const int64_t area = g.patch_area();
+  const int64_t cells = g.grid * area;
+
+  // The patches covering each input row and column: the same for every channel and sample.
+  std::vector<int64_t> first_row(height), last_row(height), first_column(width),
+      last_column(width);
+  for (int64_t y = 0; y < height; ++y) {
+    covering_patches(y, g.patch_h, g.stride_h, g.grid, first_row[y], last_row[y]);
+  }
+  for (int64_t x = 0; x < width; ++x) {
+    covering_patches(x, g.patch_w, g.stride_w, g.grid, first_column[x], last_column[x]);
+  }
 
   AT_DISPATCH_FLOATING_TYPES(grad_output.scalar_type(), "oriented_pool_backward_cpu", [&] {
+    const int64_t block = channel_block(g, sizeof(scalar_t));
+    const int64_t blocks_per_sample = (channels + block - 1) / block;
     const scalar_t* grad_data = grad_output.const_data_ptr<scalar_t>();
     const uint8_t* argmax_data = argmax.const_data_ptr<uint8_t>();
     scalar_t* grad_input_data = grad_input.mutable_data_ptr<scalar_t>();
     const int64_t grad_stride_n = grad_output.stride(0);
     const int64_t grad_stride_o = grad_output.stride(1);
     const int64_t grad_stride_l = grad_output.stride(2);
-    // One work item per input plane (b, c); each writes only its own plane, so no races.
-    const int64_t grain = std::max<int64_t>(1, 4096 / (height * width));
-    at::parallel_for(0, batch * channels, grain, [&](int64_t begin, int64_t end) {
-      for (int64_t plane = begin; plane < end; ++plane) {
-        const int64_t c = plane % channels;
-        const int64_t b = plane / channels;
+
+    // Each work item owns its (sample, channel block) of grad_input: no races, and a fixed
+    // summation order, so the result is deterministic.
+    at::parallel_for(0, batch * blocks_per_sample, 1, [&](int64_t begin, int64_t end) {
+      // Per cell and channel: the gradient reaching p_k (orientations 0 and 2) or q_k (1 and
+      // 3), and the grid index that won it, held as scalar_t so that comparing it and selecting
+      // the gradient is one vectorizable loop of a single type.
+      CellBlock<scalar_t, scalar_t> rows(cells, block), columns(cells, block);
+      std::vector<scalar_t> total(block);
+      for (int64_t item = begin; item < end; ++item) {
+        const int64_t b = item / blocks_per_sample;
+        const int64_t c0 = (item % blocks_per_sample) * block;
+        const int64_t count = std::min(block, channels - c0);
         const scalar_t* grad_sample = grad_data + b * grad_stride_n;
-        const uint8_t* argmax_sample = argmax_data + b * 2 * g.orientation_length();
-        scalar_t* grad_plane = grad_input_data + plane * height * width;
+        const uint8_t* argmax_sample = argmax_data + b * 2 * GL;
+        auto grad_at = [&](int64_t orientation, int64_t position) {
+          return grad_sample[orientation * grad_stride_o + position * grad_stride_l];
+        };
+
+        for (int64_t k = 0; k < g.grid; ++k) {
+          const int64_t forward_at = k * L + c0 * area;
+          const int64_t reversed_at = (g.grid - 1 - k) * L + c0 * area;
+          for (int64_t c = 0; c < count; ++c) {
+            for (int64_t offset = 0; offset < area; ++offset) {
+              const int64_t to = (k * area + offset) * block + c;
+              const int64_t from = c * area + offset;
+              rows.value[to] = grad_at(0, forward_at + from) + grad_at(2, reversed_at + from);
+              columns.value[to] = grad_at(1, forward_at + from) + grad_at(3, reversed_at + from);
+              rows.index[to] = argmax_sample[forward_at + from];
+              columns.index[to] = argmax_sample[GL + forward_at + from];
+            }
+          }
+        }
+
         for (int64_t y = 0; y < height; ++y) {
           for (int64_t x = 0; x < width; ++x) {
-            grad_plane[y * width + x] = backward_cell<scalar_t, scalar_t>(
-                grad_sample, grad_stride_o, grad_stride_l, argmax_sample, g, c, y, x);
+            std::fill(total.begin(), total.begin() + count, scalar_t(0));
+            // SPEC.md section 1 backward: x[y, x] gets the gradient of each max it won.
+            for (int64_t i = first_row[y]; i <= last_row[y]; ++i) {
+              const int64_t dy = y - i * g.stride_h;
+              for (int64_t j = first_column[x]; j <= last_column[x]; ++j) {
+                const int64_t dx = x - j * g.stride_w;
+                const int64_t row_cell = ((i * g.patch_h + dy) * g.patch_w + dx) * block;
+                const int64_t column_cell = ((j * g.patch_h + dy) * g.patch_w + dx) * block;
+                const scalar_t* __restrict row_value = &rows.value[row_cell];
+                const scalar_t* __restrict row_index = &rows.index[row_cell];
+                const scalar_t* __restrict column_value = &columns.value[column_cell];
+                const scalar_t* __restrict column_index = &columns.index[column_cell];
+                scalar_t* __restrict sum = total.data();
+                const scalar_t column_of_patch = static_cast<scalar_t>(j);
+                const scalar_t row_of_patch = static_cast<scalar_t>(i);
+                for (int64_t c = 0; c < count; ++c) {
+                  const scalar_t row_grad = row_value[c];
+                  const scalar_t column_grad = column_value[c];
+                  sum[c] += row_index[c] == column_of_patch ? row_grad : scalar_t(0);
+                  sum[c] += column_index[c] == row_of_patch ? column_grad : scalar_t(0);
+                }
+              }
+            }
+            scalar_t* grad_plane = grad_input_data + (b * channels + c0) * height * width;
+            for (int64_t c = 0; c < count; ++c) {
+              grad_plane[c * height * width + y * width + x] = total[c];
+            }
           }
         }
       }

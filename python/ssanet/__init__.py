@@ -1,0 +1,1 @@
+"""SSANet: the model layer, data and evaluation built on the ssanet_ops operators."""
