@@ -246,10 +246,10 @@ class SSANet(nn.Module):
 
         op_part_logits = None
         if self.op is not None:
-            # Section 3.3: the map of each part's aligned candidate.
-            rows = torch.arange(batch, device=images.device)[:, None]
-            columns = torch.arange(parts, device=images.device)[None, :]
-            aligned_maps = maps[rows, columns, aligned]  # [B, K, C, h, w]
+            # Section 3.3: the map of each part's aligned candidate, [B, K, C, h, w].
+            scales = len(self.scales)
+            rows = torch.arange(batch * parts, device=images.device) * scales + aligned.flatten()
+            aligned_maps = maps.flatten(0, 2).index_select(0, rows).unflatten(0, (batch, parts))
             op_part_logits = self.op(aligned_maps).transpose(0, 1)
 
         # Section 3: the parts' logits summed, final = DSM + OP.
