@@ -35,9 +35,9 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import ssanet  # noqa: E402
 from timing import device_name, device_slug, median_ms  # noqa: E402
 
-import ssanet  # noqa: E402
 import ssanet_ops  # noqa: E402
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"

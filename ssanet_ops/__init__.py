@@ -28,7 +28,7 @@ def build_info() -> dict:
     """
     info = dict(_C.build_info())
     if info["cuda_architectures"] is not None:
-        info["cuda_architectures"] = info["cuda_architectures"].split(";")
+        info["cuda_architectures"] = info["cuda_architectures"].split(",")
     return info
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from importlib import resources
+from pathlib import Path
 from types import ModuleType
 
 import torch
@@ -43,7 +44,13 @@ def load() -> ModuleType:
         from . import _C
     except ImportError as error:
         if config is None:
-            reason = "the compiled extension ssanet_ops._C is missing (the package was not built)"
+            folder = Path(__file__).resolve().parent
+            reason = (
+                f"the compiled extension ssanet_ops._C is missing from {folder}: the package "
+                "there was not built. If that is the source folder shadowing an installed "
+                "ssanet_ops (`python -m pytest` or `python` started in the source root put it on "
+                "sys.path), run `pytest`, or Python from another folder"
+            )
         else:
             reason = f"the compiled extension ssanet_ops._C failed to load ({error})"
         raise ImportError(f"{reason}.\n{_HOW_TO_BUILD}") from error

@@ -14,12 +14,10 @@ import urllib.error
 from pathlib import Path
 
 import pytest
+import ssanet
 import torch
 import torch.nn.functional as F
 import torchvision
-
-import ssanet
-import ssanet_ops
 from ssanet import cli
 from ssanet.model import (
     NTS_ANCHOR_LEVELS,
@@ -35,6 +33,8 @@ from ssanet.model import (
     make_anchors,
     select_proposals,
 )
+
+import ssanet_ops
 
 IMAGE = 64  # tiny images and part crops: 2x2 part maps
 # Anchors sized for a 64x64 image (NTS-Net's are for 448x448).

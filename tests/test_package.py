@@ -62,5 +62,6 @@ def test_missing_extension_says_how_to_build(tmp_path):
         cwd=tmp_path,
     )
     assert result.returncode != 0
-    assert "ImportError: the compiled extension ssanet_ops._C is missing" in result.stderr
+    assert "ImportError: the compiled extension ssanet_ops._C is missing from" in result.stderr
+    assert str(copy) in result.stderr
     assert "pip install --no-build-isolation" in result.stderr

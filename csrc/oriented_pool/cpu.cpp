@@ -32,10 +32,10 @@ int64_t channel_block(const Geometry& g, int64_t element_size) {
 
 // A [cells][block] buffer of values and one of grid indices, for the G*h*w cells of the row
 // maxima p_k (or the column maxima q_k) of one channel block; cell = (k*h + dy)*w + dx.
-template <typename scalar_t>
+template <typename scalar_t, typename index_t>
 struct CellBlock {
   std::vector<scalar_t> value;
-  std::vector<uint8_t> index;
+  std::vector<index_t> index;
   CellBlock(int64_t cells, int64_t block) : value(cells * block), index(cells * block) {}
 };
 
@@ -84,7 +84,7 @@ std::tuple<at::Tensor, at::Tensor> oriented_pool_forward_cpu(const at::Tensor& x
 
     at::parallel_for(0, batch * blocks_per_sample, 1, [&](int64_t begin, int64_t end) {
       std::vector<scalar_t> transposed(g.height * g.width * block);  // [H][W][block]
-      CellBlock<scalar_t> rows(cells, block), columns(cells, block);  // p_k and q_k
+      CellBlock<scalar_t, uint8_t> rows(cells, block), columns(cells, block);  // p_k, q_k
       for (int64_t item = begin; item < end; ++item) {
         const int64_t b = item / blocks_per_sample;
         const int64_t c0 = (item % blocks_per_sample) * block;
@@ -181,8 +181,9 @@ at::Tensor oriented_pool_backward_cpu(const at::Tensor& grad_output, const at::T
     // summation order, so the result is deterministic.
     at::parallel_for(0, batch * blocks_per_sample, 1, [&](int64_t begin, int64_t end) {
       // Per cell and channel: the gradient reaching p_k (orientations 0 and 2) or q_k (1 and
-      // 3), and the grid index that won it.
-      CellBlock<scalar_t> rows(cells, block), columns(cells, block);
+      // 3), and the grid index that won it, held as scalar_t so that comparing it and selecting
+      // the gradient is one vectorizable loop of a single type.
+      CellBlock<scalar_t, scalar_t> rows(cells, block), columns(cells, block);
       std::vector<scalar_t> total(block);
       for (int64_t item = begin; item < end; ++item) {
         const int64_t b = item / blocks_per_sample;
@@ -220,13 +221,17 @@ at::Tensor oriented_pool_backward_cpu(const at::Tensor& grad_output, const at::T
                 const int64_t row_cell = ((i * g.patch_h + dy) * g.patch_w + dx) * block;
                 const int64_t column_cell = ((j * g.patch_h + dy) * g.patch_w + dx) * block;
                 const scalar_t* __restrict row_value = &rows.value[row_cell];
-                const uint8_t* __restrict row_index = &rows.index[row_cell];
+                const scalar_t* __restrict row_index = &rows.index[row_cell];
                 const scalar_t* __restrict column_value = &columns.value[column_cell];
-                const uint8_t* __restrict column_index = &columns.index[column_cell];
+                const scalar_t* __restrict column_index = &columns.index[column_cell];
                 scalar_t* __restrict sum = total.data();
+                const scalar_t column_of_patch = static_cast<scalar_t>(j);
+                const scalar_t row_of_patch = static_cast<scalar_t>(i);
                 for (int64_t c = 0; c < count; ++c) {
-                  sum[c] += row_index[c] == j ? row_value[c] : scalar_t(0);
-                  sum[c] += column_index[c] == i ? column_value[c] : scalar_t(0);
+                  const scalar_t row_grad = row_value[c];
+                  const scalar_t column_grad = column_value[c];
+                  sum[c] += row_index[c] == column_of_patch ? row_grad : scalar_t(0);
+                  sum[c] += column_index[c] == row_of_patch ? column_grad : scalar_t(0);
                 }
               }
             }

@@ -1,0 +1,66 @@
+"""Datasets, transforms and the synthetic data generator of SSANet's training and evaluation."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+
+from ._files import CorruptFileError
+from .base import FineGrainedDataset
+from .cars_aircraft import AircraftDataset, CarsDataset
+from .cub import CUBDataset
+from .synthetic import make_synthetic
+from .transforms import (
+    PRESETS,
+    Rotate,
+    eval_transform,
+    paper_transform,
+    reduced_input,
+    train_transform,
+)
+
+DATASETS = ("cub", "cars", "aircraft", "synthetic")
+
+__all__ = [
+    "DATASETS",
+    "PRESETS",
+    "AircraftDataset",
+    "CarsDataset",
+    "CorruptFileError",
+    "CUBDataset",
+    "FineGrainedDataset",
+    "Rotate",
+    "build_dataset",
+    "eval_transform",
+    "make_synthetic",
+    "paper_transform",
+    "reduced_input",
+    "train_transform",
+]
+
+
+def build_dataset(
+    name: str,
+    root: str | os.PathLike,
+    train: bool,
+    transform: Callable | None = None,
+    with_box: bool = False,
+    with_keypoints: bool = False,
+) -> FineGrainedDataset:
+    """The training (``train=True``) or test split of dataset ``name`` (one of :data:`DATASETS`).
+
+    The paper's splits: CUB and synthetic train / test (``train_test_split.txt``), Cars train /
+    test, Aircraft trainval / test. Keypoints exist in the CUB layout (cub, synthetic) only.
+    """
+    if name not in DATASETS:
+        raise ValueError(f"dataset must be one of {DATASETS}, got {name!r}")
+    if with_keypoints and name not in ("cub", "synthetic"):
+        raise ValueError(f"with_keypoints needs the CUB layout (cub, synthetic), not {name!r}")
+    if name in ("cub", "synthetic"):
+        split = "train" if train else "test"
+        return CUBDataset(root, split, transform, with_box, with_keypoints)
+    if name == "cars":
+        return CarsDataset(root, "train" if train else "test", transform, with_box)
+    return AircraftDataset(
+        root, "trainval" if train else "test", transform=transform, with_box=with_box
+    )
