@@ -370,6 +370,8 @@ def test_bad_arguments_raise_with_the_argument_name():
         tiny(dsm="pyramid")
     with pytest.raises(ValueError, match="op"):
         tiny(op="avg")
+    with pytest.raises(ValueError, match="num_scales must be odd"):
+        tiny(num_scales=4)
     with pytest.raises(ValueError, match="backbone"):
         tiny(backbone="vgg16")
     with pytest.raises(ValueError, match="images"):

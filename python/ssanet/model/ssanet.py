@@ -103,6 +103,11 @@ class SSANet(nn.Module):
                 f"num_classes, num_parts and num_scales must be positive, got "
                 f"{num_classes}, {num_parts}, {num_scales}"
             )
+        if dsm in ("align", "fixed") and num_scales % 2 == 0:
+            raise ValueError(
+                f"num_scales must be odd (the proposal in the middle, as many candidates shrunk "
+                f"as expanded), got {num_scales}"
+            )
         if part_features not in PART_FEATURE_MODES:
             raise ValueError(
                 f"part_features must be one of {PART_FEATURE_MODES}, got {part_features!r}"
