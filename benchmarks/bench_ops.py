@@ -23,11 +23,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from cases import Case  # noqa: E402
 from cases import oriented_pool as oriented_pool_cases  # noqa: E402
+from cases import roi_crop as roi_crop_cases  # noqa: E402
 from timing import copy_bandwidth_gbs, device_name, device_slug, median_ms  # noqa: E402
 
 import ssanet_ops  # noqa: E402
 
-CASE_MODULES = {"oriented_pool": oriented_pool_cases}
+CASE_MODULES = {
+    "oriented_pool": oriented_pool_cases,
+    "multiscale_roi_crop": roi_crop_cases,
+}
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
 

@@ -15,6 +15,22 @@ TORCH_LIBRARY(ssanet_ops, m) {
       "_oriented_pool_backward(Tensor grad_output, Tensor argmax, int[2] patch_size,"
       " int grid_size, int[2] stride, SymInt batch, SymInt channels, SymInt height,"
       " SymInt width) -> Tensor");
+
+  // SPEC.md section 2. boxes: [K, 5] rows (batch_index, x1, y1, x2, y2); centers: [B, 2] or
+  // None (each image's mean box centre). scale_candidates returns [K, S, 4];
+  // multiscale_roi_crop returns [K, S, C, oh, ow].
+  m.def(
+      "scale_candidates(Tensor boxes, float[] scales, Tensor? centers, float image_height,"
+      " float image_width, bool clip) -> Tensor");
+  m.def(
+      "multiscale_roi_crop(Tensor input, Tensor boxes, float[] scales, Tensor? centers,"
+      " int[2] output_size, float spatial_scale, int sampling_ratio, bool aligned, bool clip)"
+      " -> Tensor");
+  m.def(
+      "_multiscale_roi_crop_backward(Tensor grad_output, Tensor boxes, float[] scales,"
+      " Tensor? centers, int[2] output_size, float spatial_scale, int sampling_ratio,"
+      " bool aligned, bool clip, SymInt batch, SymInt channels, SymInt height, SymInt width)"
+      " -> Tensor");
 }
 
 namespace {

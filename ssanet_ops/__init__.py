@@ -13,7 +13,12 @@ _C = _extension.load()
 
 # The registrations need the schemas that loading _C defines.
 from . import _autograd, _fake, nn, reference  # noqa: E402, F401  (registers autograd and fake kernels)  # noqa: E402
-from .ops import oriented_pool  # noqa: E402
+from .ops import (  # noqa: E402
+    multiscale_roi_crop,
+    oriented_pool,
+    scale_candidates,
+    scale_factors,
+)
 
 __version__: str = _C.build_info()["version"]
 
@@ -32,4 +37,13 @@ def build_info() -> dict:
     return info
 
 
-__all__ = ["build_info", "nn", "oriented_pool", "reference", "__version__"]
+__all__ = [
+    "build_info",
+    "multiscale_roi_crop",
+    "nn",
+    "oriented_pool",
+    "reference",
+    "scale_candidates",
+    "scale_factors",
+    "__version__",
+]

@@ -27,3 +27,31 @@ torch.library.register_autograd(
     _oriented_pool_backward,
     setup_context=_oriented_pool_setup_context,
 )
+
+
+def _multiscale_roi_crop_setup_context(ctx, inputs, output):
+    input, boxes, scales, centers, output_size, spatial_scale, sampling_ratio, aligned, clip = (
+        inputs
+    )
+    ctx.save_for_backward(boxes, centers)
+    ctx.scales = scales
+    ctx.sampling = (output_size, spatial_scale, sampling_ratio, aligned, clip)
+    ctx.input_shape = input.shape
+
+
+def _multiscale_roi_crop_backward(ctx, grad_output):
+    # SPEC.md section 2: the gradient goes to input only, as in roi_align.
+    boxes, centers = ctx.saved_tensors
+    grad_input = None
+    if ctx.needs_input_grad[0]:
+        grad_input = torch.ops.ssanet_ops._multiscale_roi_crop_backward(
+            grad_output, boxes, ctx.scales, centers, *ctx.sampling, *ctx.input_shape
+        )
+    return grad_input, None, None, None, None, None, None, None, None
+
+
+torch.library.register_autograd(
+    "ssanet_ops::multiscale_roi_crop",
+    _multiscale_roi_crop_backward,
+    setup_context=_multiscale_roi_crop_setup_context,
+)

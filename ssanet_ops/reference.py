@@ -7,10 +7,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+from torchvision.ops import roi_align
 
-from .ops import oriented_pool_geometry
+from ._validation import pair
+from .ops import BoxesArg, boxes_as_rois, oriented_pool_geometry, scale_list
 
-__all__ = ["oriented_pool"]
+__all__ = ["multiscale_roi_crop", "oriented_pool", "scale_candidates"]
 
 
 def oriented_pool(
@@ -42,3 +44,106 @@ def oriented_pool(
     column_max = patches.max(dim=1).values  # q_j: [B, G, L]
     orientations = [row_max, column_max, row_max.flip(1), column_max.flip(1)]
     return torch.stack([o.reshape(batch, -1) for o in orientations], dim=1)
+
+
+def _mean_box_centers(rois: torch.Tensor, batch: int) -> torch.Tensor:
+    """[B, 2]: each image's mean box centre (SPEC.md section 2's default), (0, 0) without boxes."""
+    index = rois[:, 0].long()
+    box_centers = torch.stack([(rois[:, 1] + rois[:, 3]) / 2, (rois[:, 2] + rois[:, 4]) / 2], 1)
+    sums = box_centers.new_zeros(batch, 2).index_add_(0, index, box_centers)
+    counts = torch.bincount(index, minlength=batch).clamp(min=1)
+    return sums / counts[:, None]
+
+
+def scale_candidates(
+    boxes: BoxesArg,
+    scales: Sequence[float] | torch.Tensor,
+    image_size: Sequence[float],
+    centers: torch.Tensor | None = None,
+    clip: bool = True,
+) -> torch.Tensor:
+    """Reference for :func:`ssanet_ops.scale_candidates` (SPEC.md section 2): ``[K, S, 4]``.
+
+    Distances to the four corners, argmax / argmin (the first corner on ties) for psi / eta,
+    then every candidate at once by broadcasting boxes [K, 1] against factors [S].
+    """
+    rois = boxes_as_rois(boxes)
+    if centers is None:
+        if isinstance(boxes, (list, tuple)):
+            batch = len(boxes)
+        else:
+            batch = int(rois[:, 0].max()) + 1 if rois.shape[0] > 0 else 0
+        centers = _mean_box_centers(rois, batch)
+    center = centers.to(rois.dtype)[rois[:, 0].long()]  # [K, 2]
+    x1, y1, x2, y2 = (rois[:, i, None] for i in range(1, 5))  # each [K, 1]
+    # Corners in the SPEC's order (x1, y1), (x2, y1), (x1, y2), (x2, y2).
+    dx = torch.cat([x1, x2, x1, x2], 1) - center[:, :1]
+    dy = torch.cat([y1, y1, y2, y2], 1) - center[:, 1:]
+    distance = dx * dx + dy * dy
+    psi = distance.argmax(1, keepdim=True)  # farthest corner, [K, 1]
+    eta = distance.argmin(1, keepdim=True)  # nearest corner
+    factor = torch.tensor(scale_list(scales), dtype=rois.dtype, device=rois.device)  # [S]
+    # Growing keeps psi fixed, shrinking keeps eta fixed: [K, S] corner indices.
+    anchor = torch.where(factor >= 1, psi, eta)
+    at_x2 = anchor % 2 == 1
+    at_y2 = anchor >= 2
+    width = factor * (x2 - x1)
+    height = factor * (y2 - y1)
+    candidates = torch.stack(
+        [
+            torch.where(at_x2, x2 - width, x1),
+            torch.where(at_y2, y2 - height, y1),
+            torch.where(at_x2, x2, x1 + width),
+            torch.where(at_y2, y2, y1 + height),
+        ],
+        dim=-1,
+    )
+    # Factor 1 is the box itself, to the bit.
+    candidates = torch.where((factor == 1)[None, :, None], rois[:, None, 1:], candidates)
+    if clip:
+        image_height, image_width = (float(v) for v in image_size)
+        candidates = torch.stack(
+            [
+                candidates[..., 0].clamp(0, image_width),
+                candidates[..., 1].clamp(0, image_height),
+                candidates[..., 2].clamp(0, image_width),
+                candidates[..., 3].clamp(0, image_height),
+            ],
+            dim=-1,
+        )
+    return candidates
+
+
+def multiscale_roi_crop(
+    input: torch.Tensor,
+    boxes: BoxesArg,
+    output_size: int | Sequence[int],
+    scales: Sequence[float] | torch.Tensor,
+    centers: torch.Tensor | None = None,
+    spatial_scale: float = 1.0,
+    sampling_ratio: int = -1,
+    aligned: bool = True,
+    clip: bool = True,
+) -> torch.Tensor:
+    """Reference for :func:`ssanet_ops.multiscale_roi_crop` (SPEC.md section 2):
+    ``torchvision.ops.roi_align`` on the flattened :func:`scale_candidates`, reshaped to
+    ``[K, S, C, oh, ow]``. The candidates are computed in float64 for float64 input, else in
+    float32, then handed to roi_align in input's dtype."""
+    compute_dtype = torch.float64 if input.dtype == torch.float64 else torch.float32
+    rois = boxes_as_rois(boxes, compute_dtype)
+    batch, channels, height, width = input.shape
+    if centers is None:
+        centers = _mean_box_centers(rois, batch)
+    image_size = (height / spatial_scale, width / spatial_scale)
+    candidates = scale_candidates(rois, scales, image_size, centers, clip)
+    count, S = candidates.shape[:2]
+    flat = torch.cat([rois[:, :1].repeat_interleave(S, dim=0), candidates.reshape(-1, 4)], dim=1)
+    out = roi_align(
+        input,
+        flat.to(input.dtype),
+        pair(output_size, "output_size"),
+        spatial_scale,
+        sampling_ratio,
+        aligned,
+    )
+    return out.reshape(count, S, channels, *out.shape[-2:])

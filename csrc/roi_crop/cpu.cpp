@@ -1,0 +1,656 @@
+// scale_candidates and multiscale_roi_crop on the CPU.
+//
+// The crop uses that roi_align's sample weights are a product of a y factor and an x factor
+// (common/bilinear.h). For each candidate a thread builds, once, a sparse table per axis of
+// the map rows (columns) each output row (column) reads, with their weights, and reuses it for
+// every channel. An output row is then two passes: the map rows it reads are summed with their
+// weights over the candidate's column span (a contiguous, vectorizable loop), then each output
+// sums its columns of that line. With few channels (images) the passes run on one [H, W] plane
+// at a time, in parallel over (candidate, channel); with many (feature maps) they run on
+// channels-last copies of chunks of channels, each tap a multiply-add over the chunk, in
+// parallel over (image, chunk). The backward runs the transposed tables (built with the weight
+// functions the CUDA gather uses) in parallel over (image, channel or chunk): each thread owns
+// its part of the input gradient and adds the candidates of that image in index order, so the
+// result does not depend on the number of threads. Each pass is one parallel region.
+
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <ATen/ops/empty.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <limits>
+#include <optional>
+#include <vector>
+
+#include "roi_crop/roi_crop.h"
+
+namespace ssanet_ops::roi_crop {
+namespace {
+
+constexpr const char* kCandidatesOp = "scale_candidates";
+constexpr const char* kCropOp = "multiscale_roi_crop";
+
+// With many channels the crop runs on channels-last data, in chunks of channels, when a
+// thread's buffers for a chunk (an output crop, a map) stay small; otherwise plane by plane.
+constexpr int64_t kChannelsLastFrom = 16;
+constexpr int64_t kChannelChunk = 64;
+constexpr int64_t kMaxChunkBuffer = int64_t{1} << 20;  // elements
+
+template <typename T>
+bool uses_channels_last(const CropParams<T>& p) {
+  return p.channels >= kChannelsLastFrom && p.cells() * kChannelChunk <= kMaxChunkBuffer &&
+         p.height * p.width * kChannelChunk <= kMaxChunkBuffer;
+}
+
+void check_cpu_dtype(const at::Tensor& tensor, const char* name, const char* op) {
+  TORCH_CHECK(tensor.scalar_type() == at::kFloat || tensor.scalar_type() == at::kDouble, op,
+              ": ", name, " must be float32 or float64 on the CPU, got ", tensor.scalar_type());
+}
+
+// Checks every box (and given centre) with the shared rules; batch < 0: B not known.
+template <typename T>
+void check_box_values(const T* boxes, int64_t count, int64_t batch, const T* centers,
+                      int64_t center_rows, const char* op) {
+  int errors = 0;
+  for (int64_t k = 0; k < count; ++k) {
+    errors |= check_box(boxes, k, batch);
+  }
+  for (int64_t b = 0; centers != nullptr && b < center_rows; ++b) {
+    errors |= check_center(centers, b);
+  }
+  report_box_errors(errors, batch, op);
+}
+
+// The centre of every image [2 * batch] (x, y): the given centers, or the mean of the centres
+// of its boxes, accumulated in one pass in box order (the same sums as mean_box_center).
+template <typename T>
+std::vector<T> image_centers(const T* boxes, int64_t count, int64_t batch, const T* centers) {
+  std::vector<T> result(2 * batch, T(0));
+  if (centers != nullptr) {
+    std::copy(centers, centers + 2 * batch, result.begin());
+    return result;
+  }
+  std::vector<int64_t> members(batch, 0);
+  for (int64_t k = 0; k < count; ++k) {
+    const int64_t b = image_of(boxes, k);
+    const Box<T> box = box_at(boxes, k);
+    result[2 * b] += center_x(box);
+    result[2 * b + 1] += center_y(box);
+    ++members[b];
+  }
+  for (int64_t b = 0; b < batch; ++b) {
+    if (members[b] > 0) {
+      result[2 * b] /= static_cast<T>(members[b]);
+      result[2 * b + 1] /= static_cast<T>(members[b]);
+    }
+  }
+  return result;
+}
+
+// The number of images the boxes refer to, once check_box_values has passed.
+template <typename T>
+int64_t images_referenced(const T* boxes, int64_t count) {
+  int64_t batch = 0;
+  for (int64_t k = 0; k < count; ++k) {
+    batch = std::max(batch, image_of(boxes, k) + 1);
+  }
+  return batch;
+}
+
+at::Tensor scale_candidates_cpu(const at::Tensor& boxes, at::ArrayRef<double> scales,
+                                const std::optional<at::Tensor>& centers, double image_height,
+                                double image_width, bool clip) {
+  check_cpu_dtype(boxes, "boxes", kCandidatesOp);
+  check_boxes(boxes, boxes.scalar_type(), boxes.device(), kCandidatesOp);
+  check_scales(scales, kCandidatesOp);
+  check_centers(centers, boxes, -1, kCandidatesOp);
+  check_image_size(image_height, image_width, kCandidatesOp);
+  const int64_t count = boxes.size(0);
+  const int64_t S = static_cast<int64_t>(scales.size());
+  at::Tensor out = at::empty({count, S, 4}, boxes.options());
+  if (count == 0) {
+    return out;
+  }
+  const at::Tensor boxes_c = boxes.contiguous();
+  const at::Tensor centers_c = centers.has_value() ? centers->contiguous() : at::Tensor();
+
+  AT_DISPATCH_FLOATING_TYPES(boxes.scalar_type(), "scale_candidates_cpu", [&] {
+    const scalar_t* box_data = boxes_c.const_data_ptr<scalar_t>();
+    const scalar_t* center_data =
+        centers_c.defined() ? centers_c.const_data_ptr<scalar_t>() : nullptr;
+    const int64_t given_rows = centers_c.defined() ? centers_c.size(0) : 0;
+    check_box_values(box_data, count, centers_c.defined() ? given_rows : -1, center_data,
+                     given_rows, kCandidatesOp);
+    const int64_t batch = centers_c.defined() ? given_rows : images_referenced(box_data, count);
+    const std::vector<scalar_t> image_center = image_centers(box_data, count, batch, center_data);
+    const auto height = static_cast<scalar_t>(image_height);
+    const auto width = static_cast<scalar_t>(image_width);
+    scalar_t* out_data = out.mutable_data_ptr<scalar_t>();
+    for (int64_t k = 0; k < count; ++k) {
+      const Box<scalar_t> box = box_at(box_data, k);
+      const int64_t b = image_of(box_data, k);
+      const Anchors anchors = anchor_corners(box, image_center[2 * b], image_center[2 * b + 1]);
+      for (int64_t s = 0; s < S; ++s) {
+        const Box<scalar_t> candidate =
+            candidate_box(box, anchors, static_cast<scalar_t>(scales[s]), clip, height, width);
+        scalar_t* row = out_data + (k * S + s) * 4;
+        row[0] = candidate.x1;
+        row[1] = candidate.y1;
+        row[2] = candidate.x2;
+        row[3] = candidate.y2;
+      }
+    }
+  });
+  return out;
+}
+
+// A sparse matrix by rows: row r (numbered from `first`) holds the entries
+// [begin[r], begin[r + 1]) of (index, weight).
+template <typename T>
+struct SparseRows {
+  int64_t first = 0;
+  std::vector<int64_t> begin{0};
+  std::vector<int64_t> index;
+  std::vector<T> weight;
+
+  int64_t rows() const { return static_cast<int64_t>(begin.size()) - 1; }
+};
+
+// Forward table of one axis: row p (an output) lists the map indices its samples read, with
+// their weights; a repeated index (two neighbouring samples sharing a pixel) is merged.
+// [low, high] is the span of map indices read (empty when low > high).
+template <typename T>
+SparseRows<T> sample_taps(const AxisGrid<T>& axis, int64_t& low, int64_t& high) {
+  SparseRows<T> rows;
+  low = std::numeric_limits<int64_t>::max();
+  high = -1;
+  auto add = [&](int64_t i, T w) {
+    if (static_cast<int64_t>(rows.index.size()) > rows.begin.back() && rows.index.back() == i) {
+      rows.weight.back() += w;
+    } else {
+      rows.index.push_back(i);
+      rows.weight.push_back(w);
+    }
+    low = std::min(low, i);
+    high = std::max(high, i);
+  };
+  for (int64_t p = 0; p < axis.outputs; ++p) {
+    for (int64_t i = 0; i < axis.grid; ++i) {
+      Tap<T> tap;
+      if (axis_tap(axis.sample(p, i), axis.size, tap)) {
+        add(tap.low, tap.w_low);
+        add(tap.high, tap.w_high);
+      }
+    }
+    rows.begin.push_back(static_cast<int64_t>(rows.index.size()));
+  }
+  return rows;
+}
+
+// Backward table of one axis, the transpose: row r (a map index, from `first`) lists the
+// outputs whose samples reach it, with weight_to's weights; rows before the first and after
+// the last reached index are left out.
+template <typename T>
+SparseRows<T> reaching_taps(const AxisGrid<T>& axis) {
+  SparseRows<T> rows;
+  bool started = false;
+  for (int64_t r = 0; r < axis.size; ++r) {
+    int64_t first, last;
+    outputs_reaching(axis, r, first, last);
+    const size_t before = rows.index.size();
+    for (int64_t p = first; p <= last; ++p) {
+      const T w = weight_to(axis, p, r);
+      if (w != T(0)) {
+        rows.index.push_back(p);
+        rows.weight.push_back(w);
+      }
+    }
+    if (!started) {
+      if (rows.index.size() == before) {
+        continue;
+      }
+      started = true;
+      rows.first = r;
+    }
+    rows.begin.push_back(static_cast<int64_t>(rows.index.size()));
+  }
+  while (rows.rows() > 0 && rows.begin[rows.begin.size() - 1] == rows.begin[rows.begin.size() - 2]) {
+    rows.begin.pop_back();
+  }
+  return rows;
+}
+
+// What both passes need per candidate: its image and sample grid.
+template <typename T>
+struct Candidates {
+  std::vector<int64_t> image;
+  std::vector<RoiGrid<T>> grid;
+};
+
+template <typename T>
+Candidates<T> candidate_grids(const CropParams<T>& p, const T* boxes, const T* centers,
+                              at::ArrayRef<double> scales) {
+  check_box_values(boxes, p.boxes, p.batch, centers, centers != nullptr ? p.batch : 0, kCropOp);
+  const std::vector<T> image_center = image_centers(boxes, p.boxes, p.batch, centers);
+  Candidates<T> result;
+  result.image.resize(p.candidates());
+  result.grid.resize(p.candidates());
+  for (int64_t k = 0; k < p.boxes; ++k) {
+    const int64_t b = image_of(boxes, k);
+    const Box<T> box = box_at(boxes, k);
+    for (int64_t s = 0; s < p.scales; ++s) {
+      result.image[k * p.scales + s] = b;
+      result.grid[k * p.scales + s] = candidate_grid(
+          p, box, image_center[2 * b], image_center[2 * b + 1], static_cast<T>(scales[s]));
+    }
+  }
+  return result;
+}
+
+// The forward tables of one candidate: its output rows' map rows, its output columns' map
+// columns, and the span [column_low, column_high] of map columns they read.
+template <typename T>
+struct ForwardTables {
+  SparseRows<T> rows, columns;
+  int64_t column_low = 0, column_high = -1;
+
+  explicit ForwardTables(const RoiGrid<T>& grid) {
+    int64_t row_low, row_high;
+    rows = sample_taps(grid.y, row_low, row_high);
+    columns = sample_taps(grid.x, column_low, column_high);
+  }
+
+  int64_t span() const { return column_high - column_low + 1; }  // <= 0: reads nothing
+};
+
+// The backward tables of the candidates of one image, in index order.
+template <typename T>
+struct ImageBackwardTables {
+  int64_t image = -1;
+  std::vector<SparseRows<T>> rows, columns;
+
+  void build(const Candidates<T>& candidates, const std::vector<int64_t>& of_image, int64_t b) {
+    rows.clear();
+    columns.clear();
+    for (const int64_t n : of_image) {
+      rows.push_back(reaching_taps(candidates.grid[n].y));
+      columns.push_back(reaching_taps(candidates.grid[n].x));
+    }
+    image = b;
+  }
+};
+
+// The candidates of each image, in index order: the fixed order of the backward's sums.
+template <typename T>
+std::vector<std::vector<int64_t>> candidates_by_image(const CropParams<T>& p,
+                                                      const Candidates<T>& candidates) {
+  std::vector<std::vector<int64_t>> of_image(p.batch);
+  for (int64_t n = 0; n < p.candidates(); ++n) {
+    of_image[candidates.image[n]].push_back(n);
+  }
+  return of_image;
+}
+
+// Few channels (images): one plane per item. input: contiguous [B, C, H, W].
+template <typename T>
+void crop_forward_planar(const CropParams<T>& p, const Candidates<T>& candidates,
+                         const T* input, T* output) {
+  const int64_t plane = p.height * p.width;
+  const int64_t grain = std::max<int64_t>(1, 16384 / (p.cells() + 1));
+  // Items (candidate, channel), candidate-major: a thread builds the tables of the candidates
+  // its items belong to once, when it reaches the first of their channels.
+  at::parallel_for(0, p.candidates() * p.channels, grain, [&](int64_t begin, int64_t end) {
+    std::vector<T> line(p.width);  // weighted sum of map rows over the column span
+    std::optional<ForwardTables<T>> tables;
+    int64_t tables_of = -1;
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t n = item / p.channels;
+      const int64_t c = item % p.channels;
+      if (n != tables_of) {
+        tables.emplace(candidates.grid[n]);
+        tables_of = n;
+      }
+      const SparseRows<T>& y = tables->rows;
+      const SparseRows<T>& x = tables->columns;
+      const int64_t low = tables->column_low;
+      const int64_t span = tables->span();
+      const T inverse_count = T(1) / candidates.grid[n].count;
+      const T* map = input + (candidates.image[n] * p.channels + c) * plane;
+      T* out = output + item * p.cells();
+      for (int64_t ph = 0; ph < p.out_h; ++ph) {
+        T* out_row = out + ph * p.out_w;
+        const int64_t e0 = y.begin[ph], e1 = y.begin[ph + 1];
+        if (e0 == e1 || span <= 0) {
+          std::fill(out_row, out_row + p.out_w, T(0));
+          continue;
+        }
+        std::fill(line.begin(), line.begin() + span, T(0));
+        for (int64_t e = e0; e < e1; ++e) {
+          const T* source = map + y.index[e] * p.width + low;
+          const T w = y.weight[e];
+          for (int64_t j = 0; j < span; ++j) {
+            line[j] += w * source[j];
+          }
+        }
+        for (int64_t pw = 0; pw < p.out_w; ++pw) {
+          T total = 0;
+          for (int64_t f = x.begin[pw]; f < x.begin[pw + 1]; ++f) {
+            total += x.weight[f] * line[x.index[f] - low];
+          }
+          out_row[pw] = total * inverse_count;
+        }
+      }
+    }
+  });
+}
+
+// Few channels: one input plane (image, channel) per item; each thread owns its planes, so
+// the sums run in a fixed order whatever the number of threads. grad: contiguous
+// [N, C, oh, ow]; grad_input: contiguous [B, C, H, W].
+template <typename T>
+void crop_backward_planar(const CropParams<T>& p, const Candidates<T>& candidates,
+                          const T* grad, T* grad_input) {
+  const std::vector<std::vector<int64_t>> of_image = candidates_by_image(p, candidates);
+  const int64_t plane = p.height * p.width;
+  const int64_t grain = std::max<int64_t>(1, 16384 / (plane + 1));
+  // Items are input planes, image-major: a thread builds an image's tables once.
+  at::parallel_for(0, p.batch * p.channels, grain, [&](int64_t begin, int64_t end) {
+    std::vector<T> line(p.out_w);  // one map row's weighted sum of output rows
+    ImageBackwardTables<T> tables;
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t b = item / p.channels;
+      const int64_t c = item % p.channels;
+      if (b != tables.image) {
+        tables.build(candidates, of_image[b], b);
+      }
+      T* map = grad_input + item * plane;
+      std::fill(map, map + plane, T(0));
+      for (size_t m = 0; m < of_image[b].size(); ++m) {
+        const int64_t n = of_image[b][m];
+        const T* g = grad + (n * p.channels + c) * p.cells();
+        const SparseRows<T>& y = tables.rows[m];
+        const SparseRows<T>& x = tables.columns[m];
+        const T inverse_count = T(1) / candidates.grid[n].count;
+        for (int64_t r = 0; r < y.rows() && x.rows() > 0; ++r) {
+          const int64_t e0 = y.begin[r], e1 = y.begin[r + 1];
+          if (e0 == e1) {
+            continue;
+          }
+          std::fill(line.begin(), line.end(), T(0));
+          for (int64_t e = e0; e < e1; ++e) {
+            const T* source = g + y.index[e] * p.out_w;
+            const T w = y.weight[e] * inverse_count;
+            for (int64_t pw = 0; pw < p.out_w; ++pw) {
+              line[pw] += w * source[pw];
+            }
+          }
+          T* map_row = map + (y.first + r) * p.width + x.first;
+          for (int64_t column = 0; column < x.rows(); ++column) {
+            T total = 0;
+            for (int64_t f = x.begin[column]; f < x.begin[column + 1]; ++f) {
+              total += x.weight[f] * line[x.index[f]];
+            }
+            map_row[column] += total;
+          }
+        }
+      }
+    }
+  });
+}
+
+// Channels per chunk of the channels-last kernels: 16 to kChannelChunk, small enough that
+// every thread gets a few (image, chunk) items. Each channel's arithmetic is the same whatever
+// the chunk, so the results do not depend on it.
+template <typename T>
+int64_t channel_chunk(const CropParams<T>& p) {
+  const int64_t wanted_chunks = (4 * at::get_num_threads() + p.batch - 1) / p.batch;
+  const int64_t chunk = (p.channels + wanted_chunks - 1) / wanted_chunks;
+  return std::clamp<int64_t>(chunk, std::min<int64_t>(kChannelsLastFrom, p.channels),
+                             kChannelChunk);
+}
+
+// Many channels (feature maps): the same two passes on channels-last data, so that every tap
+// is a contiguous multiply-add over a chunk of channels. Items (image, chunk): a thread copies
+// the chunk of the image (input of any strides) to a [H][W][channel] block, then crops every
+// candidate of the image from it, with the image's tables built once per thread.
+template <typename T>
+void crop_forward_channels_last(const CropParams<T>& p, const Candidates<T>& candidates,
+                                const at::Tensor& input, T* output) {
+  const std::vector<std::vector<int64_t>> of_image = candidates_by_image(p, candidates);
+  const int64_t chunk = channel_chunk(p);
+  const int64_t chunks = (p.channels + chunk - 1) / chunk;
+  const int64_t plane = p.height * p.width;
+  const T* source = input.const_data_ptr<T>();
+  const int64_t stride_n = input.stride(0), stride_c = input.stride(1);
+  const int64_t stride_h = input.stride(2), stride_w = input.stride(3);
+  at::parallel_for(0, p.batch * chunks, 1, [&](int64_t begin, int64_t end) {
+    std::vector<T> block(plane * chunk);      // [H][W][channel]
+    std::vector<T> line(p.width * chunk);     // [column][channel] over the column span
+    std::vector<T> cells(p.cells() * chunk);  // [oh][ow][channel]
+    std::vector<ForwardTables<T>> tables;
+    int64_t tables_of = -1;
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t b = item / chunks;
+      const int64_t c0 = (item % chunks) * chunk;
+      const int64_t width = std::min(chunk, p.channels - c0);  // channels in this chunk
+      if (of_image[b].empty()) {
+        continue;
+      }
+      if (b != tables_of) {
+        tables.clear();
+        for (const int64_t n : of_image[b]) {
+          tables.emplace_back(candidates.grid[n]);
+        }
+        tables_of = b;
+      }
+      for (int64_t cc = 0; cc < width; ++cc) {
+        const T* map = source + b * stride_n + (c0 + cc) * stride_c;
+        for (int64_t y = 0; y < p.height; ++y) {
+          for (int64_t x = 0; x < p.width; ++x) {
+            block[(y * p.width + x) * width + cc] = map[y * stride_h + x * stride_w];
+          }
+        }
+      }
+      for (size_t m = 0; m < of_image[b].size(); ++m) {
+        const int64_t n = of_image[b][m];
+        const SparseRows<T>& y = tables[m].rows;
+        const SparseRows<T>& x = tables[m].columns;
+        const int64_t low = tables[m].column_low;
+        const int64_t span = tables[m].span();
+        const T inverse_count = T(1) / candidates.grid[n].count;
+        std::fill(cells.begin(), cells.end(), T(0));
+        for (int64_t ph = 0; ph < p.out_h && span > 0; ++ph) {
+          const int64_t e0 = y.begin[ph], e1 = y.begin[ph + 1];
+          if (e0 == e1) {
+            continue;
+          }
+          const int64_t length = span * width;
+          std::fill(line.begin(), line.begin() + length, T(0));
+          for (int64_t e = e0; e < e1; ++e) {
+            const T w = y.weight[e];
+            const T* row = block.data() + (y.index[e] * p.width + low) * width;
+            for (int64_t j = 0; j < length; ++j) {
+              line[j] += w * row[j];
+            }
+          }
+          for (int64_t pw = 0; pw < p.out_w; ++pw) {
+            T* cell = cells.data() + (ph * p.out_w + pw) * width;
+            for (int64_t f = x.begin[pw]; f < x.begin[pw + 1]; ++f) {
+              const T w = x.weight[f] * inverse_count;
+              const T* column = line.data() + (x.index[f] - low) * width;
+              for (int64_t cc = 0; cc < width; ++cc) {
+                cell[cc] += w * column[cc];
+              }
+            }
+          }
+        }
+        T* out = output + (n * p.channels + c0) * p.cells();
+        for (int64_t cc = 0; cc < width; ++cc) {
+          for (int64_t cell = 0; cell < p.cells(); ++cell) {
+            out[cc * p.cells() + cell] = cells[cell * width + cc];
+          }
+        }
+      }
+    }
+  });
+}
+
+// Many channels: items (image, channel chunk), image-major; each item owns its chunk of the
+// image's gradient and adds the candidates in index order. grad: contiguous [N, C, oh, ow];
+// grad_input: contiguous [B, C, H, W].
+template <typename T>
+void crop_backward_channels_last(const CropParams<T>& p, const Candidates<T>& candidates,
+                                 const T* grad, T* grad_input) {
+  const std::vector<std::vector<int64_t>> of_image = candidates_by_image(p, candidates);
+  const int64_t chunk = channel_chunk(p);
+  const int64_t chunks = (p.channels + chunk - 1) / chunk;
+  const int64_t plane = p.height * p.width;
+  at::parallel_for(0, p.batch * chunks, 1, [&](int64_t begin, int64_t end) {
+    std::vector<T> cells(p.cells() * chunk);      // a candidate's gradient, [oh][ow][channel]
+    std::vector<T> line(p.out_w * chunk);         // [ow][channel] for one map row
+    std::vector<T> accumulated(plane * chunk);  // the chunk's gradient, [H][W][channel]
+    ImageBackwardTables<T> tables;
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t b = item / chunks;
+      const int64_t c0 = (item % chunks) * chunk;
+      const int64_t width = std::min(chunk, p.channels - c0);
+      if (b != tables.image) {
+        tables.build(candidates, of_image[b], b);
+      }
+      std::fill(accumulated.begin(), accumulated.end(), T(0));
+      for (size_t m = 0; m < of_image[b].size(); ++m) {
+        const int64_t n = of_image[b][m];
+        const SparseRows<T>& y = tables.rows[m];
+        const SparseRows<T>& x = tables.columns[m];
+        if (y.rows() == 0 || x.rows() == 0) {
+          continue;
+        }
+        const T inverse_count = T(1) / candidates.grid[n].count;
+        const T* g = grad + (n * p.channels + c0) * p.cells();
+        for (int64_t cc = 0; cc < width; ++cc) {
+          for (int64_t cell = 0; cell < p.cells(); ++cell) {
+            cells[cell * width + cc] = g[cc * p.cells() + cell] * inverse_count;
+          }
+        }
+        for (int64_t r = 0; r < y.rows(); ++r) {
+          const int64_t e0 = y.begin[r], e1 = y.begin[r + 1];
+          if (e0 == e1) {
+            continue;
+          }
+          std::fill(line.begin(), line.begin() + p.out_w * width, T(0));
+          for (int64_t e = e0; e < e1; ++e) {
+            const T w = y.weight[e];
+            const T* source = cells.data() + y.index[e] * p.out_w * width;
+            for (int64_t j = 0; j < p.out_w * width; ++j) {
+              line[j] += w * source[j];
+            }
+          }
+          T* row = accumulated.data() + ((y.first + r) * p.width + x.first) * width;
+          for (int64_t column = 0; column < x.rows(); ++column) {
+            T* target = row + column * width;
+            for (int64_t f = x.begin[column]; f < x.begin[column + 1]; ++f) {
+              const T w = x.weight[f];
+              const T* source = line.data() + x.index[f] * width;
+              for (int64_t cc = 0; cc < width; ++cc) {
+                target[cc] += w * source[cc];
+              }
+            }
+          }
+        }
+      }
+      T* out = grad_input + (b * p.channels + c0) * plane;
+      for (int64_t cc = 0; cc < width; ++cc) {
+        for (int64_t i = 0; i < plane; ++i) {
+          out[cc * plane + i] = accumulated[i * width + cc];
+        }
+      }
+    }
+  });
+}
+
+at::Tensor multiscale_roi_crop_cpu(const at::Tensor& input, const at::Tensor& boxes,
+                                   at::ArrayRef<double> scales,
+                                   const std::optional<at::Tensor>& centers,
+                                   at::IntArrayRef output_size, double spatial_scale,
+                                   int64_t sampling_ratio, bool aligned, bool clip) {
+  const CropShape shape =
+      check_crop_args(input, boxes, scales, centers, output_size, spatial_scale, kCropOp);
+  check_cpu_dtype(input, "input", kCropOp);
+  const int64_t K = boxes.size(0);
+  const int64_t S = static_cast<int64_t>(scales.size());
+  at::Tensor output =
+      at::empty({K, S, input.size(1), shape.out_h, shape.out_w}, input.options());
+  if (K == 0) {
+    return output;
+  }
+  const at::Tensor boxes_c = boxes.contiguous();
+  const at::Tensor centers_c = centers.has_value() ? centers->contiguous() : at::Tensor();
+
+  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "multiscale_roi_crop_cpu", [&] {
+    const auto p = crop_params<scalar_t>(K, S, input.size(0), input.size(1), input.size(2),
+                                         input.size(3), shape, spatial_scale, sampling_ratio,
+                                         aligned, clip);
+    const Candidates<scalar_t> candidates = candidate_grids(
+        p, boxes_c.const_data_ptr<scalar_t>(),
+        centers_c.defined() ? centers_c.const_data_ptr<scalar_t>() : nullptr, scales);
+    if (output.numel() == 0) {
+      return;
+    }
+    if (uses_channels_last(p)) {
+      crop_forward_channels_last(p, candidates, input, output.mutable_data_ptr<scalar_t>());
+    } else {
+      crop_forward_planar(p, candidates, input.contiguous().const_data_ptr<scalar_t>(),
+                          output.mutable_data_ptr<scalar_t>());
+    }
+  });
+  return output;
+}
+
+at::Tensor multiscale_roi_crop_backward_cpu(const at::Tensor& grad_output, const at::Tensor& boxes,
+                                            at::ArrayRef<double> scales,
+                                            const std::optional<at::Tensor>& centers,
+                                            at::IntArrayRef output_size, double spatial_scale,
+                                            int64_t sampling_ratio, bool aligned, bool clip,
+                                            int64_t batch, int64_t channels, int64_t height,
+                                            int64_t width) {
+  const CropShape shape = check_crop_backward_args(grad_output, boxes, scales, centers,
+                                                   output_size, spatial_scale, batch, channels,
+                                                   kCropOp);
+  check_cpu_dtype(grad_output, "grad_output", kCropOp);
+  at::Tensor grad_input = at::empty({batch, channels, height, width}, grad_output.options());
+  if (grad_input.numel() == 0) {
+    return grad_input;
+  }
+  const int64_t K = boxes.size(0);
+  const int64_t S = static_cast<int64_t>(scales.size());
+  const at::Tensor grad_c = grad_output.contiguous();
+  const at::Tensor boxes_c = boxes.contiguous();
+  const at::Tensor centers_c = centers.has_value() ? centers->contiguous() : at::Tensor();
+
+  AT_DISPATCH_FLOATING_TYPES(grad_output.scalar_type(), "multiscale_roi_crop_backward_cpu", [&] {
+    const auto p = crop_params<scalar_t>(K, S, batch, channels, height, width, shape,
+                                         spatial_scale, sampling_ratio, aligned, clip);
+    const Candidates<scalar_t> candidates = candidate_grids(
+        p, boxes_c.const_data_ptr<scalar_t>(),
+        centers_c.defined() ? centers_c.const_data_ptr<scalar_t>() : nullptr, scales);
+    if (uses_channels_last(p)) {
+      crop_backward_channels_last(p, candidates, grad_c.const_data_ptr<scalar_t>(),
+                                  grad_input.mutable_data_ptr<scalar_t>());
+    } else {
+      crop_backward_planar(p, candidates, grad_c.const_data_ptr<scalar_t>(),
+                           grad_input.mutable_data_ptr<scalar_t>());
+    }
+  });
+  return grad_input;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(ssanet_ops, CPU, m) {
+  m.impl("scale_candidates", &scale_candidates_cpu);
+  m.impl("multiscale_roi_crop", &multiscale_roi_crop_cpu);
+  m.impl("_multiscale_roi_crop_backward", &multiscale_roi_crop_backward_cpu);
+}
+
+}  // namespace ssanet_ops::roi_crop

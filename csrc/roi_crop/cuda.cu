@@ -1,0 +1,449 @@
+// scale_candidates and multiscale_roi_crop on CUDA, running the shared geometry and sampling
+// functions of common/scale_candidates.h, common/bilinear.h and common/roi_crop.h.
+//
+// Forward: one launch for all K * S candidates; a thread computes its candidate box in the
+// kernel and one output cell for a group of channels, so each sample's weights serve all of
+// them. Backward: by default the same threads add their gradients with atomics; when
+// torch.are_deterministic_algorithms_enabled(), one thread per input element gathers what
+// every candidate of its image sends it, in a fixed order, without atomics. Float16 and
+// bfloat16 accumulate in float32 (at::opmath_type) in all kernels.
+
+#include <ATen/Context.h>
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/zeros.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
+
+#include "roi_crop/roi_crop.h"
+
+namespace ssanet_ops::roi_crop {
+namespace {
+
+constexpr int kThreads = 256;
+// Channels per forward / atomic-backward thread: the sample weights are computed once for them.
+constexpr int64_t kChannelsPerThread = 4;
+
+constexpr const char* kCandidatesOp = "scale_candidates";
+constexpr const char* kCropOp = "multiscale_roi_crop";
+
+int64_t blocks_for(int64_t work) {
+  // Grid-stride loops cover the rest when the work exceeds this many blocks.
+  return std::min<int64_t>((work + kThreads - 1) / kThreads, int64_t{1} << 20);
+}
+
+// The scale factors travel by value, in T, rounded as the CPU rounds them.
+template <typename T>
+struct ScaleList {
+  T values[kMaxScales];
+};
+
+template <typename T>
+ScaleList<T> scale_list(at::ArrayRef<double> scales) {
+  ScaleList<T> list{};
+  for (size_t s = 0; s < scales.size(); ++s) {
+    list.values[s] = static_cast<T>(scales[s]);
+  }
+  return list;
+}
+
+// Element strides of the input map, so non-contiguous and channels-last input is read in place.
+struct MapStrides {
+  int64_t n, c, h, w;
+};
+
+template <typename T>
+__global__ void check_boxes_kernel(const T* __restrict__ boxes, int64_t count, int64_t batch,
+                                   const T* __restrict__ centers, int64_t center_rows,
+                                   int* __restrict__ errors) {
+  const int64_t items = count > center_rows ? count : center_rows;
+  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < items;
+       i += int64_t{gridDim.x} * blockDim.x) {
+    int error = 0;
+    if (i < count) {
+      error |= check_box(boxes, i, batch);
+    }
+    if (centers != nullptr && i < center_rows) {
+      error |= check_center(centers, i);
+    }
+    if (error != 0) {
+      atomicOr(errors, error);
+    }
+  }
+}
+
+// Runs the shared box checks on the device and reports on the host (one synchronization).
+template <typename T>
+void check_box_values(const at::Tensor& boxes, int64_t batch, const at::Tensor& centers,
+                      cudaStream_t stream, const char* op) {
+  const int64_t count = boxes.size(0);
+  const int64_t center_rows = centers.defined() ? centers.size(0) : 0;
+  const int64_t items = std::max(count, center_rows);
+  if (items == 0) {
+    return;
+  }
+  at::Tensor errors = at::zeros({1}, boxes.options().dtype(at::kInt));
+  check_boxes_kernel<T><<<blocks_for(items), kThreads, 0, stream>>>(
+      boxes.const_data_ptr<T>(), count, batch,
+      centers.defined() ? centers.const_data_ptr<T>() : nullptr, center_rows,
+      errors.mutable_data_ptr<int>());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  report_box_errors(errors.item<int>(), batch, op);
+}
+
+template <typename T>
+__global__ void image_centers_kernel(const T* __restrict__ boxes, int64_t count, int64_t batch,
+                                     T* __restrict__ centers) {
+  for (int64_t b = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; b < batch;
+       b += int64_t{gridDim.x} * blockDim.x) {
+    mean_box_center(boxes, count, b, centers[2 * b], centers[2 * b + 1]);
+  }
+}
+
+// [B, 2] centres of the images: the given ones, or each image's mean box centre.
+template <typename T>
+at::Tensor image_centers(const at::Tensor& boxes, int64_t batch, const at::Tensor& centers,
+                         cudaStream_t stream) {
+  if (centers.defined()) {
+    return centers;
+  }
+  at::Tensor result = at::empty({batch, 2}, boxes.options());
+  if (batch > 0) {
+    image_centers_kernel<T><<<blocks_for(batch), kThreads, 0, stream>>>(
+        boxes.const_data_ptr<T>(), boxes.size(0), batch, result.mutable_data_ptr<T>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
+  return result;
+}
+
+template <typename T>
+__global__ void scale_candidates_kernel(const T* __restrict__ boxes, int64_t count,
+                                        ScaleList<T> scales, int64_t S,
+                                        const T* __restrict__ centers, bool clip,
+                                        T image_height, T image_width, T* __restrict__ out) {
+  for (int64_t item = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; item < count * S;
+       item += int64_t{gridDim.x} * blockDim.x) {
+    const int64_t k = item / S;
+    const int64_t s = item % S;
+    const int64_t b = image_of(boxes, k);
+    T cx, cy;
+    if (centers != nullptr) {
+      cx = centers[2 * b];
+      cy = centers[2 * b + 1];
+    } else {  // the number of images is not known here: each thread averages its image's boxes
+      mean_box_center(boxes, count, b, cx, cy);
+    }
+    const Box<T> box = box_at(boxes, k);
+    const Box<T> candidate = candidate_box(box, anchor_corners(box, cx, cy), scales.values[s],
+                                           clip, image_height, image_width);
+    T* row = out + item * 4;
+    row[0] = candidate.x1;
+    row[1] = candidate.y1;
+    row[2] = candidate.x2;
+    row[3] = candidate.y2;
+  }
+}
+
+at::Tensor scale_candidates_cuda(const at::Tensor& boxes, at::ArrayRef<double> scales,
+                                 const std::optional<at::Tensor>& centers, double image_height,
+                                 double image_width, bool clip) {
+  TORCH_CHECK(boxes.scalar_type() == at::kFloat || boxes.scalar_type() == at::kDouble,
+              kCandidatesOp, ": boxes must be float32 or float64, got ", boxes.scalar_type());
+  check_boxes(boxes, boxes.scalar_type(), boxes.device(), kCandidatesOp);
+  check_scales(scales, kCandidatesOp);
+  check_centers(centers, boxes, -1, kCandidatesOp);
+  check_image_size(image_height, image_width, kCandidatesOp);
+  const c10::cuda::CUDAGuard device_guard(boxes.device());
+  const int64_t count = boxes.size(0);
+  const int64_t S = static_cast<int64_t>(scales.size());
+  at::Tensor out = at::empty({count, S, 4}, boxes.options());
+  if (count == 0) {
+    return out;
+  }
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  const at::Tensor boxes_c = boxes.contiguous();
+  const at::Tensor centers_c = centers.has_value() ? centers->contiguous() : at::Tensor();
+  AT_DISPATCH_FLOATING_TYPES(boxes.scalar_type(), "scale_candidates_cuda", [&] {
+    check_box_values<scalar_t>(boxes_c, centers_c.defined() ? centers_c.size(0) : -1, centers_c,
+                               stream, kCandidatesOp);
+    scale_candidates_kernel<scalar_t><<<blocks_for(count * S), kThreads, 0, stream>>>(
+        boxes_c.const_data_ptr<scalar_t>(), count, scale_list<scalar_t>(scales), S,
+        centers_c.defined() ? centers_c.const_data_ptr<scalar_t>() : nullptr, clip,
+        static_cast<scalar_t>(image_height), static_cast<scalar_t>(image_width),
+        out.mutable_data_ptr<scalar_t>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return out;
+}
+
+// A forward / atomic-backward thread: output cell (ph, pw) of candidate n for the channels
+// [c0, c0 + kChannelsPerThread) (those below C).
+struct CellWork {
+  int64_t n, k, s, c0, ph, pw;
+};
+
+template <typename T>
+__device__ CellWork cell_work(const CropParams<T>& p, int64_t channel_groups, int64_t item) {
+  CellWork w;
+  w.pw = item % p.out_w;
+  w.ph = (item / p.out_w) % p.out_h;
+  w.c0 = ((item / p.cells()) % channel_groups) * kChannelsPerThread;
+  w.n = item / (p.cells() * channel_groups);
+  w.k = w.n / p.scales;
+  w.s = w.n % p.scales;
+  return w;
+}
+
+template <typename scalar_t, typename T>
+__global__ void crop_forward_kernel(const scalar_t* __restrict__ input, MapStrides strides,
+                                    const T* __restrict__ boxes, const T* __restrict__ centers,
+                                    ScaleList<T> scales, CropParams<T> p, int64_t channel_groups,
+                                    int64_t items, scalar_t* __restrict__ output) {
+  for (int64_t item = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; item < items;
+       item += int64_t{gridDim.x} * blockDim.x) {
+    const CellWork w = cell_work(p, channel_groups, item);
+    const int64_t b = image_of(boxes, w.k);
+    const RoiGrid<T> g = candidate_grid(p, box_at(boxes, w.k), centers[2 * b],
+                                        centers[2 * b + 1], scales.values[w.s]);
+    const scalar_t* map = input + b * strides.n + w.c0 * strides.c;
+    T total[kChannelsPerThread] = {};
+    for (int64_t iy = 0; iy < g.y.grid; ++iy) {
+      Tap<T> ty;
+      if (!axis_tap(g.y.sample(w.ph, iy), p.height, ty)) {
+        continue;
+      }
+      for (int64_t ix = 0; ix < g.x.grid; ++ix) {
+        Tap<T> tx;
+        if (!axis_tap(g.x.sample(w.pw, ix), p.width, tx)) {
+          continue;
+        }
+        const T w1 = ty.w_low * tx.w_low, w2 = ty.w_low * tx.w_high;
+        const T w3 = ty.w_high * tx.w_low, w4 = ty.w_high * tx.w_high;
+        const int64_t o1 = ty.low * strides.h + tx.low * strides.w;
+        const int64_t o2 = ty.low * strides.h + tx.high * strides.w;
+        const int64_t o3 = ty.high * strides.h + tx.low * strides.w;
+        const int64_t o4 = ty.high * strides.h + tx.high * strides.w;
+#pragma unroll
+        for (int64_t j = 0; j < kChannelsPerThread; ++j) {
+          if (w.c0 + j < p.channels) {
+            const scalar_t* plane = map + j * strides.c;
+            total[j] += w1 * static_cast<T>(plane[o1]) + w2 * static_cast<T>(plane[o2]) +
+                        w3 * static_cast<T>(plane[o3]) + w4 * static_cast<T>(plane[o4]);
+          }
+        }
+      }
+    }
+#pragma unroll
+    for (int64_t j = 0; j < kChannelsPerThread; ++j) {
+      if (w.c0 + j < p.channels) {
+        output[((w.n * p.channels + w.c0 + j) * p.out_h + w.ph) * p.out_w + w.pw] =
+            static_cast<scalar_t>(total[j] / g.count);
+      }
+    }
+  }
+}
+
+// grad_input: contiguous [B, C, H, W] in T (float32 for float16 / bfloat16 input), zeroed.
+template <typename scalar_t, typename T>
+__global__ void crop_backward_atomic_kernel(const scalar_t* __restrict__ grad_output,
+                                            const T* __restrict__ boxes,
+                                            const T* __restrict__ centers, ScaleList<T> scales,
+                                            CropParams<T> p, int64_t channel_groups,
+                                            int64_t items, T* __restrict__ grad_input) {
+  for (int64_t item = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; item < items;
+       item += int64_t{gridDim.x} * blockDim.x) {
+    const CellWork w = cell_work(p, channel_groups, item);
+    const int64_t b = image_of(boxes, w.k);
+    const RoiGrid<T> g = candidate_grid(p, box_at(boxes, w.k), centers[2 * b],
+                                        centers[2 * b + 1], scales.values[w.s]);
+    T grad[kChannelsPerThread];
+#pragma unroll
+    for (int64_t j = 0; j < kChannelsPerThread; ++j) {
+      grad[j] = w.c0 + j < p.channels
+                    ? static_cast<T>(grad_output[((w.n * p.channels + w.c0 + j) * p.out_h +
+                                                  w.ph) * p.out_w + w.pw]) / g.count
+                    : T(0);
+    }
+    T* map = grad_input + (b * p.channels + w.c0) * p.height * p.width;
+    for (int64_t iy = 0; iy < g.y.grid; ++iy) {
+      Tap<T> ty;
+      if (!axis_tap(g.y.sample(w.ph, iy), p.height, ty)) {
+        continue;
+      }
+      for (int64_t ix = 0; ix < g.x.grid; ++ix) {
+        Tap<T> tx;
+        if (!axis_tap(g.x.sample(w.pw, ix), p.width, tx)) {
+          continue;
+        }
+        const T w1 = ty.w_low * tx.w_low, w2 = ty.w_low * tx.w_high;
+        const T w3 = ty.w_high * tx.w_low, w4 = ty.w_high * tx.w_high;
+#pragma unroll
+        for (int64_t j = 0; j < kChannelsPerThread; ++j) {
+          if (w.c0 + j < p.channels) {
+            T* plane = map + j * p.height * p.width;
+            atomicAdd(plane + ty.low * p.width + tx.low, grad[j] * w1);
+            atomicAdd(plane + ty.low * p.width + tx.high, grad[j] * w2);
+            atomicAdd(plane + ty.high * p.width + tx.low, grad[j] * w3);
+            atomicAdd(plane + ty.high * p.width + tx.high, grad[j] * w4);
+          }
+        }
+      }
+    }
+  }
+}
+
+// Deterministic: one thread per input element (b, c, y, x) sums, in the order of candidates
+// and then of output cells, what each candidate of image b sends it (gather_gradient).
+template <typename scalar_t, typename T>
+__global__ void crop_backward_gather_kernel(const scalar_t* __restrict__ grad_output,
+                                            const T* __restrict__ boxes,
+                                            const T* __restrict__ centers, ScaleList<T> scales,
+                                            CropParams<T> p, int64_t items,
+                                            scalar_t* __restrict__ grad_input) {
+  for (int64_t item = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; item < items;
+       item += int64_t{gridDim.x} * blockDim.x) {
+    const int64_t x = item % p.width;
+    const int64_t y = (item / p.width) % p.height;
+    const int64_t c = (item / (p.width * p.height)) % p.channels;
+    const int64_t b = item / (p.width * p.height * p.channels);
+    const T cx = centers[2 * b], cy = centers[2 * b + 1];
+    T total = 0;
+    for (int64_t k = 0; k < p.boxes; ++k) {
+      if (image_of(boxes, k) != b) {
+        continue;
+      }
+      const Box<T> box = box_at(boxes, k);
+      const Anchors anchors = anchor_corners(box, cx, cy);
+      for (int64_t s = 0; s < p.scales; ++s) {
+        const RoiGrid<T> g = candidate_grid(
+            p, candidate_box(box, anchors, scales.values[s], p.clip, p.image_height,
+                             p.image_width));
+        const int64_t n = k * p.scales + s;
+        total += gather_gradient(g, grad_output + (n * p.channels + c) * p.cells(), p.out_w,
+                                 int64_t{1}, y, x);
+      }
+    }
+    grad_input[item] = static_cast<scalar_t>(total);
+  }
+}
+
+void check_cuda_dtype(const at::Tensor& tensor, const char* name) {
+  const at::ScalarType type = tensor.scalar_type();
+  TORCH_CHECK(type == at::kFloat || type == at::kDouble || type == at::kHalf ||
+                  type == at::kBFloat16,
+              kCropOp, ": ", name, " must be float32, float64, float16 or bfloat16, got ", type);
+}
+
+at::Tensor multiscale_roi_crop_cuda(const at::Tensor& input, const at::Tensor& boxes,
+                                    at::ArrayRef<double> scales,
+                                    const std::optional<at::Tensor>& centers,
+                                    at::IntArrayRef output_size, double spatial_scale,
+                                    int64_t sampling_ratio, bool aligned, bool clip) {
+  const CropShape shape =
+      check_crop_args(input, boxes, scales, centers, output_size, spatial_scale, kCropOp);
+  check_cuda_dtype(input, "input");
+  const c10::cuda::CUDAGuard device_guard(input.device());
+  const int64_t K = boxes.size(0);
+  const int64_t S = static_cast<int64_t>(scales.size());
+  at::Tensor output =
+      at::empty({K, S, input.size(1), shape.out_h, shape.out_w}, input.options());
+  if (K == 0) {
+    return output;
+  }
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  const at::Tensor boxes_c = boxes.contiguous();
+  const at::Tensor given_centers = centers.has_value() ? centers->contiguous() : at::Tensor();
+
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kHalf, at::kBFloat16, input.scalar_type(), "multiscale_roi_crop_cuda", [&] {
+        using T = at::opmath_type<scalar_t>;
+        const auto p = crop_params<T>(K, S, input.size(0), input.size(1), input.size(2),
+                                      input.size(3), shape, spatial_scale, sampling_ratio,
+                                      aligned, clip);
+        check_box_values<T>(boxes_c, p.batch, given_centers, stream, kCropOp);
+        const at::Tensor image_center = image_centers<T>(boxes_c, p.batch, given_centers, stream);
+        const int64_t channel_groups = (p.channels + kChannelsPerThread - 1) / kChannelsPerThread;
+        const int64_t items = p.candidates() * channel_groups * p.cells();
+        if (items == 0) {
+          return;
+        }
+        crop_forward_kernel<scalar_t, T><<<blocks_for(items), kThreads, 0, stream>>>(
+            input.const_data_ptr<scalar_t>(),
+            MapStrides{input.stride(0), input.stride(1), input.stride(2), input.stride(3)},
+            boxes_c.const_data_ptr<T>(), image_center.const_data_ptr<T>(), scale_list<T>(scales),
+            p, channel_groups, items, output.mutable_data_ptr<scalar_t>());
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+      });
+  return output;
+}
+
+at::Tensor multiscale_roi_crop_backward_cuda(const at::Tensor& grad_output,
+                                             const at::Tensor& boxes, at::ArrayRef<double> scales,
+                                             const std::optional<at::Tensor>& centers,
+                                             at::IntArrayRef output_size, double spatial_scale,
+                                             int64_t sampling_ratio, bool aligned, bool clip,
+                                             int64_t batch, int64_t channels, int64_t height,
+                                             int64_t width) {
+  const CropShape shape = check_crop_backward_args(grad_output, boxes, scales, centers,
+                                                   output_size, spatial_scale, batch, channels,
+                                                   kCropOp);
+  check_cuda_dtype(grad_output, "grad_output");
+  const c10::cuda::CUDAGuard device_guard(grad_output.device());
+  const int64_t K = boxes.size(0);
+  const int64_t S = static_cast<int64_t>(scales.size());
+  const bool deterministic = at::globalContext().deterministicAlgorithms();
+  const at::ScalarType type = grad_output.scalar_type();
+  const at::ScalarType accumulate_type = compute_type(type);
+  if (K == 0 || batch * channels * height * width == 0) {
+    return at::zeros({batch, channels, height, width}, grad_output.options());
+  }
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  const at::Tensor grad_c = grad_output.contiguous();
+  const at::Tensor boxes_c = boxes.contiguous();
+  const at::Tensor given_centers = centers.has_value() ? centers->contiguous() : at::Tensor();
+  at::Tensor grad_input;
+
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kHalf, at::kBFloat16, type, "multiscale_roi_crop_backward_cuda", [&] {
+        using T = at::opmath_type<scalar_t>;
+        const auto p = crop_params<T>(K, S, batch, channels, height, width, shape, spatial_scale,
+                                      sampling_ratio, aligned, clip);
+        check_box_values<T>(boxes_c, p.batch, given_centers, stream, kCropOp);
+        const at::Tensor image_center = image_centers<T>(boxes_c, p.batch, given_centers, stream);
+        if (deterministic) {
+          grad_input = at::empty({batch, channels, height, width}, grad_output.options());
+          const int64_t items = grad_input.numel();
+          crop_backward_gather_kernel<scalar_t, T><<<blocks_for(items), kThreads, 0, stream>>>(
+              grad_c.const_data_ptr<scalar_t>(), boxes_c.const_data_ptr<T>(),
+              image_center.const_data_ptr<T>(), scale_list<T>(scales), p, items,
+              grad_input.mutable_data_ptr<scalar_t>());
+          C10_CUDA_KERNEL_LAUNCH_CHECK();
+          return;
+        }
+        // Atomics add into T: the input's type, or a float32 buffer for float16 / bfloat16.
+        at::Tensor accumulator = at::zeros({batch, channels, height, width},
+                                           grad_output.options().dtype(accumulate_type));
+        const int64_t channel_groups = (p.channels + kChannelsPerThread - 1) / kChannelsPerThread;
+        const int64_t items = p.candidates() * channel_groups * p.cells();
+        crop_backward_atomic_kernel<scalar_t, T><<<blocks_for(items), kThreads, 0, stream>>>(
+            grad_c.const_data_ptr<scalar_t>(), boxes_c.const_data_ptr<T>(),
+            image_center.const_data_ptr<T>(), scale_list<T>(scales), p, channel_groups, items,
+            accumulator.mutable_data_ptr<T>());
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+        grad_input = accumulator.scalar_type() == type ? accumulator : accumulator.to(type);
+      });
+  return grad_input;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(ssanet_ops, CUDA, m) {
+  m.impl("scale_candidates", &scale_candidates_cuda);
+  m.impl("multiscale_roi_crop", &multiscale_roi_crop_cuda);
+  m.impl("_multiscale_roi_crop_backward", &multiscale_roi_crop_backward_cuda);
+}
+
+}  // namespace ssanet_ops::roi_crop

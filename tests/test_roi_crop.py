@@ -1,0 +1,540 @@
+"""scale_factors, scale_candidates and multiscale_roi_crop (SPEC.md section 2) against
+torchvision.ops.roi_align on the reference candidates, hand-made geometry, gradcheck and
+opcheck."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torchvision.ops import roi_align
+
+import ssanet_ops
+from ssanet_ops import reference
+
+from .conftest import requires_cuda
+
+SCALES = ssanet_ops.scale_factors(1.3, 5)
+
+
+def random_boxes(batch: int, image_height: float, image_width: float, dtype=torch.float32):
+    """[K, 5] boxes of every kind the op must handle, a few per image: inside the image, partly
+    outside it, smaller than a pixel, zero-area (a point and a line), and the whole image."""
+    rows = []
+    for b in range(batch):
+        corner = torch.rand(2) * torch.tensor([image_width, image_height]) * 0.7
+        size = (0.1 + torch.rand(2) * 0.4) * torch.tensor([image_width, image_height])
+        rows.append([b, *corner.tolist(), *(corner + size).tolist()])  # inside
+        outside = torch.tensor([-0.3 * image_width, -0.2 * image_height])
+        rows.append([b, *outside.tolist(), 0.4 * image_width, 1.1 * image_height])  # partly out
+        tiny = torch.rand(2) * torch.tensor([image_width, image_height]) * 0.9
+        rows.append([b, *tiny.tolist(), *(tiny + torch.rand(2) * 0.8).tolist()])  # sub-pixel
+        point = (torch.rand(2) * torch.tensor([image_width, image_height])).tolist()
+        rows.append([b, *point, *point])  # zero area, a point
+        rows.append([b, point[0], 0.1 * image_height, point[0], 0.8 * image_height])  # a line
+        rows.append([b, 0.0, 0.0, image_width, image_height])  # the whole image
+    return torch.tensor(rows, dtype=dtype)
+
+
+def as_list(boxes: torch.Tensor, batch: int) -> list[torch.Tensor]:
+    return [boxes[boxes[:, 0] == b, 1:] for b in range(batch)]
+
+
+def tolerances(dtype: torch.dtype) -> dict:
+    if dtype == torch.float64:
+        return {"rtol": 1e-10, "atol": 1e-10}
+    return {"rtol": 1e-5, "atol": 1e-5}
+
+
+# ---- scale_factors ----
+
+
+def test_scale_factors_are_powers_of_alpha_around_one():
+    assert ssanet_ops.scale_factors(2.0, 5) == [0.25, 0.5, 1.0, 2.0, 4.0]
+    assert ssanet_ops.scale_factors(1.5, 1) == [1.0]
+    factors = ssanet_ops.scale_factors(1.3, 7)
+    assert factors[3] == 1.0
+    for low, high in zip(factors, factors[1:], strict=False):
+        assert math.isclose(high / low, 1.3)
+
+
+@pytest.mark.parametrize("alpha, S", [(1.2, 4), (1.2, 0), (0.0, 3), (-1.0, 3), (math.inf, 3)])
+def test_scale_factors_rejects_bad_arguments(alpha, S):
+    with pytest.raises(ValueError, match="alpha|S must"):
+        ssanet_ops.scale_factors(alpha, S)
+
+
+# ---- the anchoring rule of SPEC.md section 2, on hand-made boxes ----
+
+
+def candidates_of(box, scales, centre, image_size=(100.0, 100.0), clip=False):
+    boxes = torch.tensor([[0.0, *box]], dtype=torch.float64)
+    centers = torch.tensor([centre], dtype=torch.float64)
+    return ssanet_ops.scale_candidates(boxes, scales, image_size, centers, clip)[0].tolist()
+
+
+def test_growth_keeps_the_farthest_corner_and_shrinking_the_nearest():
+    # Box (10, 20)-(30, 60), centre (50, 70) below-right of it: the farthest corner is
+    # (x1, y1) = (10, 20), the nearest (x2, y2) = (30, 60).
+    grown, same, shrunk = candidates_of((10, 20, 30, 60), [2.0, 1.0, 0.5], (50, 70))
+    assert grown == [10, 20, 10 + 2 * 20, 20 + 2 * 40]  # grows towards the centre
+    assert same == [10, 20, 30, 60]
+    assert shrunk == [30 - 0.5 * 20, 60 - 0.5 * 40, 30, 60]  # shrinks towards (x2, y2)
+
+
+def test_anchors_follow_the_centre_to_every_side():
+    # Centre above-right of the box: farthest corner (x1, y2), nearest (x2, y1).
+    grown, shrunk = candidates_of((10, 20, 30, 60), [1.5, 0.5], (80, 0))
+    assert grown == [10, 60 - 1.5 * 40, 10 + 1.5 * 20, 60]
+    assert shrunk == [30 - 0.5 * 20, 20, 30, 20 + 0.5 * 40]
+
+
+def test_ties_take_the_first_corner():
+    # Centre at the box's centre: all corners tie, psi = eta = (x1, y1).
+    grown, shrunk = candidates_of((10, 20, 30, 60), [2.0, 0.5], (20, 40))
+    assert grown == [10, 20, 50, 100]
+    assert shrunk == [10, 20, 20, 40]
+
+
+def test_default_centre_is_the_mean_of_the_image_box_centres():
+    boxes = torch.tensor(
+        [
+            [0, 10, 10, 30, 50],  # centre (20, 30)
+            [1, 0, 0, 8, 8],  # another image: must not move image 0's centre
+            [0, 60, 70, 80, 90],  # centre (70, 80)
+        ],
+        dtype=torch.float64,
+    )
+    mean_0 = [(20 + 70) / 2, (30 + 80) / 2]
+    mean_1 = [4.0, 4.0]
+    default = ssanet_ops.scale_candidates(boxes, SCALES, (100, 100))
+    explicit = ssanet_ops.scale_candidates(
+        boxes, SCALES, (100, 100), torch.tensor([mean_0, mean_1], dtype=torch.float64)
+    )
+    torch.testing.assert_close(default, explicit, rtol=0, atol=0)
+    # And the centre matters: another one moves the candidates.
+    other = ssanet_ops.scale_candidates(
+        boxes, SCALES, (100, 100), torch.tensor([[0.0, 0.0], mean_1], dtype=torch.float64)
+    )
+    assert not torch.equal(default[[0, 2]], other[[0, 2]])
+
+
+def test_clip_bounds_candidates_to_the_image():
+    boxes = torch.tensor([[0, 50, 40, 90, 70]], dtype=torch.float64)
+    centre = torch.tensor([[0.0, 0.0]], dtype=torch.float64)
+    clipped = ssanet_ops.scale_candidates(boxes, [3.0], (80, 100), centre, clip=True)
+    unclipped = ssanet_ops.scale_candidates(boxes, [3.0], (80, 100), centre, clip=False)
+    # Anchored at the farthest corner (90, 70): x1 = 90 - 120, y1 = 70 - 90.
+    assert unclipped[0, 0].tolist() == [-30, -20, 90, 70]
+    assert clipped[0, 0].tolist() == [0, 0, 90, 70]
+
+
+# ---- scale_candidates against the reference ----
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("clip", [True, False])
+def test_scale_candidates_matches_reference(device, dtype, clip):
+    boxes = random_boxes(3, 40.0, 60.0, dtype).to(device)
+    expected = reference.scale_candidates(boxes, SCALES, (40, 60), clip=clip)
+    torch.testing.assert_close(
+        ssanet_ops.scale_candidates(boxes, SCALES, (40, 60), clip=clip), expected, rtol=0, atol=0
+    )
+    centers = (torch.rand(3, 2, dtype=dtype) * 50).to(device)
+    torch.testing.assert_close(
+        ssanet_ops.scale_candidates(as_list(boxes, 3), SCALES, (40, 60), centers, clip),
+        reference.scale_candidates(as_list(boxes, 3), SCALES, (40, 60), centers, clip),
+        rtol=0,
+        atol=0,
+    )
+
+
+# ---- multiscale_roi_crop against roi_align on the reference candidates ----
+
+
+def crop_and_gradient(fn, x, *args, **kwargs):
+    x = x.detach().requires_grad_()
+    out = fn(x, *args, **kwargs)
+    grad_output = torch.randn(out.shape, generator=torch.Generator().manual_seed(1)).to(out)
+    (grad,) = torch.autograd.grad(out, x, grad_output)
+    return out, grad
+
+
+# The CPU kernels take one plane at a time below 16 channels, chunks of 64 channels-last from
+# there: 3 channels (images) and 70 (two chunks, the second partial) cover both.
+@pytest.mark.parametrize("sampling_ratio", [-1, 1, 2])
+@pytest.mark.parametrize("aligned", [True, False])
+@pytest.mark.parametrize("spatial_scale", [1.0, 1 / 32])
+@pytest.mark.parametrize("clip", [True, False])
+@pytest.mark.parametrize("channels", [3, 70])
+def test_crop_matches_roi_align_composition(
+    device, sampling_ratio, aligned, spatial_scale, clip, channels
+):
+    batch, height, width = 2, 9, 13
+    x = torch.randn(batch, channels, height, width, device=device)
+    boxes = random_boxes(batch, height / spatial_scale, width / spatial_scale).to(device)
+    kwargs = dict(
+        spatial_scale=spatial_scale, sampling_ratio=sampling_ratio, aligned=aligned, clip=clip
+    )
+    out, grad = crop_and_gradient(
+        ssanet_ops.multiscale_roi_crop, x, boxes, (5, 4), SCALES, **kwargs
+    )
+    expected_out, expected_grad = crop_and_gradient(
+        reference.multiscale_roi_crop, x, boxes, (5, 4), SCALES, **kwargs
+    )
+    assert out.shape == (boxes.shape[0], len(SCALES), channels, 5, 4)
+    torch.testing.assert_close(out, expected_out, **tolerances(x.dtype))
+    torch.testing.assert_close(grad, expected_grad, **tolerances(x.dtype))
+
+
+def test_crop_many_channels_and_large_crops(device):
+    # Past the channels-last buffers' bounds the CPU kernels go back to planes.
+    x = torch.randn(2, 16, 150, 140, device=device)
+    boxes = random_boxes(2, 150, 140)[::3].to(device)
+    out, grad = crop_and_gradient(ssanet_ops.multiscale_roi_crop, x, boxes, 66, SCALES[1:4])
+    expected_out, expected_grad = crop_and_gradient(
+        reference.multiscale_roi_crop, x, boxes, 66, SCALES[1:4]
+    )
+    torch.testing.assert_close(out, expected_out, **tolerances(x.dtype))
+    torch.testing.assert_close(grad, expected_grad, **tolerances(x.dtype))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_crop_list_boxes_and_custom_centres(device, dtype):
+    batch, height, width = 3, 12, 10
+    x = torch.randn(batch, 2, height, width, device=device, dtype=dtype)
+    boxes = random_boxes(batch, height, width, dtype).to(device)
+    centers = (torch.rand(batch, 2, dtype=dtype) * 12).to(device)
+    out, grad = crop_and_gradient(
+        ssanet_ops.multiscale_roi_crop, x, as_list(boxes, batch), 3, SCALES, centers
+    )
+    expected_out, expected_grad = crop_and_gradient(
+        reference.multiscale_roi_crop, x, boxes, 3, SCALES, centers
+    )
+    # The list puts each image's boxes together, as the tensor already does.
+    torch.testing.assert_close(out, expected_out, **tolerances(dtype))
+    torch.testing.assert_close(grad, expected_grad, **tolerances(dtype))
+
+
+def test_crop_with_one_scale_is_roi_align_on_the_boxes(device):
+    x = torch.randn(2, 3, 16, 12, device=device, dtype=torch.float64)
+    boxes = random_boxes(2, 16, 12, torch.float64).to(device)
+    for aligned in (True, False):
+        out, grad = crop_and_gradient(
+            ssanet_ops.multiscale_roi_crop, x, boxes, (4, 6), [1.0], aligned=aligned, clip=False
+        )
+        expected_out, expected_grad = crop_and_gradient(
+            roi_align, x, boxes, (4, 6), aligned=aligned
+        )
+        torch.testing.assert_close(out[:, 0], expected_out, **tolerances(x.dtype))
+        torch.testing.assert_close(grad, expected_grad, **tolerances(x.dtype))
+
+
+def test_crop_image_workload_shape(device):
+    # Large candidates shrunk to the output: several samples per cell (adaptive grid).
+    x = torch.randn(2, 3, 64, 64, device=device)
+    boxes = torch.tensor([[0, 4, 6, 60, 50], [1, 10, 20, 30, 62]], device=device)
+    out = ssanet_ops.multiscale_roi_crop(x, boxes, 16, SCALES)
+    expected = reference.multiscale_roi_crop(x, boxes, 16, SCALES)
+    torch.testing.assert_close(out, expected, **tolerances(x.dtype))
+
+
+@pytest.mark.parametrize("channels", [5, 20])
+def test_non_contiguous_and_channels_last_input(device, channels):
+    x = torch.randn(2, channels, 11, 14, device=device)
+    boxes = random_boxes(2, 11, 14).to(device)
+    expected = ssanet_ops.multiscale_roi_crop(x, boxes, 3, SCALES)
+    channels_last = x.to(memory_format=torch.channels_last)
+    torch.testing.assert_close(
+        ssanet_ops.multiscale_roi_crop(channels_last, boxes, 3, SCALES), expected, rtol=0, atol=0
+    )
+    strided = torch.randn(2, channels, 11, 28, device=device)[..., ::2]
+    strided.copy_(x)
+    torch.testing.assert_close(
+        ssanet_ops.multiscale_roi_crop(strided, boxes, 3, SCALES), expected, rtol=0, atol=0
+    )
+
+
+@pytest.mark.parametrize("channels", [2, 17])
+def test_gradcheck(device, channels):
+    x = torch.randn(2, channels, 6, 7, device=device, dtype=torch.float64, requires_grad=True)
+    boxes = torch.tensor(
+        [[0, 0.5, 1.2, 4.7, 5.1], [1, 2.2, 0.1, 6.3, 3.9], [1, -1.0, 2.0, 3.0, 7.5]],
+        device=device,
+        dtype=torch.float64,
+    )
+    for sampling_ratio in (-1, 2):
+        torch.autograd.gradcheck(
+            lambda x, ratio=sampling_ratio: ssanet_ops.multiscale_roi_crop(
+                x, boxes, (3, 2), [0.7, 1.0, 1.4], sampling_ratio=ratio
+            ),
+            (x,),
+            fast_mode=channels > 2,  # a random projection of the Jacobian: fewer evaluations
+        )
+
+
+def test_opcheck(device):
+    x = torch.randn(2, 3, 8, 9, device=device, requires_grad=True)
+    boxes = random_boxes(2, 8, 9).to(device)
+    centers = torch.rand(2, 2, device=device) * 8
+    scales = [0.8, 1.0, 1.25]
+    crop = torch.ops.ssanet_ops.multiscale_roi_crop.default
+    torch.library.opcheck(crop, (x, boxes, scales, None, [3, 2], 1.0, -1, True, True))
+    torch.library.opcheck(crop, (x, boxes, scales, centers, [2, 2], 0.5, 2, False, False))
+    grad = torch.randn(boxes.shape[0], 3, 3, 3, 2, device=device)
+    torch.library.opcheck(
+        torch.ops.ssanet_ops._multiscale_roi_crop_backward.default,
+        (grad, boxes, scales, None, [3, 2], 1.0, -1, True, True, 2, 3, 8, 9),
+    )
+    torch.library.opcheck(
+        torch.ops.ssanet_ops.scale_candidates.default, (boxes, scales, centers, 8.0, 9.0, True)
+    )
+
+
+def test_torch_compile_fullgraph(device):
+    x = torch.randn(2, 3, 10, 12, device=device, requires_grad=True)
+    boxes = random_boxes(2, 10, 12).to(device)
+
+    def crop_loss(x, boxes):
+        return (
+            ssanet_ops.multiscale_roi_crop(x, boxes, (3, 4), SCALES, sampling_ratio=2)
+            .square()
+            .sum()
+        )
+
+    compiled = torch.compile(crop_loss, fullgraph=True)
+    (grad,) = torch.autograd.grad(compiled(x, boxes), x)
+    (expected,) = torch.autograd.grad(crop_loss(x, boxes), x)
+    torch.testing.assert_close(grad, expected)
+
+
+def test_torch_export(device):
+    x = torch.randn(2, 3, 10, 12, device=device)
+    boxes = random_boxes(2, 10, 12).to(device)
+    module = ssanet_ops.nn.MultiScaleRoICrop((3, 4), SCALES)
+    exported = torch.export.export(module, (x, boxes))
+    torch.testing.assert_close(exported.module()(x, boxes), module(x, boxes), rtol=0, atol=0)
+
+
+def test_backward_is_bitwise_repeatable(device):
+    x = torch.randn(2, 4, 20, 20, device=device)
+    boxes = random_boxes(2, 20, 20).to(device)
+    _, first = crop_and_gradient(ssanet_ops.multiscale_roi_crop, x, boxes, 6, SCALES)
+    for _ in range(3):
+        _, again = crop_and_gradient(ssanet_ops.multiscale_roi_crop, x, boxes, 6, SCALES)
+        assert torch.equal(first, again)
+
+
+@pytest.mark.parametrize("channels", [4, 70])
+def test_cpu_backward_does_not_depend_on_thread_count(channels):
+    x = torch.randn(3, channels, 20, 20)
+    boxes = random_boxes(3, 20, 20)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        out_one, grad_one = crop_and_gradient(ssanet_ops.multiscale_roi_crop, x, boxes, 6, SCALES)
+        torch.set_num_threads(max(2, threads))
+        out_many, grad_many = crop_and_gradient(ssanet_ops.multiscale_roi_crop, x, boxes, 6, SCALES)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(out_one, out_many)
+    assert torch.equal(grad_one, grad_many)
+
+
+@requires_cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_cuda_deterministic_backward_matches_atomic_backward(dtype):
+    x = torch.randn(2, 5, 24, 20, device="cuda", dtype=dtype)
+    boxes = random_boxes(2, 24, 20, dtype).cuda()
+    for sampling_ratio in (-1, 2):
+        _, atomic = crop_and_gradient(
+            ssanet_ops.multiscale_roi_crop, x, boxes, 7, SCALES, sampling_ratio=sampling_ratio
+        )
+        deterministic = torch.are_deterministic_algorithms_enabled()
+        try:
+            torch.use_deterministic_algorithms(True)
+            _, gathered = crop_and_gradient(
+                ssanet_ops.multiscale_roi_crop, x, boxes, 7, SCALES, sampling_ratio=sampling_ratio
+            )
+            _, again = crop_and_gradient(
+                ssanet_ops.multiscale_roi_crop, x, boxes, 7, SCALES, sampling_ratio=sampling_ratio
+            )
+        finally:
+            torch.use_deterministic_algorithms(deterministic)
+        torch.testing.assert_close(gathered, atomic, **tolerances(dtype))
+        assert torch.equal(gathered, again)
+
+
+@requires_cuda
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_cuda_reduced_precision(dtype):
+    x = torch.randn(2, 4, 16, 18, device="cuda")
+    boxes = random_boxes(2, 16, 18).cuda()
+    out, grad = crop_and_gradient(ssanet_ops.multiscale_roi_crop, x.to(dtype), boxes, 5, SCALES)
+    expected_out, expected_grad = crop_and_gradient(
+        reference.multiscale_roi_crop, x, boxes, 5, SCALES
+    )
+    assert out.dtype == dtype and grad.dtype == dtype
+    tolerance = (
+        {"rtol": 2e-2, "atol": 2e-2} if dtype == torch.float16 else {"rtol": 5e-2, "atol": 5e-2}
+    )
+    torch.testing.assert_close(out.float(), expected_out, **tolerance)
+    torch.testing.assert_close(grad.float(), expected_grad, **tolerance)
+
+
+def test_module_matches_function(device):
+    x = torch.randn(2, 3, 12, 12, device=device)
+    boxes = random_boxes(2, 12 * 4, 12 * 4).to(device)
+    module = ssanet_ops.nn.MultiScaleRoICrop((4, 3), SCALES, spatial_scale=0.25, sampling_ratio=2)
+    expected = ssanet_ops.multiscale_roi_crop(
+        x, boxes, (4, 3), SCALES, spatial_scale=0.25, sampling_ratio=2
+    )
+    torch.testing.assert_close(module(x, boxes), expected, rtol=0, atol=0)
+    assert "scales=" in repr(module)
+
+
+# ---- empty inputs ----
+
+
+def test_no_boxes_gives_empty_output_and_zero_gradient(device):
+    x = torch.randn(2, 3, 8, 8, device=device, requires_grad=True)
+    boxes = torch.zeros(0, 5, device=device)
+    out = ssanet_ops.multiscale_roi_crop(x, boxes, (4, 5), SCALES)
+    assert out.shape == (0, len(SCALES), 3, 4, 5)
+    (grad,) = torch.autograd.grad(out.sum(), x)
+    assert torch.equal(grad, torch.zeros_like(x))
+    assert ssanet_ops.scale_candidates(boxes, SCALES, (8, 8)).shape == (0, len(SCALES), 4)
+
+
+def test_images_without_boxes_get_zero_gradient(device):
+    x = torch.randn(3, 2, 8, 8, device=device, requires_grad=True)
+    boxes = torch.tensor([[1, 1.0, 1.0, 6.0, 5.0]], device=device)
+    (grad,) = torch.autograd.grad(ssanet_ops.multiscale_roi_crop(x, boxes, 3, SCALES).sum(), x)
+    assert torch.equal(grad[[0, 2]], torch.zeros_like(grad[[0, 2]]))
+    assert grad[1].abs().sum() > 0
+
+
+# ---- errors ----
+
+
+def crop_error(x, boxes, **kwargs):
+    kwargs = {"output_size": 3, "scales": SCALES, **kwargs}
+    return ssanet_ops.multiscale_roi_crop(x, boxes, **kwargs)
+
+
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        (math.nan, "finite"),
+        (math.inf, "finite"),
+    ],
+)
+def test_non_finite_boxes_raise(device, bad, message):
+    x = torch.randn(2, 3, 8, 8, device=device)
+    boxes = torch.tensor([[0, 1.0, 1.0, 5.0, bad]], device=device)
+    with pytest.raises(RuntimeError, match=message):
+        crop_error(x, boxes)
+    with pytest.raises(RuntimeError, match=message):
+        ssanet_ops.scale_candidates(boxes, SCALES, (8, 8))
+
+
+@pytest.mark.parametrize("index", [2.0, -1.0, 0.5, math.nan])
+def test_batch_index_out_of_range_raises(device, index):
+    x = torch.randn(2, 3, 8, 8, device=device)
+    boxes = torch.tensor([[index, 1.0, 1.0, 5.0, 5.0]], device=device)
+    with pytest.raises(RuntimeError, match=r"batch index.*\[0, 2\)"):
+        crop_error(x, boxes)
+
+
+def test_bad_scales_raise():
+    x = torch.randn(1, 3, 8, 8)
+    boxes = torch.tensor([[0, 1.0, 1.0, 5.0, 5.0]])
+    for scales in ([1.0, 0.0], [-0.5], [], [math.nan], [1.0] * 65):
+        with pytest.raises(ValueError, match="scales"):
+            crop_error(x, boxes, scales=scales)
+        with pytest.raises(ValueError, match="scales"):
+            ssanet_ops.scale_candidates(boxes, scales, (8, 8))
+    with pytest.raises(RuntimeError, match="scales must be positive"):
+        torch.ops.ssanet_ops.multiscale_roi_crop(
+            x, boxes, [1.0, -2.0], None, [3, 3], 1.0, -1, True, True
+        )
+
+
+def test_scales_as_a_tensor():
+    x = torch.randn(1, 3, 8, 8)
+    boxes = torch.tensor([[0, 1.0, 1.0, 5.0, 5.0]])
+    torch.testing.assert_close(
+        crop_error(x, boxes, scales=torch.tensor(SCALES)), crop_error(x, boxes), rtol=0, atol=0
+    )
+    with pytest.raises(ValueError, match=r"scales must be a 1-d tensor"):
+        crop_error(x, boxes, scales=torch.ones(2, 2))
+
+
+def test_scale_candidates_argument_errors():
+    boxes = torch.tensor([[0, 1.0, 1.0, 5.0, 5.0]])
+    with pytest.raises(ValueError, match="image_size must be positive"):
+        ssanet_ops.scale_candidates(boxes, SCALES, (0, 8))
+    with pytest.raises(TypeError, match="image_size must be a"):
+        ssanet_ops.scale_candidates(boxes, SCALES, 8)
+    with pytest.raises(ValueError, match=r"centers must be a \[B, 2\]"):
+        ssanet_ops.scale_candidates(boxes, SCALES, (8, 8), torch.zeros(1, 3))
+    with pytest.raises(RuntimeError, match=r"batch index.*\[0, 1\)"):
+        ssanet_ops.scale_candidates(
+            boxes + torch.tensor([1.0, 0, 0, 0, 0]), SCALES, (8, 8), torch.zeros(1, 2)
+        )
+    with pytest.raises(RuntimeError, match="centers must be finite"):
+        ssanet_ops.scale_candidates(boxes, SCALES, (8, 8), torch.full((1, 2), math.nan))
+
+
+def test_wrong_ranks_and_shapes_raise():
+    x = torch.randn(1, 3, 8, 8)
+    boxes = torch.tensor([[0, 1.0, 1.0, 5.0, 5.0]])
+    with pytest.raises(ValueError, match=r"input must be a 4-d tensor"):
+        crop_error(x[0], boxes)
+    with pytest.raises(ValueError, match=r"boxes must be a 2-d tensor"):
+        crop_error(x, boxes[0])
+    with pytest.raises(ValueError, match=r"boxes must be a \[K, 5\]"):
+        crop_error(x, boxes[:, 1:])
+    with pytest.raises(ValueError, match=r"boxes\[0\] must be a \[K_b, 4\]"):
+        crop_error(x, [boxes])
+    with pytest.raises(ValueError, match="one \\[K_b, 4\\] tensor per image"):
+        crop_error(x, [boxes[:, 1:], boxes[:, 1:]])
+    with pytest.raises(ValueError, match=r"centers must be a \[1, 2\]"):
+        crop_error(x, boxes, centers=torch.zeros(2, 2))
+    with pytest.raises(ValueError, match="output_size must be positive"):
+        crop_error(x, boxes, output_size=(0, 3))
+    with pytest.raises(ValueError, match="spatial_scale"):
+        crop_error(x, boxes, spatial_scale=0.0)
+    with pytest.raises(TypeError, match="input must have one of the dtypes"):
+        crop_error(x.int(), boxes)
+    with pytest.raises(RuntimeError, match=r"boxes must be a \[K, 5\]"):
+        torch.ops.ssanet_ops.multiscale_roi_crop(
+            x, boxes[:, 1:], [1.0], None, [3, 3], 1.0, -1, True, True
+        )
+    with pytest.raises(RuntimeError, match="input must be a 4-d tensor"):
+        torch.ops.ssanet_ops.multiscale_roi_crop(
+            x[0], boxes, [1.0], None, [3, 3], 1.0, -1, True, True
+        )
+
+
+def test_mixed_devices_raise():
+    # The meta device stands in for a second device where no GPU is present.
+    x = torch.randn(1, 3, 8, 8)
+    boxes = torch.tensor([[0, 1.0, 1.0, 5.0, 5.0]])
+    with pytest.raises(ValueError, match="input on cpu, boxes on meta"):
+        crop_error(x, boxes.to("meta"))
+    with pytest.raises(ValueError, match="centers on meta"):
+        crop_error(x, boxes, centers=torch.zeros(1, 2, device="meta"))
+    with pytest.raises(ValueError, match=r"boxes\[1\] on meta"):
+        crop_error(torch.randn(2, 3, 8, 8), [boxes[:, 1:], boxes[:, 1:].to("meta")])
+
+
+@requires_cuda
+def test_mixed_cuda_and_cpu_raise():
+    x = torch.randn(1, 3, 8, 8, device="cuda")
+    boxes = torch.tensor([[0, 1.0, 1.0, 5.0, 5.0]])
+    with pytest.raises(ValueError, match="input on cuda:0, boxes on cpu"):
+        crop_error(x, boxes)
+    with pytest.raises(RuntimeError, match="boxes must be on cuda"):
+        torch.ops.ssanet_ops.multiscale_roi_crop(x, boxes, [1.0], None, [3, 3], 1.0, -1, True, True)
