@@ -24,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from cases import Case  # noqa: E402
 from cases import oriented_pool as oriented_pool_cases  # noqa: E402
 from cases import roi_crop as roi_crop_cases  # noqa: E402
+from cases import scale_align as scale_align_cases  # noqa: E402
 from timing import copy_bandwidth_gbs, device_name, device_slug, median_ms  # noqa: E402
 
 import ssanet_ops  # noqa: E402
@@ -31,6 +32,7 @@ import ssanet_ops  # noqa: E402
 CASE_MODULES = {
     "oriented_pool": oriented_pool_cases,
     "multiscale_roi_crop": roi_crop_cases,
+    "scale_align": scale_align_cases,
 }
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
@@ -69,6 +71,8 @@ def run_case(
     bandwidth_gbs: float | None,
 ) -> list[dict]:
     inputs = case.make_inputs(device, dtype)
+    if case.max_repeats is not None:
+        repeats, warmup = min(repeats, case.max_repeats), min(warmup, 1)
     rows = []
     for pass_name in case.passes:
         times = {}

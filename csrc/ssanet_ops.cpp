@@ -31,6 +31,17 @@ TORCH_LIBRARY(ssanet_ops, m) {
       " Tensor? centers, int[2] output_size, float spatial_scale, int sampling_ratio,"
       " bool aligned, bool clip, SymInt batch, SymInt channels, SymInt height, SymInt width)"
       " -> Tensor");
+
+  // SPEC.md section 3. phi [G?, N, S, D], weight [G?, C, S, D] (bias [G?, C]); scale_correlation
+  // returns corr [G?, N, C, S], scale_align (logits [G?, N, C], shift [G?, N, C] int64). The
+  // backward ops take the gradient of corr (or of logits with the forward's shift) and give
+  // d phi or d weight, each on its own so that a frozen input costs nothing.
+  m.def("scale_correlation(Tensor phi, Tensor weight) -> Tensor");
+  m.def("scale_align(Tensor phi, Tensor weight, Tensor? bias=None) -> (Tensor, Tensor)");
+  m.def("_scale_correlation_backward_phi(Tensor grad, Tensor weight) -> Tensor");
+  m.def("_scale_correlation_backward_weight(Tensor grad, Tensor phi) -> Tensor");
+  m.def("_scale_align_backward_phi(Tensor grad, Tensor shift, Tensor weight) -> Tensor");
+  m.def("_scale_align_backward_weight(Tensor grad, Tensor shift, Tensor phi) -> Tensor");
 }
 
 namespace {

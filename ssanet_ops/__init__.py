@@ -16,7 +16,9 @@ from . import _autograd, _fake, nn, reference  # noqa: E402, F401  (registers au
 from .ops import (  # noqa: E402
     multiscale_roi_crop,
     oriented_pool,
+    scale_align,
     scale_candidates,
+    scale_correlation,
     scale_factors,
 )
 
@@ -43,7 +45,9 @@ __all__ = [
     "nn",
     "oriented_pool",
     "reference",
+    "scale_align",
     "scale_candidates",
+    "scale_correlation",
     "scale_factors",
     "__version__",
 ]

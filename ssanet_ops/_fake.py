@@ -76,3 +76,59 @@ def _multiscale_roi_crop_backward_fake(
         lambda: f"grad_output must be [K, S, C, oh, ow], got {grad_output.dim()} dims",
     )
     return grad_output.new_empty((batch, channels, height, width))
+
+
+def _check_scale_align_fake(phi, weight):
+    torch._check(
+        phi.dim() in (3, 4) and weight.dim() == phi.dim(),
+        lambda: (
+            f"phi and weight must be [G?, N, S, D] and [G?, C, S, D], got shapes "
+            f"{tuple(phi.shape)} and {tuple(weight.shape)}"
+        ),
+    )
+    torch._check(
+        phi.shape[:-3] == weight.shape[:-3] and phi.shape[-2:] == weight.shape[-2:],
+        lambda: (
+            f"phi and weight must agree in G, S and D, got shapes {tuple(phi.shape)} and "
+            f"{tuple(weight.shape)}"
+        ),
+    )
+    torch._check(phi.dtype == weight.dtype, lambda: "phi and weight must have one dtype")
+
+
+@torch.library.register_fake("ssanet_ops::scale_correlation")
+def _scale_correlation_fake(phi, weight):
+    _check_scale_align_fake(phi, weight)
+    return phi.new_empty((*phi.shape[:-2], weight.shape[-3], phi.shape[-2]))
+
+
+@torch.library.register_fake("ssanet_ops::scale_align")
+def _scale_align_fake(phi, weight, bias=None):
+    _check_scale_align_fake(phi, weight)
+    shape = (*phi.shape[:-2], weight.shape[-3])
+    return phi.new_empty(shape), phi.new_empty(shape, dtype=torch.int64)
+
+
+def _scale_align_grad_fake(grad, other, rows):
+    # d phi / d weight: [G?, rows, S, D] with S and D of the other saved input.
+    return grad.new_empty((*other.shape[:-3], rows, *other.shape[-2:]))
+
+
+@torch.library.register_fake("ssanet_ops::_scale_correlation_backward_phi")
+def _scale_correlation_backward_phi_fake(grad, weight):
+    return _scale_align_grad_fake(grad, weight, grad.shape[-3])
+
+
+@torch.library.register_fake("ssanet_ops::_scale_correlation_backward_weight")
+def _scale_correlation_backward_weight_fake(grad, phi):
+    return _scale_align_grad_fake(grad, phi, grad.shape[-2])
+
+
+@torch.library.register_fake("ssanet_ops::_scale_align_backward_phi")
+def _scale_align_backward_phi_fake(grad, shift, weight):
+    return _scale_align_grad_fake(grad, weight, grad.shape[-2])
+
+
+@torch.library.register_fake("ssanet_ops::_scale_align_backward_weight")
+def _scale_align_backward_weight_fake(grad, shift, phi):
+    return _scale_align_grad_fake(grad, phi, grad.shape[-1])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -9,7 +10,7 @@ from torch import nn
 
 from . import ops
 
-__all__ = ["MultiScaleRoICrop", "OrientedPool"]
+__all__ = ["MultiScaleRoICrop", "OrientedPool", "ScaleAlign"]
 
 
 class OrientedPool(nn.Module):
@@ -84,4 +85,79 @@ class MultiScaleRoICrop(nn.Module):
             f"output_size={self.output_size}, scales={self.scales}, "
             f"spatial_scale={self.spatial_scale}, sampling_ratio={self.sampling_ratio}, "
             f"aligned={self.aligned}, clip={self.clip}"
+        )
+
+
+def max_of_normals_variance(count: int) -> float:
+    """Variance of the maximum of `count` independent standard normal variables, by numerical
+    integration of its density ``count * pdf(x) * cdf(x)**(count - 1)``."""
+    x = torch.linspace(-12.0, 12.0, 48001, dtype=torch.float64)
+    pdf = torch.exp(-0.5 * x * x) / math.sqrt(2.0 * math.pi)
+    cdf = 0.5 * (1.0 + torch.special.erf(x / math.sqrt(2.0)))
+    density = count * pdf * cdf ** (count - 1)
+    mean = torch.trapezoid(x * density, x)
+    return float(torch.trapezoid((x - mean) ** 2 * density, x))
+
+
+class ScaleAlign(nn.Module):
+    """Circulant scale alignment (SPEC.md section 3; paper eqs. 6-8), a linear classifier over
+    S scale candidates that picks, per class, the best circulant alignment of scales.
+
+    ``forward(phi)`` returns ``(logits, shift)`` of :func:`ssanet_ops.scale_align`:
+
+    - ``groups == 1``: phi ``[N, S, D]`` -> ``[N, C]``; weight ``[C, S, D]``, bias ``[C]``.
+    - ``groups == G > 1``: phi ``[G, N, S, D]`` -> ``[G, N, C]``, one filter bank per group
+      (part index); weight ``[G, C, S, D]``, bias ``[G, C]``.
+
+    Initialisation: for phi with independent zero-mean unit-variance entries, every shift's
+    response is a sum of S*D products and the S shifts' responses are uncorrelated, so the
+    weight is drawn from N(0, sigma^2) with ``sigma^2 = 1 / (S * D * v_S)``, where ``v_S`` is
+    the variance of the maximum of S independent standard normals: the logits then have unit
+    variance at the start. The bias starts at zero.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        num_classes: int,
+        num_scales: int,
+        groups: int = 1,
+        bias: bool = True,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        for name, value in (
+            ("in_features", in_features),
+            ("num_classes", num_classes),
+            ("num_scales", num_scales),
+            ("groups", groups),
+        ):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        self.in_features = in_features
+        self.num_classes = num_classes
+        self.num_scales = num_scales
+        self.groups = groups
+        bank = (num_classes,) if groups == 1 else (groups, num_classes)
+        factory = {"device": device, "dtype": dtype}
+        self.weight = nn.Parameter(torch.empty(*bank, num_scales, in_features, **factory))
+        self.bias = nn.Parameter(torch.empty(*bank, **factory)) if bias else None
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        variance = 1.0 / (
+            self.num_scales * self.in_features * max_of_normals_variance(self.num_scales)
+        )
+        nn.init.normal_(self.weight, mean=0.0, std=math.sqrt(variance))
+        if self.bias is not None:
+            nn.init.zeros_(self.bias)
+
+    def forward(self, phi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return ops.scale_align(phi, self.weight, self.bias)
+
+    def extra_repr(self) -> str:
+        return (
+            f"in_features={self.in_features}, num_classes={self.num_classes}, "
+            f"num_scales={self.num_scales}, groups={self.groups}, bias={self.bias is not None}"
         )

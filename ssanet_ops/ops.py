@@ -7,7 +7,14 @@ from collections.abc import Sequence
 
 import torch
 
-from ._validation import check_floating, check_rank, check_same_device, pair
+from ._validation import (
+    CPU_DTYPES,
+    CUDA_DTYPES,
+    check_floating,
+    check_rank,
+    check_same_device,
+    pair,
+)
 
 # Grid indices are stored as uint8 for the backward (csrc/oriented_pool/oriented_pool.h).
 MAX_GRID_SIZE = 256
@@ -321,3 +328,124 @@ def multiscale_roi_crop(
         bool(aligned),
         bool(clip),
     )
+
+
+def _effective_dtype(tensor: torch.Tensor) -> torch.dtype:
+    """The dtype `tensor` reaches the scale_align kernels with: under autocast (SPEC.md
+    section 3 ops behave like a linear layer), floating tensors other than float64 are cast to
+    the autocast dtype on CUDA and to float32 on the CPU (whose kernels take float32/float64)."""
+    device_type = tensor.device.type
+    if (
+        device_type in ("cpu", "cuda")
+        and torch.is_autocast_enabled(device_type)
+        and tensor.is_floating_point()
+        and tensor.dtype != torch.float64
+    ):
+        return torch.get_autocast_dtype(device_type) if device_type == "cuda" else torch.float32
+    return tensor.dtype
+
+
+def check_scale_align_inputs(
+    phi: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
+) -> None:
+    """Checks the arguments of scale_correlation / scale_align (SPEC.md section 3):
+    phi ``[G?, N, S, D]``, weight ``[G?, C, S, D]``, bias ``[G?, C]``."""
+    for name, tensor in (("phi", phi), ("weight", weight)):
+        if not isinstance(tensor, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(tensor).__name__}")
+    if phi.dim() not in (3, 4):
+        raise ValueError(
+            "phi must be a 3-d tensor [N, S, D] or a 4-d one [G, N, S, D], "
+            f"got shape {tuple(phi.shape)}"
+        )
+    if weight.dim() != phi.dim():
+        raise ValueError(
+            f"weight must be {'[G, C, S, D]' if phi.dim() == 4 else '[C, S, D]'} to match phi "
+            f"of shape {tuple(phi.shape)}, got shape {tuple(weight.shape)}"
+        )
+    if phi.dim() == 4 and phi.shape[0] != weight.shape[0]:
+        raise ValueError(
+            f"phi and weight must have one group count G, got {phi.shape[0]} and {weight.shape[0]}"
+        )
+    if phi.shape[-2:] != weight.shape[-2:]:
+        raise ValueError(
+            "phi [.., N, S, D] and weight [.., C, S, D] must agree in S and D, got shapes "
+            f"{tuple(phi.shape)} and {tuple(weight.shape)}"
+        )
+    if phi.shape[-2] < 1:
+        raise ValueError("the scale dimension S must be at least 1")
+    tensors = {"phi": phi, "weight": weight}
+    if bias is not None:
+        if not isinstance(bias, torch.Tensor):
+            raise TypeError(f"bias must be a torch.Tensor or None, got {type(bias).__name__}")
+        expected = tuple(weight.shape[:-2])
+        if tuple(bias.shape) != expected:
+            shape = "[G, C]" if weight.dim() == 4 else "[C]"
+            raise ValueError(f"bias must have shape {shape} = {expected}, got {tuple(bias.shape)}")
+        tensors["bias"] = bias
+    check_same_device(tensors)
+    dtypes = {name: _effective_dtype(tensor) for name, tensor in tensors.items()}
+    allowed = CUDA_DTYPES if phi.device.type == "cuda" else CPU_DTYPES
+    for name, dtype in dtypes.items():
+        if dtype not in allowed:
+            names = ", ".join(str(d).removeprefix("torch.") for d in allowed)
+            raise TypeError(
+                f"{name} must have one of the dtypes {names} on {phi.device.type}, got {dtype}"
+            )
+    if len(set(dtypes.values())) > 1:
+        listed = ", ".join(f"{name} {dtype}" for name, dtype in dtypes.items())
+        raise TypeError(f"phi, weight and bias must have one dtype, got {listed}")
+
+
+def scale_correlation(phi: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Circulant scale correlation (SPEC.md section 3; paper eq. 7).
+
+    ``corr[n, c, r] = sum over j, d of phi[n, j, d] * weight[c, (j + r) mod S, d]``: the response
+    of every proposal's S scale candidates to every class filter under each of the S circulant
+    shifts r, computed in the Fourier form (a real DFT over the scale axis, the products of its
+    S//2 + 1 frequencies as real matrix products, the inverse DFT).
+
+    Args:
+        phi: ``[N, S, D]`` features of N proposals at S scales, or ``[G, N, S, D]`` with a
+            leading group dimension (one group per part index).
+        weight: ``[C, S, D]`` one filter per class and scale, or ``[G, C, S, D]``.
+
+    Returns:
+        ``[N, C, S]`` (``[G, N, C, S]`` when grouped), in the dtype of the inputs.
+
+    float32/float64 on the CPU; also float16/bfloat16 on CUDA (accumulated in float32). Under
+    autocast the op behaves like a linear layer: on CUDA the inputs are cast to the autocast
+    dtype; on the CPU reduced-precision inputs run in float32.
+
+    On CUDA the plane products run on cuBLAS (``torch.bmm``, the default) or, when the
+    environment variable ``SSANET_OPS_SCALE_ALIGN_PRODUCTS`` is ``tiled`` (read at every call),
+    on the package's own tiled kernel: tensor cores for float16/bfloat16, TF32 for float32
+    when ``torch.backends.cuda.matmul.allow_tf32`` (fp32_precision ``"tf32"``) is on, FMA
+    otherwise. Both accumulate in float32 (float64 for float64).
+    """
+    check_scale_align_inputs(phi, weight)
+    return torch.ops.ssanet_ops.scale_correlation(phi, weight)
+
+
+def scale_align(
+    phi: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Circulant scale alignment (SPEC.md section 3; paper eqs. 6-8).
+
+    ``logits = max over r of corr[..., r] (+ bias)`` and ``shift = argmax over r`` (the lowest r
+    on ties), with ``corr`` as in :func:`scale_correlation`, fused so that corr is never
+    written. Gradients flow through the winning shift only (eq. 8). The candidate aligned with
+    the filter's original scale ``m0 = (S - 1) // 2`` is ``(m0 - shift) mod S``.
+
+    Args:
+        phi: ``[N, S, D]`` or ``[G, N, S, D]``.
+        weight: ``[C, S, D]`` or ``[G, C, S, D]``.
+        bias: optional ``[C]`` (``[G, C]`` when grouped), added to every shift's response.
+
+    Returns:
+        ``(logits, shift)``: ``[N, C]`` (``[G, N, C]``) in the inputs' dtype, and int64.
+
+    Dtypes, autocast and the CUDA product kernel as for :func:`scale_correlation`.
+    """
+    check_scale_align_inputs(phi, weight, bias)
+    return torch.ops.ssanet_ops.scale_align(phi, weight, bias)

@@ -12,7 +12,15 @@ from torchvision.ops import roi_align
 from ._validation import pair
 from .ops import BoxesArg, boxes_as_rois, oriented_pool_geometry, scale_list
 
-__all__ = ["multiscale_roi_crop", "oriented_pool", "scale_candidates"]
+__all__ = [
+    "multiscale_roi_crop",
+    "oriented_pool",
+    "scale_align",
+    "scale_align_fft",
+    "scale_candidates",
+    "scale_correlation",
+    "scale_correlation_fft",
+]
 
 
 def oriented_pool(
@@ -147,3 +155,55 @@ def multiscale_roi_crop(
         aligned,
     )
     return out.reshape(count, S, channels, *out.shape[-2:])
+
+
+def scale_correlation(phi: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Reference for :func:`ssanet_ops.scale_correlation` (SPEC.md section 3, eq. 7), in the
+    direct form: ``corr[.., n, c, r] = <torch.roll(phi[.., n], r, dims=0), weight[.., c]>``,
+    since the rolled phi holds ``phi[(j - r) mod S]`` at scale j. ``[G?, N, C, S]``."""
+    scales = phi.shape[-2]
+    return torch.stack(
+        [
+            torch.einsum("...nsd,...csd->...nc", torch.roll(phi, shifts=r, dims=-2), weight)
+            for r in range(scales)
+        ],
+        dim=-1,
+    )
+
+
+def scale_correlation_fft(phi: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """:func:`scale_correlation` in the Fourier form of SPEC.md section 3:
+    ``irfft(sum over d of conj(rfft(phi)) * rfft(weight), n=S)`` with the FFTs over the scale
+    axis. ``[G?, N, C, S]``. torch.fft has no bfloat16 and takes float16 only at power-of-two
+    sizes, so reduced-precision inputs run in float32 and the result is cast back."""
+    if phi.dtype in (torch.float16, torch.bfloat16):
+        return scale_correlation_fft(phi.float(), weight.float()).to(phi.dtype)
+    scales = phi.shape[-2]
+    phi_spectrum = torch.fft.rfft(phi, dim=-2)  # [G?, N, S//2 + 1, D]
+    weight_spectrum = torch.fft.rfft(weight, dim=-2)  # [G?, C, S//2 + 1, D]
+    spectrum = torch.einsum("...nfd,...cfd->...ncf", phi_spectrum.conj(), weight_spectrum)
+    return torch.fft.irfft(spectrum, n=scales, dim=-1)
+
+
+def _align(corr: torch.Tensor, bias: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    # max(dim) returns the first maximal index and sends the gradient to it alone: the SPEC's
+    # lowest shift on ties and the one-hot gradient of eq. 8.
+    logits, shift = corr.max(dim=-1)
+    if bias is not None:
+        logits = logits + bias.unsqueeze(-2)
+    return logits, shift
+
+
+def scale_align(
+    phi: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Reference for :func:`ssanet_ops.scale_align` (SPEC.md section 3), on the direct form
+    :func:`scale_correlation`: ``(logits [G?, N, C], shift [G?, N, C])``."""
+    return _align(scale_correlation(phi, weight), bias)
+
+
+def scale_align_fft(
+    phi: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`scale_align` on the Fourier form :func:`scale_correlation_fft`."""
+    return _align(scale_correlation_fft(phi, weight), bias)

@@ -33,3 +33,5 @@ class Case:
     # Minimum ratio of the "ssanet_ops" implementation against the baseline, per device type
     # ("cpu", "cuda") and pass, as the issues set them.
     targets: dict[str, dict[str, float]] = field(default_factory=dict)
+    # At most this many timed runs (and one warm-up) for slow workloads; None: the run's count.
+    max_repeats: int | None = None

@@ -1,0 +1,533 @@
+"""scale_correlation and scale_align (SPEC.md section 3) against the two references, gradcheck,
+opcheck, torch.compile, ties, empty inputs, errors, autocast, and the ScaleAlign module."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import ssanet_ops
+from ssanet_ops import reference
+from ssanet_ops.nn import ScaleAlign
+
+# tests/conftest.py's marker (conftest itself is not importable under --import-mode=importlib).
+requires_cuda = pytest.mark.skipif(
+    not (torch.cuda.is_available() and ssanet_ops.build_info()["cuda"]),
+    reason="needs a GPU and the CUDA kernels",
+)
+
+SCALES = [1, 2, 3, 5, 7, 9]
+PRODUCT_KERNELS = ["torch", "tiled"]  # SSANET_OPS_SCALE_ALIGN_PRODUCTS on CUDA
+
+
+def make_inputs(
+    scales,
+    proposals=4,
+    classes=3,
+    features=13,
+    groups=None,
+    dtype=torch.float64,
+    device="cpu",
+    bias=False,
+):
+    """phi [G?, N, S, D], weight [G?, C, S, D] and bias [G?, C] (or None), all requiring grad."""
+    lead = () if groups is None else (groups,)
+    phi = torch.randn(*lead, proposals, scales, features, dtype=dtype, device=device)
+    weight = torch.randn(*lead, classes, scales, features, dtype=dtype, device=device)
+    bias_tensor = torch.randn(*lead, classes, dtype=dtype, device=device) if bias else None
+    tensors = [phi, weight] + ([bias_tensor] if bias else [])
+    for tensor in tensors:
+        tensor.requires_grad_()
+    return phi, weight, bias_tensor
+
+
+def grads(outputs, inputs, grad_outputs):
+    inputs = [tensor for tensor in inputs if tensor is not None]
+    return torch.autograd.grad(outputs, inputs, grad_outputs)
+
+
+def assert_close_tuple(actual, expected, **tolerance):
+    assert len(actual) == len(expected)
+    for a, e in zip(actual, expected, strict=True):
+        torch.testing.assert_close(a, e, **tolerance)
+
+
+# ---- the references ----
+
+
+@pytest.mark.parametrize("scales", SCALES)
+@pytest.mark.parametrize("groups", [None, 2])
+def test_references_agree(scales, groups):
+    phi, weight, _ = make_inputs(scales, groups=groups)
+    direct = reference.scale_correlation(phi, weight)
+    fourier = reference.scale_correlation_fft(phi, weight)
+    torch.testing.assert_close(fourier, direct)
+    grad = torch.randn_like(direct)
+    assert_close_tuple(grads(fourier, (phi, weight), grad), grads(direct, (phi, weight), grad))
+
+
+def test_reference_is_the_spec_sum():
+    # corr[n, c, r] = sum over j, d of phi[n, j, d] * weight[c, (j + r) mod S, d], spelled out.
+    phi, weight, _ = make_inputs(5, proposals=2, classes=2, features=3)
+    expected = torch.zeros(2, 2, 5, dtype=torch.float64)
+    for r in range(5):
+        for j in range(5):
+            expected[:, :, r] += phi[:, j].detach() @ weight[:, (j + r) % 5].detach().T
+    torch.testing.assert_close(reference.scale_correlation(phi, weight).detach(), expected)
+
+
+# ---- the ops against the references ----
+
+
+@pytest.mark.parametrize("scales", SCALES)
+@pytest.mark.parametrize("groups", [None, 3])
+def test_correlation_matches_reference(device, scales, groups):
+    phi, weight, _ = make_inputs(scales, groups=groups, device=device)
+    expected = reference.scale_correlation(phi, weight)
+    actual = ssanet_ops.scale_correlation(phi, weight)
+    assert actual.shape == expected.shape and actual.dtype == expected.dtype
+    torch.testing.assert_close(actual, expected)
+    grad = torch.randn_like(expected)
+    assert_close_tuple(grads(actual, (phi, weight), grad), grads(expected, (phi, weight), grad))
+
+
+@pytest.mark.parametrize("scales", SCALES)
+@pytest.mark.parametrize("groups", [None, 2])
+@pytest.mark.parametrize("bias", [False, True])
+def test_align_matches_reference(device, scales, groups, bias):
+    phi, weight, bias_tensor = make_inputs(scales, groups=groups, device=device, bias=bias)
+    expected_logits, expected_shift = reference.scale_align(phi, weight, bias_tensor)
+    logits, shift = ssanet_ops.scale_align(phi, weight, bias_tensor)
+    assert shift.dtype == torch.int64 and logits.shape == expected_logits.shape
+    torch.testing.assert_close(logits, expected_logits)
+    torch.testing.assert_close(shift, expected_shift)
+    grad = torch.randn_like(expected_logits)
+    inputs = (phi, weight, bias_tensor)
+    assert_close_tuple(grads(logits, inputs, grad), grads(expected_logits, inputs, grad))
+
+
+@pytest.mark.parametrize(("scales", "features"), [(5, 1), (3, 2), (5, 4099), (2, 3001)])
+def test_feature_lengths(device, scales, features):
+    # D from 1 to several thousand: long D runs in several chunks and parallel tasks on the CPU.
+    phi, weight, bias = make_inputs(
+        scales, proposals=8, classes=50, features=features, device=device, bias=True
+    )
+    expected_logits, expected_shift = reference.scale_align(phi, weight, bias)
+    logits, shift = ssanet_ops.scale_align(phi, weight, bias)
+    torch.testing.assert_close(logits, expected_logits)
+    torch.testing.assert_close(shift, expected_shift)
+    grad = torch.randn_like(logits)
+    inputs = (phi, weight, bias)
+    assert_close_tuple(grads(logits, inputs, grad), grads(expected_logits, inputs, grad))
+
+
+def test_float32_against_float64_reference(device):
+    phi, weight, bias = make_inputs(
+        5,
+        proposals=16,
+        classes=40,
+        features=2048,
+        groups=2,
+        dtype=torch.float32,
+        device=device,
+        bias=True,
+    )
+    corr = ssanet_ops.scale_correlation(phi, weight)
+    expected = reference.scale_correlation(phi.double(), weight.double())
+    # The sums run over S*D = 10240 products of unit-variance terms (about 100 in size).
+    torch.testing.assert_close(corr, expected.float(), atol=2e-3, rtol=1e-4)
+    grad = torch.randn_like(corr)
+    actual_grads = grads(corr, (phi, weight), grad)
+    expected_grads = grads(expected, (phi, weight), grad.double())
+    for a, e in zip(actual_grads, expected_grads, strict=True):
+        torch.testing.assert_close(a, e.float(), atol=1e-4, rtol=1e-4)
+
+
+def test_non_contiguous_inputs(device):
+    phi_base = torch.randn(13, 4, 5, dtype=torch.float64, device=device)  # [D, N, S]
+    weight_base = torch.randn(3, 26, 5, dtype=torch.float64, device=device)  # [C, 2D, S]
+    phi = phi_base.permute(1, 2, 0).requires_grad_()  # [N, S, D], D strided
+    weight = weight_base[:, ::2].transpose(1, 2).requires_grad_()  # [C, S, D], every other d
+    bias = torch.randn(6, dtype=torch.float64, device=device)[::2].requires_grad_()
+    assert not phi.is_contiguous() and not weight.is_contiguous()
+    logits, shift = ssanet_ops.scale_align(phi, weight, bias)
+    expected_logits, expected_shift = reference.scale_align(phi, weight, bias)
+    torch.testing.assert_close(logits, expected_logits)
+    torch.testing.assert_close(shift, expected_shift)
+    grad = torch.randn(3, 4, dtype=torch.float64, device=device).T  # non-contiguous gradient
+    inputs = (phi, weight, bias)
+    assert_close_tuple(grads(logits, inputs, grad), grads(expected_logits, inputs, grad))
+
+
+def test_repeated_calls_are_identical(device):
+    phi, weight, bias = make_inputs(
+        5, proposals=8, classes=30, features=3000, dtype=torch.float32, device=device, bias=True
+    )
+    first = ssanet_ops.scale_align(phi, weight, bias)
+    second = ssanet_ops.scale_align(phi, weight, bias)
+    assert torch.equal(first[0], second[0]) and torch.equal(first[1], second[1])
+
+
+# ---- ties, special values, empty inputs ----
+
+
+def test_ties_go_to_the_lowest_shift(device):
+    # Zero phi rows: every shift responds exactly 0 (+ bias), so shift 0 wins.
+    phi, weight, bias = make_inputs(5, proposals=4, classes=3, device=device, bias=True)
+    phi = phi.detach().clone()
+    phi[1:3] = 0
+    logits, shift = ssanet_ops.scale_align(phi, weight, bias)
+    assert torch.equal(shift[1:3], torch.zeros_like(shift[1:3]))
+    torch.testing.assert_close(logits[1:3], bias.detach().expand(2, 3))
+
+
+@pytest.mark.parametrize("scales", [2, 4])
+def test_periodic_phi_ties_to_the_first_period(device, scales):
+    # phi periodic over scales with period 2: corr[r] == corr[r + 2], exactly so in the Fourier
+    # form too where the twiddles are exact (quarter turns: S = 2, 4). The argmax must lie in the
+    # first period {0, 1}, on whichever of the two shifts is larger.
+    period = torch.randn(6, 2, 11, dtype=torch.float64, device=device)
+    phi = period.repeat(1, scales // 2, 1)
+    weight = torch.randn(7, scales, 11, dtype=torch.float64, device=device)
+    _, shift = ssanet_ops.scale_align(phi, weight)
+    corr = reference.scale_correlation(phi, weight)
+    assert torch.equal(shift, corr[..., :2].argmax(dim=-1))
+
+
+def test_nan_propagates(device):
+    phi, weight, _ = make_inputs(5, device=device)
+    phi = phi.detach().clone()
+    phi[0, 2, 3] = float("nan")
+    logits, shift = ssanet_ops.scale_align(phi, weight)
+    assert torch.isnan(logits[0]).all() and torch.equal(shift[0], torch.zeros_like(shift[0]))
+    assert not torch.isnan(logits[1:]).any()
+
+
+@pytest.mark.parametrize("groups", [None, 2])
+def test_empty_proposals(device, groups):
+    phi, weight, bias = make_inputs(5, proposals=0, groups=groups, device=device, bias=True)
+    logits, shift = ssanet_ops.scale_align(phi, weight, bias)
+    lead = () if groups is None else (groups,)
+    assert logits.shape == (*lead, 0, 3) and shift.shape == (*lead, 0, 3)
+    assert ssanet_ops.scale_correlation(phi, weight).shape == (*lead, 0, 3, 5)
+    grad_phi, grad_weight, grad_bias = grads(logits, (phi, weight, bias), torch.ones_like(logits))
+    assert grad_phi.shape == phi.shape
+    # No proposal: the weight and bias gradients are sums over nothing.
+    assert torch.equal(grad_weight, torch.zeros_like(weight))
+    assert torch.equal(grad_bias, torch.zeros_like(bias))
+
+
+def test_empty_features_and_classes(device):
+    phi, weight, bias = make_inputs(3, features=0, device=device, bias=True)
+    logits, shift = ssanet_ops.scale_align(phi, weight, bias)
+    torch.testing.assert_close(logits, bias.detach().expand(4, 3))
+    assert torch.equal(shift, torch.zeros_like(shift))
+    phi, weight, _ = make_inputs(3, classes=0, device=device)
+    logits, _ = ssanet_ops.scale_align(phi, weight)
+    assert logits.shape == (4, 0)
+    (grad_phi,) = grads(logits, (phi,), torch.ones_like(logits))
+    assert torch.equal(grad_phi, torch.zeros_like(phi))
+
+
+# ---- autograd machinery ----
+
+
+def tie_free_inputs(scales, groups=None, proposals=3, classes=4, features=5):
+    """Small float64 inputs whose best and second-best shifts differ by more than gradcheck's
+    perturbations can bridge, so the argmax is locally constant."""
+    for _ in range(20):
+        phi, weight, bias = make_inputs(scales, proposals, classes, features, groups, bias=True)
+        top = reference.scale_correlation(phi, weight).detach().topk(min(2, scales), dim=-1)
+        if scales == 1 or (top.values[..., 0] - top.values[..., 1]).min() > 1e-2:
+            return phi, weight, bias
+    raise AssertionError("no tie-free inputs found")
+
+
+@pytest.mark.parametrize("scales", [1, 2, 5])
+@pytest.mark.parametrize("groups", [None, 2])
+def test_gradcheck(scales, groups):
+    phi, weight, bias = tie_free_inputs(scales, groups)
+    assert torch.autograd.gradcheck(
+        lambda p, w, b: ssanet_ops.scale_align(p, w, b)[0], (phi, weight, bias)
+    )
+    assert torch.autograd.gradcheck(ssanet_ops.scale_correlation, (phi, weight))
+
+
+def test_opcheck():
+    phi, weight, bias = tie_free_inputs(5)
+    ops = torch.ops.ssanet_ops
+    torch.library.opcheck(ops.scale_correlation, (phi, weight))
+    torch.library.opcheck(ops.scale_align, (phi, weight, bias))
+    torch.library.opcheck(ops.scale_align, (phi, weight, None))
+    phi4, weight4, bias4 = tie_free_inputs(3, groups=2)
+    torch.library.opcheck(ops.scale_align, (phi4, weight4, bias4))
+    _, shift = ops.scale_align(phi, weight, bias)
+    grad = torch.randn(3, 4, dtype=torch.float64)
+    grad_corr = torch.randn(3, 4, 5, dtype=torch.float64)
+    detached = phi.detach(), weight.detach()
+    for op, args in [
+        (ops._scale_align_backward_phi, (grad, shift, detached[1])),
+        (ops._scale_align_backward_weight, (grad, shift, detached[0])),
+        (ops._scale_correlation_backward_phi, (grad_corr, detached[1])),
+        (ops._scale_correlation_backward_weight, (grad_corr, detached[0])),
+    ]:
+        torch.library.opcheck(op, args)
+
+
+def test_torch_compile_fullgraph(device):
+    torch._dynamo.reset()
+
+    @torch.compile(fullgraph=True)
+    def loss_and_shift(phi, weight, bias):
+        logits, shift = ssanet_ops.scale_align(phi, weight, bias)
+        corr = ssanet_ops.scale_correlation(phi, weight)
+        return (logits.square().sum() + corr.sum()), shift
+
+    phi, weight, bias = make_inputs(5, groups=2, device=device, bias=True)
+    loss, shift = loss_and_shift(phi, weight, bias)
+    loss.backward()
+    logits, expected_shift = reference.scale_align(phi, weight, bias)
+    expected_loss = logits.square().sum() + reference.scale_correlation(phi, weight).sum()
+    expected_grads = torch.autograd.grad(expected_loss, (phi, weight, bias))
+    torch.testing.assert_close(loss, expected_loss)
+    torch.testing.assert_close(shift, expected_shift)
+    assert_close_tuple((phi.grad, weight.grad, bias.grad), expected_grads)
+
+
+def test_torch_export(device):
+    module = ScaleAlign(12, 7, 5, groups=2, device=device)
+    phi = torch.randn(2, 3, 5, 12, device=device)
+    exported = torch.export.export(module, (phi,))
+    assert_close_tuple(exported.module()(phi), module(phi))
+
+
+def test_frozen_weight_gets_no_gradient(device):
+    phi, weight, _ = make_inputs(5, device=device)
+    weight = weight.detach()
+    logits, _ = ssanet_ops.scale_align(phi, weight)
+    logits.sum().backward()
+    assert weight.grad is None and phi.grad is not None
+
+
+# ---- errors ----
+
+
+@pytest.mark.parametrize(
+    ("phi_shape", "weight_shape", "bias_shape", "error", "match"),
+    [
+        ((4, 5, 8), (3, 4, 8), None, ValueError, "agree in S and D"),
+        ((4, 5, 8), (3, 5, 9), None, ValueError, "agree in S and D"),
+        ((4, 8), (3, 5, 8), None, ValueError, "phi must be a 3-d"),
+        ((1, 2, 4, 5, 8), (3, 5, 8), None, ValueError, "phi must be a 3-d"),
+        ((4, 5, 8), (2, 3, 5, 8), None, ValueError, "weight must be"),
+        ((2, 4, 5, 8), (3, 3, 5, 8), None, ValueError, "group count"),
+        ((4, 5, 8), (3, 5, 8), (4,), ValueError, "bias must have shape"),
+        ((2, 4, 5, 8), (2, 3, 5, 8), (3,), ValueError, "bias must have shape"),
+        ((4, 0, 8), (3, 0, 8), None, ValueError, "at least 1"),
+    ],
+)
+def test_bad_shapes(phi_shape, weight_shape, bias_shape, error, match):
+    phi = torch.randn(phi_shape)
+    weight = torch.randn(weight_shape)
+    bias = None if bias_shape is None else torch.randn(bias_shape)
+    with pytest.raises(error, match=match):
+        ssanet_ops.scale_align(phi, weight, bias)
+    if bias is None:
+        with pytest.raises(error, match=match):
+            ssanet_ops.scale_correlation(phi, weight)
+
+
+def test_bad_dtypes_and_devices():
+    phi, weight = torch.randn(4, 5, 8), torch.randn(3, 5, 8)
+    with pytest.raises(TypeError, match="phi must have one of the dtypes"):
+        ssanet_ops.scale_align(phi.long(), weight)
+    with pytest.raises(TypeError, match="weight must have one of the dtypes"):
+        ssanet_ops.scale_correlation(phi, weight.int())
+    with pytest.raises(TypeError, match="phi must have one of the dtypes"):
+        ssanet_ops.scale_align(phi.bfloat16(), weight.bfloat16())  # not on the CPU
+    with pytest.raises(TypeError, match="one dtype"):
+        ssanet_ops.scale_align(phi, weight.double())
+    with pytest.raises(ValueError, match="one device"):
+        ssanet_ops.scale_align(phi, weight.to("meta"))
+    with pytest.raises(ValueError, match="one device"):
+        ssanet_ops.scale_align(phi, weight, torch.randn(3, device="meta"))
+
+
+def test_dispatcher_checks_direct_calls():
+    # torch.ops.* skips the Python checks; the kernels check again.
+    ops = torch.ops.ssanet_ops
+    phi, weight = torch.randn(4, 5, 8), torch.randn(3, 5, 8)
+    with pytest.raises(RuntimeError, match="agree in S and D"):
+        ops.scale_align(phi, weight[:, :4], None)
+    with pytest.raises(RuntimeError, match="one dtype"):
+        ops.scale_correlation(phi, weight.double())
+    with pytest.raises(RuntimeError, match="float32 or float64"):
+        ops.scale_correlation(phi.long(), weight.long())
+    with pytest.raises(RuntimeError, match="shift values must be in"):
+        ops._scale_align_backward_phi(torch.ones(4, 3), torch.full((4, 3), 5), weight)
+    with pytest.raises(RuntimeError, match="grad has 2 classes"):
+        ops._scale_align_backward_phi(torch.ones(4, 2), torch.zeros(4, 2, dtype=torch.long), weight)
+
+
+# ---- autocast ----
+
+
+def test_cpu_autocast_runs_in_float32():
+    # The CPU kernels have no bfloat16: under a CPU autocast region the op runs in float32.
+    phi, weight, bias = make_inputs(5, dtype=torch.float32, bias=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits, shift = ssanet_ops.scale_align(phi.bfloat16(), weight, bias)
+        corr = ssanet_ops.scale_correlation(phi, weight.bfloat16())
+    assert logits.dtype == torch.float32 and corr.dtype == torch.float32
+    expected_logits, expected_shift = reference.scale_align(phi.bfloat16().float(), weight, bias)
+    torch.testing.assert_close(logits, expected_logits)
+    torch.testing.assert_close(shift, expected_shift)
+    torch.testing.assert_close(corr, reference.scale_correlation(phi, weight.bfloat16().float()))
+    (grad_phi,) = grads(logits, (phi,), torch.ones_like(logits))
+    assert grad_phi.dtype == torch.float32
+
+
+# ---- CUDA: reduced precision, product kernels, autocast ----
+
+
+def through_chosen_shift(phi, weight, bias, shift):
+    """The float64 reference's logits at the shifts the op chose, differentiable: what the op
+    computes, free of near-ties that a float32 argmax may resolve the other way."""
+    corr = reference.scale_correlation(phi.double(), weight.double())
+    best = corr.max(dim=-1).values
+    chosen = corr.gather(-1, shift.unsqueeze(-1)).squeeze(-1)
+    offset = bias.double().unsqueeze(-2)
+    return chosen + offset, best + offset
+
+
+@requires_cuda
+@pytest.mark.parametrize("products", PRODUCT_KERNELS)
+@pytest.mark.parametrize("scales", [1, 4, 5])
+@pytest.mark.parametrize("groups", [None, 2])
+def test_cuda_float32_and_float64(monkeypatch, products, scales, groups):
+    monkeypatch.setenv("SSANET_OPS_SCALE_ALIGN_PRODUCTS", products)
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    for dtype, tolerance in [(torch.float64, {}), (torch.float32, {"atol": 1e-3, "rtol": 1e-4})]:
+        phi, weight, bias = make_inputs(
+            scales,
+            proposals=70,
+            classes=90,
+            features=300,
+            groups=groups,
+            dtype=dtype,
+            device="cuda",
+            bias=True,
+        )
+        logits, shift = ssanet_ops.scale_align(phi, weight, bias)
+        expected_logits, best = through_chosen_shift(phi, weight, bias, shift)
+        torch.testing.assert_close(logits, expected_logits.to(dtype), **tolerance)
+        torch.testing.assert_close(expected_logits, best, **tolerance)  # the shift is the best
+        grad = torch.randn_like(logits)
+        inputs = (phi, weight, bias)
+        expected_grads = grads(expected_logits, inputs, grad.double())
+        actual_grads = grads(logits, inputs, grad)
+        for a, e in zip(actual_grads, expected_grads, strict=True):
+            torch.testing.assert_close(a, e.to(dtype), **tolerance)
+
+
+@requires_cuda
+@pytest.mark.parametrize("products", PRODUCT_KERNELS)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_cuda_reduced_precision(monkeypatch, products, dtype):
+    # Inputs rounded to dtype, planes and products in dtype on tensor cores with float32
+    # accumulation, against the float32 reference on the same rounded inputs. Tolerances:
+    # corr is a sum of S*D = 1280 unit terms (about 36 in size); the planes round to dtype once
+    # (a relative 2^-11 for float16, 2^-8 for bfloat16).
+    monkeypatch.setenv("SSANET_OPS_SCALE_ALIGN_PRODUCTS", products)
+    phi, weight, _ = make_inputs(
+        5, proposals=64, classes=96, features=256, dtype=dtype, device="cuda"
+    )
+    corr = ssanet_ops.scale_correlation(phi, weight)
+    assert corr.dtype == dtype
+    expected = reference.scale_correlation(phi.float(), weight.float())
+    atol = 0.1 if dtype == torch.float16 else 0.8
+    torch.testing.assert_close(corr.float(), expected, atol=atol, rtol=2e-2)
+    grad = torch.randn_like(corr)
+    actual_grads = grads(corr, (phi, weight), grad)
+    expected_grads = grads(expected, (phi, weight), grad.float())
+    for a, e in zip(actual_grads, expected_grads, strict=True):
+        assert a.dtype == dtype
+        torch.testing.assert_close(a.float(), e, atol=atol / 4, rtol=2e-2)
+
+
+@requires_cuda
+@pytest.mark.parametrize("products", PRODUCT_KERNELS)
+def test_cuda_tf32(monkeypatch, products):
+    monkeypatch.setenv("SSANET_OPS_SCALE_ALIGN_PRODUCTS", products)
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", True)
+    phi, weight, _ = make_inputs(
+        5, proposals=64, classes=96, features=256, dtype=torch.float32, device="cuda"
+    )
+    corr = ssanet_ops.scale_correlation(phi, weight)
+    expected = reference.scale_correlation(phi.double(), weight.double()).float()
+    torch.testing.assert_close(corr, expected, atol=0.1, rtol=2e-2)
+
+
+@requires_cuda
+def test_cuda_rejects_an_unknown_product_kernel(monkeypatch):
+    monkeypatch.setenv("SSANET_OPS_SCALE_ALIGN_PRODUCTS", "fastest")
+    phi, weight, _ = make_inputs(5, dtype=torch.float32, device="cuda")
+    with pytest.raises(RuntimeError, match="must be 'torch' or 'tiled'"):
+        ssanet_ops.scale_align(phi, weight)
+
+
+@requires_cuda
+@pytest.mark.parametrize("autocast_dtype", [torch.float16, torch.bfloat16])
+def test_cuda_autocast_like_linear(autocast_dtype):
+    phi, weight, bias = make_inputs(5, dtype=torch.float32, device="cuda", bias=True)
+    with torch.autocast("cuda", dtype=autocast_dtype):
+        logits, _ = ssanet_ops.scale_align(phi, weight, bias)
+        linear = torch.nn.functional.linear(phi[:, 0], weight[:, 0], bias)
+    assert logits.dtype == linear.dtype == autocast_dtype
+    expected, _ = reference.scale_align(
+        phi.to(autocast_dtype).float(),
+        weight.to(autocast_dtype).float(),
+        bias.to(autocast_dtype).float(),
+    )
+    torch.testing.assert_close(logits.float(), expected, atol=0.1, rtol=2e-2)
+    (grad_phi, grad_weight, grad_bias) = grads(logits, (phi, weight, bias), torch.ones_like(logits))
+    assert grad_phi.dtype == grad_weight.dtype == grad_bias.dtype == torch.float32
+
+
+# ---- the module ----
+
+
+def test_module_shapes_and_gradients(device):
+    module = ScaleAlign(12, 7, 5, device=device, dtype=torch.float64)
+    assert module.weight.shape == (7, 5, 12) and module.bias.shape == (7,)
+    phi = torch.randn(3, 5, 12, dtype=torch.float64, device=device)
+    logits, shift = module(phi)
+    expected_logits, expected_shift = reference.scale_align(phi, module.weight, module.bias)
+    torch.testing.assert_close(logits, expected_logits)
+    torch.testing.assert_close(shift, expected_shift)
+    logits.sum().backward()
+    assert module.weight.grad is not None and module.bias.grad is not None
+
+    grouped = ScaleAlign(12, 7, 5, groups=4, bias=False, device=device)
+    assert grouped.weight.shape == (4, 7, 5, 12) and grouped.bias is None
+    logits, shift = grouped(torch.randn(4, 3, 5, 12, device=device))
+    assert logits.shape == shift.shape == (4, 3, 7)
+    assert "groups=4" in repr(grouped)
+
+
+@pytest.mark.parametrize("scales", [1, 3, 5])
+def test_module_initialisation_gives_unit_variance_logits(scales):
+    # The variance of the logits over proposals and classes, for unit-variance features.
+    torch.manual_seed(1)
+    module = ScaleAlign(256, 128, scales)
+    phi = torch.randn(512, scales, 256)
+    with torch.no_grad():
+        logits, _ = module(phi)
+    assert 0.85 < logits.var().item() < 1.15
+
+
+def test_module_rejects_bad_sizes():
+    with pytest.raises(ValueError, match="num_scales must be a positive int"):
+        ScaleAlign(8, 3, 0)
+    with pytest.raises(ValueError, match="groups must be a positive int"):
+        ScaleAlign(8, 3, 5, groups=1.5)
