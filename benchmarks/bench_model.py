@@ -4,7 +4,7 @@
     python benchmarks/bench_model.py --quick               # batch 1, eager only, few repeats
     python benchmarks/bench_model.py --device cuda --batch-sizes 1 --compile on
 
-Times one forward (``torch.no_grad``) for every combination of:
+Times one forward (``torch.inference_mode``) for every combination of:
 - ``part_features``: "image" (the paper: every scale candidate cropped from the image at
   224x224 and run through the backbone) and "shared" (candidates cropped from the stride-16
   map, only the last stage run on them: the speed-up of the paper's section 4.1);
@@ -68,7 +68,7 @@ def make_step(model, images: torch.Tensor, operators: str, precision: str):
 
     def step():
         with (
-            torch.no_grad(),
+            torch.inference_mode(),
             ssanet.use_reference_ops(operators == "reference"),
             precision_context(precision, device),
         ):
@@ -251,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
             f"(CUDA kernels compiled: {facts['ssanet_ops']['cuda']})\n"
             f"- SSANet({args.num_classes} classes, K=4, S=5, {args.backbone}), eval mode, "
             f"{args.image_size}x{args.image_size} images, random weights; one forward under "
-            "torch.no_grad\n"
+            "torch.inference_mode\n"
             f"- median of {args.repeats} runs after {args.warmup} warm-up runs (2 more when "
             f"compiled){'; CUDA events' if device.type == 'cuda' else ''}\n"
             "- operators: the ssanet_ops kernels, or ssanet_ops.reference through "
