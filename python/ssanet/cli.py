@@ -1,11 +1,18 @@
 """The ``ssanet`` command line.
 
 ssanet predict --checkpoint CKPT IMAGE... [--topk 5] [--draw OUT.png [--candidates]]
+ssanet make-synthetic OUT [--num-classes 10] [--images-per-class 40] [--image-size 128]
+ssanet train --config CONFIG --data ROOT --out RUN_DIR [--set KEY=VALUE ...]
+ssanet train --resume RUN_DIR [--data ROOT]
+ssanet eval --checkpoint CKPT --data ROOT [--out DIR]
+ssanet ablation RUN_DIR... --out DIR [--data ROOT]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import sys
 from pathlib import Path
 
@@ -13,6 +20,7 @@ import torch
 import torchvision
 
 from .checkpoint import load_checkpoint
+from .metrics import DEFAULT_ROTATION_ANGLES
 from .predict import draw_parts, load_images, predict
 
 
@@ -86,7 +94,208 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --draw, also draw each part's S scale candidates",
     )
     predict_parser.set_defaults(run=predict_command)
+    add_training_commands(commands)
     return parser
+
+
+def make_synthetic_command(args: argparse.Namespace) -> int:
+    from .data import make_synthetic
+
+    path = make_synthetic(
+        args.out,
+        num_classes=args.num_classes,
+        images_per_class=args.images_per_class,
+        image_size=args.image_size,
+        train_fraction=args.train_fraction,
+        seed=args.seed,
+        overwrite=args.overwrite,
+    )
+    print(f"wrote {args.num_classes * args.images_per_class} images to {path}", file=sys.stderr)
+    return 0
+
+
+def _set_threads(threads: int | None) -> None:
+    if threads is not None:
+        if threads < 1:
+            raise SystemExit(f"ssanet: --threads must be positive, got {threads}")
+        torch.set_num_threads(threads)
+
+
+def train_command(args: argparse.Namespace) -> int:
+    from .train import train
+
+    _set_threads(args.threads)
+    if args.resume is not None:
+        if args.out is not None and args.out.resolve() != args.resume.resolve():
+            raise SystemExit("ssanet train: --out and --resume name different folders")
+        run_dir, resume = args.resume, True
+    else:
+        missing = [
+            flag
+            for flag, value in [
+                ("--config", args.config),
+                ("--data", args.data),
+                ("--out", args.out),
+            ]
+            if value is None
+        ]
+        if missing:
+            raise SystemExit(f"ssanet train: a new run needs {', '.join(missing)}")
+        run_dir, resume = args.out, False
+    if args.strategy is not None:
+        args.overrides.append(f"strategy={args.strategy}")
+    summary = train(
+        args.config,
+        args.data,
+        run_dir,
+        resume=resume,
+        overrides=args.overrides,
+        stop_after_epochs=args.stop_after,
+        device=args.device,
+        progress=not args.quiet,
+    )
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(json.dumps(summary, indent=2))
+    return 0
+
+
+def eval_command(args: argparse.Namespace) -> int:
+    from .evaluate import evaluate_checkpoint
+
+    _set_threads(args.threads)
+    results = evaluate_checkpoint(
+        args.checkpoint,
+        args.data,
+        args.out,
+        dataset=args.dataset,
+        batch_size=args.batch_size,
+        workers=args.workers,
+        device=args.device,
+        angles=args.angles,
+        progress=not args.quiet,
+    )
+    accuracy = results["accuracy"]
+    print(
+        f"{results['label']}: top-1 {accuracy['top1']:.4f}, top-5 {accuracy['top5']:.4f}, "
+        f"mean per-class {accuracy['mean_class_accuracy']:.4f} "
+        f"({accuracy['num_samples']} test images)"
+    )
+    for name, path in results["files"].items():
+        print(f"  {name}: {path}")
+    return 0
+
+
+def ablation_command(args: argparse.Namespace) -> int:
+    from .evaluate import ablation_table
+
+    table = ablation_table(
+        args.runs, args.out, args.data, device=args.device, progress=not args.quiet
+    )
+    for row in table["rows"]:
+        print(f"{row['top1']:.4f}  {row['method']}")
+    print(f"wrote {args.out / 'ablation.md'}, {args.out / 'ablation.json'}", file=sys.stderr)
+    return 0
+
+
+def add_training_commands(commands) -> None:
+    """The make-synthetic, train, eval and ablation subcommands."""
+    synthetic = commands.add_parser(
+        "make-synthetic", help="write the synthetic fine-grained dataset (CUB-200-2011 layout)"
+    )
+    synthetic.add_argument("out", type=Path, metavar="OUT", help="folder to write (empty)")
+    synthetic.add_argument("--num-classes", type=int, default=10, help="1..30 (10)")
+    synthetic.add_argument("--images-per-class", type=int, default=40, help="(40)")
+    synthetic.add_argument("--image-size", type=int, default=128, help="square side (128)")
+    synthetic.add_argument(
+        "--train-fraction", type=float, default=0.5, help="share of training images (0.5)"
+    )
+    synthetic.add_argument("--seed", type=int, default=0)
+    synthetic.add_argument(
+        "--overwrite", action="store_true", help="replace a dataset written earlier here"
+    )
+    synthetic.set_defaults(run=make_synthetic_command)
+
+    train_parser = commands.add_parser(
+        "train",
+        help="train SSANet (three-stage or joint); run under torchrun for several processes",
+    )
+    train_parser.add_argument(
+        "--config",
+        default=None,
+        help="a JSON config file or a built-in name: cub, cars, aircraft, synthetic",
+    )
+    train_parser.add_argument("--data", type=Path, default=None, help="the dataset's folder")
+    train_parser.add_argument("--out", type=Path, default=None, help="the run folder to create")
+    train_parser.add_argument(
+        "--resume", type=Path, default=None, metavar="RUN_DIR", help="continue this run exactly"
+    )
+    train_parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="change a config entry, e.g. --set batch_size=8 --set model.op=none (repeatable)",
+    )
+    train_parser.add_argument(
+        "--strategy", default=None, help="three_stage or joint (default: the config's)"
+    )
+    train_parser.add_argument(
+        "--stop-after",
+        type=int,
+        default=None,
+        metavar="EPOCHS",
+        help="stop after this many epochs (--resume continues)",
+    )
+    train_parser.add_argument("--device", default=None, help="default: cuda:LOCAL_RANK or cpu")
+    train_parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    train_parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="CPU threads of torch (default: torch's choice; 1 can be faster on a busy CPU)",
+    )
+    train_parser.set_defaults(run=train_command)
+
+    eval_parser = commands.add_parser(
+        "eval", help="accuracy, rotation (Table 1), reduced input (Table 2), Fig. 4 distances"
+    )
+    eval_parser.add_argument("--checkpoint", required=True, type=Path)
+    eval_parser.add_argument("--data", required=True, type=Path, help="the dataset's folder")
+    eval_parser.add_argument(
+        "--out", type=Path, default=None, help="output folder (default: eval/ beside the file)"
+    )
+    eval_parser.add_argument("--dataset", default=None, help="default: the checkpoint's")
+    eval_parser.add_argument("--batch-size", type=int, default=32)
+    eval_parser.add_argument("--workers", type=int, default=0)
+    eval_parser.add_argument("--device", default=None, help="default: cuda if available, else cpu")
+    eval_parser.add_argument(
+        "--angles",
+        type=float,
+        nargs="+",
+        default=list(DEFAULT_ROTATION_ANGLES),
+        help="rotation angles of Table 1 in degrees (0 15 30 45 90 180)",
+    )
+    eval_parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    eval_parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="CPU threads of torch (default: torch's choice; 1 can be faster on a busy CPU)",
+    )
+    eval_parser.set_defaults(run=eval_command)
+
+    ablation = commands.add_parser(
+        "ablation", help="Table 3 from several runs' evaluations (JSON, Markdown, PNG)"
+    )
+    ablation.add_argument("runs", nargs="+", type=Path, metavar="RUN_DIR")
+    ablation.add_argument("--out", required=True, type=Path, help="output folder")
+    ablation.add_argument(
+        "--data", type=Path, default=None, help="evaluate runs that have no eval/ yet on this data"
+    )
+    ablation.add_argument("--device", default=None)
+    ablation.add_argument("--quiet", action="store_true")
+    ablation.set_defaults(run=ablation_command)
 
 
 def main(argv: list[str] | None = None) -> int:

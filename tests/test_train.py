@@ -1,0 +1,601 @@
+"""Training and evaluation (python/ssanet/train.py, evaluate.py and their CLI commands).
+
+Every run here is tiny (a few 64x64 synthetic images, ResNet-18 from random weights, one or two
+epochs), so the file fits in a few minutes on two CPU cores. Results are checked against
+direct computation: model states compared tensor by tensor, accuracies recomputed by loops over
+the test set, distances by explicit geometry.
+"""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from ssanet import SSANet, load_checkpoint
+from ssanet.cli import main as cli_main
+from ssanet.data import CUBDataset, build_dataset, eval_transform, make_synthetic
+from ssanet.evaluate import ablation_table, evaluate_checkpoint, method_label
+from ssanet.train import (
+    apply_override,
+    load_config,
+    resolve_stages,
+    set_train_mode,
+    stage_parameter_groups,
+    train,
+)
+from torchvision.transforms.v2 import InterpolationMode
+from torchvision.transforms.v2 import functional as TF
+
+from .conftest import requires_cuda
+
+NUM_CLASSES = 4
+IMAGE_SIZE = 64
+# Anchors for 64x64 inputs: a 2x2 map of stride 32 and a 1x1 map of stride 64.
+TINY_ANCHORS = [
+    {"stride": 32, "size": 16.0, "scales": [1.0, 1.5], "aspect_ratios": [1.0]},
+    {"stride": 64, "size": 32.0, "scales": [1.0, 1.5], "aspect_ratios": [1.0]},
+]
+FULL_MODEL = {
+    "backbone": "resnet18",
+    "weights": None,
+    "num_parts": 4,
+    "num_scales": 5,
+    "part_features": "shared",
+    "part_size": 64,  # 2x2 part maps: OP on a 2x2 grid of 1x1 patches
+    "op_patch_size": 1,
+    "op_grid_size": 2,
+    "anchor_levels": TINY_ANCHORS,
+}
+PLAIN_MODEL = {"backbone": "resnet18", "weights": None, "proposals": False}
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # On a CPU shared with other jobs, one thread runs these small models several times faster
+    # than two that wait for each other.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def tiny_config(model: dict | None = None, epochs=(1, 1, 1), **changes) -> dict:
+    """A three-stage config (and a joint one) sized for tests."""
+    stage_modules = [
+        (["backbone", "proposal_head", "part_classifier", "dsm"], ["dsm", "mac", "rank"]),
+        (["op", "part_classifier"], ["op", "final", "mac"]),
+        (["backbone", "proposal_head", "part_classifier"], "all"),
+    ]
+    config = {
+        "dataset": "synthetic",
+        "transform": {"resize": [IMAGE_SIZE + 8, IMAGE_SIZE + 8], "crop": IMAGE_SIZE},
+        "model": dict(FULL_MODEL if model is None else model),
+        "batch_size": 4,
+        "workers": 0,
+        "tensorboard": False,
+        "strategies": {
+            "three_stage": [
+                {
+                    "name": f"stage{index + 1}",
+                    "epochs": count,
+                    "lr": 0.01,
+                    "milestones": [1],
+                    "train": modules,
+                    "losses": losses,
+                    **({"lr_scale": {"part_classifier": 1 / 3}} if index == 1 else {}),
+                }
+                for index, (count, (modules, losses)) in enumerate(
+                    zip(epochs, stage_modules, strict=True)
+                )
+            ],
+            "joint": [{"name": "joint", "epochs": 2, "lr": 0.01, "train": "all", "losses": "all"}],
+        },
+    }
+    config.update(changes)
+    return config
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory) -> Path:
+    # 4 classes x 6 images of 72x72: 12 training and 12 test images.
+    root = tmp_path_factory.mktemp("synthetic")
+    return make_synthetic(root, NUM_CLASSES, images_per_class=6, image_size=IMAGE_SIZE + 8)
+
+
+@pytest.fixture(scope="module")
+def trained_run(data_root, tmp_path_factory) -> Path:
+    """A finished three-stage run of the full model (1 epoch per stage)."""
+    run_dir = tmp_path_factory.mktemp("runs") / "full"
+    train(tiny_config(tensorboard=True), data_root, run_dir, progress=False)
+    return run_dir
+
+
+@pytest.fixture(scope="module")
+def plain_run(data_root, tmp_path_factory) -> Path:
+    """A finished joint run of the plain backbone (Table 3's first row)."""
+    run_dir = tmp_path_factory.mktemp("runs") / "plain"
+    config = tiny_config(PLAIN_MODEL, strategy="joint")
+    config["strategies"]["joint"][0]["epochs"] = 1
+    train(config, data_root, run_dir, progress=False)
+    return run_dir
+
+
+def read_log(run_dir: Path) -> list[dict]:
+    with open(run_dir / "log.csv", newline="") as file:
+        return list(csv.DictReader(file))
+
+
+# Configuration ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["cub", "cars", "aircraft"])
+def test_builtin_configs_have_the_papers_hyperparameters(name):
+    config = load_config(name)
+    # Section 4.1: momentum SGD, lr 0.001, x0.1 after 60 epochs (30 for Cars' OP stage),
+    # weight decay 1e-4 (5e-4 on Aircraft), OP at 0.001 and its FC 3 times lower, lambda 0.5,
+    # K = 4; S = 5 (section 3.2).
+    dsm_stage, op_stage, part_stage = config["strategies"]["three_stage"]
+    assert config["optimizer"]["momentum"] > 0
+    assert config["optimizer"]["weight_decay"] == (5e-4 if name == "aircraft" else 1e-4)
+    assert dsm_stage["lr"] == op_stage["lr"] == 0.001 and dsm_stage["milestones"] == [60]
+    assert op_stage["milestones"] == ([30] if name == "cars" else [60])
+    assert op_stage["lr_scale"]["part_classifier"] == pytest.approx(1 / 3)
+    assert "dsm" in dsm_stage["train"] and "op" not in dsm_stage["train"]
+    assert "backbone" not in op_stage["train"] and "dsm" not in op_stage["train"]
+    assert "dsm" not in part_stage["train"] and "op" not in part_stage["train"]
+    assert config["loss"]["mac_lambda"] == 0.5
+    assert config["model"]["num_parts"] == 4 and config["model"]["num_scales"] == 5
+    assert config["batch_size"] == 24
+    assert [stage["train"] for stage in config["strategies"]["joint"]] == ["all"]
+
+
+def test_overrides_and_config_errors(tmp_path):
+    config = load_config(
+        "synthetic",
+        ["batch_size=3", "model.op=gap", "strategies.three_stage.0.epochs=2", "strategy=joint"],
+    )
+    assert config["batch_size"] == 3 and config["model"]["op"] == "gap"
+    assert config["strategies"]["three_stage"][0]["epochs"] == 2 and config["strategy"] == "joint"
+    with pytest.raises(ValueError, match="not an index"):
+        apply_override({"a": [1]}, "a.3=0")
+    with pytest.raises(ValueError, match="unknown config keys \\['batchsize'\\]"):
+        load_config(tiny_config(batchsize=3))
+    with pytest.raises(ValueError, match="strategies.three_stage.0.epochs"):
+        load_config(tiny_config(epochs=(0, 1, 1)))
+    missing = tmp_path / "nope.json"
+    with pytest.raises(FileNotFoundError, match=str(missing)):
+        load_config(missing)
+    broken = tmp_path / "broken.json"
+    broken.write_text("{")
+    with pytest.raises(ValueError, match=str(broken)):
+        load_config(broken)
+
+
+def test_stages_freeze_the_other_modules():
+    config = load_config(tiny_config())
+    model = SSANet(NUM_CLASSES, **FULL_MODEL)
+    stages = resolve_stages(config, model)
+    assert [stage["name"] for stage in stages] == ["stage1", "stage2", "stage3"]
+    groups = stage_parameter_groups(model, stages[1])
+    assert {group["module"]: group["lr"] for group in groups} == pytest.approx(
+        {"op": 0.01, "part_classifier": 0.01 / 3}
+    )
+    trainable = {name for name, p in model.named_parameters() if p.requires_grad}
+    expected = {
+        name for name, _ in model.named_parameters() if name.startswith(("op.", "part_classifier."))
+    }
+    assert trainable == expected
+    set_train_mode(model, stages[1])
+    assert not model.backbone.training and model.op.training
+    # A model without OP skips the OP stage; the plain backbone cannot train DSM-only stages.
+    no_op = SSANet(NUM_CLASSES, **{**FULL_MODEL, "op": "none"})
+    assert [stage["name"] for stage in resolve_stages(config, no_op)] == ["stage1", "stage3"]
+    with pytest.raises(ValueError, match="strategy 'joint'"):
+        resolve_stages(config, SSANet(NUM_CLASSES, **PLAIN_MODEL))
+
+
+# Training -----------------------------------------------------------------------------------
+
+
+def test_three_stages_train_what_they_name(trained_run):
+    rows = read_log(trained_run)
+    assert [(row["epoch"], row["stage"]) for row in rows] == [
+        ("1", "stage1"),
+        ("2", "stage2"),
+        ("3", "stage3"),
+    ]
+    assert all(int(row["train_samples"]) == 12 for row in rows)
+    # Each stage optimizes the terms it names: stage 1 has no OP loss in its total.
+    first = rows[0]
+    expected = sum(float(first[f"train_loss_{term}"]) for term in ("dsm", "mac", "rank"))
+    assert float(first["train_loss"]) == pytest.approx(expected, rel=1e-5)
+    assert (trained_run / "training_curves.png").stat().st_size > 0
+    if importlib.util.find_spec("tensorboard") is not None:
+        assert list((trained_run / "tensorboard").glob("events.out.tfevents.*"))
+    contents = torch.load(trained_run / "last.pt", weights_only=True)
+    assert contents["epoch"] == 3 and contents["training"]["stage_name"] == "stage3"
+    loaded = load_checkpoint(trained_run / "best.pt")
+    assert loaded.extra["dataset"] == "synthetic" and loaded.image_size == IMAGE_SIZE
+
+
+def test_frozen_modules_do_not_change(data_root, tmp_path):
+    run_dir = tmp_path / "run"
+    config = tiny_config()
+    train(config, data_root, run_dir, stop_after_epochs=1, progress=False)
+    after_stage1 = torch.load(run_dir / "last.pt", weights_only=True)["model"]
+    train(None, None, run_dir, resume=True, stop_after_epochs=1, progress=False)
+    after_stage2 = torch.load(run_dir / "last.pt", weights_only=True)["model"]
+    train(None, None, run_dir, resume=True, progress=False)
+    after_stage3 = torch.load(run_dir / "last.pt", weights_only=True)["model"]
+
+    def changed(before, after, prefix):
+        keys = [key for key in before if key.startswith(prefix)]
+        assert keys
+        return any(not torch.equal(before[key], after[key]) for key in keys)
+
+    # Stage 2 trains the OP module only (and the part classifier): backbone (batch-norm
+    # statistics included), proposals and DSM stay as stage 1 left them.
+    for prefix in ("backbone.", "proposal_head.", "dsm."):
+        assert not changed(after_stage1, after_stage2, prefix), prefix
+    assert changed(after_stage1, after_stage2, "op.")
+    # Stage 3 keeps DSM and OP fixed and fine-tunes the part network.
+    for prefix in ("dsm.", "op."):
+        assert not changed(after_stage2, after_stage3, prefix), prefix
+    assert changed(after_stage2, after_stage3, "backbone.")
+
+
+def test_loss_falls(data_root, tmp_path):
+    config = tiny_config(PLAIN_MODEL, strategy="joint", batch_size=6)
+    config["strategies"]["joint"][0].update(epochs=8, lr=0.02)
+    config["transform"] = {"resize": [IMAGE_SIZE, IMAGE_SIZE], "crop": None}
+    train(config, data_root, tmp_path / "run", progress=False)
+    losses = [float(row["train_loss"]) for row in read_log(tmp_path / "run")]
+    assert losses[-1] < 0.7 * losses[0], losses
+
+
+def test_resume_continues_exactly(data_root, tmp_path):
+    # Stage 1 of two epochs, then stage 2: stopped mid-stage and at the stage boundary.
+    config = tiny_config(epochs=(2, 1, 1))
+    straight, pieces = tmp_path / "straight", tmp_path / "pieces"
+    train(config, data_root, straight, stop_after_epochs=3, progress=False)
+    train(config, data_root, pieces, stop_after_epochs=1, progress=False)
+    summary = train(None, None, pieces, resume=True, stop_after_epochs=1, progress=False)
+    assert summary["epochs"] == 2 and summary["stopped"]
+    train(config, None, pieces, resume=True, stop_after_epochs=1, progress=False)
+
+    expected = torch.load(straight / "last.pt", weights_only=True)
+    resumed = torch.load(pieces / "last.pt", weights_only=True)
+    assert expected["epoch"] == resumed["epoch"] == 3
+    assert expected["model"].keys() == resumed["model"].keys()
+    for key, value in expected["model"].items():
+        assert torch.equal(value, resumed["model"][key]), key
+    for key in ("optimizer", "scheduler", "rng"):
+        assert_equal_nested(expected["training"][key], resumed["training"][key])
+    for row_a, row_b in zip(read_log(straight), read_log(pieces), strict=True):
+        row_a.pop("epoch_time_s"), row_b.pop("epoch_time_s")
+        assert row_a == row_b
+
+
+def assert_equal_nested(a, b):
+    if isinstance(a, torch.Tensor):
+        assert torch.equal(a, b)
+    elif isinstance(a, dict):
+        assert a.keys() == b.keys()
+        for key in a:
+            assert_equal_nested(a[key], b[key])
+    elif isinstance(a, list | tuple):
+        assert len(a) == len(b)
+        for x, y in zip(a, b, strict=True):
+            assert_equal_nested(x, y)
+    else:
+        assert a == b or (a != a and b != b)  # NaN equals NaN here
+
+
+def test_gradient_accumulation_matches_a_larger_batch(data_root, tmp_path):
+    # Only the classifier trains (the backbone is frozen, its batch norm in eval mode), so two
+    # accumulated batches of 2 make the same step as one batch of 4.
+    def run(name, batch_size, accumulation):
+        config = tiny_config(PLAIN_MODEL, strategy="joint", batch_size=batch_size)
+        config["accumulation_steps"] = accumulation
+        config["strategies"]["joint"][0].update(epochs=1, train=["classifier"], lr=0.5)
+        train(config, data_root, tmp_path / name, progress=False)
+        return torch.load(tmp_path / name / "last.pt", weights_only=True)["model"]
+
+    accumulated, large = run("accumulated", 2, 2), run("large", 4, 1)
+    torch.manual_seed(0)  # the seed of the config: the weights training started from
+    initial = SSANet(NUM_CLASSES, **PLAIN_MODEL).state_dict()
+    torch.testing.assert_close(accumulated["classifier.weight"], large["classifier.weight"])
+    assert not torch.allclose(accumulated["classifier.weight"], initial["classifier.weight"])
+
+
+def test_gradient_clipping_bounds_the_step(data_root, tmp_path):
+    # One SGD step without momentum or weight decay moves the weights by lr * gradient, whose
+    # norm clip_grad_norm bounds.
+    def step_norm(name, clip):
+        config = tiny_config(PLAIN_MODEL, strategy="joint", batch_size=12, clip_grad_norm=clip)
+        config["optimizer"] = {"momentum": 0.0, "weight_decay": 0.0}
+        config["strategies"]["joint"][0].update(epochs=1, train=["classifier"], lr=1.0)
+        train(config, data_root, tmp_path / name, progress=False)
+        after = torch.load(tmp_path / name / "last.pt", weights_only=True)["model"]
+        torch.manual_seed(0)  # the seed of the config: the weights training started from
+        before = SSANet(NUM_CLASSES, **PLAIN_MODEL).state_dict()
+        return math.sqrt(
+            sum(
+                (after[key] - before[key]).pow(2).sum().item()
+                for key in ("classifier.weight", "classifier.bias")
+            )
+        )
+
+    assert step_norm("clipped", 0.01) == pytest.approx(0.01, rel=1e-3)
+    assert step_norm("free", None) > 0.02
+
+
+def test_non_finite_loss_stops_the_run(data_root, tmp_path):
+    config = tiny_config(PLAIN_MODEL, strategy="joint")
+    config["strategies"]["joint"][0].update(epochs=1, lr=1e30)
+    with pytest.raises(FloatingPointError, match="non-finite in epoch 1"):
+        train(config, data_root, tmp_path / "run", progress=False)
+    assert not (tmp_path / "run" / "last.pt").exists()
+
+
+def test_checkpoint_write_is_atomic(data_root, tmp_path, monkeypatch):
+    run_dir = tmp_path / "run"
+    config = tiny_config(PLAIN_MODEL, strategy="joint")
+    train(config, data_root, run_dir, stop_after_epochs=1, progress=False)
+    before = (run_dir / "last.pt").read_bytes()
+
+    def failing_save(path, *args, **kwargs):
+        Path(path).write_bytes(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr("ssanet.train.save_checkpoint", failing_save)
+    with pytest.raises(OSError, match="disk full"):
+        train(None, None, run_dir, resume=True, progress=False)
+    assert (run_dir / "last.pt").read_bytes() == before
+    assert sorted(path.name for path in run_dir.iterdir() if path.name.endswith(".tmp")) == []
+
+
+def test_torchrun_two_processes(data_root, tmp_path):
+    config_path = tmp_path / "config.json"
+    config_path.write_text(json.dumps(tiny_config(PLAIN_MODEL, strategy="joint", batch_size=3)))
+    run_dir = tmp_path / "run"
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "ssanet.cli",
+        "train",
+        "--config",
+        str(config_path),
+        "--data",
+        str(data_root),
+        "--out",
+        str(run_dir),
+        "--device",
+        "cpu",
+        "--quiet",
+    ]
+    environment = {**os.environ, "OMP_NUM_THREADS": "1"}
+    # From tmp_path: the repository root's ssanet_ops/ folder must not shadow the installed one.
+    result = subprocess.run(
+        command, capture_output=True, text=True, env=environment, timeout=240, cwd=tmp_path
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = read_log(run_dir)
+    # Each of the 2 processes trained on its half of the 12 images; the log sums them.
+    assert [int(row["train_samples"]) for row in rows] == [12, 12]
+    training = torch.load(run_dir / "last.pt", weights_only=True)["training"]
+    assert training["world_size"] == 2 and len(training["rng"]) == 2
+    # The processes shuffled with one seed but drew their own augmentations.
+    assert not torch.equal(training["rng"][0]["torch"], training["rng"][1]["torch"])
+
+
+@requires_cuda
+def test_mixed_precision_on_cuda(data_root, tmp_path):
+    config = tiny_config(amp="bf16")
+    summary = train(config, data_root, tmp_path / "run", device="cuda", progress=False)
+    assert summary["epochs"] == 3
+    rows = read_log(tmp_path / "run")
+    assert all(math.isfinite(float(row["train_loss"])) for row in rows)
+
+
+# Evaluation ---------------------------------------------------------------------------------
+
+
+def test_eval_protocols_match_direct_computation(trained_run, data_root, tmp_path):
+    angles = [0.0, 90.0]
+    results = evaluate_checkpoint(
+        trained_run / "best.pt", data_root, tmp_path / "eval", angles=angles, progress=False
+    )
+    loaded = load_checkpoint(trained_run / "best.pt")
+    transform = eval_transform((IMAGE_SIZE + 8, IMAGE_SIZE + 8), IMAGE_SIZE)
+    test_set = build_dataset("synthetic", data_root, False, transform, with_keypoints=True)
+    rows = {"original": [], "rotated": [], "reduced": []}
+    labels, distances = [], []
+    with torch.no_grad():
+        for index in range(len(test_set)):
+            sample = test_set[index]
+            image = sample["image"][None]
+            labels.append(sample["label"])
+            output = loaded.model(image)
+            rows["original"].append(output.logits[0])
+            rows["rotated"].append(
+                loaded.model(TF.rotate(image, 90.0, InterpolationMode.BILINEAR)).logits[0]
+            )
+            # Table 2: 300/448 of the side, centred on a zero (mean-colour) canvas.
+            side = round(IMAGE_SIZE * 300 / 448)
+            small = TF.resize(image, [side, side], antialias=True)
+            left = (IMAGE_SIZE - side) // 2
+            canvas = torch.zeros_like(image)
+            canvas[..., left : left + side, left : left + side] = small
+            rows["reduced"].append(loaded.model(canvas).logits[0])
+            # Fig. 4: each proposal centre to the nearest visible keypoint.
+            points = [
+                point.tolist()
+                for point, visible in zip(
+                    sample["keypoints"], sample["keypoints_visible"], strict=True
+                )
+                if visible
+            ]
+            distances.append(
+                [
+                    min(math.dist(((x1 + x2) / 2, (y1 + y2) / 2), point) for point in points)
+                    for x1, y1, x2, y2 in output.part_boxes[0].tolist()
+                ]
+            )
+
+    def accuracy(logits, k):
+        return sum(
+            label in torch.topk(row, k).indices.tolist()
+            for row, label in zip(logits, labels, strict=True)
+        ) / len(labels)
+
+    def mean_per_class(logits):
+        per_class = {}
+        for row, label in zip(logits, labels, strict=True):
+            per_class.setdefault(label, []).append(int(row.argmax()) == label)
+        return sum(sum(hits) / len(hits) for hits in per_class.values()) / len(per_class)
+
+    assert results["accuracy"]["top1"] == pytest.approx(accuracy(rows["original"], 1))
+    assert results["accuracy"]["top5"] == pytest.approx(accuracy(rows["original"], 4))
+    assert results["accuracy"]["mean_class_accuracy"] == pytest.approx(
+        mean_per_class(rows["original"])
+    )
+    assert set(results["rotation"]) == {"0.0", "90.0"}
+    assert results["rotation"]["0.0"] == results["accuracy"]
+    assert results["rotation"]["90.0"]["top1"] == pytest.approx(accuracy(rows["rotated"], 1))
+    assert results["reduced_input"]["reduced"]["top1"] == pytest.approx(
+        accuracy(rows["reduced"], 1)
+    )
+    expected = torch.tensor(distances).mean(dim=0)
+    torch.testing.assert_close(
+        torch.tensor(results["keypoint_distance"]["per_proposal"]), expected.double()
+    )
+    assert set(results["heads"]) == {"dsm", "op"}
+    written = json.loads((tmp_path / "eval" / "results.json").read_text())
+    assert written["accuracy"] == results["accuracy"]
+    for name in ("rotation.png", "reduced_input.png", "keypoint_distance.png", "tables.md"):
+        assert (tmp_path / "eval" / name).stat().st_size > 0
+    assert "Table 1" in (tmp_path / "eval" / "tables.md").read_text()
+
+
+def test_ablation_table(trained_run, plain_run, data_root, tmp_path):
+    table = ablation_table(
+        [trained_run, plain_run], tmp_path / "ablation", data_root, progress=False
+    )
+    assert [row["method"] for row in table["rows"]] == [
+        "ResNet-18",
+        "ResNet-18(P) + MAC + OP + DSM",
+    ]
+    for row, run in zip(table["rows"], (plain_run, trained_run), strict=True):
+        evaluation = json.loads((run / "eval" / "results.json").read_text())
+        assert row["top1"] == evaluation["accuracy"]["top1"]
+    assert (tmp_path / "ablation" / "ablation.png").stat().st_size > 0
+    assert "ResNet-18(P)" in (tmp_path / "ablation" / "ablation.md").read_text()
+    assert method_label({**FULL_MODEL, "dsm": "none"}, {"loss": {"mac_lambda": 0}}) == (
+        "ResNet-18(P) + OP"
+    )
+
+
+# Command line and errors --------------------------------------------------------------------
+
+
+def test_cli_make_synthetic_train_eval(tmp_path, capsys):
+    root = tmp_path / "data"
+    assert (
+        cli_main(
+            [
+                "make-synthetic",
+                str(root),
+                "--num-classes",
+                "3",
+                "--images-per-class",
+                "4",
+                "--image-size",
+                "40",
+            ]
+        )
+        == 0
+    )
+    assert len(CUBDataset(root, "test")) == 6
+    config = tmp_path / "config.json"
+    plain = tiny_config(PLAIN_MODEL, strategy="joint", transform={"resize": [40, 40], "crop": 32})
+    config.write_text(json.dumps(plain))
+    run_dir = tmp_path / "run"
+    arguments = ["train", "--config", str(config), "--data", str(root), "--out", str(run_dir)]
+    assert cli_main([*arguments, "--stop-after", "1", "--quiet"]) == 0
+    assert cli_main(["train", "--resume", str(run_dir), "--quiet"]) == 0
+    assert len(read_log(run_dir)) == 2
+    capsys.readouterr()
+    assert (
+        cli_main(
+            [
+                "eval",
+                "--checkpoint",
+                str(run_dir / "best.pt"),
+                "--data",
+                str(root),
+                "--angles",
+                "0",
+                "45",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
+    assert "top-1" in capsys.readouterr().out
+    assert (run_dir / "eval" / "results.json").is_file()
+
+
+def test_missing_files_are_named(data_root, tmp_path):
+    absent = tmp_path / "absent"
+    with pytest.raises(FileNotFoundError, match=str(absent)):
+        train(tiny_config(PLAIN_MODEL, strategy="joint"), absent, tmp_path / "run")
+    with pytest.raises(FileNotFoundError, match=str(tmp_path / "empty" / "config.json")):
+        train(None, None, tmp_path / "empty", resume=True)
+    (tmp_path / "no_checkpoint").mkdir()
+    (tmp_path / "no_checkpoint" / "config.json").write_text(
+        json.dumps({"config": tiny_config(), "data_root": str(data_root), "world_size": 1})
+    )
+    with pytest.raises(FileNotFoundError, match=str(tmp_path / "no_checkpoint" / "last.pt")):
+        train(None, None, tmp_path / "no_checkpoint", resume=True, progress=False)
+    with pytest.raises(FileNotFoundError, match=str(absent / "best.pt")):
+        evaluate_checkpoint(absent / "best.pt", data_root)
+    with pytest.raises(FileNotFoundError, match=str(absent / "eval" / "results.json")):
+        ablation_table([absent], tmp_path / "ablation")
+    # An image removed from the data: the error names it.
+    victim = next((data_root / "images").rglob("*.jpg"))
+    saved = victim.read_bytes()
+    victim.unlink()
+    try:
+        with pytest.raises(FileNotFoundError, match=victim.name):
+            train(
+                tiny_config(PLAIN_MODEL, strategy="joint"),
+                data_root,
+                tmp_path / "r2",
+                progress=False,
+            )
+    finally:
+        victim.write_bytes(saved)
+
+
+def test_existing_run_is_not_overwritten(plain_run, data_root):
+    with pytest.raises(FileExistsError, match="--resume"):
+        train(tiny_config(PLAIN_MODEL, strategy="joint"), data_root, plain_run, progress=False)
+
+
+def test_resume_refuses_a_different_config(plain_run):
+    changed = tiny_config(PLAIN_MODEL, strategy="joint", batch_size=5)
+    with pytest.raises(ValueError, match="batch_size"):
+        train(changed, None, plain_run, resume=True, progress=False)
