@@ -90,7 +90,11 @@ def tiny_config(model: dict | None = None, epochs=(1, 1, 1), **changes) -> dict:
                     "milestones": [1],
                     "train": modules,
                     "losses": losses,
-                    **({"lr_scale": {"part_classifier": 1 / 3}} if index == 1 else {}),
+                    **(
+                        {"lr_scale": {"part_classifier": 1 / 3}, "requires": ["op"]}
+                        if index == 1
+                        else {}
+                    ),
                 }
                 for index, (count, (modules, losses)) in enumerate(
                     zip(epochs, stage_modules, strict=True)
@@ -479,9 +483,7 @@ def test_eval_protocols_match_direct_computation(trained_run, data_root, tmp_pat
         accuracy(rows["reduced"], 1)
     )
     expected = torch.tensor(distances).mean(dim=0)
-    torch.testing.assert_close(
-        torch.tensor(results["keypoint_distance"]["per_proposal"]), expected.double()
-    )
+    torch.testing.assert_close(torch.tensor(results["keypoint_distance"]["per_proposal"]), expected)
     assert set(results["heads"]) == {"dsm", "op"}
     written = json.loads((tmp_path / "eval" / "results.json").read_text())
     assert written["accuracy"] == results["accuracy"]

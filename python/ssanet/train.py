@@ -18,8 +18,8 @@ Stages (config ``strategies``): each trains the parameters of the modules it nam
 are frozen, their batch-norm statistics too), with SGD with momentum, its learning rate (times
 ``lr_scale`` per module), step decay at ``milestones`` (epochs of the stage), and the sum of
 the loss terms it names (those of :class:`ssanet.SSANetLoss`: ``final``, ``dsm``, ``op``,
-``mac``, ``rank``). A stage whose modules the model lacks (e.g. the OP stage of a model built
-with ``op="none"``) is skipped.
+``mac``, ``rank``). A stage whose ``requires`` modules the model lacks (e.g. the OP stage of a
+model built with ``op="none"``) is skipped.
 
 Processes: run under ``torchrun`` for several GPUs or nodes (DistributedDataParallel with
 NCCL on GPUs, gloo on CPUs; a DistributedSampler shards the data). ``batch_size`` is per
@@ -109,6 +109,7 @@ _STAGE_DEFAULTS: dict[str, Any] = {
     "train": None,
     "lr_scale": {},
     "losses": None,
+    "requires": [],  # modules the stage exists for: without them the stage is skipped
 }
 _LOG_FIELDS = (
     "epoch",
@@ -287,6 +288,8 @@ def _check_stage(stage: dict, where: str) -> dict:
                 f"config '{where}.losses' must be 'all' or a list of {LOSS_TERMS}, "
                 f"got {stage['losses']!r}"
             )
+    if not isinstance(stage["requires"], list) or not set(stage["requires"]) <= set(MODULE_NAMES):
+        raise ValueError(f"config '{where}.requires' must be a list of {MODULE_NAMES}")
     if not set(stage["lr_scale"]) <= set(MODULE_NAMES):
         raise ValueError(f"config '{where}.lr_scale' keys must be among {MODULE_NAMES}")
     if sorted(stage["milestones"]) != stage["milestones"]:
@@ -307,17 +310,19 @@ def _present_modules(model: SSANet) -> dict[str, nn.Module]:
 
 def resolve_stages(config: dict, model: SSANet) -> list[dict]:
     """The stages of the config's strategy that apply to ``model``, each with ``"modules"``:
-    the names of its trained modules that the model has, and ``"losses"`` as a list.
+    the names of its trained modules that the model has, ``"losses"`` as a list, and its
+    position in the config's list as ``"index"``.
 
-    A stage none of whose modules exist in the model is left out (with its index kept in
-    ``"index"``). A stage that would optimize no loss term the model produces is an error.
+    A stage is left out when the model lacks a module of its ``requires`` (the OP stage of a
+    model without OP) or every module it trains. A stage that would optimize no loss term the
+    model produces is an error.
     """
     present = _present_modules(model)
     resolved = []
     for index, stage in enumerate(config["strategies"][config["strategy"]]):
         names = list(present) if stage["train"] == "all" else stage["train"]
         modules = [name for name in names if name in present]
-        if not modules:
+        if not modules or not set(stage["requires"]) <= set(present):
             continue
         losses = list(LOSS_TERMS) if stage["losses"] == "all" else stage["losses"]
         produced = _loss_terms(model)
