@@ -28,3 +28,9 @@ def device(request) -> torch.device:
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "slow: takes most of a minute on a small CPU (deselect with -m 'not slow')"
+    )

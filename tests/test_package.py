@@ -65,3 +65,25 @@ def test_missing_extension_says_how_to_build(tmp_path):
     assert "ImportError: the compiled extension ssanet_ops._C is missing from" in result.stderr
     assert str(copy) in result.stderr
     assert "pip install --no-build-isolation" in result.stderr
+
+
+def test_ops_run_under_inference_mode():
+    # The CPU kernels call ATen ops from worker threads; under inference mode those threads
+    # must see the caller's mode, or writing inference tensors fails. Sizes large enough that
+    # every kernel splits its work across threads.
+    phi = torch.randn(8, 5, 16 * 7 * 7 * 64)
+    weight = torch.randn(200, 5, 16 * 7 * 7 * 64)
+    maps = torch.randn(16, 256, 7, 7)
+    images = torch.randn(2, 32, 64, 64)
+    boxes = torch.tensor([[0, 4.0, 4.0, 40.0, 40.0], [1, 10.0, 0.0, 60.0, 30.0]])
+    with torch.no_grad():
+        logits, shift = ssanet_ops.scale_align(phi, weight)
+        pooled = ssanet_ops.oriented_pool(maps)
+        crops = ssanet_ops.multiscale_roi_crop(images, boxes, 7, [0.8, 1.0, 1.25])
+    with torch.inference_mode():
+        torch.testing.assert_close(ssanet_ops.scale_align(phi, weight)[0], logits)
+        assert torch.equal(ssanet_ops.scale_align(phi, weight)[1], shift)
+        assert torch.equal(ssanet_ops.oriented_pool(maps), pooled)
+        assert torch.equal(
+            ssanet_ops.multiscale_roi_crop(images, boxes, 7, [0.8, 1.0, 1.25]), crops
+        )

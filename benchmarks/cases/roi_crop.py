@@ -134,6 +134,8 @@ def cases(quick: bool) -> list[Case]:
                 implementations={"per-part loop": per_part_loop, "ssanet_ops": fused},
                 baseline="per-part loop",
                 forward_elements=forward_elements,
+                # The loop takes seconds per pass at full size.
+                max_repeats=None if quick else 3,
                 targets={"cpu": {"forward+backward": 10.0}},
             )
         )

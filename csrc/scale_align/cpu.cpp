@@ -13,6 +13,7 @@
 
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
+#include <ATen/ThreadLocalState.h>
 #include <ATen/autocast_mode.h>
 #include <ATen/ops/baddbmm.h>
 #include <ATen/ops/bmm.h>
@@ -82,9 +83,14 @@ Chunking plan_chunks(int64_t features, int64_t bytes_per_column, int64_t partial
 
 // Runs body(task, first_column, width) for every chunk of `chunking`, the tasks in parallel;
 // `task` indexes the task's own buffers.
+// The body calls ATen ops (bmm) on worker threads, which do not inherit the caller's
+// thread-local state: without it, under torch.inference_mode those ops would refuse to write
+// the inference tensors the caller allocated.
 template <typename Body>
 void for_each_chunk(const Chunking& chunking, int64_t features, const Body& body) {
+  const at::ThreadLocalState caller_state;
   at::parallel_for(0, chunking.tasks, 1, [&](int64_t task_begin, int64_t task_end) {
+    const at::ThreadLocalStateGuard state_guard(caller_state);
     for (int64_t task = task_begin; task < task_end; ++task) {
       for (int64_t chunk = chunking.first_chunk(task); chunk < chunking.first_chunk(task + 1);
            ++chunk) {

@@ -10,12 +10,10 @@ import torch
 import torchvision
 from torchvision.transforms.v2 import functional as TF
 
+from .data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from .model import SSANet
 
-__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "Prediction", "draw_parts", "load_images", "predict"]
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+__all__ = ["Prediction", "draw_parts", "load_images", "predict"]
 
 # One colour per part index (part j = the j-th best proposal); cycled beyond eight parts.
 PART_COLORS = ("lime", "orange", "deepskyblue", "magenta", "yellow", "red", "cyan", "white")

@@ -127,6 +127,24 @@ def make_anchors(
     return torchvision.ops.clip_boxes_to_image(anchors, (height, width))
 
 
+@torch.library.custom_op("ssanet::nms_keep_mask", mutates_args=())
+def nms_keep_mask(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float) -> torch.Tensor:
+    """``torchvision.ops.nms`` as a mask ``[N]`` (True: kept) instead of a list of indices.
+
+    A custom op with a fixed output shape, so ``torch.compile`` traces the whole model as one
+    graph (the index list's data-dependent length would break it).
+    """
+    keep = torchvision.ops.nms(boxes, scores, iou_threshold)
+    mask = torch.zeros(scores.shape, dtype=torch.bool, device=scores.device)
+    mask[keep] = True
+    return mask
+
+
+@nms_keep_mask.register_fake
+def _(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float) -> torch.Tensor:
+    return scores.new_empty(scores.shape, dtype=torch.bool)
+
+
 def select_proposals(
     anchors: torch.Tensor,
     scores: torch.Tensor,
@@ -160,12 +178,11 @@ def select_proposals(
     # loops over images in Python).
     offsets = torch.arange(batch, device=scores.device, dtype=anchors.dtype) * (max(image_size) + 1)
     shifted = anchors[None, :, :] + offsets[:, None, None]
-    keep = torchvision.ops.nms(shifted.reshape(-1, 4), detached.reshape(-1), iou_threshold)
-    suppressed = torch.ones(batch * num_anchors, dtype=torch.bool, device=scores.device)
-    suppressed[keep] = False
+    kept = nms_keep_mask(shifted.reshape(-1, 4), detached.reshape(-1), iou_threshold)
+    suppressed = ~kept.view(batch, num_anchors)
     # Rank survivors above every suppressed anchor, keeping the score order within each group.
     span = detached.amax(dim=1, keepdim=True) - detached.amin(dim=1, keepdim=True) + 1
-    rank_key = detached - suppressed.view(batch, num_anchors) * span
+    rank_key = detached - suppressed * span
     indices = rank_key.topk(num_parts, dim=1, sorted=True).indices
     boxes = anchors[indices]
     return boxes, scores.gather(1, indices), indices

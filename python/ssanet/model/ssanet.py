@@ -103,6 +103,11 @@ class SSANet(nn.Module):
                 f"num_classes, num_parts and num_scales must be positive, got "
                 f"{num_classes}, {num_parts}, {num_scales}"
             )
+        if dsm in ("align", "fixed") and num_scales % 2 == 0:
+            raise ValueError(
+                f"num_scales must be odd (the proposal in the middle, as many candidates shrunk "
+                f"as expanded), got {num_scales}"
+            )
         if part_features not in PART_FEATURE_MODES:
             raise ValueError(
                 f"part_features must be one of {PART_FEATURE_MODES}, got {part_features!r}"
@@ -246,10 +251,10 @@ class SSANet(nn.Module):
 
         op_part_logits = None
         if self.op is not None:
-            # Section 3.3: the map of each part's aligned candidate.
-            rows = torch.arange(batch, device=images.device)[:, None]
-            columns = torch.arange(parts, device=images.device)[None, :]
-            aligned_maps = maps[rows, columns, aligned]  # [B, K, C, h, w]
+            # Section 3.3: the map of each part's aligned candidate, [B, K, C, h, w].
+            scales = len(self.scales)
+            rows = torch.arange(batch * parts, device=images.device) * scales + aligned.flatten()
+            aligned_maps = maps.flatten(0, 2).index_select(0, rows).unflatten(0, (batch, parts))
             op_part_logits = self.op(aligned_maps).transpose(0, 1)
 
         # Section 3: the parts' logits summed, final = DSM + OP.
