@@ -257,12 +257,18 @@ def test_frozen_modules_do_not_change(data_root, tmp_path):
 
 
 def test_loss_falls(data_root, tmp_path):
-    config = tiny_config(PLAIN_MODEL, strategy="joint", batch_size=6)
-    config["strategies"]["joint"][0].update(epochs=8, lr=0.02)
+    # The whole network (proposals, MAC, DSM, OP) trained jointly on the 12 training images.
+    config = tiny_config(strategy="joint", batch_size=6, clip_grad_norm=5.0, validation="none")
+    config["strategies"]["joint"][0].update(epochs=10, lr=0.01)
     config["transform"] = {"resize": [IMAGE_SIZE, IMAGE_SIZE], "crop": None}
     train(config, data_root, tmp_path / "run", progress=False)
-    losses = [float(row["train_loss"]) for row in read_log(tmp_path / "run")]
-    assert losses[-1] < 0.7 * losses[0], losses
+    rows = read_log(tmp_path / "run")
+    # The optimized sum (its ranking term is noisy) and the cross-entropy of the final logits,
+    # over the last three epochs against the first.
+    total = [float(row["train_loss"]) for row in rows]
+    final = [float(row["train_loss_final"]) for row in rows]
+    assert sum(total[-3:]) / 3 < 0.8 * total[0], total
+    assert sum(final[-3:]) / 3 < 0.5 * final[0], final
 
 
 def test_resume_continues_exactly(data_root, tmp_path):

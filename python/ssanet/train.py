@@ -512,8 +512,10 @@ class RunLog:
         self.plot()
 
     def plot(self) -> None:
+        # train_loss sums the terms of each stage's own choice; train_loss_final (the final
+        # logits' cross-entropy) compares across stages.
         history: dict[str, list[float]] = {"epoch": [], "train_loss": []}
-        for key in ("train_top1", "val_top1"):
+        for key in ("train_loss_final", "train_top1", "val_top1"):
             if any(row[key] not in ("", None) for row in self.rows):
                 history[key] = []
         for row in self.rows:
