@@ -676,11 +676,6 @@ class Trainer:
         if resume:
             self._load_resume_state()
         elif context.is_main:
-            if (run_dir / LAST_CHECKPOINT).exists():
-                raise FileExistsError(
-                    f"{run_dir / LAST_CHECKPOINT} exists: pass --resume {run_dir} to continue "
-                    "that run, or choose another output folder"
-                )
             run_dir.mkdir(parents=True, exist_ok=True)
             record = {
                 "config": config,
@@ -1038,6 +1033,11 @@ def train(
     else:
         if config is None or data_root is None:
             raise ValueError("a new run needs a config and a data root")
+        if (run_dir / LAST_CHECKPOINT).exists():
+            raise FileExistsError(
+                f"{run_dir / LAST_CHECKPOINT} exists: pass --resume {run_dir} to continue "
+                "that run, or choose another output folder"
+            )
         config = load_config(config, overrides)
     context = setup_distributed(device)
     try:
