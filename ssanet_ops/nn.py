@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from . import ops
+from ._validation import scale_list
 
 __all__ = ["MultiScaleRoICrop", "OrientedPool", "ScaleAlign"]
 
@@ -56,7 +57,7 @@ class MultiScaleRoICrop(nn.Module):
     ) -> None:
         super().__init__()
         self.output_size = output_size
-        self.scales = tuple(ops.scale_list(scales))
+        self.scales = tuple(scale_list(scales))
         self.spatial_scale = spatial_scale
         self.sampling_ratio = sampling_ratio
         self.aligned = aligned

@@ -9,8 +9,7 @@ from collections.abc import Sequence
 import torch
 from torchvision.ops import roi_align
 
-from ._validation import pair
-from .ops import BoxesArg, boxes_as_rois, oriented_pool_geometry, scale_list
+from ._validation import BoxesArg, boxes_as_rois, oriented_pool_geometry, pair, scale_list
 
 __all__ = [
     "multiscale_roi_crop",

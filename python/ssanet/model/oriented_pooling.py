@@ -13,7 +13,7 @@ import math
 import torch
 from torch import nn
 
-from ssanet_ops._validation import pair
+from ssanet_ops.utils import pair
 
 from .operators import operators
 
