@@ -1,4 +1,4 @@
-"""Every argument check and conversion of the public operators, in one place (SPEC.md
+"""Every argument check and conversion of the public operators, in one place (docs/operators.md
 section 4: errors name the argument and what was expected).
 
 ``ops.py`` calls these before ``torch.ops.ssanet_ops.*``; ``_fake.py`` and ``reference.py``
@@ -80,12 +80,12 @@ def positive_finite(value: float, name: str) -> float:
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    """The dtype boxes and candidates are computed in for inputs of `dtype` (SPEC.md section 2):
-    float64 stays, anything else becomes float32."""
+    """The dtype boxes and candidates are computed in for inputs of `dtype`
+    (docs/operators.md section 2): float64 stays, anything else becomes float32."""
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-# ---- oriented_pool (SPEC.md section 1) ----
+# ---- oriented_pool (docs/operators.md section 1) ----
 
 
 def _oriented_pool_stride(
@@ -117,7 +117,8 @@ def oriented_pool_geometry(
     stride: int | Sequence[int] | None,
 ) -> tuple[tuple[int, int], int, tuple[int, int]]:
     """Checks oriented_pool's arguments against an input of `input_shape` [B, C, H, W] and
-    returns (patch (h, w), G, stride (sh, sw)), the stride resolved per SPEC.md section 1."""
+    returns (patch (h, w), G, stride (sh, sw)), the stride resolved per docs/operators.md
+    section 1."""
     _, _, height, width = input_shape
     patch_h, patch_w = pair(patch_size, "patch_size")
     if patch_h < 1 or patch_w < 1:
@@ -158,7 +159,7 @@ def oriented_pool_arguments(
     return list(patch), grid, list(resolved_stride)
 
 
-# ---- scale_candidates / multiscale_roi_crop (SPEC.md section 2) ----
+# ---- scale_candidates / multiscale_roi_crop (docs/operators.md section 2) ----
 
 
 def check_scale_count(S: int) -> None:
@@ -333,7 +334,7 @@ def multiscale_roi_crop_arguments(
     )
 
 
-# ---- scale_correlation / scale_align (SPEC.md section 3) ----
+# ---- scale_correlation / scale_align (docs/operators.md section 3) ----
 
 
 def autocast_dtype(tensor: torch.Tensor) -> torch.dtype:
@@ -394,7 +395,7 @@ def _check_bias(bias: torch.Tensor | None, weight: torch.Tensor) -> None:
 def check_scale_align_inputs(
     phi: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
 ) -> None:
-    """Checks the arguments of scale_correlation / scale_align (SPEC.md section 3):
+    """Checks the arguments of scale_correlation / scale_align (docs/operators.md section 3):
     phi ``[G?, N, S, D]``, weight ``[G?, C, S, D]``, bias ``[G?, C]``, on one device, in one
     dtype the kernels take once autocast has cast them."""
     _check_scale_align_shapes(phi, weight)

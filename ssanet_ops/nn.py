@@ -15,7 +15,7 @@ __all__ = ["MultiScaleRoICrop", "OrientedPool", "ScaleAlign"]
 
 
 class OrientedPool(nn.Module):
-    """Oriented pooling (SPEC.md section 1): ``[B, C, H, W] -> [B, 4, G*C*h*w]``.
+    """Oriented pooling (docs/operators.md section 1): ``[B, C, H, W] -> [B, 4, G*C*h*w]``.
 
     See :func:`ssanet_ops.oriented_pool` for the arguments.
     """
@@ -39,8 +39,9 @@ class OrientedPool(nn.Module):
 
 
 class MultiScaleRoICrop(nn.Module):
-    """Multi-scale ROI cropping (SPEC.md section 2): ``input [B, C, H, W]`` and ``K`` boxes to
-    ``[K, S, C, oh, ow]``, the S scale candidates of every box sampled as roi_align does.
+    """Multi-scale ROI cropping (docs/operators.md section 2): ``input [B, C, H, W]`` and ``K``
+    boxes to ``[K, S, C, oh, ow]``, the S scale candidates of every box sampled as roi_align
+    does.
 
     See :func:`ssanet_ops.multiscale_roi_crop` for the arguments; ``forward(input, boxes,
     centers=None)`` takes the per-call ones.
@@ -101,8 +102,9 @@ def max_of_normals_variance(count: int) -> float:
 
 
 class ScaleAlign(nn.Module):
-    """Circulant scale alignment (SPEC.md section 3; paper eqs. 6-8), a linear classifier over
-    S scale candidates that picks, per class, the best circulant alignment of scales.
+    """Circulant scale alignment (docs/operators.md section 3; paper eqs. 6-8), a linear
+    classifier over S scale candidates that picks, per class, the best circulant alignment of
+    scales.
 
     ``forward(phi)`` returns ``(logits, shift)`` of :func:`ssanet_ops.scale_align`:
 

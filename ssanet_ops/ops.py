@@ -33,7 +33,7 @@ def oriented_pool(
     grid_size: int | Sequence[int] = 3,
     stride: int | Sequence[int] | None = None,
 ) -> torch.Tensor:
-    """Oriented pooling (SPEC.md section 1; paper section 3.3, eqs. 9-12).
+    """Oriented pooling (docs/operators.md section 1; paper section 3.3, eqs. 9-12).
 
     Cuts ``x`` into a G x G grid of h x w patches (patch (i, j) starts at (i*sh, j*sw)), takes
     the elementwise maximum of every grid row (p_i) and column (q_j) of flattened patches, and
@@ -55,7 +55,7 @@ def oriented_pool(
     return out
 
 
-# ---- Multi-scale candidates and cropping (SPEC.md section 2) ----
+# ---- Multi-scale candidates and cropping (docs/operators.md section 2) ----
 
 
 def scale_factors(alpha: float, S: int) -> list[float]:
@@ -78,7 +78,7 @@ def scale_candidates(
     centers: torch.Tensor | None = None,
     clip: bool = True,
 ) -> torch.Tensor:
-    """The S scale candidates of every box (SPEC.md section 2; paper section 3.2).
+    """The S scale candidates of every box (docs/operators.md section 2; paper section 3.2).
 
     For a box and its image's centre c, psi is the corner farthest from c and eta the nearest
     (corners in the order (x1, y1), (x2, y1), (x1, y2), (x2, y2); on a tie the first). The
@@ -116,7 +116,7 @@ def multiscale_roi_crop(
     aligned: bool = True,
     clip: bool = True,
 ) -> torch.Tensor:
-    """Crops the S scale candidates of every box from ``input`` (SPEC.md section 2), all
+    """Crops the S scale candidates of every box from ``input`` (docs/operators.md section 2), all
     K*S candidates in one kernel, forward and backward.
 
     Each candidate (see :func:`scale_candidates`; ``clip`` bounds are the image,
@@ -162,7 +162,7 @@ def multiscale_roi_crop(
 
 
 def scale_correlation(phi: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """Circulant scale correlation (SPEC.md section 3; paper eq. 7).
+    """Circulant scale correlation (docs/operators.md section 3; paper eq. 7).
 
     ``corr[n, c, r] = sum over j, d of phi[n, j, d] * weight[c, (j + r) mod S, d]``: the response
     of every proposal's S scale candidates to every class filter under each of the S circulant
@@ -194,7 +194,7 @@ def scale_correlation(phi: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
 def scale_align(
     phi: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Circulant scale alignment (SPEC.md section 3; paper eqs. 6-8).
+    """Circulant scale alignment (docs/operators.md section 3; paper eqs. 6-8).
 
     ``logits = max over r of corr[..., r] (+ bias)`` and ``shift = argmax over r`` (the lowest r
     on ties), with ``corr`` as in :func:`scale_correlation`, fused so that corr is never

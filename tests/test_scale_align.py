@@ -1,5 +1,6 @@
-"""scale_correlation and scale_align (SPEC.md section 3) against the two references, gradcheck,
-opcheck, torch.compile, ties, empty inputs, errors, autocast, and the ScaleAlign module."""
+"""scale_correlation and scale_align (docs/operators.md section 3) against the two references,
+gradcheck, opcheck, torch.compile, ties, empty inputs, errors, autocast, and the ScaleAlign
+module."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Discriminative scale mining (paper section 3.2, eqs. 6-8; SPEC.md sections 2 and 3).
+"""Discriminative scale mining (paper section 3.2, eqs. 6-8; docs/operators.md sections 2 and 3).
 
 Each part proposal is expanded and shrunk into S scale candidates (``multiscale_roi_crop``);
 the features of the S candidates are matched against one filter bank per part index under all
@@ -65,7 +65,7 @@ class DiscriminativeScaleMining(nn.Module):
 
     def aligned_index(self, logits: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
         """The candidate aligned with the filters' original scale, for each part's predicted
-        class: ``j* = (m0 - r*) mod S`` with ``m0 = (S - 1) // 2`` (SPEC.md section 3).
+        class: ``j* = (m0 - r*) mod S`` with ``m0 = (S - 1) // 2`` (docs/operators.md section 3).
 
         ``logits``, ``shift``: ``[K, B, C]``. Returns ``[K, B]`` (long).
         """

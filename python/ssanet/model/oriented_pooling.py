@@ -1,4 +1,4 @@
-"""Oriented pooling head (paper section 3.3, eqs. 9-13; SPEC.md section 1).
+"""Oriented pooling head (paper section 3.3, eqs. 9-13; docs/operators.md section 1).
 
 The 7x7 map of each part's aligned candidate is pooled in four orientations
 (``ssanet_ops.oriented_pool``) and classified by eq. 13, the maximum over the orientations of
@@ -105,7 +105,8 @@ class PartPoolingHead(nn.Module):
         self.patch_size = pair(patch_size, "patch_size")
         self.grid_size = grid_size
         if pooling == "oriented":
-            # Each orientation concatenates G pooled patches of C*h*w values (SPEC.md section 1).
+            # Each orientation concatenates G pooled patches of C*h*w values
+            # (docs/operators.md section 1).
             in_features = grid_size * channels * self.patch_size[0] * self.patch_size[1]
             self.classifier = OrientedPoolClassifier(in_features, num_classes, num_parts)
         else:

@@ -159,7 +159,7 @@ class SSANet(nn.Module):
         self.scales = [1.0]
         if dsm in ("align", "fixed"):
             self.scales = ssanet_ops.scale_factors(scale_alpha, num_scales)
-        self.original_scale = (len(self.scales) - 1) // 2  # m0, the factor 1 (SPEC.md s. 3)
+        self.original_scale = (len(self.scales) - 1) // 2  # m0, factor 1 (docs/operators.md s. 3)
         self.dsm_features = dsm_features
         map_side = part_size // 32
 
