@@ -48,7 +48,7 @@ FULL_MODEL = {
     "weights": None,
     "num_parts": 4,
     "num_scales": 5,
-    "part_features": "shared",
+    "crop_from": "shared",
     "part_size": 64,  # 2x2 part maps: OP on a 2x2 grid of 1x1 patches
     "op_patch_size": 1,
     "op_grid_size": 2,

@@ -78,7 +78,10 @@ class OrientedPoolClassifier(GroupedLinear):
 
 
 class PartPoolingHead(nn.Module):
-    """The OP module per part: ``maps [B, K, C, h, w] -> logits [K, B, num_classes]``.
+    """The OP module per part: ``maps [B, K, C, h, w] -> logits [B, K, num_classes]``.
+
+    Image-major in and out, like the rest of the model; the grouped classifiers take the parts
+    first (``[K, B, ...]``), one classifier per part index.
 
     Args:
         channels: C of the maps.
@@ -113,6 +116,7 @@ class PartPoolingHead(nn.Module):
             self.classifier = GroupedLinear(channels, num_classes, num_parts)
 
     def forward(self, maps: torch.Tensor) -> torch.Tensor:
+        """Logits ``[B, K, num_classes]`` of the parts' maps ``[B, K, C, h, w]``."""
         batch, parts = maps.shape[:2]
         if self.pooling == "oriented":
             pooled = operators().oriented_pool(maps.flatten(0, 1), self.patch_size, self.grid_size)
@@ -121,4 +125,4 @@ class PartPoolingHead(nn.Module):
             pooled = maps.mean(dim=(-2, -1))
         else:
             pooled = maps.amax(dim=(-2, -1))
-        return self.classifier(pooled.transpose(0, 1))
+        return self.classifier(pooled.transpose(0, 1)).transpose(0, 1)
