@@ -559,3 +559,36 @@ def test_plots_write_png_files(tmp_path):
             assert image.format == "PNG" and image.width >= 300 and image.height >= 300
             # Something was drawn: not a blank canvas.
             assert len(np.unique(np.asarray(image.convert("L")))) > 10
+
+
+def test_training_curves_mark_the_stages_and_keep_the_legend_off_the_curves():
+    history = {
+        "epoch": [1, 2, 3, 4, 5],
+        "train_loss": [3.0, 2.5, 6.0, 5.0, 7.5],  # each stage sums its own terms: jumps
+        "train_loss_final": [2.0, 1.8, 1.7, 1.5, 1.4],
+        "train_top1": [0.2, 0.3, 0.35, 0.4, 0.5],
+        "val_top1": [0.15, 0.25, 0.3, 0.35, 0.45],
+    }
+    stages = ["backbone", "backbone", "op", "op", "joint"]
+    figure = plots.training_curves_figure(history, stages=stages)
+    figure.canvas.draw()
+    loss_axis, accuracy_axis = figure.axes
+    curves = [
+        line for axis in figure.axes for line in axis.get_lines() if line.get_label() in history
+    ]
+    assert sorted(line.get_label() for line in curves) == sorted(set(history) - {"epoch"})
+    # No colour is used twice across the two axes.
+    assert len({line.get_color() for line in curves}) == len(curves)
+    # A line between consecutive stages, each stage named over its epochs.
+    boundaries = [line.get_xdata()[0] for line in loss_axis.get_lines() if line not in curves]
+    assert boundaries == [2.5, 4.5]
+    (stage_axis,) = loss_axis.child_axes
+    assert [label.get_text() for label in stage_axis.get_xticklabels()] == [
+        "backbone",
+        "op",
+        "joint",
+    ]
+    assert list(stage_axis.get_xticks()) == [1.5, 3.5, 5.0]
+    # The legend sits outside the axes.
+    (legend,) = figure.legends
+    assert not legend.get_window_extent().overlaps(loss_axis.get_window_extent())

@@ -13,6 +13,7 @@ __all__ = [
     "plot_keypoint_distance",
     "plot_rotation_robustness",
     "plot_training_curves",
+    "training_curves_figure",
 ]
 
 
@@ -21,7 +22,8 @@ def _figure(width: float = 6.0, height: float = 4.0):
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    figure = Figure(figsize=(width, height), dpi=100)
+    # Constrained layout keeps labels, legends placed outside the axes and titles in view.
+    figure = Figure(figsize=(width, height), dpi=100, layout="constrained")
     FigureCanvasAgg(figure)
     return figure
 
@@ -29,20 +31,45 @@ def _figure(width: float = 6.0, height: float = 4.0):
 def _save(figure, path: str | os.PathLike) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    figure.tight_layout()
     figure.savefig(path, format="png")
     return path
 
 
-def plot_training_curves(
-    history: Mapping[str, Sequence[float]], path: str | os.PathLike, title: str = "Training"
-) -> Path:
-    """Curves per epoch: keys containing ``"loss"`` on the left axis, the others (accuracies)
-    on the right. ``history`` maps a name to one value per epoch (``"epoch"`` is the x axis if
-    present). Returns the PNG's path."""
-    figure = _figure(7.0, 4.0)
+def _stage_spans(epochs: Sequence[float], stages: Sequence[str]) -> list[tuple[str, float, float]]:
+    """(stage, first epoch, last epoch) of each run of equal consecutive stage names."""
+    spans: list[tuple[str, float, float]] = []
+    for epoch, stage in zip(epochs, stages, strict=True):
+        if spans and spans[-1][0] == stage:
+            spans[-1] = (stage, spans[-1][1], epoch)
+        else:
+            spans.append((stage, epoch, epoch))
+    return spans
+
+
+def _mark_stages(axis, epochs: Sequence[float], stages: Sequence[str]) -> None:
+    """A dotted line between stages and each stage's name on a top axis: each stage sums its
+    own loss terms, so the loss curve jumps where a stage begins."""
+    spans = _stage_spans(epochs, stages)
+    for previous, (_, first, _) in zip(spans, spans[1:], strict=False):
+        axis.axvline((previous[2] + first) / 2, color="0.5", linestyle=":", linewidth=1)
+    top = axis.secondary_xaxis("top")
+    top.set_xticks(
+        [(first + last) / 2 for _, first, last in spans], [stage for stage, _, _ in spans]
+    )
+    top.tick_params(length=0, labelsize="small")
+
+
+def training_curves_figure(
+    history: Mapping[str, Sequence[float]],
+    title: str = "Training",
+    stages: Sequence[str] | None = None,
+):
+    """The Figure of :func:`plot_training_curves`."""
+    figure = _figure(7.0, 4.5)
     loss_axis = figure.add_subplot()
     accuracy_axis = loss_axis.twinx()
+    # One colour cycle for both axes, so no two curves share a colour.
+    colors = iter(_colors())
     epochs = list(history.get("epoch", []))
     for name, values in history.items():
         if name == "epoch":
@@ -50,15 +77,45 @@ def plot_training_curves(
         values = list(values)
         x = epochs if len(epochs) == len(values) else list(range(1, len(values) + 1))
         axis, style = (loss_axis, "-") if "loss" in name else (accuracy_axis, "--")
-        axis.plot(x, values, style, marker="o", markersize=3, label=name)
+        axis.plot(x, values, style, marker="o", markersize=3, label=name, color=next(colors))
+    if stages is not None:
+        _mark_stages(loss_axis, epochs, stages)
     loss_axis.set_xlabel("epoch")
     loss_axis.set_ylabel("loss")
     accuracy_axis.set_ylabel("accuracy")
-    handles = loss_axis.get_legend_handles_labels()
-    more = accuracy_axis.get_legend_handles_labels()
-    loss_axis.legend(handles[0] + more[0], handles[1] + more[1], loc="best", fontsize="small")
-    loss_axis.set_title(title)
-    return _save(figure, path)
+    handles, labels = loss_axis.get_legend_handles_labels()
+    more_handles, more_labels = accuracy_axis.get_legend_handles_labels()
+    # Below the axes, so it never hides a curve.
+    figure.legend(
+        handles + more_handles,
+        labels + more_labels,
+        loc="outside lower center",
+        ncols=min(4, len(labels + more_labels)),
+        fontsize="small",
+    )
+    figure.suptitle(title)
+    return figure
+
+
+def _colors() -> list[str]:
+    # matplotlib's default colour cycle (ten colours).
+    from matplotlib import rcParams
+
+    return list(rcParams["axes.prop_cycle"].by_key()["color"])
+
+
+def plot_training_curves(
+    history: Mapping[str, Sequence[float]],
+    path: str | os.PathLike,
+    title: str = "Training",
+    stages: Sequence[str] | None = None,
+) -> Path:
+    """Curves per epoch: keys containing ``"loss"`` on the left axis (solid), the others
+    (accuracies) on the right (dashed), each in its own colour, the legend below the axes.
+    ``history`` maps a name to one value per epoch (``"epoch"`` is the x axis if present).
+    ``stages``: the stage of each epoch; each stage's span is named above the axes and a dotted
+    line separates consecutive stages. Returns the PNG's path."""
+    return _save(training_curves_figure(history, title, stages), path)
 
 
 def plot_accuracy_bars(

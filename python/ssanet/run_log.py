@@ -110,7 +110,10 @@ class RunLog:
                 value = row[key]
                 history[key].append(float(value) if value not in ("", None) else float("nan"))
         if history["epoch"]:
-            plot_training_curves(history, self.plot_path, title=self.path.parent.name)
+            stages = [row["stage"] for row in self.rows]
+            plot_training_curves(
+                history, self.plot_path, title=self.path.parent.name, stages=stages
+            )
 
     def close(self) -> None:
         if self.writer is not None:
