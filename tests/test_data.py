@@ -592,3 +592,8 @@ def test_training_curves_mark_the_stages_and_keep_the_legend_off_the_curves():
     # The legend sits outside the axes.
     (legend,) = figure.legends
     assert not legend.get_window_extent().overlaps(loss_axis.get_window_extent())
+
+
+def test_rotation_plot_starts_its_accuracy_axis_at_zero():
+    figure = plots.rotation_robustness_figure({"SSANet": {0.0: 0.88, 45.0: 0.8, 90.0: 0.66}})
+    assert figure.axes[0].get_ylim()[0] == 0.0
