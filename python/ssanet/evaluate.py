@@ -398,6 +398,22 @@ def _method_names(rows: list[dict]) -> list[str]:
     ]
 
 
+def _compare_keypoint_distances(
+    names: list[str], results: list[dict], out_dir: Path, table: dict
+) -> None:
+    """Fig. 4 across the runs that measured it, when there are two or more: the plot, and the
+    distances in `table`."""
+    distances = {
+        name: result["keypoint_distance"]["per_proposal"]
+        for name, result in zip(names, results, strict=True)
+        if result.get("keypoint_distance")
+    }
+    if len(distances) >= 2:
+        plots.plot_keypoint_distance(distances, out_dir / "keypoint_distance.png")
+        table["files"]["keypoint_distance_plot"] = str(out_dir / "keypoint_distance.png")
+        table["keypoint_distance"] = distances
+
+
 def ablation_table(
     runs: Sequence[str | os.PathLike],
     out_dir: str | os.PathLike,
@@ -435,15 +451,7 @@ def ablation_table(
         title=f"Ablation ({', '.join(datasets)})",
     )
     table = {"datasets": datasets, "rows": rows, "files": {"plot": str(out_dir / "ablation.png")}}
-    distances = {
-        name: result["keypoint_distance"]["per_proposal"]
-        for name, (_, result) in zip(names, entries, strict=True)
-        if result.get("keypoint_distance")
-    }
-    if len(distances) >= 2:
-        plots.plot_keypoint_distance(distances, out_dir / "keypoint_distance.png")
-        table["files"]["keypoint_distance_plot"] = str(out_dir / "keypoint_distance.png")
-        table["keypoint_distance"] = distances
+    _compare_keypoint_distances(names, [result for _, result in entries], out_dir, table)
     markdown = _table(
         ["method", "top-1", "top-5", "mean per-class"],
         [

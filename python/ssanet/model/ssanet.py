@@ -25,23 +25,35 @@ CROP_SOURCES = ("image", "shared")
 DSM_FEATURE_MODES = ("pooled", "flatten")
 
 
-def _crop_from_argument(crop_from: str, part_features: str | None) -> tuple[str, str]:
-    """The value of ``crop_from`` and the name the caller gave it, honouring the deprecated
-    ``part_features``."""
-    if part_features is None:
-        return crop_from, "crop_from"
+def _crop_from_argument(crop_from: str, part_features: str | None) -> str:
+    """The checked value of ``crop_from``, or of the deprecated ``part_features`` when given
+    (errors name the argument the caller used)."""
+    name = "crop_from" if part_features is None else "part_features"
+    if part_features is not None:
+        crop_from = _deprecated_part_features(crop_from, part_features)
+    if crop_from not in CROP_SOURCES:
+        raise ValueError(f"{name} must be one of {CROP_SOURCES}, got {crop_from!r}")
+    return crop_from
+
+
+def _deprecated_part_features(crop_from: str, part_features: str) -> str:
     warnings.warn(
         "SSANet(part_features=...) is deprecated: the argument is now crop_from "
         "(part_features is the name of an output field)",
         DeprecationWarning,
-        stacklevel=3,
+        stacklevel=4,
     )
     if crop_from != "image" and crop_from != part_features:
         raise ValueError(
             f"crop_from={crop_from!r} and the deprecated part_features={part_features!r} "
             "disagree; pass crop_from only"
         )
-    return part_features, "part_features"
+    return part_features
+
+
+def _anchor_level(level: AnchorLevel | dict) -> AnchorLevel:
+    # A dict is how SSANet.config (and so a checkpoint) stores a level.
+    return level if isinstance(level, AnchorLevel) else AnchorLevel(**level)
 
 
 def _check_arguments(
@@ -150,14 +162,9 @@ class SSANet(nn.Module):
         part_features: str | None = None,
     ) -> None:
         super().__init__()
-        crop_from, crop_name = _crop_from_argument(crop_from, part_features)
+        crop_from = _crop_from_argument(crop_from, part_features)
         _check_arguments(num_classes, num_parts, num_scales, dsm, op, dsm_features, part_size)
-        if crop_from not in CROP_SOURCES:
-            raise ValueError(f"{crop_name} must be one of {CROP_SOURCES}, got {crop_from!r}")
-        anchor_levels = tuple(
-            level if isinstance(level, AnchorLevel) else AnchorLevel(**level)
-            for level in anchor_levels
-        )
+        anchor_levels = tuple(map(_anchor_level, anchor_levels))
         self.config: dict[str, Any] = {
             "num_classes": num_classes,
             "num_parts": num_parts,
@@ -180,36 +187,41 @@ class SSANet(nn.Module):
         if not proposals:
             self.classifier = nn.Linear(self.backbone.out_channels, num_classes)
             return
-        self.num_parts = num_parts
-        self.crop_from = crop_from
-        self.part_size = part_size
-        self.nms_iou = nms_iou
         self.anchor_levels = anchor_levels
+        self._build_parts()
+
+    def _build_parts(self) -> None:
+        """The modules and settings of the part branch (sections 3.1-3.3), from self.config."""
+        config = self.config
+        channels, num_classes = self.backbone.out_channels, config["num_classes"]
+        self.num_parts = config["num_parts"]
+        self.crop_from = config["crop_from"]
+        self.part_size = config["part_size"]
+        self.nms_iou = config["nms_iou"]
         # "single" and "none" look at the proposal only; otherwise S candidates.
         self.scales = [1.0]
-        if dsm in ("align", "fixed"):
-            self.scales = ssanet_ops.scale_factors(scale_alpha, num_scales)
+        if config["dsm"] in ("align", "fixed"):
+            self.scales = ssanet_ops.scale_factors(config["scale_alpha"], config["num_scales"])
         self.original_scale = (len(self.scales) - 1) // 2  # m0, factor 1 (docs/operators.md s. 3)
-        self.dsm_features = dsm_features
-        self._build_heads(num_classes, dsm, op, op_patch_size, op_grid_size)
-
-    def _build_heads(
-        self, num_classes: int, dsm: str, op: str, op_patch_size: int, op_grid_size: int
-    ) -> None:
-        channels = self.backbone.out_channels
-        map_side = self.part_size // 32
+        self.dsm_features = config["dsm_features"]
         self.proposal_head = ProposalHead(channels, self.anchor_levels)
         self.part_classifier = nn.Linear(channels, num_classes)  # FC of eq. 1, shared by parts
         self.dsm = None
-        if dsm != "none":
+        if config["dsm"] != "none":
+            map_side = self.part_size // 32
             in_features = channels * (map_side**2 if self.dsm_features == "flatten" else 1)
             self.dsm = DiscriminativeScaleMining(
-                in_features, num_classes, self.num_parts, len(self.scales), dsm
+                in_features, num_classes, self.num_parts, len(self.scales), config["dsm"]
             )
         self.op = None
-        if op != "none":
+        if config["op"] != "none":
             self.op = PartPoolingHead(
-                channels, num_classes, self.num_parts, op, op_patch_size, op_grid_size
+                channels,
+                num_classes,
+                self.num_parts,
+                config["op"],
+                config["op_patch_size"],
+                config["op_grid_size"],
             )
 
     @classmethod
