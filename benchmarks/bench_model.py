@@ -83,9 +83,9 @@ def run(args: argparse.Namespace, device: torch.device) -> list[dict]:
     models = {}
     for part_features in args.part_features:
         torch.manual_seed(0)
-        model = ssanet.SSANet(
-            args.num_classes, backbone=args.backbone, part_features=part_features
-        ).to(device)
+        model = ssanet.SSANet(args.num_classes, backbone=args.backbone, crop_from=part_features).to(
+            device
+        )
         models[part_features] = model.eval()
 
     grid = list(

@@ -6,7 +6,7 @@
 #include <torch/library.h>
 
 TORCH_LIBRARY(ssanet_ops, m) {
-  // SPEC.md section 1. Returns (out [B, 4, G*L], argmax [B, 2, G, L] uint8); the public
+  // docs/operators.md section 1. Returns (out [B, 4, G*L], argmax [B, 2, G, L] uint8); the public
   // ssanet_ops.oriented_pool returns out only.
   m.def(
       "oriented_pool(Tensor x, int[2] patch_size, int grid_size, int[2] stride)"
@@ -16,7 +16,7 @@ TORCH_LIBRARY(ssanet_ops, m) {
       " int grid_size, int[2] stride, SymInt batch, SymInt channels, SymInt height,"
       " SymInt width) -> Tensor");
 
-  // SPEC.md section 2. boxes: [K, 5] rows (batch_index, x1, y1, x2, y2); centers: [B, 2] or
+  // docs/operators.md section 2. boxes: [K, 5] rows (batch_index, x1, y1, x2, y2); centers: [B, 2] or
   // None (each image's mean box centre). scale_candidates returns [K, S, 4];
   // multiscale_roi_crop returns [K, S, C, oh, ow].
   m.def(
@@ -32,7 +32,7 @@ TORCH_LIBRARY(ssanet_ops, m) {
       " bool aligned, bool clip, SymInt batch, SymInt channels, SymInt height, SymInt width)"
       " -> Tensor");
 
-  // SPEC.md section 3. phi [G?, N, S, D], weight [G?, C, S, D] (bias [G?, C]); scale_correlation
+  // docs/operators.md section 3. phi [G?, N, S, D], weight [G?, C, S, D] (bias [G?, C]); scale_correlation
   // returns corr [G?, N, C, S], scale_align (logits [G?, N, C], shift [G?, N, C] int64). The
   // backward ops take the gradient of corr (or of logits with the forward's shift) and give
   // d phi or d weight, each on its own so that a frozen input costs nothing.

@@ -40,7 +40,7 @@ def _multiscale_roi_crop_setup_context(ctx, inputs, output):
 
 
 def _multiscale_roi_crop_backward(ctx, grad_output):
-    # SPEC.md section 2: the gradient goes to input only, as in roi_align.
+    # docs/operators.md section 2: the gradient goes to input only, as in roi_align.
     boxes, centers = ctx.saved_tensors
     grad_input = None
     if ctx.needs_input_grad[0]:
@@ -57,9 +57,9 @@ torch.library.register_autograd(
 )
 
 
-# scale_correlation / scale_align (SPEC.md section 3, eq. 8): d phi and d weight each have their
-# own backward op, so an input that needs no gradient costs nothing; d bias is the sum of the
-# logits' gradient over the proposals.
+# scale_correlation / scale_align (docs/operators.md section 3, eq. 8): d phi and d weight each
+# have their own backward op, so an input that needs no gradient costs nothing; d bias is the sum
+# of the logits' gradient over the proposals.
 
 
 def _scale_correlation_setup_context(ctx, inputs, output):

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from .ops import oriented_pool_geometry
+from ._validation import oriented_pool_geometry
 
 
 @torch.library.register_fake("ssanet_ops::oriented_pool")

@@ -1,14 +1,30 @@
-"""Argument checks shared by the public ops and their fake kernels (SPEC.md section 4: errors
-name the argument and what was expected)."""
+"""Every argument check and conversion of the public operators, in one place (docs/operators.md
+section 4: errors name the argument and what was expected).
+
+``ops.py`` calls these before ``torch.ops.ssanet_ops.*``; ``_fake.py`` and ``reference.py``
+reuse the geometry and box conversions so the three agree by construction.
+"""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
 
 CPU_DTYPES = (torch.float32, torch.float64)
 CUDA_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+
+# Grid indices are stored as uint8 for the backward (csrc/oriented_pool/oriented_pool.h).
+MAX_GRID_SIZE = 256
+
+# The CUDA kernels take the factors by value (csrc/roi_crop/roi_crop.h).
+MAX_SCALES = 64
+
+BoxesArg = torch.Tensor | Sequence[torch.Tensor]
+
+
+# ---- Generic checks ----
 
 
 def pair(value: int | Sequence[int], name: str) -> tuple[int, int]:
@@ -28,13 +44,15 @@ def pair(value: int | Sequence[int], name: str) -> tuple[int, int]:
 
 def check_floating(tensor: torch.Tensor, name: str) -> None:
     """Raises unless `tensor` has a floating dtype its device's kernels support."""
-    allowed = CUDA_DTYPES if tensor.device.type == "cuda" else CPU_DTYPES
-    if tensor.dtype not in allowed:
-        names = ", ".join(str(dtype).removeprefix("torch.") for dtype in allowed)
-        raise TypeError(
-            f"{name} must have one of the dtypes {names} on {tensor.device.type}, "
-            f"got {tensor.dtype}"
-        )
+    check_dtype(tensor.dtype, tensor.device, name)
+
+
+def check_dtype(dtype: torch.dtype, device: torch.device, name: str) -> None:
+    """Raises unless the kernels on `device` take `dtype`."""
+    allowed = CUDA_DTYPES if device.type == "cuda" else CPU_DTYPES
+    if dtype not in allowed:
+        names = ", ".join(str(d).removeprefix("torch.") for d in allowed)
+        raise TypeError(f"{name} must have one of the dtypes {names} on {device.type}, got {dtype}")
 
 
 def check_rank(tensor: torch.Tensor, rank: int, name: str, shape: str) -> None:
@@ -51,3 +69,344 @@ def check_same_device(tensors: dict[str, torch.Tensor]) -> None:
     if len(set(devices.values())) > 1:
         listed = ", ".join(f"{name} on {device}" for name, device in devices.items())
         raise ValueError(f"all tensors must be on one device, got {listed}")
+
+
+def positive_finite(value: float, name: str) -> float:
+    """`value` as a float; raises unless it is positive and finite."""
+    value = float(value)
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{name} must be a positive finite number, got {value}")
+    return value
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype boxes and candidates are computed in for inputs of `dtype`
+    (docs/operators.md section 2): float64 stays, anything else becomes float32."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+# ---- oriented_pool (docs/operators.md section 1) ----
+
+
+def _oriented_pool_stride(
+    height: int, width: int, patch: tuple[int, int], grid: int, stride
+) -> tuple[int, int]:
+    """The stride given, or the default ((H - h) / (G - 1), (W - w) / (G - 1)), 0 when G = 1."""
+    patch_h, patch_w = patch
+    if stride is not None:
+        stride_h, stride_w = pair(stride, "stride")
+        if stride_h < 0 or stride_w < 0:
+            raise ValueError(f"stride must be non-negative, got {(stride_h, stride_w)}")
+        return stride_h, stride_w
+    if grid == 1:
+        return 0, 0
+    if (height - patch_h) % (grid - 1) or (width - patch_w) % (grid - 1):
+        raise ValueError(
+            f"the default stride ((H - h) / (G - 1), (W - w) / (G - 1)) = "
+            f"({(height - patch_h) / (grid - 1):g}, {(width - patch_w) / (grid - 1):g}) "
+            f"is not whole for x of {height}x{width}, patch_size {patch} "
+            f"and grid_size {grid}; pass stride explicitly"
+        )
+    return (height - patch_h) // (grid - 1), (width - patch_w) // (grid - 1)
+
+
+def oriented_pool_geometry(
+    input_shape: Sequence[int],
+    patch_size: int | Sequence[int],
+    grid_size: int | Sequence[int],
+    stride: int | Sequence[int] | None,
+) -> tuple[tuple[int, int], int, tuple[int, int]]:
+    """Checks oriented_pool's arguments against an input of `input_shape` [B, C, H, W] and
+    returns (patch (h, w), G, stride (sh, sw)), the stride resolved per docs/operators.md
+    section 1."""
+    _, _, height, width = input_shape
+    patch_h, patch_w = pair(patch_size, "patch_size")
+    if patch_h < 1 or patch_w < 1:
+        raise ValueError(f"patch_size must be positive, got {(patch_h, patch_w)}")
+    grid_rows, grid_columns = pair(grid_size, "grid_size")
+    if grid_rows != grid_columns:
+        raise ValueError(
+            f"grid_size must be square (G rows and G columns, so the four orientations have one "
+            f"length), got {(grid_rows, grid_columns)}"
+        )
+    grid = grid_rows
+    if not 1 <= grid <= MAX_GRID_SIZE:
+        raise ValueError(f"grid_size must be in [1, {MAX_GRID_SIZE}], got {grid}")
+    if patch_h > height or patch_w > width:
+        raise ValueError(
+            f"patch_size {(patch_h, patch_w)} does not fit in the {height}x{width} input x"
+        )
+    stride_h, stride_w = _oriented_pool_stride(height, width, (patch_h, patch_w), grid, stride)
+    if (grid - 1) * stride_h + patch_h > height or (grid - 1) * stride_w + patch_w > width:
+        raise ValueError(
+            f"a {grid}x{grid} grid of {patch_h}x{patch_w} patches at stride "
+            f"{(stride_h, stride_w)} does not fit in the {height}x{width} input x "
+            "(patches outside x are an error, not padding)"
+        )
+    return (patch_h, patch_w), grid, (stride_h, stride_w)
+
+
+def oriented_pool_arguments(
+    x: torch.Tensor,
+    patch_size: int | Sequence[int],
+    grid_size: int | Sequence[int],
+    stride: int | Sequence[int] | None,
+) -> tuple[list[int], int, list[int]]:
+    """Checks every argument of oriented_pool; returns the schema's (patch, G, stride)."""
+    check_rank(x, 4, "x", "[B, C, H, W]")
+    check_floating(x, "x")
+    patch, grid, resolved_stride = oriented_pool_geometry(x.shape, patch_size, grid_size, stride)
+    return list(patch), grid, list(resolved_stride)
+
+
+# ---- scale_candidates / multiscale_roi_crop (docs/operators.md section 2) ----
+
+
+def check_scale_count(S: int) -> None:
+    """Raises unless S is a positive odd int (paper section 3.2: one original scale in the
+    middle, (S-1)/2 shrunk and (S-1)/2 expanded)."""
+    if isinstance(S, bool) or not isinstance(S, int) or S < 1 or S % 2 == 0:
+        raise ValueError(
+            f"S must be a positive odd int (one original scale in the middle), got {S!r}"
+        )
+
+
+def scale_list(scales: Sequence[float] | torch.Tensor) -> list[float]:
+    """The scale factors as a list of floats; raises unless they are 1 to MAX_SCALES positive
+    finite numbers. A tensor is read with .tolist() (a graph break under torch.compile)."""
+    if isinstance(scales, torch.Tensor):
+        if scales.dim() != 1:
+            raise ValueError(f"scales must be a 1-d tensor [S], got shape {tuple(scales.shape)}")
+        scales = scales.tolist()
+    if not isinstance(scales, Sequence) or isinstance(scales, str):
+        raise TypeError(f"scales must be a sequence of S positive numbers, got {scales!r}")
+    values = [float(scale) for scale in scales]
+    if not 1 <= len(values) <= MAX_SCALES:
+        raise ValueError(f"scales must hold 1 to {MAX_SCALES} factors, got {len(values)}")
+    if not all(math.isfinite(scale) and scale > 0 for scale in values):
+        raise ValueError(f"scales must be positive finite factors, got {values}")
+    return values
+
+
+def _check_box_list(boxes: Sequence[torch.Tensor]) -> None:
+    if len(boxes) == 0:
+        raise ValueError("boxes: an empty list names no images; pass a [0, 5] tensor instead")
+    for index, image_boxes in enumerate(boxes):
+        check_rank(image_boxes, 2, f"boxes[{index}]", "[K_b, 4]")
+        if image_boxes.shape[1] != 4:
+            raise ValueError(
+                f"boxes[{index}] must be a [K_b, 4] tensor of (x1, y1, x2, y2), got shape "
+                f"{tuple(image_boxes.shape)}"
+            )
+    check_same_device({f"boxes[{index}]": b for index, b in enumerate(boxes)})
+
+
+def boxes_as_rois(boxes: BoxesArg, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Boxes as roi_align takes them, a ``[K, 5]`` tensor or a list of ``[K_b, 4]`` tensors
+    (one per image), to one ``[K, 5]`` tensor of rows (batch_index, x1, y1, x2, y2) in `dtype`
+    (default: float64 stays, any other type becomes float32)."""
+    if isinstance(boxes, torch.Tensor):
+        check_rank(boxes, 2, "boxes", "[K, 5]")
+        if boxes.shape[1] != 5:
+            raise ValueError(
+                "boxes must be a [K, 5] tensor of (batch_index, x1, y1, x2, y2) or a list of "
+                f"[K_b, 4] tensors, got shape {tuple(boxes.shape)}"
+            )
+        rois = boxes
+    elif isinstance(boxes, (list, tuple)):
+        _check_box_list(boxes)
+        rois = torch.cat(
+            [
+                torch.cat([torch.full_like(image_boxes[:, :1], index), image_boxes], dim=1)
+                for index, image_boxes in enumerate(boxes)
+            ]
+        )
+    else:
+        raise TypeError(
+            "boxes must be a [K, 5] tensor or a list of [K_b, 4] tensors, got "
+            f"{type(boxes).__name__}"
+        )
+    return rois.to(compute_dtype(rois.dtype) if dtype is None else dtype)
+
+
+def centers_tensor(
+    centers: torch.Tensor | None, batch: int | None, dtype: torch.dtype
+) -> torch.Tensor | None:
+    """`centers` checked to be ``[B, 2]`` (B = `batch` when given), detached, in `dtype`."""
+    if centers is None:
+        return None
+    check_rank(centers, 2, "centers", "[B, 2]")
+    if centers.shape[1] != 2 or (batch is not None and centers.shape[0] != batch):
+        expected = "B" if batch is None else str(batch)
+        raise ValueError(
+            f"centers must be a [{expected}, 2] tensor of (x, y), got shape {tuple(centers.shape)}"
+        )
+    return centers.detach().to(dtype)
+
+
+def image_size_pair(image_size: Sequence[float]) -> tuple[float, float]:
+    """(height, width) as floats; raises unless they are two positive finite numbers."""
+    if (
+        not isinstance(image_size, Sequence)
+        or len(image_size) != 2
+        or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in image_size)
+    ):
+        raise TypeError(f"image_size must be a (height, width) pair of numbers, got {image_size!r}")
+    image_height, image_width = float(image_size[0]), float(image_size[1])
+    if (
+        not (math.isfinite(image_height) and math.isfinite(image_width))
+        or min(image_height, image_width) <= 0
+    ):
+        raise ValueError(f"image_size must be positive and finite, got {tuple(image_size)}")
+    return image_height, image_width
+
+
+def scale_candidates_arguments(
+    boxes: BoxesArg,
+    scales: Sequence[float] | torch.Tensor,
+    image_size: Sequence[float],
+    centers: torch.Tensor | None,
+    clip: bool,
+) -> tuple:
+    """Checks every argument of scale_candidates; returns the schema's (rois, scales, centers,
+    image_height, image_width, clip)."""
+    rois = boxes_as_rois(boxes).detach()
+    image_height, image_width = image_size_pair(image_size)
+    centers = centers_tensor(centers, None, rois.dtype)
+    if centers is not None:
+        check_same_device({"boxes": rois, "centers": centers})
+    return rois, scale_list(scales), centers, image_height, image_width, bool(clip)
+
+
+def _check_crop_devices(input: torch.Tensor, boxes: BoxesArg, centers: torch.Tensor | None) -> None:
+    if isinstance(boxes, (list, tuple)) and len(boxes) != input.shape[0]:
+        raise ValueError(
+            f"boxes: a list needs one [K_b, 4] tensor per image of input, got {len(boxes)} "
+            f"tensors for a batch of {input.shape[0]}"
+        )
+    tensors = {"input": input}
+    if isinstance(boxes, torch.Tensor):
+        tensors["boxes"] = boxes
+    else:
+        tensors.update({f"boxes[{index}]": b for index, b in enumerate(boxes)})
+    if centers is not None:
+        tensors["centers"] = centers
+    check_same_device(tensors)
+
+
+def multiscale_roi_crop_arguments(
+    input: torch.Tensor,
+    boxes: BoxesArg,
+    output_size: int | Sequence[int],
+    scales: Sequence[float] | torch.Tensor,
+    centers: torch.Tensor | None,
+    spatial_scale: float,
+    sampling_ratio: int,
+    aligned: bool,
+    clip: bool,
+) -> tuple:
+    """Checks every argument of multiscale_roi_crop; returns the schema's argument tuple
+    (input, rois, scales, centers, [oh, ow], spatial_scale, sampling_ratio, aligned, clip)."""
+    check_rank(input, 4, "input", "[B, C, H, W]")
+    check_floating(input, "input")
+    _check_crop_devices(input, boxes, centers)
+    dtype = compute_dtype(input.dtype)
+    rois = boxes_as_rois(boxes, dtype).detach()
+    centers = centers_tensor(centers, input.shape[0], dtype)
+    out_h, out_w = pair(output_size, "output_size")
+    if out_h < 1 or out_w < 1:
+        raise ValueError(f"output_size must be positive, got {(out_h, out_w)}")
+    spatial_scale = float(spatial_scale)
+    if not math.isfinite(spatial_scale) or spatial_scale <= 0:
+        raise ValueError(f"spatial_scale must be positive and finite, got {spatial_scale}")
+    if isinstance(sampling_ratio, bool) or not isinstance(sampling_ratio, int):
+        raise TypeError(f"sampling_ratio must be an int, got {sampling_ratio!r}")
+    return (
+        input,
+        rois,
+        scale_list(scales),
+        centers,
+        [out_h, out_w],
+        spatial_scale,
+        sampling_ratio,
+        bool(aligned),
+        bool(clip),
+    )
+
+
+# ---- scale_correlation / scale_align (docs/operators.md section 3) ----
+
+
+def autocast_dtype(tensor: torch.Tensor) -> torch.dtype:
+    """The dtype `tensor` reaches the scale_align kernels with. The one statement of the
+    autocast policy on the Python side; csrc/scale_align/cpu.cpp's Autocast registrations apply
+    it. Under autocast the ops behave like a linear layer: floating tensors other than float64
+    are cast to the autocast dtype on CUDA and to float32 on the CPU (whose kernels take
+    float32/float64)."""
+    device_type = tensor.device.type
+    if (
+        device_type in ("cpu", "cuda")
+        and torch.is_autocast_enabled(device_type)
+        and tensor.is_floating_point()
+        and tensor.dtype != torch.float64
+    ):
+        return torch.get_autocast_dtype(device_type) if device_type == "cuda" else torch.float32
+    return tensor.dtype
+
+
+def _check_scale_align_shapes(phi: torch.Tensor, weight: torch.Tensor) -> None:
+    for name, tensor in (("phi", phi), ("weight", weight)):
+        if not isinstance(tensor, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(tensor).__name__}")
+    if phi.dim() not in (3, 4):
+        raise ValueError(
+            "phi must be a 3-d tensor [N, S, D] or a 4-d one [G, N, S, D], "
+            f"got shape {tuple(phi.shape)}"
+        )
+    if weight.dim() != phi.dim():
+        raise ValueError(
+            f"weight must be {'[G, C, S, D]' if phi.dim() == 4 else '[C, S, D]'} to match phi "
+            f"of shape {tuple(phi.shape)}, got shape {tuple(weight.shape)}"
+        )
+    if phi.dim() == 4 and phi.shape[0] != weight.shape[0]:
+        raise ValueError(
+            f"phi and weight must have one group count G, got {phi.shape[0]} and {weight.shape[0]}"
+        )
+    if phi.shape[-2:] != weight.shape[-2:]:
+        raise ValueError(
+            "phi [.., N, S, D] and weight [.., C, S, D] must agree in S and D, got shapes "
+            f"{tuple(phi.shape)} and {tuple(weight.shape)}"
+        )
+    if phi.shape[-2] < 1:
+        raise ValueError("the scale dimension S must be at least 1")
+
+
+def _check_bias(bias: torch.Tensor | None, weight: torch.Tensor) -> None:
+    if bias is None:
+        return
+    if not isinstance(bias, torch.Tensor):
+        raise TypeError(f"bias must be a torch.Tensor or None, got {type(bias).__name__}")
+    expected = tuple(weight.shape[:-2])
+    if tuple(bias.shape) != expected:
+        shape = "[G, C]" if weight.dim() == 4 else "[C]"
+        raise ValueError(f"bias must have shape {shape} = {expected}, got {tuple(bias.shape)}")
+
+
+def check_scale_align_inputs(
+    phi: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
+) -> None:
+    """Checks the arguments of scale_correlation / scale_align (docs/operators.md section 3):
+    phi ``[G?, N, S, D]``, weight ``[G?, C, S, D]``, bias ``[G?, C]``, on one device, in one
+    dtype the kernels take once autocast has cast them."""
+    _check_scale_align_shapes(phi, weight)
+    _check_bias(bias, weight)
+    tensors = {"phi": phi, "weight": weight}
+    if bias is not None:
+        tensors["bias"] = bias
+    check_same_device(tensors)
+    dtypes = {name: autocast_dtype(tensor) for name, tensor in tensors.items()}
+    for name, dtype in dtypes.items():
+        check_dtype(dtype, phi.device, name)
+    if len(set(dtypes.values())) > 1:
+        listed = ", ".join(f"{name} {dtype}" for name, dtype in dtypes.items())
+        raise TypeError(f"phi, weight and bias must have one dtype, got {listed}")

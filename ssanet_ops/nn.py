@@ -9,12 +9,13 @@ import torch
 from torch import nn
 
 from . import ops
+from ._validation import scale_list
 
 __all__ = ["MultiScaleRoICrop", "OrientedPool", "ScaleAlign"]
 
 
 class OrientedPool(nn.Module):
-    """Oriented pooling (SPEC.md section 1): ``[B, C, H, W] -> [B, 4, G*C*h*w]``.
+    """Oriented pooling (docs/operators.md section 1): ``[B, C, H, W] -> [B, 4, G*C*h*w]``.
 
     See :func:`ssanet_ops.oriented_pool` for the arguments.
     """
@@ -38,8 +39,9 @@ class OrientedPool(nn.Module):
 
 
 class MultiScaleRoICrop(nn.Module):
-    """Multi-scale ROI cropping (SPEC.md section 2): ``input [B, C, H, W]`` and ``K`` boxes to
-    ``[K, S, C, oh, ow]``, the S scale candidates of every box sampled as roi_align does.
+    """Multi-scale ROI cropping (docs/operators.md section 2): ``input [B, C, H, W]`` and ``K``
+    boxes to ``[K, S, C, oh, ow]``, the S scale candidates of every box sampled as roi_align
+    does.
 
     See :func:`ssanet_ops.multiscale_roi_crop` for the arguments; ``forward(input, boxes,
     centers=None)`` takes the per-call ones.
@@ -56,7 +58,7 @@ class MultiScaleRoICrop(nn.Module):
     ) -> None:
         super().__init__()
         self.output_size = output_size
-        self.scales = tuple(ops.scale_list(scales))
+        self.scales = tuple(scale_list(scales))
         self.spatial_scale = spatial_scale
         self.sampling_ratio = sampling_ratio
         self.aligned = aligned
@@ -100,14 +102,16 @@ def max_of_normals_variance(count: int) -> float:
 
 
 class ScaleAlign(nn.Module):
-    """Circulant scale alignment (SPEC.md section 3; paper eqs. 6-8), a linear classifier over
-    S scale candidates that picks, per class, the best circulant alignment of scales.
+    """Circulant scale alignment (docs/operators.md section 3; paper eqs. 6-8), a linear
+    classifier over S scale candidates that picks, per class, the best circulant alignment of
+    scales.
 
     ``forward(phi)`` returns ``(logits, shift)`` of :func:`ssanet_ops.scale_align`:
 
-    - ``groups == 1``: phi ``[N, S, D]`` -> ``[N, C]``; weight ``[C, S, D]``, bias ``[C]``.
-    - ``groups == G > 1``: phi ``[G, N, S, D]`` -> ``[G, N, C]``, one filter bank per group
-      (part index); weight ``[G, C, S, D]``, bias ``[G, C]``.
+    - ``groups=None`` (the default): phi ``[N, S, D]`` -> ``[N, C]``; weight ``[C, S, D]``,
+      bias ``[C]``.
+    - ``groups=G`` (any G >= 1, 1 included): phi ``[G, N, S, D]`` -> ``[G, N, C]``, one filter
+      bank per group (part index); weight ``[G, C, S, D]``, bias ``[G, C]``.
 
     Initialisation: for phi with independent zero-mean unit-variance entries, every shift's
     response is a sum of S*D products and the S shifts' responses are uncorrelated, so the
@@ -121,7 +125,7 @@ class ScaleAlign(nn.Module):
         in_features: int,
         num_classes: int,
         num_scales: int,
-        groups: int = 1,
+        groups: int | None = None,
         bias: bool = True,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
@@ -131,7 +135,7 @@ class ScaleAlign(nn.Module):
             ("in_features", in_features),
             ("num_classes", num_classes),
             ("num_scales", num_scales),
-            ("groups", groups),
+            ("groups", 1 if groups is None else groups),
         ):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
@@ -139,7 +143,7 @@ class ScaleAlign(nn.Module):
         self.num_classes = num_classes
         self.num_scales = num_scales
         self.groups = groups
-        bank = (num_classes,) if groups == 1 else (groups, num_classes)
+        bank = (num_classes,) if groups is None else (groups, num_classes)
         factory = {"device": device, "dtype": dtype}
         self.weight = nn.Parameter(torch.empty(*bank, num_scales, in_features, **factory))
         self.bias = nn.Parameter(torch.empty(*bank, **factory)) if bias else None
@@ -155,6 +159,16 @@ class ScaleAlign(nn.Module):
 
     def forward(self, phi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return ops.scale_align(phi, self.weight, self.bias)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # Before groups=None meant "ungrouped", groups=1 was stored without its group
+        # dimension; such state dicts still load.
+        if self.groups == 1:
+            for name in ("weight", "bias"):
+                value, parameter = state_dict.get(prefix + name), getattr(self, name)
+                if value is not None and parameter is not None and value.dim() < parameter.dim():
+                    state_dict[prefix + name] = value.unsqueeze(0)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def extra_repr(self) -> str:
         return (

@@ -9,8 +9,7 @@ from collections.abc import Sequence
 import torch
 from torchvision.ops import roi_align
 
-from ._validation import pair
-from .ops import BoxesArg, boxes_as_rois, oriented_pool_geometry, scale_list
+from ._validation import BoxesArg, boxes_as_rois, oriented_pool_geometry, pair, scale_list
 
 __all__ = [
     "multiscale_roi_crop",
@@ -29,10 +28,11 @@ def oriented_pool(
     grid_size: int | Sequence[int] = 3,
     stride: int | Sequence[int] | None = None,
 ) -> torch.Tensor:
-    """Reference for :func:`ssanet_ops.oriented_pool` (SPEC.md section 1): ``[B, 4, G*L]``.
+    """Reference for :func:`ssanet_ops.oriented_pool` (docs/operators.md section 1):
+    ``[B, 4, G*L]``.
 
     All G*G patches are gathered at once with one advanced index, then reduced with
-    ``max(dim).values``, whose gradient goes to the first maximal element, the SPEC's tie rule
+    ``max(dim).values``, whose gradient goes to the first maximal element, the contract's tie rule
     (``amax`` would split it between tied elements).
     """
     (patch_h, patch_w), grid, (stride_h, stride_w) = oriented_pool_geometry(
@@ -55,7 +55,8 @@ def oriented_pool(
 
 
 def _mean_box_centers(rois: torch.Tensor, batch: int) -> torch.Tensor:
-    """[B, 2]: each image's mean box centre (SPEC.md section 2's default), (0, 0) without boxes."""
+    """[B, 2]: each image's mean box centre (the default of docs/operators.md section 2), (0, 0)
+    without boxes."""
     index = rois[:, 0].long()
     box_centers = torch.stack([(rois[:, 1] + rois[:, 3]) / 2, (rois[:, 2] + rois[:, 4]) / 2], 1)
     sums = box_centers.new_zeros(batch, 2).index_add_(0, index, box_centers)
@@ -70,7 +71,8 @@ def scale_candidates(
     centers: torch.Tensor | None = None,
     clip: bool = True,
 ) -> torch.Tensor:
-    """Reference for :func:`ssanet_ops.scale_candidates` (SPEC.md section 2): ``[K, S, 4]``.
+    """Reference for :func:`ssanet_ops.scale_candidates` (docs/operators.md section 2):
+    ``[K, S, 4]``.
 
     Distances to the four corners, argmax / argmin (the first corner on ties) for psi / eta,
     then every candidate at once by broadcasting boxes [K, 1] against factors [S].
@@ -84,7 +86,7 @@ def scale_candidates(
         centers = _mean_box_centers(rois, batch)
     center = centers.to(rois.dtype)[rois[:, 0].long()]  # [K, 2]
     x1, y1, x2, y2 = (rois[:, i, None] for i in range(1, 5))  # each [K, 1]
-    # Corners in the SPEC's order (x1, y1), (x2, y1), (x1, y2), (x2, y2).
+    # Corners in the contract's order (x1, y1), (x2, y1), (x1, y2), (x2, y2).
     dx = torch.cat([x1, x2, x1, x2], 1) - center[:, :1]
     dy = torch.cat([y1, y1, y2, y2], 1) - center[:, 1:]
     distance = dx * dx + dy * dy
@@ -133,7 +135,7 @@ def multiscale_roi_crop(
     aligned: bool = True,
     clip: bool = True,
 ) -> torch.Tensor:
-    """Reference for :func:`ssanet_ops.multiscale_roi_crop` (SPEC.md section 2):
+    """Reference for :func:`ssanet_ops.multiscale_roi_crop` (docs/operators.md section 2):
     ``torchvision.ops.roi_align`` on the flattened :func:`scale_candidates`, reshaped to
     ``[K, S, C, oh, ow]``. The candidates are computed in float64 for float64 input, else in
     float32, then handed to roi_align in input's dtype."""
@@ -158,8 +160,8 @@ def multiscale_roi_crop(
 
 
 def scale_correlation(phi: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """Reference for :func:`ssanet_ops.scale_correlation` (SPEC.md section 3, eq. 7), in the
-    direct form: ``corr[.., n, c, r] = <torch.roll(phi[.., n], r, dims=0), weight[.., c]>``,
+    """Reference for :func:`ssanet_ops.scale_correlation` (docs/operators.md section 3, eq. 7),
+    in the direct form: ``corr[.., n, c, r] = <torch.roll(phi[.., n], r, dims=0), weight[.., c]>``,
     since the rolled phi holds ``phi[(j - r) mod S]`` at scale j. ``[G?, N, C, S]``."""
     scales = phi.shape[-2]
     return torch.stack(
@@ -172,7 +174,7 @@ def scale_correlation(phi: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
 
 
 def scale_correlation_fft(phi: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """:func:`scale_correlation` in the Fourier form of SPEC.md section 3:
+    """:func:`scale_correlation` in the Fourier form of docs/operators.md section 3:
     ``irfft(sum over d of conj(rfft(phi)) * rfft(weight), n=S)`` with the FFTs over the scale
     axis. ``[G?, N, C, S]``. torch.fft has no bfloat16 and takes float16 only at power-of-two
     sizes, so reduced-precision inputs run in float32 and the result is cast back."""
@@ -186,7 +188,7 @@ def scale_correlation_fft(phi: torch.Tensor, weight: torch.Tensor) -> torch.Tens
 
 
 def _align(corr: torch.Tensor, bias: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-    # max(dim) returns the first maximal index and sends the gradient to it alone: the SPEC's
+    # max(dim) returns the first maximal index and sends the gradient to it alone: the contract's
     # lowest shift on ties and the one-hot gradient of eq. 8.
     logits, shift = corr.max(dim=-1)
     if bias is not None:
@@ -197,8 +199,8 @@ def _align(corr: torch.Tensor, bias: torch.Tensor | None) -> tuple[torch.Tensor,
 def scale_align(
     phi: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Reference for :func:`ssanet_ops.scale_align` (SPEC.md section 3), on the direct form
-    :func:`scale_correlation`: ``(logits [G?, N, C], shift [G?, N, C])``."""
+    """Reference for :func:`ssanet_ops.scale_align` (docs/operators.md section 3), on the direct
+    form :func:`scale_correlation`: ``(logits [G?, N, C], shift [G?, N, C])``."""
     return _align(scale_correlation(phi, weight), bias)
 
 

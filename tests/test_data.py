@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from ssanet import metrics
+from ssanet import SSANetOutput, metrics, plots
 from ssanet.data import (
     AircraftDataset,
     CarsDataset,
@@ -29,6 +29,7 @@ from ssanet.data import (
 )
 from ssanet.data import synthetic as synthetic_module
 from ssanet.data.transforms import Rotate
+from ssanet.evaluate import evaluate_model
 
 # CUB ----------------------------------------------------------------------------------------
 
@@ -504,16 +505,27 @@ def test_robustness_protocols_with_a_linear_model():
     def predict(images):
         return images.flatten(1) @ weight
 
+    class LinearModel(torch.nn.Module):
+        # The outputs evaluate_model reads: only the final logits.
+        def forward(self, images):
+            return SSANetOutput(predict(images), *([None] * (len(SSANetOutput._fields) - 1)))
+
     images = torch.randn(20, 3, 16, 16, generator=generator)
     labels = torch.randint(0, 6, (20,), generator=generator)
-    loader = [(images[:12], labels[:12]), {"image": images[12:], "label": labels[12:]}]
-    by_angle = metrics.rotation_robustness(predict, loader, angles=(0, 90, 180))
+    loader = [
+        {"image": images[:12], "label": labels[:12]},
+        {"image": images[12:], "label": labels[12:]},
+    ]
+    results = evaluate_model(
+        LinearModel(), loader, image_size=16, angles=(0, 90, 180), reduced_size=10
+    )
+    by_angle = {float(angle): value for angle, value in results["rotation"].items()}
     for angle, turns in ((0, 0), (90, 1), (180, 2)):
         rotated = torch.rot90(images, turns, dims=(-2, -1))
         expected = metrics.classification_metrics(predict(rotated), labels)
         assert by_angle[float(angle)] == pytest.approx(expected)
 
-    tables = metrics.reduced_input_robustness(predict, loader, size=10, canvas=16)
+    tables = results["reduced_input"]
     reduced = torch.nn.functional.interpolate(
         images, size=(10, 10), mode="bilinear", antialias=True
     )
@@ -528,16 +540,16 @@ def test_robustness_protocols_with_a_linear_model():
 
 def test_plots_write_png_files(tmp_path):
     paths = [
-        metrics.plot_training_curves(
+        plots.plot_training_curves(
             {"epoch": [1, 2, 3], "train_loss": [2.0, 1.5, 1.1], "val_top1": [0.2, 0.4, 0.5]},
             tmp_path / "curves.png",
         ),
-        metrics.plot_accuracy_bars({"ResNet-50": 0.845, "SSANet": 0.885}, tmp_path / "bars.png"),
-        metrics.plot_rotation_robustness(
+        plots.plot_accuracy_bars({"ResNet-50": 0.845, "SSANet": 0.885}, tmp_path / "bars.png"),
+        plots.plot_rotation_robustness(
             {"SSANet": {0.0: 0.88, 90.0: 0.66}, "baseline": {0.0: 0.84, 90.0: 0.57}},
             tmp_path / "rotation.png",
         ),
-        metrics.plot_keypoint_distance(
+        plots.plot_keypoint_distance(
             {"SSANet": [10.0, 12.0, 9.0, 14.0], "NTS-Net": [15.0, 16.0, 12.0, 20.0]},
             tmp_path / "sub" / "distance.png",
         ),
@@ -547,3 +559,41 @@ def test_plots_write_png_files(tmp_path):
             assert image.format == "PNG" and image.width >= 300 and image.height >= 300
             # Something was drawn: not a blank canvas.
             assert len(np.unique(np.asarray(image.convert("L")))) > 10
+
+
+def test_training_curves_mark_the_stages_and_keep_the_legend_off_the_curves():
+    history = {
+        "epoch": [1, 2, 3, 4, 5],
+        "train_loss": [3.0, 2.5, 6.0, 5.0, 7.5],  # each stage sums its own terms: jumps
+        "train_loss_final": [2.0, 1.8, 1.7, 1.5, 1.4],
+        "train_top1": [0.2, 0.3, 0.35, 0.4, 0.5],
+        "val_top1": [0.15, 0.25, 0.3, 0.35, 0.45],
+    }
+    stages = ["backbone", "backbone", "op", "op", "joint"]
+    figure = plots.training_curves_figure(history, stages=stages)
+    figure.canvas.draw()
+    loss_axis, accuracy_axis = figure.axes
+    curves = [
+        line for axis in figure.axes for line in axis.get_lines() if line.get_label() in history
+    ]
+    assert sorted(line.get_label() for line in curves) == sorted(set(history) - {"epoch"})
+    # No colour is used twice across the two axes.
+    assert len({line.get_color() for line in curves}) == len(curves)
+    # A line between consecutive stages, each stage named over its epochs.
+    boundaries = [line.get_xdata()[0] for line in loss_axis.get_lines() if line not in curves]
+    assert boundaries == [2.5, 4.5]
+    (stage_axis,) = loss_axis.child_axes
+    assert [label.get_text() for label in stage_axis.get_xticklabels()] == [
+        "backbone",
+        "op",
+        "joint",
+    ]
+    assert list(stage_axis.get_xticks()) == [1.5, 3.5, 5.0]
+    # The legend sits outside the axes.
+    (legend,) = figure.legends
+    assert not legend.get_window_extent().overlaps(loss_axis.get_window_extent())
+
+
+def test_rotation_plot_starts_its_accuracy_axis_at_zero():
+    figure = plots.rotation_robustness_figure({"SSANet": {0.0: 0.88, 45.0: 0.8, 90.0: 0.66}})
+    assert figure.axes[0].get_ylim()[0] == 0.0

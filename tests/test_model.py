@@ -79,10 +79,10 @@ def box_inside(boxes: torch.Tensor, height: int, width: int) -> bool:
 
 
 @pytest.mark.parametrize(
-    "batch, num_classes, part_features", [(1, 3, "image"), (3, 7, "shared"), (2, 4, "image")]
+    "batch, num_classes, crop_from", [(1, 3, "image"), (3, 7, "shared"), (2, 4, "image")]
 )
-def test_output_shapes(batch, num_classes, part_features):
-    model = tiny(num_classes, part_features=part_features).eval()
+def test_output_shapes(batch, num_classes, crop_from):
+    model = tiny(num_classes, crop_from=crop_from).eval()
     parts, scales = 3, 3
     with torch.no_grad():
         output = model(images(batch))
@@ -264,9 +264,9 @@ def test_ranking_loss_matches_nts_net():
     torch.testing.assert_close(RankingLoss()(scores, logits, labels), expected / batch)
 
 
-@pytest.mark.parametrize("part_features", ["image", "shared"])
-def test_every_parameter_gets_a_gradient_from_the_total_loss(part_features):
-    model = tiny(part_features=part_features).train()
+@pytest.mark.parametrize("crop_from", ["image", "shared"])
+def test_every_parameter_gets_a_gradient_from_the_total_loss(crop_from):
+    model = tiny(crop_from=crop_from).train()
     output = model(images(2))
     losses = SSANetLoss()(output, torch.tensor([1, 3]))
     assert set(losses) == {"final", "dsm", "op", "mac", "rank", "total"}
@@ -308,9 +308,10 @@ def test_dsm_aligns_with_the_predicted_class():
     parts, batch, scales, dim, classes = 3, 4, 5, 8, 6
     dsm = DiscriminativeScaleMining(dim, classes, parts, scales)
     phi = torch.randn(parts, batch, scales, dim)
-    logits, shift = dsm(phi)
-    weight = dsm.scale_align.weight.view(parts, classes, scales, dim)
-    bias = dsm.scale_align.bias.view(parts, classes)
+    # The head is image-major ([B, K, ...]); the loops below index part first.
+    logits, shift = (value.transpose(0, 1) for value in dsm(phi.transpose(0, 1)))
+    weight = dsm.scale_align.weight
+    bias = dsm.scale_align.bias
     # eq. 7 directly: corr[k, n, c, r] = <roll(phi[k, n], r), weight[k, c]>
     corr = torch.stack(
         [torch.einsum("knsd,kcsd->knc", phi.roll(r, dims=2), weight) for r in range(scales)], -1
@@ -363,8 +364,20 @@ def test_ablation_switches(overrides):
         torch.testing.assert_close(output.logits, output.part_logits.sum(1))
 
 
+def test_the_former_part_features_keyword_and_configs_still_work():
+    with pytest.warns(DeprecationWarning, match="crop_from"):
+        model = tiny(part_features="shared")
+    assert model.config["crop_from"] == "shared"
+    # The model_config of a checkpoint written before the rename.
+    old_config = {key: value for key, value in model.config.items() if key != "crop_from"}
+    old_config["part_features"] = "shared"
+    assert SSANet.from_config(old_config).config == model.config
+
+
 def test_bad_arguments_raise_with_the_argument_name():
-    with pytest.raises(ValueError, match="part_features"):
+    with pytest.raises(ValueError, match="crop_from"):
+        tiny(crop_from="features")
+    with pytest.raises(ValueError, match="part_features"), pytest.warns(DeprecationWarning):
         tiny(part_features="features")
     with pytest.raises(ValueError, match="dsm"):
         tiny(dsm="pyramid")
@@ -402,7 +415,7 @@ def test_failed_download_says_how_to_pass_a_local_file(monkeypatch):
 
 
 def test_state_dict_and_checkpoint_round_trip(tmp_path):
-    model = tiny(part_features="shared").eval()
+    model = tiny(crop_from="shared").eval()
     x = images(2)
     with torch.no_grad():
         expected = model(x)
@@ -422,9 +435,9 @@ def test_state_dict_and_checkpoint_round_trip(tmp_path):
 # ----------------------------------------------------------- operators and compile
 
 
-@pytest.mark.parametrize("part_features", ["image", "shared"])
-def test_reference_ops_switch(part_features, monkeypatch):
-    model = tiny(part_features=part_features).eval()
+@pytest.mark.parametrize("crop_from", ["image", "shared"])
+def test_reference_ops_switch(crop_from, monkeypatch):
+    model = tiny(crop_from=crop_from).eval()
     x = images(2)
     calls = []
     for name in ("multiscale_roi_crop", "scale_align", "oriented_pool"):
@@ -453,7 +466,7 @@ def test_torch_compile_of_the_eval_forward_equals_eager():
     # One small case: Inductor's compile takes most of a minute on a 2-core CPU. "shared" mode
     # has less code to compile than "image". fullgraph: NMS is a fixed-shape custom op, so
     # the whole forward is one graph.
-    model = tiny(num_parts=2, part_features="shared").eval()
+    model = tiny(num_parts=2, crop_from="shared").eval()
     x = images(2)
     compiled = torch.compile(model, fullgraph=True)
     with torch.no_grad():

@@ -1,4 +1,4 @@
-"""oriented_pool (SPEC.md section 1) against the plain PyTorch reference, autograd, the
+"""oriented_pool (docs/operators.md section 1) against the plain PyTorch reference, autograd, the
 dispatcher tooling and every error case."""
 
 from __future__ import annotations
@@ -92,7 +92,7 @@ def test_empty_inputs(device):
 
 
 def test_ties_route_to_lowest_index(device):
-    # Few distinct values: most maxima are ties. The SPEC routes each to the lowest index (the
+    # Few distinct values: most maxima are ties. The contract routes each to the lowest index (the
     # reference's max(dim) does the same), so the gradients must agree exactly.
     x = torch.randint(0, 3, (2, 4, 7, 7), device=device).float()
     assert_matches_reference(x)
@@ -117,8 +117,9 @@ def test_nan_propagates_like_amax(device):
 
 
 def test_rotation_example_from_spec(device):
-    # SPEC.md section 1: with h = w = 1 and G = H = W = 2, orientation 1 of [[a, b], [c, d]]
-    # equals orientation 0 of its clockwise rotation [[c, a], [d, b]]: [max(a, c), max(b, d)].
+    # docs/operators.md section 1: with h = w = 1 and G = H = W = 2, orientation 1 of
+    # [[a, b], [c, d]] equals orientation 0 of its clockwise rotation [[c, a], [d, b]]:
+    # [max(a, c), max(b, d)].
     a, b, c, d = 1.0, 4.0, 3.0, 2.0
     x = torch.tensor([[[[a, b], [c, d]]]], device=device)
     rotated = torch.tensor([[[[c, a], [d, b]]]], device=device)

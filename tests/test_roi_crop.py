@@ -1,4 +1,4 @@
-"""scale_factors, scale_candidates and multiscale_roi_crop (SPEC.md section 2) against
+"""scale_factors, scale_candidates and multiscale_roi_crop (docs/operators.md section 2) against
 torchvision.ops.roi_align on the reference candidates, hand-made geometry, gradcheck and
 opcheck."""
 
@@ -65,7 +65,7 @@ def test_scale_factors_rejects_bad_arguments(alpha, S):
         ssanet_ops.scale_factors(alpha, S)
 
 
-# ---- the anchoring rule of SPEC.md section 2, on hand-made boxes ----
+# ---- the anchoring rule of docs/operators.md section 2, on hand-made boxes ----
 
 
 def candidates_of(box, scales, centre, image_size=(100.0, 100.0), clip=False):

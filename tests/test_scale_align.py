@@ -1,5 +1,6 @@
-"""scale_correlation and scale_align (SPEC.md section 3) against the two references, gradcheck,
-opcheck, torch.compile, ties, empty inputs, errors, autocast, and the ScaleAlign module."""
+"""scale_correlation and scale_align (docs/operators.md section 3) against the two references,
+gradcheck, opcheck, torch.compile, ties, empty inputs, errors, autocast, and the ScaleAlign
+module."""
 
 from __future__ import annotations
 
@@ -513,6 +514,19 @@ def test_module_shapes_and_gradients(device):
     logits, shift = grouped(torch.randn(4, 3, 5, 12, device=device))
     assert logits.shape == shift.shape == (4, 3, 7)
     assert "groups=4" in repr(grouped)
+
+
+def test_module_keeps_the_group_dimension_of_one_group():
+    grouped = ScaleAlign(12, 7, 5, groups=1)
+    assert grouped.weight.shape == (1, 7, 5, 12) and grouped.bias.shape == (1, 7)
+    phi = torch.randn(1, 4, 5, 12)
+    assert grouped(phi)[0].shape == (1, 4, 7)
+    # A state dict of a one-group module from before groups=None (stored without the group
+    # dimension) still loads.
+    ungrouped = ScaleAlign(12, 7, 5)
+    grouped.load_state_dict(ungrouped.state_dict())
+    torch.testing.assert_close(grouped.weight[0], ungrouped.weight)
+    torch.testing.assert_close(grouped(phi)[0][0], ungrouped(phi[0])[0])
 
 
 @pytest.mark.parametrize("scales", [1, 3, 5])

@@ -48,7 +48,7 @@ FULL_MODEL = {
     "weights": None,
     "num_parts": 4,
     "num_scales": 5,
-    "part_features": "shared",
+    "crop_from": "shared",
     "part_size": 64,  # 2x2 part maps: OP on a 2x2 grid of 1x1 patches
     "op_patch_size": 1,
     "op_grid_size": 2,
@@ -362,11 +362,11 @@ def test_checkpoint_write_is_atomic(data_root, tmp_path, monkeypatch):
     train(config, data_root, run_dir, stop_after_epochs=1, progress=False)
     before = (run_dir / "last.pt").read_bytes()
 
-    def failing_save(path, *args, **kwargs):
+    def failing_save(contents, path, *args, **kwargs):
         Path(path).write_bytes(b"partial")
         raise OSError("disk full")
 
-    monkeypatch.setattr("ssanet.train.save_checkpoint", failing_save)
+    monkeypatch.setattr("ssanet.checkpoint.torch.save", failing_save)
     with pytest.raises(OSError, match="disk full"):
         train(None, None, run_dir, resume=True, progress=False)
     assert (run_dir / "last.pt").read_bytes() == before

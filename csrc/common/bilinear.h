@@ -1,5 +1,5 @@
 #pragma once
-// The sample grid and bilinear weights of torchvision.ops.roi_align (SPEC.md section 2: the crop
+// The sample grid and bilinear weights of torchvision.ops.roi_align (docs/operators.md section 2: the crop
 // samples each candidate exactly as roi_align does), written per axis and shared by the CPU and
 // CUDA kernels of multiscale_roi_crop.
 //

@@ -1,5 +1,5 @@
 #pragma once
-// Oriented pooling math (SPEC.md section 1; paper eqs. 9-12), shared by the CPU and CUDA
+// Oriented pooling math (docs/operators.md section 1; paper eqs. 9-12), shared by the CPU and CUDA
 // kernels so that the CPU tests exercise the arithmetic the GPU runs.
 //
 // The input x[B, C, H, W] is cut into a G x G grid of h x w patches; patch (i, j) starts at
@@ -34,7 +34,7 @@ struct Strides4 {
   int64_t n, c, h, w;
 };
 
-// The SPEC's running maximum: a strictly larger value replaces the best (so ties keep the
+// The contract's running maximum: a strictly larger value replaces the best (so ties keep the
 // lowest index), and a NaN replaces a number (NaN propagates, as in torch.amax) but not an
 // earlier NaN. Bitwise operators, not && and ||: the max of random data is unpredictable, and
 // branch-free selects keep the CPU from mispredicting on every comparison.
@@ -101,7 +101,7 @@ SSANET_HOST_DEVICE void covering_patches(int64_t pos, int64_t size, int64_t stri
   last = pos / stride < grid - 1 ? pos / stride : grid - 1;
 }
 
-// Gradient of one input element x[b, c, y, x] (SPEC.md section 1, backward): the sum over the
+// Gradient of one input element x[b, c, y, x] (docs/operators.md section 1, backward): the sum over the
 // patches that contain it of the gradients of the maxima it won. Each gather is a fixed-order
 // sum with no atomics, so the backward is deterministic on both devices.
 // grad_sample points at sample b of grad_out[B, 4, G*L], with strides (orientation, position).

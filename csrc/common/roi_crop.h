@@ -1,5 +1,5 @@
 #pragma once
-// multiscale_roi_crop (SPEC.md section 2): candidate n = k * S + s is scale s of box k; its
+// multiscale_roi_crop (docs/operators.md section 2): candidate n = k * S + s is scale s of box k; its
 // sample grid is roi_align's grid of that candidate box. Shared by the CPU and CUDA kernels.
 
 #include <cstdint>

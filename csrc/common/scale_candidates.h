@@ -1,5 +1,5 @@
 #pragma once
-// Multi-scale candidate boxes (SPEC.md section 2; paper section 3.2), shared by the CPU and CUDA
+// Multi-scale candidate boxes (docs/operators.md section 2; paper section 3.2), shared by the CPU and CUDA
 // kernels of scale_candidates and multiscale_roi_crop, so that the CPU tests exercise the
 // geometry the GPU computes.
 //
@@ -79,7 +79,7 @@ SSANET_HOST_DEVICE T center_y(const Box<T>& box) {
   return (box.y1 + box.y2) / T(2);
 }
 
-// The default centre of an image (SPEC.md section 2): the mean of the centres of its boxes,
+// The default centre of an image (docs/operators.md section 2): the mean of the centres of its boxes,
 // summed in box order, (0, 0) when it has none. A kernel that accumulates every image in one
 // pass over the boxes adds the same terms in the same order, so gets the same bits.
 template <typename T>
@@ -99,7 +99,7 @@ SSANET_HOST_DEVICE void mean_box_center(const T* boxes, int64_t count, int64_t i
   mean_y = members > 0 ? sum_y / static_cast<T>(members) : T(0);
 }
 
-// Corners in the SPEC's order: 0 = (x1, y1), 1 = (x2, y1), 2 = (x1, y2), 3 = (x2, y2).
+// Corners in the contract's order: 0 = (x1, y1), 1 = (x2, y1), 2 = (x1, y2), 3 = (x2, y2).
 template <typename T>
 SSANET_HOST_DEVICE T corner_distance_squared(const Box<T>& box, int corner, T cx, T cy) {
   const T dx = ((corner & 1) ? box.x2 : box.x1) - cx;
@@ -136,7 +136,7 @@ SSANET_HOST_DEVICE T clamp_to(T value, T upper) {
   return value < T(0) ? T(0) : (value > upper ? upper : value);
 }
 
-// The candidate of `box` for factor `scale` (SPEC.md section 2). The anchor corner keeps its
+// The candidate of `box` for factor `scale` (docs/operators.md section 2). The anchor corner keeps its
 // coordinates; the opposite sides move so that the size becomes scale * (w, h).
 template <typename T>
 SSANET_HOST_DEVICE Box<T> candidate_box(const Box<T>& box, const Anchors& anchors, T scale,

@@ -1,5 +1,5 @@
 #pragma once
-// The small real DFT over the S scale candidates of circulant scale alignment (SPEC.md
+// The small real DFT over the S scale candidates of circulant scale alignment (docs/operators.md
 // section 3; paper eqs. 6-8), written once for the CPU and the CUDA kernels.
 //
 // The circulant response corr[n, c, r] = sum_{j,d} phi[n, j, d] * weight[c, (j + r) mod S, d]

@@ -1,5 +1,5 @@
 // oriented_pool on the CPU. Each work item is one sample and a block of channels; the block is
-// transposed into a [H][W][channels] buffer so that every step of the SPEC's max (forward) and
+// transposed into a [H][W][channels] buffer so that every step of the contract's max (forward) and
 // of the gradient gather (backward) is a loop over contiguous channels, which the compiler
 // vectorizes. The rules themselves (replaces_max, covering_patches) come from
 // common/oriented_pool.h and are the ones the CUDA kernels run per element; the summation order
@@ -40,7 +40,7 @@ struct CellBlock {
 };
 
 // Max over the G patches of a grid line for one cell and `count` channels, vectorized over
-// channels: first[c + m*line_step] for m = 0..G-1 (SPEC.md section 1 rules via replaces_max).
+// channels: first[c + m*line_step] for m = 0..G-1 (docs/operators.md section 1 rules via replaces_max).
 template <typename scalar_t>
 void block_line_max(const scalar_t* __restrict first, int64_t line_step, int64_t grid,
                     int64_t count, scalar_t* __restrict best, uint8_t* __restrict winner) {
@@ -213,7 +213,7 @@ at::Tensor oriented_pool_backward_cpu(const at::Tensor& grad_output, const at::T
         for (int64_t y = 0; y < height; ++y) {
           for (int64_t x = 0; x < width; ++x) {
             std::fill(total.begin(), total.begin() + count, scalar_t(0));
-            // SPEC.md section 1 backward: x[y, x] gets the gradient of each max it won.
+            // docs/operators.md section 1 backward: x[y, x] gets the gradient of each max it won.
             for (int64_t i = first_row[y]; i <= last_row[y]; ++i) {
               const int64_t dy = y - i * g.stride_h;
               for (int64_t j = first_column[x]; j <= last_column[x]; ++j) {

@@ -132,7 +132,7 @@ CropParams<T> crop_params(int64_t boxes, int64_t scales, int64_t batch, int64_t 
           sampling_ratio,
           aligned,
           clip,
-          // SPEC.md section 2: clip to the image, (H, W) of the map / spatial_scale.
+          // docs/operators.md section 2: clip to the image, (H, W) of the map / spatial_scale.
           static_cast<T>(static_cast<double>(height) / spatial_scale),
           static_cast<T>(static_cast<double>(width) / spatial_scale)};
 }

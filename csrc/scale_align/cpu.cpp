@@ -411,7 +411,7 @@ at::Tensor scale_correlation_cpu(const at::Tensor& phi, const at::Tensor& weight
   return ungroup_like(corr, shape);
 }
 
-// ---- backward ops (SPEC.md section 3, eq. 8) ----
+// ---- backward ops (docs/operators.md section 3, eq. 8) ----
 
 // d phi [G?, N, S, D] (for_weight false: the gradient planes times the weight planes) or
 // d weight [G?, C, S, D] (for_weight true: the gradient planes times the phi planes), chunk by

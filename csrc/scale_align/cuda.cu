@@ -521,7 +521,7 @@ at::Tensor scale_correlation_cuda(const at::Tensor& phi, const at::Tensor& weigh
   return ungroup_like(corr, shape);
 }
 
-// ---- the backward (SPEC.md section 3, eq. 8) ----
+// ---- the backward (docs/operators.md section 3, eq. 8) ----
 
 // planes[g, p, n, c] of the gradient over shifts at (g, n, c): dense grad [G, N, C, S] (any
 // strides), or grad [G, N, C] one-hot at shift[g, n, c] (contiguous) when `shift` is given.

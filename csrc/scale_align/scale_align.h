@@ -1,6 +1,6 @@
 #pragma once
 // Argument checks and shapes shared by the CPU and CUDA scale_correlation /
-// scale_align kernels (SPEC.md section 3). The Python wrappers (ssanet_ops/ops.py) check the
+// scale_align kernels (docs/operators.md section 3). The Python wrappers (ssanet_ops/ops.py) check the
 // same things with friendlier messages; these guard direct calls of torch.ops.ssanet_ops.*.
 
 #include <ATen/core/Tensor.h>

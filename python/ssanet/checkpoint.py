@@ -1,16 +1,44 @@
-"""Model checkpoints: the architecture (``SSANet.config``), the weights and the class names in
-one file that loads with ``torch.load(weights_only=True)``."""
+"""Checkpoints, in one place.
+
+- The model file: the architecture (``SSANet.config``), the weights and the class names in one
+  file that loads with ``torch.load(weights_only=True)`` (:func:`save_checkpoint`,
+  :func:`load_checkpoint`). Every save is atomic: a temporary file beside the target, synced to
+  disk, then renamed over it, so a crash leaves the previous file whole.
+- A training run's checkpoints: ``last.pt`` (every epoch) and ``best.pt`` (best validation
+  score) in the run folder; ``last.pt`` also holds the :class:`TrainingState` (stage, epoch,
+  optimizer, scheduler, gradient scaler and every random state) that resuming needs
+  (:func:`save_training_state`, :func:`load_training_state`).
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import os
+import random
+from collections import Counter
+from pathlib import Path
 from typing import Any, NamedTuple
 
+import numpy as np
 import torch
 
 from .model import SSANet
 
-__all__ = ["LoadedCheckpoint", "load_checkpoint", "save_checkpoint"]
+__all__ = [
+    "BEST_CHECKPOINT",
+    "LAST_CHECKPOINT",
+    "LoadedCheckpoint",
+    "TrainingState",
+    "atomic_save",
+    "load_checkpoint",
+    "load_training_state",
+    "save_checkpoint",
+    "save_training_state",
+]
+
+LAST_CHECKPOINT = "last.pt"
+BEST_CHECKPOINT = "best.pt"
 
 
 class LoadedCheckpoint(NamedTuple):
@@ -20,6 +48,21 @@ class LoadedCheckpoint(NamedTuple):
     extra: dict[str, Any]  # every other key of the file
 
 
+def atomic_save(contents: Any, path: str | os.PathLike) -> None:
+    """``torch.save(contents, path)`` into a temporary file beside ``path``, synced to disk,
+    then renamed over ``path``: a crash leaves the previous file whole."""
+    path = Path(path)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        torch.save(contents, temporary)
+        with open(temporary, "rb") as file:
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+    finally:
+        if temporary.exists():
+            temporary.unlink()
+
+
 def save_checkpoint(
     path: str | os.PathLike,
     model: SSANet,
@@ -27,7 +70,8 @@ def save_checkpoint(
     image_size: int = 448,
     **extra: Any,
 ) -> None:
-    """Writes ``{"model_config", "model", "class_names", "image_size", **extra}`` to `path`.
+    """Writes ``{"model_config", "model", "class_names", "image_size", **extra}`` to `path`,
+    atomically (:func:`atomic_save`).
 
     `extra` values must be loadable with ``weights_only=True`` (tensors, numbers, strings,
     lists, dicts), for instance an optimizer's state dict or the epoch.
@@ -36,16 +80,14 @@ def save_checkpoint(
         raise ValueError(
             f"class_names has {len(class_names)} names for {model.config['num_classes']} classes"
         )
-    torch.save(
-        {
-            "model_config": model.config,
-            "model": model.state_dict(),
-            "class_names": class_names,
-            "image_size": image_size,
-            **extra,
-        },
-        path,
-    )
+    contents = {
+        "model_config": model.config,
+        "model": model.state_dict(),
+        "class_names": class_names,
+        "image_size": image_size,
+        **extra,
+    }
+    atomic_save(contents, path)
 
 
 def load_checkpoint(
@@ -65,3 +107,101 @@ def load_checkpoint(
         class_names = [f"class {index}" for index in range(model.config["num_classes"])]
     image_size = contents.pop("image_size", 448)
     return LoadedCheckpoint(model, list(class_names), int(image_size), contents)
+
+
+# Training state -----------------------------------------------------------------------------
+
+
+def rng_state(loader_generator: torch.Generator) -> dict:
+    """Every random state of this process, as tensors and primitives (weights_only-safe)."""
+    name, keys, position, has_gauss, cached = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": [name, torch.from_numpy(keys.astype(np.int64)), position, has_gauss, cached],
+        "python": random.getstate(),
+        "loader": loader_generator.get_state(),
+    }
+
+
+def set_rng_state(state: dict, loader_generator: torch.Generator) -> None:
+    """Restores the random states of :func:`rng_state`."""
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    name, keys, position, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), position, has_gauss, cached))
+    python_state = state["python"]
+    random.setstate((python_state[0], tuple(python_state[1]), python_state[2]))
+    loader_generator.set_state(state["loader"])
+
+
+def scheduler_state(scheduler: torch.optim.lr_scheduler.MultiStepLR) -> dict:
+    """The scheduler's state dict, loadable with ``weights_only=True``."""
+    state = scheduler.state_dict()
+    state["milestones"] = dict(state["milestones"])  # a Counter does not load with weights_only
+    return state
+
+
+def load_scheduler_state(scheduler: torch.optim.lr_scheduler.MultiStepLR, state: dict) -> None:
+    state = dict(state)
+    state["milestones"] = Counter(state["milestones"])
+    scheduler.load_state_dict(state)
+
+
+@dataclasses.dataclass
+class TrainingState:
+    """Where a run stands: ``last.pt``'s ``"training"`` entry.
+
+    The counters (``epoch``: epochs done in all; ``stage_position``: the current stage's place
+    in the resolved stages; ``stage_epoch``: epochs done in it) and the best validation score
+    so far, plus, in a saved or loaded state, the states that resuming restores: the current
+    stage's optimizer and scheduler, the gradient scaler and the random states of every
+    process (``rng``, one per rank).
+    """
+
+    epoch: int = 0
+    stage_position: int = 0
+    stage_epoch: int = 0
+    best_score: float = -math.inf
+    best_epoch: int = 0
+    optimizer: dict | None = None
+    scheduler: dict | None = None
+    scaler: dict | None = None
+    rng: list[dict] | None = None
+
+
+def save_training_state(
+    path: str | os.PathLike,
+    model: SSANet,
+    state: TrainingState,
+    stage: dict,
+    **extra: Any,
+) -> None:
+    """:func:`save_checkpoint` with ``training`` = `state` (and the current `stage`'s index and
+    name, and the number of processes, for the reader)."""
+    training = {
+        "epoch": state.epoch,
+        "stage_position": state.stage_position,
+        "stage_index": stage["index"],
+        "stage_name": stage["name"],
+        "stage_epoch": state.stage_epoch,
+        "best_score": state.best_score,
+        "best_epoch": state.best_epoch,
+        "optimizer": state.optimizer,
+        "scheduler": state.scheduler,
+        "scaler": state.scaler,
+        "rng": state.rng,
+        "world_size": len(state.rng),
+    }
+    save_checkpoint(path, model, **extra, training=training)
+
+
+def load_training_state(path: str | os.PathLike, model: SSANet) -> TrainingState:
+    """Loads the weights of a :func:`save_training_state` file into `model` and returns its
+    :class:`TrainingState`."""
+    contents = torch.load(path, map_location="cpu", weights_only=True)
+    model.load_state_dict(contents["model"])
+    training = contents["training"]
+    fields = {field.name for field in dataclasses.fields(TrainingState)}
+    return TrainingState(**{key: value for key, value in training.items() if key in fields})

@@ -20,7 +20,7 @@ import torch
 import torchvision
 
 from .checkpoint import load_checkpoint
-from .metrics import DEFAULT_ROTATION_ANGLES
+from .evaluate import DEFAULT_ROTATION_ANGLES
 from .predict import draw_parts, load_images, predict
 
 

@@ -16,19 +16,22 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch.utils.data import DataLoader
 
-from . import metrics
+from . import metrics, plots
 from .checkpoint import load_checkpoint
-from .data import build_dataset, eval_transform, paper_transform
-from .data.transforms import Rotate, reduced_input
+from .data import build_dataset, paper_transform
+from .data.transforms import Rotate, config_transform, reduced_input
+from .distributed import Distributed, all_gather
 
 __all__ = [
+    "DEFAULT_ROTATION_ANGLES",
     "RESULTS_FILE",
     "ablation_table",
     "evaluate_checkpoint",
@@ -39,97 +42,76 @@ __all__ = [
 RESULTS_FILE = "results.json"
 # Table 2 of the paper: 300x300 inside 448x448; other input sizes keep the ratio.
 REDUCED_RATIO = 300 / 448
+# Table 1's angles are not given in the paper; 0 is the "original input" column.
+DEFAULT_ROTATION_ANGLES = (0.0, 15.0, 30.0, 45.0, 90.0, 180.0)
 
 
-def _as_size(value):
-    return tuple(value) if isinstance(value, list) else value
-
-
-@torch.no_grad()
-def evaluate_model(
-    model: torch.nn.Module,
-    loader: DataLoader,
-    image_size: int,
-    angles: Sequence[float] = metrics.DEFAULT_ROTATION_ANGLES,
-    reduced_size: int | None = None,
-    device: torch.device | str = "cpu",
-    progress: bool = False,
-) -> dict[str, Any]:
-    """All protocols of one model over ``loader`` (samples of :mod:`ssanet.data`, already in
-    the test transform; with ``"keypoints"`` for Fig. 4).
-
-    Returns a dict with ``accuracy`` (metrics of the final logits), ``heads`` (top-1 etc. of
-    the DSM and OP logits where the model has them), ``rotation`` ({angle: metrics}),
-    ``reduced_input`` ({"original", "reduced", "size", "canvas"}) and ``keypoint_distance``
-    (per proposal index, pixels of the model input; None without proposals or keypoints).
-    """
-    reduced_size = reduced_size or round(REDUCED_RATIO * image_size)
+def _protocol_variants(angles: Sequence[float], reduced_size: int, image_size: int) -> dict:
+    """{name: batch transform} of the protocols: the original input (None), each nonzero
+    rotation (Table 1) and the reduced input (Table 2)."""
     variants = {"original": None}
     for angle in angles:
         if float(angle) != 0.0:  # angle 0 is the original input
             variants[f"rotation {float(angle)}"] = Rotate(angle)
     variants["reduced"] = reduced_input(reduced_size, image_size)
+    return variants
 
-    logits: dict[str, list[torch.Tensor]] = {name: [] for name in variants}
-    head_logits: dict[str, list[torch.Tensor]] = {"dsm": [], "op": []}
-    labels, distances = [], []
-    was_training = model.training
-    model.eval()
-    iterable = loader
-    if progress:
-        from tqdm import tqdm
 
-        iterable = tqdm(loader, desc="evaluation", leave=False, dynamic_ncols=True)
-    try:
-        for batch in iterable:
-            images = batch["image"].to(device)
-            labels.append(batch["label"].reshape(-1))
-            for name, transform in variants.items():
-                output = model(images if transform is None else transform(images))
-                logits[name].append(output.logits.float().cpu())
-                if name != "original":
-                    continue
-                for head in head_logits:
-                    value = getattr(output, f"{head}_logits")
-                    if value is not None:
-                        head_logits[head].append(value.float().cpu())
-                if output.part_boxes is not None and "keypoints" in batch:
-                    distances.append(
-                        metrics.proposal_keypoint_distance(
-                            output.part_boxes.float().cpu(),
-                            batch["keypoints"],
-                            batch["keypoints_visible"],
-                        )
-                    )
-    finally:
-        model.train(was_training)
-    if not labels:
+def _collect(model, batch, images, variants: dict, collected: dict) -> None:
+    """One batch through the model under every variant; appends to `collected`'s lists."""
+    collected["labels"].append(batch["label"].reshape(-1))
+    for name, transform in variants.items():
+        output = model(images if transform is None else transform(images))
+        collected["logits"][name].append(output.logits.float().cpu())
+        if name != "original":
+            continue
+        for head, values in collected["heads"].items():
+            value = getattr(output, f"{head}_logits")
+            if value is not None:
+                values.append(value.float().cpu())
+        if output.part_boxes is not None and "keypoints" in batch:
+            collected["distances"].append(
+                metrics.proposal_keypoint_distance(
+                    output.part_boxes.float().cpu(), batch["keypoints"], batch["keypoints_visible"]
+                )
+            )
+
+
+def _keypoint_summary(distances: list[torch.Tensor], image_size: int) -> dict | None:
+    """Fig. 4: the mean distance per proposal index over the images (None without data)."""
+    if not distances:
+        return None
+    per_image = torch.cat(distances)  # [N, K]
+    per_proposal = per_image.nanmean(dim=0)
+    return {
+        "per_proposal": per_proposal.tolist(),
+        "mean": per_image.nanmean().item(),
+        "per_proposal_relative": (per_proposal / image_size).tolist(),
+        "unit": f"pixels of the {image_size}x{image_size} input",
+        "images": int(per_image.isfinite().any(dim=1).sum()),
+    }
+
+
+def _protocol_results(
+    collected: dict, angles: Sequence[float], reduced_size: int, image_size: int
+) -> dict[str, Any]:
+    """evaluate_model's results from the logits `collected` over the test set."""
+    if not collected["labels"]:
         raise ValueError("the test set is empty")
-    all_labels = torch.cat(labels)
+    all_labels = torch.cat(collected["labels"])
     results = {
         name: metrics.classification_metrics(torch.cat(values), all_labels)
-        for name, values in logits.items()
+        for name, values in collected["logits"].items()
     }
     rotation = {0.0: results["original"]} if any(float(a) == 0.0 for a in angles) else {}
     for angle in angles:
         if float(angle) != 0.0:
             rotation[float(angle)] = results[f"rotation {float(angle)}"]
-    keypoint_distance = None
-    if distances:
-        per_image = torch.cat(distances)  # [N, K]
-        per_proposal = per_image.nanmean(dim=0)
-        keypoint_distance = {
-            "per_proposal": per_proposal.tolist(),
-            "mean": per_image.nanmean().item(),
-            "per_proposal_relative": (per_proposal / image_size).tolist(),
-            "unit": f"pixels of the {image_size}x{image_size} input",
-            "images": int(per_image.isfinite().any(dim=1).sum()),
-        }
     return {
         "accuracy": results["original"],
         "heads": {
             head: metrics.classification_metrics(torch.cat(values), all_labels)
-            for head, values in head_logits.items()
+            for head, values in collected["heads"].items()
             if values
         },
         "rotation": {str(angle): value for angle, value in sorted(rotation.items())},
@@ -139,8 +121,56 @@ def evaluate_model(
             "size": reduced_size,
             "canvas": image_size,
         },
-        "keypoint_distance": keypoint_distance,
+        "keypoint_distance": _keypoint_summary(collected["distances"], image_size),
     }
+
+
+@torch.no_grad()
+def evaluate_model(
+    model: torch.nn.Module,
+    loader: DataLoader,
+    image_size: int,
+    angles: Sequence[float] = DEFAULT_ROTATION_ANGLES,
+    reduced_size: int | None = None,
+    device: torch.device | str = "cpu",
+    progress: bool = False,
+) -> dict[str, Any]:
+    """All protocols of one model over ``loader`` (samples of :mod:`ssanet.data`, already in
+    the test transform; with ``"keypoints"`` for Fig. 4). The one implementation of the
+    paper's accuracy, Table 1 (each image batch rotated counter-clockwise about its centre by
+    each of ``angles``, the corners filled with 0, the mean colour of normalized images) and
+    Table 2 (resized to ``reduced_size``, default ``300/448`` of ``image_size``, and padded,
+    centred, to ``image_size``) protocols.
+
+    ``model(images)`` returns an :class:`ssanet.SSANetOutput` (or anything with its
+    ``logits``, ``dsm_logits``, ``op_logits`` and ``part_boxes`` fields).
+
+    Returns a dict with ``accuracy`` (metrics of the final logits), ``heads`` (top-1 etc. of
+    the DSM and OP logits where the model has them), ``rotation`` ({angle: metrics}),
+    ``reduced_input`` ({"original", "reduced", "size", "canvas"}) and ``keypoint_distance``
+    (per proposal index, pixels of the model input; None without proposals or keypoints).
+    """
+    reduced_size = reduced_size or round(REDUCED_RATIO * image_size)
+    variants = _protocol_variants(angles, reduced_size, image_size)
+    collected: dict[str, Any] = {
+        "logits": {name: [] for name in variants},
+        "heads": {"dsm": [], "op": []},
+        "labels": [],
+        "distances": [],
+    }
+    was_training = model.training
+    model.eval()
+    iterable = loader
+    if progress:
+        from tqdm import tqdm
+
+        iterable = tqdm(loader, desc="evaluation", leave=False, dynamic_ncols=True)
+    try:
+        for batch in iterable:
+            _collect(model, batch, batch["image"].to(device), variants, collected)
+    finally:
+        model.train(was_training)
+    return _protocol_results(collected, angles, reduced_size, image_size)
 
 
 def method_label(model_config: dict, train_config: dict | None) -> str:
@@ -171,15 +201,13 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     return "\n".join(lines)
 
 
-def _write_report(results: dict, out_dir: Path) -> dict[str, str]:
-    """``tables.md`` and the PNG plots of one evaluation; returns {name: path}."""
-    label = results["label"]
-    files = {}
-    accuracy = results["accuracy"]
+def _report_sections(results: dict) -> list[str]:
+    """The Markdown of one evaluation: accuracy, Tables 1 and 2, Fig. 4 where measured."""
+    accuracy, reduced = results["accuracy"], results["reduced_input"]
     sections = [
         f"# Evaluation of {results['checkpoint']}",
-        f"{label} on {results['dataset']} (test split, {accuracy['num_samples']} images, "
-        f"{results['image_size']}x{results['image_size']} input)",
+        f"{results['label']} on {results['dataset']} (test split, {accuracy['num_samples']} "
+        f"images, {results['image_size']}x{results['image_size']} input)",
         "## Accuracy",
         _table(
             ["logits", "top-1", "top-5", "mean per-class"],
@@ -194,9 +222,6 @@ def _write_report(results: dict, out_dir: Path) -> dict[str, str]:
             ["rotation (degrees)", "top-1", "top-5"],
             [[angle, value["top1"], value["top5"]] for angle, value in results["rotation"].items()],
         ),
-    ]
-    reduced = results["reduced_input"]
-    sections += [
         f"## Table 2: reduced input ({reduced['size']}x{reduced['size']} padded to "
         f"{reduced['canvas']}x{reduced['canvas']})",
         _table(
@@ -207,46 +232,74 @@ def _write_report(results: dict, out_dir: Path) -> dict[str, str]:
             ],
         ),
     ]
-    rotation_plot = out_dir / "rotation.png"
-    metrics.plot_rotation_robustness(
-        {label: {float(angle): value["top1"] for angle, value in results["rotation"].items()}},
-        rotation_plot,
-        title=f"Rotation robustness ({results['dataset']})",
-    )
-    files["rotation_plot"] = str(rotation_plot)
-    reduced_plot = out_dir / "reduced_input.png"
-    metrics.plot_accuracy_bars(
-        {
-            f"original {reduced['canvas']}": reduced["original"]["top1"],
-            f"{reduced['size']} in {reduced['canvas']}": reduced["reduced"]["top1"],
-        },
-        reduced_plot,
-        title=f"Reduced input ({results['dataset']})",
-    )
-    files["reduced_input_plot"] = str(reduced_plot)
     distance = results["keypoint_distance"]
     if distance is not None:
+        pairs = zip(distance["per_proposal"], distance["per_proposal_relative"], strict=True)
         sections += [
             f"## Fig. 4: proposal centre to nearest keypoint ({distance['unit']})",
             _table(
                 ["proposal", "mean distance", "relative to the input side"],
-                [
-                    [index + 1, value, relative]
-                    for index, (value, relative) in enumerate(
-                        zip(
-                            distance["per_proposal"], distance["per_proposal_relative"], strict=True
-                        )
-                    )
-                ],
+                [[index + 1, value, relative] for index, (value, relative) in enumerate(pairs)],
             ),
         ]
-        distance_plot = out_dir / "keypoint_distance.png"
-        metrics.plot_keypoint_distance({label: distance["per_proposal"]}, distance_plot)
-        files["keypoint_distance_plot"] = str(distance_plot)
+    return sections
+
+
+def _report_plots(results: dict, out_dir: Path) -> dict[str, str]:
+    """The PNG plots of one evaluation; returns {name: path}."""
+    label, dataset, reduced = results["label"], results["dataset"], results["reduced_input"]
+    files = {
+        "rotation_plot": out_dir / "rotation.png",
+        "reduced_input_plot": out_dir / "reduced_input.png",
+    }
+    plots.plot_rotation_robustness(
+        {label: {float(angle): value["top1"] for angle, value in results["rotation"].items()}},
+        files["rotation_plot"],
+        title=f"Rotation robustness ({dataset})",
+    )
+    plots.plot_accuracy_bars(
+        {
+            f"original {reduced['canvas']}": reduced["original"]["top1"],
+            f"{reduced['size']} in {reduced['canvas']}": reduced["reduced"]["top1"],
+        },
+        files["reduced_input_plot"],
+        title=f"Reduced input ({dataset})",
+    )
+    if results["keypoint_distance"] is not None:
+        files["keypoint_distance_plot"] = out_dir / "keypoint_distance.png"
+        plots.plot_keypoint_distance(
+            {label: results["keypoint_distance"]["per_proposal"]}, files["keypoint_distance_plot"]
+        )
+    return {name: str(path) for name, path in files.items()}
+
+
+def _write_report(results: dict, out_dir: Path) -> dict[str, str]:
+    """``tables.md`` and the PNG plots of one evaluation; returns {name: path}."""
+    files = _report_plots(results, out_dir)
     tables = out_dir / "tables.md"
-    tables.write_text("\n\n".join(sections) + "\n")
+    tables.write_text("\n\n".join(_report_sections(results)) + "\n")
     files["tables"] = str(tables)
     return files
+
+
+def _test_loader(
+    loaded, checkpoint: Path, dataset: str, data_root, batch_size: int, workers: int
+) -> DataLoader:
+    """The test split in the run's test transform (the paper's preset of the dataset
+    otherwise), with keypoints where the data and the model have them (Fig. 4)."""
+    if "transform" in loaded.extra:
+        transform = config_transform(loaded.extra["transform"], train=False)
+    else:
+        transform = paper_transform(dataset, train=False)
+    model_config = loaded.model.config
+    with_keypoints = dataset in ("cub", "synthetic") and model_config.get("proposals", True)
+    test_set = build_dataset(dataset, data_root, False, transform, with_keypoints=with_keypoints)
+    if len(test_set.classes) != model_config["num_classes"]:
+        raise ValueError(
+            f"{checkpoint} has {model_config['num_classes']} classes, the {dataset} data under "
+            f"{data_root} has {len(test_set.classes)}"
+        )
+    return DataLoader(test_set, batch_size=batch_size, shuffle=False, num_workers=workers)
 
 
 def evaluate_checkpoint(
@@ -258,7 +311,7 @@ def evaluate_checkpoint(
     batch_size: int = 32,
     workers: int = 0,
     device: str | torch.device | None = None,
-    angles: Sequence[float] = metrics.DEFAULT_ROTATION_ANGLES,
+    angles: Sequence[float] = DEFAULT_ROTATION_ANGLES,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Evaluates a checkpoint (of :func:`ssanet.train.train` or :func:`ssanet.save_checkpoint`)
@@ -276,22 +329,8 @@ def evaluate_checkpoint(
     dataset = dataset or loaded.extra.get("dataset")
     if dataset is None:
         raise ValueError(f"{checkpoint} does not say its dataset: pass dataset=")
-    if "transform" in loaded.extra:
-        transform_config = loaded.extra["transform"]
-        transform = eval_transform(
-            _as_size(transform_config["resize"]), _as_size(transform_config["crop"])
-        )
-    else:
-        transform = paper_transform(dataset, train=False)
+    loader = _test_loader(loaded, checkpoint, dataset, data_root, batch_size, workers)
     model_config = loaded.model.config
-    with_keypoints = dataset in ("cub", "synthetic") and model_config.get("proposals", True)
-    test_set = build_dataset(dataset, data_root, False, transform, with_keypoints=with_keypoints)
-    if len(test_set.classes) != model_config["num_classes"]:
-        raise ValueError(
-            f"{checkpoint} has {model_config['num_classes']} classes, the {dataset} data under "
-            f"{data_root} has {len(test_set.classes)}"
-        )
-    loader = DataLoader(test_set, batch_size=batch_size, shuffle=False, num_workers=workers)
     results = evaluate_model(
         loaded.model, loader, loaded.image_size, angles, device=device, progress=progress
     )
@@ -334,6 +373,47 @@ def _find_results(run: Path) -> Path:
     )
 
 
+def _ablation_entry(run: Path, data_root, evaluate_options: dict) -> tuple[Path, dict]:
+    """(path, results) of a run's evaluation; evaluated first when missing and `data_root`
+    is given."""
+    try:
+        path = _find_results(run)
+    except FileNotFoundError:
+        if data_root is None:
+            raise
+        evaluate_checkpoint(run / "best.pt", data_root, run / "eval", **evaluate_options)
+        path = run / "eval" / RESULTS_FILE
+    return path, json.loads(path.read_text())
+
+
+def _method_names(rows: list[dict]) -> list[str]:
+    """The rows' method labels; runs of the same method (e.g. seeds) are told apart by their
+    folder."""
+    labels = [row["method"] for row in rows]
+    return [
+        label
+        if labels.count(label) == 1
+        else f"{label} [{Path(row['results']).parent.parent.name}]"
+        for label, row in zip(labels, rows, strict=True)
+    ]
+
+
+def _compare_keypoint_distances(
+    names: list[str], results: list[dict], out_dir: Path, table: dict
+) -> None:
+    """Fig. 4 across the runs that measured it, when there are two or more: the plot, and the
+    distances in `table`."""
+    distances = {
+        name: result["keypoint_distance"]["per_proposal"]
+        for name, result in zip(names, results, strict=True)
+        if result.get("keypoint_distance")
+    }
+    if len(distances) >= 2:
+        plots.plot_keypoint_distance(distances, out_dir / "keypoint_distance.png")
+        table["files"]["keypoint_distance_plot"] = str(out_dir / "keypoint_distance.png")
+        table["keypoint_distance"] = distances
+
+
 def ablation_table(
     runs: Sequence[str | os.PathLike],
     out_dir: str | os.PathLike,
@@ -349,18 +429,7 @@ def ablation_table(
     """
     if not runs:
         raise ValueError("ablation_table needs at least one run")
-    entries = []
-    for run in map(Path, runs):
-        try:
-            path = _find_results(run)
-        except FileNotFoundError:
-            if data_root is None:
-                raise
-            checkpoint = run / "best.pt"
-            evaluate_checkpoint(checkpoint, data_root, run / "eval", **evaluate_options)
-            path = run / "eval" / RESULTS_FILE
-        result = json.loads(path.read_text())
-        entries.append((path, result))
+    entries = [_ablation_entry(Path(run), data_root, evaluate_options) for run in runs]
     entries.sort(key=lambda entry: _ablation_rank(entry[1]))
     rows = [
         {
@@ -375,40 +444,76 @@ def ablation_table(
     datasets = sorted({result["dataset"] for _, result in entries})
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    labels = [row["method"] for row in rows]
-    # Runs of the same method (e.g. seeds) are told apart by their folder.
-    names = [
-        label
-        if labels.count(label) == 1
-        else f"{label} [{Path(row['results']).parent.parent.name}]"
-        for label, row in zip(labels, rows, strict=True)
-    ]
-    metrics.plot_accuracy_bars(
+    names = _method_names(rows)
+    plots.plot_accuracy_bars(
         {name: row["top1"] for name, row in zip(names, rows, strict=True)},
         out_dir / "ablation.png",
         title=f"Ablation ({', '.join(datasets)})",
     )
     table = {"datasets": datasets, "rows": rows, "files": {"plot": str(out_dir / "ablation.png")}}
-    distances = {
-        name: result["keypoint_distance"]["per_proposal"]
-        for name, (_, result) in zip(names, entries, strict=True)
-        if result.get("keypoint_distance")
-    }
-    if len(distances) >= 2:
-        metrics.plot_keypoint_distance(distances, out_dir / "keypoint_distance.png")
-        table["files"]["keypoint_distance_plot"] = str(out_dir / "keypoint_distance.png")
-        table["keypoint_distance"] = distances
-    markdown = [
-        f"# Table 3: ablation ({', '.join(datasets)}, test split)",
-        _table(
-            ["method", "top-1", "top-5", "mean per-class"],
-            [
-                [name, row["top1"], row["top5"], row["mean_class_accuracy"]]
-                for name, row in zip(names, rows, strict=True)
-            ],
-        ),
-    ]
-    (out_dir / "ablation.md").write_text("\n\n".join(markdown) + "\n")
+    _compare_keypoint_distances(names, [result for _, result in entries], out_dir, table)
+    markdown = _table(
+        ["method", "top-1", "top-5", "mean per-class"],
+        [
+            [name, row["top1"], row["top5"], row["mean_class_accuracy"]]
+            for name, row in zip(names, rows, strict=True)
+        ],
+    )
+    title = f"# Table 3: ablation ({', '.join(datasets)}, test split)"
+    (out_dir / "ablation.md").write_text(f"{title}\n\n{markdown}\n")
     table["files"]["tables"] = str(out_dir / "ablation.md")
     (out_dir / "ablation.json").write_text(json.dumps(table, indent=2) + "\n")
     return table
+
+
+def _merge_shards(parts: list[dict]) -> dict:
+    """Every process's validation outputs in sample order; the DistributedSampler repeats
+    samples to even out the shards, so each index is kept once."""
+    index = torch.cat([part["index"] for part in parts])
+    order = torch.argsort(index, stable=True)
+    keep = torch.ones_like(order, dtype=torch.bool)
+    keep[1:] = index[order][1:] != index[order][:-1]
+    order = order[keep]
+    return {
+        key: torch.cat([part[key] for part in parts])[order]
+        for key in parts[0]
+        if parts[0][key] is not None
+    }
+
+
+@torch.no_grad()
+def validation_metrics(
+    model: torch.nn.Module,
+    loader: DataLoader,
+    context: Distributed,
+    autocast: Callable[[], AbstractContextManager],
+    progress_bar: Callable[[Iterable, str], Iterable] = lambda iterable, _: iterable,
+) -> dict[str, float]:
+    """The validation entries of a training run's log row (``val_top1``, ``val_top5``,
+    ``val_mean_class_accuracy`` and the DSM and OP heads' ``val_top1_dsm`` / ``val_top1_op``)
+    over the shards of `loader` that the processes of `context` hold, under `autocast()`."""
+    model.eval()
+    outputs: dict[str, list] = {"index": [], "label": [], "logits": [], "dsm": [], "op": []}
+    device = next(model.parameters()).device
+    for batch in progress_bar(loader, "validation"):
+        images = batch["image"].to(device, non_blocking=True)
+        with autocast():
+            output = model(images)
+        outputs["index"].append(batch["index"])
+        outputs["label"].append(batch["label"])
+        heads = {"logits": output.logits, "dsm": output.dsm_logits, "op": output.op_logits}
+        for key, value in heads.items():
+            if value is not None:
+                outputs[key].append(value.float().cpu())
+    local = {key: torch.cat(values) if values else None for key, values in outputs.items()}
+    merged = _merge_shards(all_gather(context, local))
+    result = metrics.classification_metrics(merged["logits"], merged["label"])
+    row = {
+        "val_top1": result["top1"],
+        "val_top5": result["top5"],
+        "val_mean_class_accuracy": result["mean_class_accuracy"],
+    }
+    for head in ("dsm", "op"):
+        if head in merged:
+            row[f"val_top1_{head}"] = metrics.topk_accuracy(merged[head], merged["label"])
+    return row

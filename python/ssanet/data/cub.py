@@ -70,21 +70,10 @@ class CUBDataset(FineGrainedDataset):
         self.image_paths: list[Path] = []
         self.targets = []
         for image_id, relative_path in image_paths.items():
-            if image_id not in is_train:
-                raise CorruptFileError(split_file, f"no line for image id {image_id}")
-            if is_train[image_id] not in (0, 1):
-                raise CorruptFileError(
-                    split_file, f"is_training_image of image {image_id} must be 0 or 1"
-                )
+            _check_split_line(image_id, is_train, split_file)
             if split != "all" and is_train[image_id] != (split == "train"):
                 continue
-            if image_id not in class_of:
-                raise CorruptFileError(labels_file, f"no label for image id {image_id}")
-            if class_of[image_id] not in label_of_class:
-                raise CorruptFileError(
-                    labels_file,
-                    f"class id {class_of[image_id]} of image {image_id} is not in {classes_file}",
-                )
+            _check_label_line(image_id, class_of, label_of_class, labels_file, classes_file)
             self.image_ids.append(image_id)
             self.image_paths.append(self.root / "images" / relative_path)
             self.targets.append(label_of_class[class_of[image_id]])
@@ -156,3 +145,26 @@ def _display_name(name: str) -> str:
     """``"001.Black_footed_Albatross"`` -> ``"Black_footed_Albatross"``."""
     prefix, dot, rest = name.partition(".")
     return rest if dot and prefix.isdigit() else name
+
+
+def _check_split_line(image_id: int, is_train: dict[int, int], split_file: Path) -> None:
+    if image_id not in is_train:
+        raise CorruptFileError(split_file, f"no line for image id {image_id}")
+    if is_train[image_id] not in (0, 1):
+        raise CorruptFileError(split_file, f"is_training_image of image {image_id} must be 0 or 1")
+
+
+def _check_label_line(
+    image_id: int,
+    class_of: dict[int, int],
+    label_of_class: dict[int, int],
+    labels_file: Path,
+    classes_file: Path,
+) -> None:
+    if image_id not in class_of:
+        raise CorruptFileError(labels_file, f"no label for image id {image_id}")
+    if class_of[image_id] not in label_of_class:
+        raise CorruptFileError(
+            labels_file,
+            f"class id {class_of[image_id]} of image {image_id} is not in {classes_file}",
+        )

@@ -186,12 +186,8 @@ def _ellipse(center, axes, points: int = 48) -> np.ndarray:
     )
 
 
-def _draw(rng: np.random.Generator, label: int, parameters: dict):
-    """One image: (PIL image, box (x1, y1, x2, y2), [(x, y, visible)] per part)."""
-    size = parameters["image_size"]
-    big = size * _SUPERSAMPLE
-
-    # Background: a gradient between two muted colours, then muted clutter shapes.
+def _background(rng: np.random.Generator, big: int, clutter: int) -> Image.Image:
+    """A gradient between two muted colours, then `clutter` muted shapes, `big` pixels square."""
     start, end = (np.array(_muted_color(rng, (0.1, 0.4)), dtype=np.float32) for _ in range(2))
     direction = rng.uniform(0.0, 2.0 * np.pi)
     grid_y, grid_x = np.mgrid[0:big, 0:big].astype(np.float32) / big
@@ -200,11 +196,20 @@ def _draw(rng: np.random.Generator, label: int, parameters: dict):
     background = start + ramp[..., None] * (end - start)
     image = Image.fromarray(background.astype(np.uint8), "RGB")
     draw = ImageDraw.Draw(image)
-    for _ in range(parameters["clutter"]):
+    for _ in range(clutter):
         center = rng.uniform(0, big, size=2)
         axes = rng.uniform(0.04, 0.14, size=2) * big
         points = _rotate(_ellipse((0, 0), axes, 24), rng.uniform(0, 2 * np.pi)) + center
         draw.polygon([tuple(p) for p in points], fill=_muted_color(rng, (0.1, 0.45)))
+    return image
+
+
+def _draw(rng: np.random.Generator, label: int, parameters: dict):
+    """One image: (PIL image, box (x1, y1, x2, y2), [(x, y, visible)] per part)."""
+    size = parameters["image_size"]
+    big = size * _SUPERSAMPLE
+    image = _background(rng, big, parameters["clutter"])
+    draw = ImageDraw.Draw(image)
 
     # The figure's pose: length, rotation, mirroring, centre (in output pixels).
     length = rng.uniform(*parameters["scale_range"]) * size

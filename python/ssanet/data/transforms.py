@@ -85,6 +85,26 @@ def paper_transform(dataset: str, train: bool, **overrides) -> v2.Compose:
     return train_transform(**arguments) if train else eval_transform(**arguments)
 
 
+def config_transform(transform: dict, train: bool) -> v2.Compose:
+    """The transform of a training config's ``transform`` section (``{"resize": int | [H, W],
+    "crop": int | [H, W] | null}``, as :func:`ssanet.config.check_config` fills it):
+    :func:`train_transform` for ``train``, else :func:`eval_transform`."""
+    resize, crop = _as_size(transform["resize"]), _as_size(transform["crop"])
+    return train_transform(resize, crop) if train else eval_transform(resize, crop)
+
+
+def config_image_size(transform: dict) -> int:
+    """The side of the images a config's ``transform`` section produces (the crop, else the
+    resize; the first of a pair)."""
+    size = transform["crop"] if transform["crop"] is not None else transform["resize"]
+    return int(size if isinstance(size, int) else size[0])
+
+
+def _as_size(value):
+    # JSON has no tuples: a [H, W] list is a size pair.
+    return tuple(value) if isinstance(value, list) else value
+
+
 class Rotate(v2.RandomRotation):
     """Rotate by a fixed ``angle`` in degrees, counter-clockwise, about the centre (Table 1).
 

@@ -1,7 +1,7 @@
 """The backbone: a torchvision ResNet split into the stages the model needs.
 
 SSANet (like NTS-Net, which it builds on) scores anchors on the last feature map (stride 32),
-feeds part crops through the same network, and, in ``part_features="shared"`` mode, crops the
+feeds part crops through the same network, and, with ``crop_from="shared"``, crops the
 stride-16 map and runs only the last stage on the crops (paper section 4.1).
 """
 

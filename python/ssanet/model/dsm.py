@@ -1,4 +1,4 @@
-"""Discriminative scale mining (paper section 3.2, eqs. 6-8; SPEC.md sections 2 and 3).
+"""Discriminative scale mining (paper section 3.2, eqs. 6-8; docs/operators.md sections 2 and 3).
 
 Each part proposal is expanded and shrunk into S scale candidates (``multiscale_roi_crop``);
 the features of the S candidates are matched against one filter bank per part index under all
@@ -22,7 +22,10 @@ DSM_MODES = ("align", "fixed", "single")
 
 
 class DiscriminativeScaleMining(nn.Module):
-    """Per-part circulant scale alignment: ``phi [K, B, S, D] -> logits [K, B, C]``.
+    """Per-part circulant scale alignment: ``phi [B, K, S, D] -> logits [B, K, C]``.
+
+    Image-major in and out, like the rest of the model; inside, the parts lead (``[K, B, ...]``)
+    so that one grouped ``scale_align`` call scores every part with its own filters.
 
     Args:
         in_features: D, the feature length of one candidate.
@@ -54,20 +57,21 @@ class DiscriminativeScaleMining(nn.Module):
         )
 
     def forward(self, phi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Logits ``[K, B, C]`` and the winning shift r* ``[K, B, C]`` of ``phi [K, B, S, D]``."""
-        shape = (self.num_parts, self.num_classes, self.num_scales, -1)
-        weight = self.scale_align.weight.view(shape)
-        bias = self.scale_align.bias.view(self.num_parts, self.num_classes)
+        """Logits ``[B, K, C]`` and the winning shift r* ``[B, K, C]`` of ``phi [B, K, S, D]``."""
+        weight, bias = self.scale_align.weight, self.scale_align.bias
+        by_part = phi.transpose(0, 1)  # [K, B, S, D]
         if self.mode == "fixed":
-            logits = torch.einsum("knsd,kcsd->knc", phi, weight) + bias[:, None, :]
-            return logits, torch.zeros(logits.shape, dtype=torch.long, device=logits.device)
-        return operators().scale_align(phi, weight, bias)
+            logits = torch.einsum("knsd,kcsd->knc", by_part, weight) + bias[:, None, :]
+            shift = torch.zeros(logits.shape, dtype=torch.long, device=logits.device)
+        else:
+            logits, shift = operators().scale_align(by_part, weight, bias)
+        return logits.transpose(0, 1), shift.transpose(0, 1)
 
     def aligned_index(self, logits: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
         """The candidate aligned with the filters' original scale, for each part's predicted
-        class: ``j* = (m0 - r*) mod S`` with ``m0 = (S - 1) // 2`` (SPEC.md section 3).
+        class: ``j* = (m0 - r*) mod S`` with ``m0 = (S - 1) // 2`` (docs/operators.md section 3).
 
-        ``logits``, ``shift``: ``[K, B, C]``. Returns ``[K, B]`` (long).
+        ``logits``, ``shift``: ``[B, K, C]`` (any leading dimensions). Returns ``[B, K]`` (long).
         """
         predicted = logits.argmax(dim=-1, keepdim=True)
         winning_shift = shift.gather(-1, predicted).squeeze(-1)

@@ -1,4 +1,4 @@
-"""Oriented pooling head (paper section 3.3, eqs. 9-13; SPEC.md section 1).
+"""Oriented pooling head (paper section 3.3, eqs. 9-13; docs/operators.md section 1).
 
 The 7x7 map of each part's aligned candidate is pooled in four orientations
 (``ssanet_ops.oriented_pool``) and classified by eq. 13, the maximum over the orientations of
@@ -13,7 +13,7 @@ import math
 import torch
 from torch import nn
 
-from ssanet_ops._validation import pair
+from ssanet_ops.utils import pair
 
 from .operators import operators
 
@@ -78,7 +78,10 @@ class OrientedPoolClassifier(GroupedLinear):
 
 
 class PartPoolingHead(nn.Module):
-    """The OP module per part: ``maps [B, K, C, h, w] -> logits [K, B, num_classes]``.
+    """The OP module per part: ``maps [B, K, C, h, w] -> logits [B, K, num_classes]``.
+
+    Image-major in and out, like the rest of the model; the grouped classifiers take the parts
+    first (``[K, B, ...]``), one classifier per part index.
 
     Args:
         channels: C of the maps.
@@ -105,13 +108,15 @@ class PartPoolingHead(nn.Module):
         self.patch_size = pair(patch_size, "patch_size")
         self.grid_size = grid_size
         if pooling == "oriented":
-            # Each orientation concatenates G pooled patches of C*h*w values (SPEC.md section 1).
+            # Each orientation concatenates G pooled patches of C*h*w values
+            # (docs/operators.md section 1).
             in_features = grid_size * channels * self.patch_size[0] * self.patch_size[1]
             self.classifier = OrientedPoolClassifier(in_features, num_classes, num_parts)
         else:
             self.classifier = GroupedLinear(channels, num_classes, num_parts)
 
     def forward(self, maps: torch.Tensor) -> torch.Tensor:
+        """Logits ``[B, K, num_classes]`` of the parts' maps ``[B, K, C, h, w]``."""
         batch, parts = maps.shape[:2]
         if self.pooling == "oriented":
             pooled = operators().oriented_pool(maps.flatten(0, 1), self.patch_size, self.grid_size)
@@ -120,4 +125,4 @@ class PartPoolingHead(nn.Module):
             pooled = maps.mean(dim=(-2, -1))
         else:
             pooled = maps.amax(dim=(-2, -1))
-        return self.classifier(pooled.transpose(0, 1))
+        return self.classifier(pooled.transpose(0, 1)).transpose(0, 1)

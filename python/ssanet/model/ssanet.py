@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Sequence
 from dataclasses import asdict
 from typing import Any, NamedTuple
@@ -20,8 +21,68 @@ from .proposals import NTS_ANCHOR_LEVELS, AnchorLevel, ProposalHead, make_anchor
 
 __all__ = ["SSANet", "SSANetOutput"]
 
-PART_FEATURE_MODES = ("image", "shared")
+CROP_SOURCES = ("image", "shared")
 DSM_FEATURE_MODES = ("pooled", "flatten")
+
+
+def _crop_from_argument(crop_from: str, part_features: str | None) -> str:
+    """The checked value of ``crop_from``, or of the deprecated ``part_features`` when given
+    (errors name the argument the caller used)."""
+    name = "crop_from" if part_features is None else "part_features"
+    if part_features is not None:
+        crop_from = _deprecated_part_features(crop_from, part_features)
+    if crop_from not in CROP_SOURCES:
+        raise ValueError(f"{name} must be one of {CROP_SOURCES}, got {crop_from!r}")
+    return crop_from
+
+
+def _deprecated_part_features(crop_from: str, part_features: str) -> str:
+    warnings.warn(
+        "SSANet(part_features=...) is deprecated: the argument is now crop_from "
+        "(part_features is the name of an output field)",
+        DeprecationWarning,
+        stacklevel=4,
+    )
+    if crop_from != "image" and crop_from != part_features:
+        raise ValueError(
+            f"crop_from={crop_from!r} and the deprecated part_features={part_features!r} "
+            "disagree; pass crop_from only"
+        )
+    return part_features
+
+
+def _anchor_level(level: AnchorLevel | dict) -> AnchorLevel:
+    # A dict is how SSANet.config (and so a checkpoint) stores a level.
+    return level if isinstance(level, AnchorLevel) else AnchorLevel(**level)
+
+
+def _check_arguments(
+    num_classes: int,
+    num_parts: int,
+    num_scales: int,
+    dsm: str,
+    op: str,
+    dsm_features: str,
+    part_size: int,
+) -> None:
+    if num_classes < 1 or num_parts < 1 or num_scales < 1:
+        raise ValueError(
+            f"num_classes, num_parts and num_scales must be positive, got "
+            f"{num_classes}, {num_parts}, {num_scales}"
+        )
+    if dsm in ("align", "fixed") and num_scales % 2 == 0:
+        raise ValueError(
+            f"num_scales must be odd (the proposal in the middle, as many candidates shrunk "
+            f"as expanded), got {num_scales}"
+        )
+    if dsm not in (*DSM_MODES, "none"):
+        raise ValueError(f"dsm must be one of {(*DSM_MODES, 'none')}, got {dsm!r}")
+    if op not in (*POOLING_MODES, "none"):
+        raise ValueError(f"op must be one of {(*POOLING_MODES, 'none')}, got {op!r}")
+    if dsm_features not in DSM_FEATURE_MODES:
+        raise ValueError(f"dsm_features must be one of {DSM_FEATURE_MODES}, got {dsm_features!r}")
+    if part_size % 32:
+        raise ValueError(f"part_size must be a multiple of 32, got {part_size}")
 
 
 class SSANetOutput(NamedTuple):
@@ -55,10 +116,12 @@ class SSANet(nn.Module):
         backbone: a torchvision ResNet name (the paper: "resnet50"; "resnet18" for small runs).
         weights: the backbone's initial weights: None, a torchvision weights name
             ("IMAGENET1K_V2", "DEFAULT") or a local file (see :func:`load_backbone_weights`).
-        part_features: "image" crops every candidate from the image at ``part_size`` and runs
-            the backbone on it (the paper); "shared" crops the backbone's stride-16 map at
-            ``part_size / 16`` and runs only the last stage on the crops (section 4.1). Both
-            give ``part_size / 32`` maps (7x7 at 224).
+        crop_from: where the scale candidates are cropped from: "image" crops every
+            candidate from the image at ``part_size`` and runs the backbone on it (the paper);
+            "shared" crops the backbone's shared stride-16 map at ``part_size / 16`` and runs
+            only the last stage on the crops (section 4.1). Both give ``part_size / 32`` maps
+            (7x7 at 224). Formerly ``part_features``, which still works but is deprecated (it
+            is also the name of an output field).
         proposals: False is the plain backbone (global average pooling and a linear
             classifier; Table 3's first row); the remaining arguments are then unused.
         dsm: "align" (the paper), "fixed" (shift 0 only), "single" (one scale: the proposal),
@@ -85,7 +148,7 @@ class SSANet(nn.Module):
         scale_alpha: float = 1.2,
         backbone: str = "resnet50",
         weights: str | os.PathLike | None = None,
-        part_features: str = "image",
+        crop_from: str = "image",
         *,
         proposals: bool = True,
         dsm: str = "align",
@@ -96,43 +159,19 @@ class SSANet(nn.Module):
         nms_iou: float = 0.25,
         op_patch_size: int = 3,
         op_grid_size: int = 3,
+        part_features: str | None = None,
     ) -> None:
         super().__init__()
-        if num_classes < 1 or num_parts < 1 or num_scales < 1:
-            raise ValueError(
-                f"num_classes, num_parts and num_scales must be positive, got "
-                f"{num_classes}, {num_parts}, {num_scales}"
-            )
-        if dsm in ("align", "fixed") and num_scales % 2 == 0:
-            raise ValueError(
-                f"num_scales must be odd (the proposal in the middle, as many candidates shrunk "
-                f"as expanded), got {num_scales}"
-            )
-        if part_features not in PART_FEATURE_MODES:
-            raise ValueError(
-                f"part_features must be one of {PART_FEATURE_MODES}, got {part_features!r}"
-            )
-        if dsm not in (*DSM_MODES, "none"):
-            raise ValueError(f"dsm must be one of {(*DSM_MODES, 'none')}, got {dsm!r}")
-        if op not in (*POOLING_MODES, "none"):
-            raise ValueError(f"op must be one of {(*POOLING_MODES, 'none')}, got {op!r}")
-        if dsm_features not in DSM_FEATURE_MODES:
-            raise ValueError(
-                f"dsm_features must be one of {DSM_FEATURE_MODES}, got {dsm_features!r}"
-            )
-        if part_size % 32:
-            raise ValueError(f"part_size must be a multiple of 32, got {part_size}")
-        anchor_levels = tuple(
-            level if isinstance(level, AnchorLevel) else AnchorLevel(**level)
-            for level in anchor_levels
-        )
+        crop_from = _crop_from_argument(crop_from, part_features)
+        _check_arguments(num_classes, num_parts, num_scales, dsm, op, dsm_features, part_size)
+        anchor_levels = tuple(map(_anchor_level, anchor_levels))
         self.config: dict[str, Any] = {
             "num_classes": num_classes,
             "num_parts": num_parts,
             "num_scales": num_scales,
             "scale_alpha": scale_alpha,
             "backbone": backbone,
-            "part_features": part_features,
+            "crop_from": crop_from,
             "proposals": proposals,
             "dsm": dsm,
             "op": op,
@@ -144,42 +183,54 @@ class SSANet(nn.Module):
             "op_grid_size": op_grid_size,
         }
         self.backbone = Backbone(backbone, weights)
-        channels = self.backbone.out_channels
         self.proposals = proposals
         if not proposals:
-            self.classifier = nn.Linear(channels, num_classes)
+            self.classifier = nn.Linear(self.backbone.out_channels, num_classes)
             return
-
-        self.num_parts = num_parts
-        self.part_features_mode = part_features
-        self.part_size = part_size
-        self.nms_iou = nms_iou
         self.anchor_levels = anchor_levels
+        self._build_parts()
+
+    def _build_parts(self) -> None:
+        """The modules and settings of the part branch (sections 3.1-3.3), from self.config."""
+        config = self.config
+        channels, num_classes = self.backbone.out_channels, config["num_classes"]
+        self.num_parts = config["num_parts"]
+        self.crop_from = config["crop_from"]
+        self.part_size = config["part_size"]
+        self.nms_iou = config["nms_iou"]
         # "single" and "none" look at the proposal only; otherwise S candidates.
         self.scales = [1.0]
-        if dsm in ("align", "fixed"):
-            self.scales = ssanet_ops.scale_factors(scale_alpha, num_scales)
-        self.original_scale = (len(self.scales) - 1) // 2  # m0, the factor 1 (SPEC.md s. 3)
-        self.dsm_features = dsm_features
-        map_side = part_size // 32
-
-        self.proposal_head = ProposalHead(channels, anchor_levels)
+        if config["dsm"] in ("align", "fixed"):
+            self.scales = ssanet_ops.scale_factors(config["scale_alpha"], config["num_scales"])
+        self.original_scale = (len(self.scales) - 1) // 2  # m0, factor 1 (docs/operators.md s. 3)
+        self.dsm_features = config["dsm_features"]
+        self.proposal_head = ProposalHead(channels, self.anchor_levels)
         self.part_classifier = nn.Linear(channels, num_classes)  # FC of eq. 1, shared by parts
         self.dsm = None
-        if dsm != "none":
-            in_features = channels * (map_side**2 if dsm_features == "flatten" else 1)
+        if config["dsm"] != "none":
+            map_side = self.part_size // 32
+            in_features = channels * (map_side**2 if self.dsm_features == "flatten" else 1)
             self.dsm = DiscriminativeScaleMining(
-                in_features, num_classes, num_parts, len(self.scales), dsm
+                in_features, num_classes, self.num_parts, len(self.scales), config["dsm"]
             )
         self.op = None
-        if op != "none":
+        if config["op"] != "none":
             self.op = PartPoolingHead(
-                channels, num_classes, num_parts, op, op_patch_size, op_grid_size
+                channels,
+                num_classes,
+                self.num_parts,
+                config["op"],
+                config["op_patch_size"],
+                config["op_grid_size"],
             )
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> SSANet:
-        """A model with the architecture of ``model.config`` (random weights)."""
+        """A model with the architecture of ``model.config`` (random weights). Configs of
+        checkpoints written before ``crop_from`` was named so load too."""
+        config = dict(config)
+        if "part_features" in config:
+            config["crop_from"] = config.pop("part_features")
         return cls(**config)
 
     def candidate_maps(
@@ -191,7 +242,7 @@ class SSANet(nn.Module):
         """
         ops = operators()
         side = self.part_size
-        if self.part_features_mode == "image":
+        if self.crop_from == "image":
             # Every candidate resized to part_size x part_size, then the whole backbone.
             crops = ops.multiscale_roi_crop(images, rois, (side, side), self.scales)
             maps = self.backbone(crops.flatten(0, 1))[1]
@@ -209,55 +260,33 @@ class SSANet(nn.Module):
         return maps.unflatten(0, (rois.shape[0], len(self.scales)))
 
     def forward(self, images: torch.Tensor) -> SSANetOutput:
-        """``images [B, 3, H, W]`` -> :class:`SSANetOutput`."""
+        """``images [B, 3, H, W]`` -> :class:`SSANetOutput` (paper section 3)."""
         if images.dim() != 4 or images.shape[1] != 3:
             raise ValueError(f"images must be [B, 3, H, W], got {tuple(images.shape)}")
         stride16, stride32 = self.backbone(images)
         if not self.proposals:
             logits = self.classifier(stride32.mean(dim=(-2, -1)))
             return SSANetOutput(logits, *([None] * (len(SSANetOutput._fields) - 1)))
-
         batch, _, height, width = images.shape
-        parts = self.num_parts
-        # Section 3.1: score every anchor, NMS, top-K; part j is the j-th best.
-        anchor_scores, map_sizes = self.proposal_head(stride32)
-        anchors = make_anchors(self.anchor_levels, map_sizes, (height, width), images.device)
-        part_boxes, part_scores, _ = select_proposals(
-            anchors, anchor_scores, parts, self.nms_iou, (height, width)
-        )
-        batch_index = torch.arange(batch, device=images.device, dtype=part_boxes.dtype)
-        rois = torch.cat(
-            [batch_index.repeat_interleave(parts)[:, None], part_boxes.reshape(-1, 4)], dim=1
-        )
-        candidate_boxes = ssanet_ops.scale_candidates(rois, self.scales, (height, width))
-        maps = self.candidate_maps(images, stride16, rois).unflatten(0, (batch, parts))
-        # maps: [B, K, S, C, h, w]
+        ops = operators()
 
-        # f_ij of eq. 1: the pooled features of the proposal itself (factor 1).
+        # Section 3.1: K part proposals per image, [B, K, 4]; part j is the j-th best.
+        part_boxes, part_scores = self.propose(stride32, (height, width))
+        rois = _rois(part_boxes)  # [B*K, 5]
+        # Section 3.2: the S scale candidates of every part and their maps [B, K, S, C, h, w].
+        candidate_boxes = ops.scale_candidates(rois, self.scales, (height, width))
+        maps = self.candidate_maps(images, stride16, rois).unflatten(0, (batch, self.num_parts))
+        # f_ij of eq. 1: the pooled features of the proposal itself (factor 1), and FC(f_ij).
         part_features = maps[:, :, self.original_scale].mean(dim=(-2, -1))
         part_logits = self.part_classifier(part_features)
-
-        dsm_part_logits = None
-        aligned = torch.full((batch, parts), self.original_scale, device=images.device)
-        if self.dsm is not None:
-            # Section 3.2: phi [K, B, S, D], one filter bank per part index.
-            if self.dsm_features == "pooled":
-                phi = maps.mean(dim=(-2, -1))
-            else:
-                phi = maps.flatten(3)
-            dsm_logits_kbc, shift = self.dsm(phi.transpose(0, 1))
-            aligned = self.dsm.aligned_index(dsm_logits_kbc, shift).transpose(0, 1)
-            dsm_part_logits = dsm_logits_kbc.transpose(0, 1)
-
+        # Section 3.2, eqs. 6-8: DSM aligns the scales; per part, the aligned candidate.
+        dsm_part_logits, aligned = self.mine_scales(maps)
+        # Section 3.3: OP on the map of each part's aligned candidate.
         op_part_logits = None
         if self.op is not None:
-            # Section 3.3: the map of each part's aligned candidate, [B, K, C, h, w].
-            scales = len(self.scales)
-            rows = torch.arange(batch * parts, device=images.device) * scales + aligned.flatten()
-            aligned_maps = maps.flatten(0, 2).index_select(0, rows).unflatten(0, (batch, parts))
-            op_part_logits = self.op(aligned_maps).transpose(0, 1)
+            op_part_logits = self.op(_select_candidates(maps, aligned))
 
-        # Section 3: the parts' logits summed, final = DSM + OP.
+        # Section 3: each head's logits summed over the parts; final = DSM + OP.
         dsm_logits = dsm_part_logits.sum(dim=1) if dsm_part_logits is not None else None
         op_logits = op_part_logits.sum(dim=1) if op_part_logits is not None else None
         heads = [logits for logits in (dsm_logits, op_logits) if logits is not None]
@@ -272,6 +301,46 @@ class SSANet(nn.Module):
             part_features=part_features,
             part_boxes=part_boxes,
             part_scores=part_scores,
-            candidate_boxes=candidate_boxes.view(batch, parts, len(self.scales), 4),
+            candidate_boxes=candidate_boxes.view(batch, self.num_parts, len(self.scales), 4),
             aligned_scale=aligned,
         )
+
+    def propose(
+        self, stride32: torch.Tensor, image_size: tuple[int, int]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Section 3.1: score every anchor, one NMS, top-K: ``part_boxes [B, K, 4]`` and their
+        ``part_scores [B, K]``."""
+        anchor_scores, map_sizes = self.proposal_head(stride32)
+        anchors = make_anchors(self.anchor_levels, map_sizes, image_size, stride32.device)
+        part_boxes, part_scores, _ = select_proposals(
+            anchors, anchor_scores, self.num_parts, self.nms_iou, image_size
+        )
+        return part_boxes, part_scores
+
+    def mine_scales(self, maps: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """Section 3.2: the DSM logits ``[B, K, C]`` of the candidates' ``maps [B, K, S, C, h,
+        w]`` (None without DSM) and each part's aligned candidate ``[B, K]`` (the original
+        scale without DSM)."""
+        batch, parts = maps.shape[:2]
+        if self.dsm is None:
+            aligned = torch.full((batch, parts), self.original_scale, device=maps.device)
+            return None, aligned
+        phi = maps.mean(dim=(-2, -1)) if self.dsm_features == "pooled" else maps.flatten(3)
+        dsm_part_logits, shift = self.dsm(phi)
+        return dsm_part_logits, self.dsm.aligned_index(dsm_part_logits, shift)
+
+
+def _rois(part_boxes: torch.Tensor) -> torch.Tensor:
+    """``[B, K, 4]`` boxes as ``[B*K, 5]`` rows (batch index, x1, y1, x2, y2)."""
+    batch, parts = part_boxes.shape[:2]
+    batch_index = torch.arange(batch, device=part_boxes.device, dtype=part_boxes.dtype)
+    return torch.cat(
+        [batch_index.repeat_interleave(parts)[:, None], part_boxes.reshape(-1, 4)], dim=1
+    )
+
+
+def _select_candidates(maps: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``maps [B, K, S, C, h, w]`` at candidate ``index [B, K]``: ``[B, K, C, h, w]``."""
+    batch, parts, scales = maps.shape[:3]
+    rows = torch.arange(batch * parts, device=maps.device) * scales + index.flatten()
+    return maps.flatten(0, 2).index_select(0, rows).unflatten(0, (batch, parts))
