@@ -362,7 +362,7 @@ def test_dispatcher_checks_direct_calls():
         ops.scale_align(phi, weight[:, :4], None)
     with pytest.raises(RuntimeError, match="one dtype"):
         ops.scale_correlation(phi, weight.double())
-    with pytest.raises(RuntimeError, match="float32 or float64"):
+    with pytest.raises(RuntimeError, match="float32, float64, float16 or bfloat16"):
         ops.scale_correlation(phi.long(), weight.long())
     with pytest.raises(RuntimeError, match="shift values must be in"):
         ops._scale_align_backward_phi(torch.ones(4, 3), torch.full((4, 3), 5), weight)
