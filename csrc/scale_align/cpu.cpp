@@ -504,15 +504,8 @@ at::Tensor scale_align_backward_weight_cpu(const at::Tensor& grad, const at::Ten
 
 // ---- autocast (both device types; this file is compiled in every build) ----
 //
-// Like a linear layer: on CUDA the floating inputs (float64 aside) are cast to the autocast
-// dtype; on the CPU, where the kernels take float32 and float64 only, reduced-precision inputs
-// are cast to float32 (so a bfloat16 autocast region runs the op in float32).
-
-template <c10::DeviceType device_type>
-at::ScalarType autocast_dtype() {
-  return device_type == c10::DeviceType::CUDA ? at::autocast::get_autocast_dtype(at::kCUDA)
-                                              : at::kFloat;
-}
+// Like a linear layer: the floating inputs (float64 aside) are cast to the autocast dtype of
+// their device type, float16 or bfloat16, which the kernels of both devices take.
 
 template <c10::DeviceType device_type, c10::DispatchKey autocast_key>
 at::Tensor scale_correlation_autocast(const at::Tensor& phi, const at::Tensor& weight) {
@@ -520,7 +513,7 @@ at::Tensor scale_correlation_autocast(const at::Tensor& phi, const at::Tensor& w
   static const auto op = c10::Dispatcher::singleton()
                              .findSchemaOrThrow("ssanet_ops::scale_correlation", "")
                              .typed<at::Tensor(const at::Tensor&, const at::Tensor&)>();
-  const at::ScalarType dtype = autocast_dtype<device_type>();
+  const at::ScalarType dtype = at::autocast::get_autocast_dtype(device_type);
   return op.call(at::autocast::cached_cast(dtype, phi, device_type),
                  at::autocast::cached_cast(dtype, weight, device_type));
 }
@@ -535,7 +528,7 @@ std::tuple<at::Tensor, at::Tensor> scale_align_autocast(const at::Tensor& phi,
           .findSchemaOrThrow("ssanet_ops::scale_align", "")
           .typed<std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&,
                                                     const std::optional<at::Tensor>&)>();
-  const at::ScalarType dtype = autocast_dtype<device_type>();
+  const at::ScalarType dtype = at::autocast::get_autocast_dtype(device_type);
   return op.call(at::autocast::cached_cast(dtype, phi, device_type),
                  at::autocast::cached_cast(dtype, weight, device_type),
                  at::autocast::cached_cast(dtype, bias, device_type));
