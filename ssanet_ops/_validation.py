@@ -102,7 +102,9 @@ def check_same_device(tensors: dict[str, torch.Tensor]) -> None:
 
 
 def positive_finite(value: float, name: str) -> float:
-    """`value` as a float; raises unless it is positive and finite."""
+    """`value` as a float; raises unless it is a positive finite real number."""
+    if not isinstance(value, numbers.Real) or isinstance(value, bool):
+        raise TypeError(f"{name} must be a number, got {value!r}")
     value = float(value)
     if not math.isfinite(value) or value <= 0:
         raise ValueError(f"{name} must be a positive finite number, got {value}")

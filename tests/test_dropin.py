@@ -295,6 +295,8 @@ def test_scale_factors_refuse_what_the_ops_refuse():
         ssanet_ops.scale_factors(1e-200, 5)  # alpha^2 underflows to 0
     with pytest.raises(ValueError, match="S must be a positive odd int"):
         ssanet_ops.scale_factors(2.0, True)
+    with pytest.raises(TypeError, match="alpha must be a number"):
+        ssanet_ops.scale_factors("2", 3)
 
 
 @pytest.mark.parametrize(
