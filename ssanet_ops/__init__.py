@@ -7,6 +7,8 @@ versions of each, and ``ssanet_ops.nn`` the modules.
 
 from __future__ import annotations
 
+import torch.fx
+
 from . import _extension
 
 _C = _extension.load()
@@ -21,6 +23,14 @@ from .ops import (  # noqa: E402
     scale_correlation,
     scale_factors,
 )
+
+# Leaves of torch.fx.symbolic_trace when called as ssanet_ops.<op> (torch.fx.wrap patches the
+# globals of the module that calls it; ops.py wraps its own).
+torch.fx.wrap("oriented_pool")
+torch.fx.wrap("scale_candidates")
+torch.fx.wrap("multiscale_roi_crop")
+torch.fx.wrap("scale_correlation")
+torch.fx.wrap("scale_align")
 
 __version__: str = _C.build_info()["version"]
 

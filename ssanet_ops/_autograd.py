@@ -1,4 +1,10 @@
-"""Autograd for the operators: each backward calls the op's own backward kernel."""
+"""Autograd for the operators: each backward calls the op's own backward kernel.
+
+Every backward op is linear in the incoming gradient, so it has its own autograd too (double
+backward: gradient penalties, Hessian-vector products): the adjoint of a backward op is the
+forward op or a gather, listed with each op below. Without these registrations torch would
+only warn once and return zero second-order gradients.
+"""
 
 from __future__ import annotations
 
@@ -29,6 +35,58 @@ torch.library.register_autograd(
 )
 
 
+def oriented_pool_gather(
+    x: torch.Tensor,
+    argmax: torch.Tensor,
+    patch_size: list[int],
+    grid_size: int,
+    stride: list[int],
+) -> torch.Tensor:
+    """The elements of ``x [B, C, H, W]`` that won each maximum of oriented_pool (the forward's
+    argmax), laid out as its output ``[B, 4, G*L]``: the adjoint of the backward op, which
+    scatters ``[B, 4, G*L]`` back to those elements (docs/operators.md section 1)."""
+    batch, channels, height, width = x.shape
+    patch_h, patch_w = patch_size
+    stride_h, stride_w = stride
+    grid = grid_size
+    device = x.device
+    # Position l = (c*h + dy)*w + dx inside a patch, as (c, dy, dx) per l: [L] each.
+    c = torch.arange(channels, device=device).view(-1, 1, 1)
+    dy = torch.arange(patch_h, device=device).view(1, -1, 1)
+    dx = torch.arange(patch_w, device=device).view(1, 1, -1)
+    c, dy, dx = (t.expand(channels, patch_h, patch_w).reshape(-1) for t in (c, dy, dx))
+    k = torch.arange(grid, device=device).view(-1, 1)  # grid line k: [G, 1]
+    winner = argmax.long()  # [B, 2, G, L]
+    # p_k[l] was won by patch (k, j = winner[:, 0]), q_k[l] by patch (i = winner[:, 1], k).
+    row_y, row_x = k * stride_h + dy, winner[:, 0] * stride_w + dx
+    column_y, column_x = winner[:, 1] * stride_h + dy, k * stride_w + dx
+    rows = (c * height + row_y) * width + row_x  # [B, G, L]
+    columns = (c * height + column_y) * width + column_x
+    index = torch.stack([rows, columns], dim=1).reshape(batch, -1)
+    won = x.reshape(batch, -1).gather(1, index).view(argmax.shape)  # [B, 2, G, L]
+    # Orientations 0, 1 and, with the grid lines reversed, 2, 3.
+    return torch.cat([won, won.flip(2)], dim=1).reshape(batch, 4, -1)
+
+
+def _oriented_pool_backward_setup_context(ctx, inputs, output):
+    _grad_output, argmax, patch_size, grid_size, stride, *_input_shape = inputs
+    ctx.save_for_backward(argmax)
+    ctx.geometry = (patch_size, grid_size, stride)
+
+
+def _oriented_pool_double_backward(ctx, grad_grad_x):
+    (argmax,) = ctx.saved_tensors
+    grad_grad_output = oriented_pool_gather(grad_grad_x, argmax, *ctx.geometry)
+    return grad_grad_output, None, None, None, None, None, None, None, None
+
+
+torch.library.register_autograd(
+    "ssanet_ops::_oriented_pool_backward",
+    _oriented_pool_double_backward,
+    setup_context=_oriented_pool_backward_setup_context,
+)
+
+
 def _multiscale_roi_crop_setup_context(ctx, inputs, output):
     input, boxes, scales, centers, output_size, spatial_scale, sampling_ratio, aligned, clip = (
         inputs
@@ -54,6 +112,31 @@ torch.library.register_autograd(
     "ssanet_ops::multiscale_roi_crop",
     _multiscale_roi_crop_backward,
     setup_context=_multiscale_roi_crop_setup_context,
+)
+
+
+def _multiscale_roi_crop_backward_setup_context(ctx, inputs, output):
+    _grad_output, boxes, scales, centers, *sampling_and_shape = inputs
+    ctx.save_for_backward(boxes, centers)
+    ctx.scales = scales
+    ctx.sampling = sampling_and_shape[:5]  # output_size .. clip; the input shape is not needed
+
+
+def _multiscale_roi_crop_double_backward(ctx, grad_grad_input):
+    # The backward is the transpose of the (linear) crop, so its own backward is the crop.
+    boxes, centers = ctx.saved_tensors
+    grad_grad_output = None
+    if ctx.needs_input_grad[0]:
+        grad_grad_output = torch.ops.ssanet_ops.multiscale_roi_crop(
+            grad_grad_input, boxes, ctx.scales, centers, *ctx.sampling
+        )
+    return (grad_grad_output, *[None] * 12)
+
+
+torch.library.register_autograd(
+    "ssanet_ops::_multiscale_roi_crop_backward",
+    _multiscale_roi_crop_double_backward,
+    setup_context=_multiscale_roi_crop_backward_setup_context,
 )
 
 
@@ -108,3 +191,76 @@ torch.library.register_autograd(
     _scale_align_backward,
     setup_context=_scale_align_setup_context,
 )
+
+
+# The backward ops of scale_correlation / scale_align are bilinear in (grad, other input), and
+# their partial derivatives are the same family of ops (docs/operators.md section 3, eqs. 7-8):
+#   _scale_correlation_backward_phi(g, W)[n, j, d] = sum_{c, r} g[n, c, r] W[c, (j + r) % S, d]
+#     d/d g = scale_correlation(gg, W),  d/d W = _scale_correlation_backward_weight(g, gg);
+#   _scale_correlation_backward_weight(g, P)[c, m, d] = sum_{n, r} g[n, c, r] P[n, (m - r) % S, d]
+#     d/d g = scale_correlation(P, gg),  d/d P = _scale_correlation_backward_phi(g, gg);
+# and for scale_align the same at the saved shift r* only: d/d g is the correlation at r*.
+
+
+def _scale_backward_setup_context(ctx, inputs, output):
+    *grad_and_shift, other = inputs
+    ctx.save_for_backward(*grad_and_shift, other)
+
+
+def _at_shift(corr, shift):
+    return corr.gather(-1, shift.unsqueeze(-1)).squeeze(-1)
+
+
+def _scale_correlation_backward_phi_backward(ctx, grad_grad_phi):
+    grad, weight = ctx.saved_tensors
+    ops = torch.ops.ssanet_ops
+    grad_grad = grad_weight = None
+    if ctx.needs_input_grad[0]:
+        grad_grad = ops.scale_correlation(grad_grad_phi, weight)
+    if ctx.needs_input_grad[1]:
+        grad_weight = ops._scale_correlation_backward_weight(grad, grad_grad_phi)
+    return grad_grad, grad_weight
+
+
+def _scale_correlation_backward_weight_backward(ctx, grad_grad_weight):
+    grad, phi = ctx.saved_tensors
+    ops = torch.ops.ssanet_ops
+    grad_grad = grad_phi = None
+    if ctx.needs_input_grad[0]:
+        grad_grad = ops.scale_correlation(phi, grad_grad_weight)
+    if ctx.needs_input_grad[1]:
+        grad_phi = ops._scale_correlation_backward_phi(grad, grad_grad_weight)
+    return grad_grad, grad_phi
+
+
+def _scale_align_backward_phi_backward(ctx, grad_grad_phi):
+    grad, shift, weight = ctx.saved_tensors
+    ops = torch.ops.ssanet_ops
+    grad_grad = grad_weight = None
+    if ctx.needs_input_grad[0]:
+        grad_grad = _at_shift(ops.scale_correlation(grad_grad_phi, weight), shift)
+    if ctx.needs_input_grad[2]:
+        grad_weight = ops._scale_align_backward_weight(grad, shift, grad_grad_phi)
+    return grad_grad, None, grad_weight
+
+
+def _scale_align_backward_weight_backward(ctx, grad_grad_weight):
+    grad, shift, phi = ctx.saved_tensors
+    ops = torch.ops.ssanet_ops
+    grad_grad = grad_phi = None
+    if ctx.needs_input_grad[0]:
+        grad_grad = _at_shift(ops.scale_correlation(phi, grad_grad_weight), shift)
+    if ctx.needs_input_grad[2]:
+        grad_phi = ops._scale_align_backward_phi(grad, shift, grad_grad_weight)
+    return grad_grad, None, grad_phi
+
+
+for _name, _backward in (
+    ("_scale_correlation_backward_phi", _scale_correlation_backward_phi_backward),
+    ("_scale_correlation_backward_weight", _scale_correlation_backward_weight_backward),
+    ("_scale_align_backward_phi", _scale_align_backward_phi_backward),
+    ("_scale_align_backward_weight", _scale_align_backward_weight_backward),
+):
+    torch.library.register_autograd(
+        f"ssanet_ops::{_name}", _backward, setup_context=_scale_backward_setup_context
+    )

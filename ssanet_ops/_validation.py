@@ -8,12 +8,14 @@ reuse the geometry and box conversions so the three agree by construction.
 from __future__ import annotations
 
 import math
+import numbers
+import operator
 from collections.abc import Sequence
 
 import torch
 
-CPU_DTYPES = (torch.float32, torch.float64)
-CUDA_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+# On both devices; float16 and bfloat16 accumulate in float32 (docs/operators.md section 4).
+FLOATING_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
 # Grid indices are stored as uint8 for the backward (csrc/oriented_pool/oriented_pool.h).
 MAX_GRID_SIZE = 256
@@ -27,32 +29,60 @@ BoxesArg = torch.Tensor | Sequence[torch.Tensor]
 # ---- Generic checks ----
 
 
-def pair(value: int | Sequence[int], name: str) -> tuple[int, int]:
-    """An int or a pair of ints as a pair; anything else raises naming `name`."""
+def integral(value: object) -> int | None:
+    """`value` as an int when it is an integral number (an int, a numpy integer, anything with
+    ``__index__``, as ``roi_align`` takes them), else None. A bool is not a number here."""
     if isinstance(value, bool):
-        raise TypeError(f"{name} must be an int or a pair of ints, got {value!r}")
-    if isinstance(value, int):
-        return value, value
-    if (
-        isinstance(value, Sequence)
-        and len(value) == 2
-        and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
-    ):
-        return int(value[0]), int(value[1])
+        return None
+    try:
+        return operator.index(value)
+    except TypeError:
+        return None
+
+
+def as_list(value: object) -> list | None:
+    """A sequence or a 1-d array (numpy or torch) as a list; None for anything else."""
+    if isinstance(value, (str, bytes)):
+        return None
+    if isinstance(value, Sequence):
+        return list(value)
+    if getattr(value, "ndim", None) == 1 and hasattr(value, "tolist"):
+        return value.tolist()
+    return None
+
+
+def as_int(value: object, name: str) -> int:
+    """`value` as an int; raises naming `name` unless it is an integral number."""
+    result = integral(value)
+    if result is None:
+        raise TypeError(f"{name} must be an int, got {value!r}")
+    return result
+
+
+def pair(value: int | Sequence[int], name: str) -> tuple[int, int]:
+    """An integral number or a pair of them (a sequence or 1-d array) as a pair of ints;
+    anything else raises naming `name`."""
+    single = integral(value)
+    if single is not None:
+        return single, single
+    items = as_list(value)
+    if items is not None and len(items) == 2:
+        first, second = integral(items[0]), integral(items[1])
+        if first is not None and second is not None:
+            return first, second
     raise TypeError(f"{name} must be an int or a pair of ints, got {value!r}")
 
 
 def check_floating(tensor: torch.Tensor, name: str) -> None:
-    """Raises unless `tensor` has a floating dtype its device's kernels support."""
-    check_dtype(tensor.dtype, tensor.device, name)
+    """Raises unless `tensor` has a floating dtype the kernels take."""
+    check_dtype(tensor.dtype, name)
 
 
-def check_dtype(dtype: torch.dtype, device: torch.device, name: str) -> None:
-    """Raises unless the kernels on `device` take `dtype`."""
-    allowed = CUDA_DTYPES if device.type == "cuda" else CPU_DTYPES
-    if dtype not in allowed:
-        names = ", ".join(str(d).removeprefix("torch.") for d in allowed)
-        raise TypeError(f"{name} must have one of the dtypes {names} on {device.type}, got {dtype}")
+def check_dtype(dtype: torch.dtype, name: str) -> None:
+    """Raises unless the kernels take `dtype`."""
+    if dtype not in FLOATING_DTYPES:
+        names = ", ".join(str(d).removeprefix("torch.") for d in FLOATING_DTYPES)
+        raise TypeError(f"{name} must have one of the dtypes {names}, got {dtype}")
 
 
 def check_rank(tensor: torch.Tensor, rank: int, name: str, shape: str) -> None:
@@ -72,7 +102,9 @@ def check_same_device(tensors: dict[str, torch.Tensor]) -> None:
 
 
 def positive_finite(value: float, name: str) -> float:
-    """`value` as a float; raises unless it is positive and finite."""
+    """`value` as a float; raises unless it is a positive finite real number."""
+    if not isinstance(value, numbers.Real) or isinstance(value, bool):
+        raise TypeError(f"{name} must be a number, got {value!r}")
     value = float(value)
     if not math.isfinite(value) or value <= 0:
         raise ValueError(f"{name} must be a positive finite number, got {value}")
@@ -91,13 +123,11 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
 def _oriented_pool_stride(
     height: int, width: int, patch: tuple[int, int], grid: int, stride
 ) -> tuple[int, int]:
-    """The stride given, or the default ((H - h) / (G - 1), (W - w) / (G - 1)), 0 when G = 1."""
+    """The stride given (already checked), or the default ((H - h) / (G - 1), (W - w) / (G - 1)),
+    0 when G = 1."""
     patch_h, patch_w = patch
     if stride is not None:
-        stride_h, stride_w = pair(stride, "stride")
-        if stride_h < 0 or stride_w < 0:
-            raise ValueError(f"stride must be non-negative, got {(stride_h, stride_w)}")
-        return stride_h, stride_w
+        return stride
     if grid == 1:
         return 0, 0
     if (height - patch_h) % (grid - 1) or (width - patch_w) % (grid - 1):
@@ -110,16 +140,13 @@ def _oriented_pool_stride(
     return (height - patch_h) // (grid - 1), (width - patch_w) // (grid - 1)
 
 
-def oriented_pool_geometry(
-    input_shape: Sequence[int],
+def oriented_pool_settings(
     patch_size: int | Sequence[int],
     grid_size: int | Sequence[int],
     stride: int | Sequence[int] | None,
-) -> tuple[tuple[int, int], int, tuple[int, int]]:
-    """Checks oriented_pool's arguments against an input of `input_shape` [B, C, H, W] and
-    returns (patch (h, w), G, stride (sh, sw)), the stride resolved per docs/operators.md
-    section 1."""
-    _, _, height, width = input_shape
+) -> tuple[tuple[int, int], int, tuple[int, int] | None]:
+    """Checks oriented_pool's settings on their own, without an input (for nn.OrientedPool's
+    constructor too); returns (patch (h, w), G, stride (sh, sw) or None)."""
     patch_h, patch_w = pair(patch_size, "patch_size")
     if patch_h < 1 or patch_w < 1:
         raise ValueError(f"patch_size must be positive, got {(patch_h, patch_w)}")
@@ -132,6 +159,24 @@ def oriented_pool_geometry(
     grid = grid_rows
     if not 1 <= grid <= MAX_GRID_SIZE:
         raise ValueError(f"grid_size must be in [1, {MAX_GRID_SIZE}], got {grid}")
+    if stride is not None:
+        stride = pair(stride, "stride")
+        if stride[0] < 0 or stride[1] < 0:
+            raise ValueError(f"stride must be non-negative, got {stride}")
+    return (patch_h, patch_w), grid, stride
+
+
+def oriented_pool_geometry(
+    input_shape: Sequence[int],
+    patch_size: int | Sequence[int],
+    grid_size: int | Sequence[int],
+    stride: int | Sequence[int] | None,
+) -> tuple[tuple[int, int], int, tuple[int, int]]:
+    """Checks oriented_pool's arguments against an input of `input_shape` [B, C, H, W] and
+    returns (patch (h, w), G, stride (sh, sw)), the stride resolved per docs/operators.md
+    section 1."""
+    _, _, height, width = input_shape
+    (patch_h, patch_w), grid, stride = oriented_pool_settings(patch_size, grid_size, stride)
     if patch_h > height or patch_w > width:
         raise ValueError(
             f"patch_size {(patch_h, patch_w)} does not fit in the {height}x{width} input x"
@@ -162,30 +207,76 @@ def oriented_pool_arguments(
 # ---- scale_candidates / multiscale_roi_crop (docs/operators.md section 2) ----
 
 
-def check_scale_count(S: int) -> None:
-    """Raises unless S is a positive odd int (paper section 3.2: one original scale in the
-    middle, (S-1)/2 shrunk and (S-1)/2 expanded)."""
-    if isinstance(S, bool) or not isinstance(S, int) or S < 1 or S % 2 == 0:
+def scale_count(S: int) -> int:
+    """S as an int; raises unless it is a positive odd integral number of at most MAX_SCALES
+    (paper section 3.2: one original scale in the middle, (S-1)/2 shrunk and (S-1)/2
+    expanded; the ops take at most MAX_SCALES)."""
+    count = integral(S)
+    if count is None or count < 1 or count % 2 == 0:
         raise ValueError(
             f"S must be a positive odd int (one original scale in the middle), got {S!r}"
         )
+    if count > MAX_SCALES:
+        raise ValueError(f"S must be at most {MAX_SCALES}, the ops' limit, got {count}")
+    return count
 
 
-def scale_list(scales: Sequence[float] | torch.Tensor) -> list[float]:
-    """The scale factors as a list of floats; raises unless they are 1 to MAX_SCALES positive
-    finite numbers. A tensor is read with .tolist() (a graph break under torch.compile)."""
-    if isinstance(scales, torch.Tensor):
-        if scales.dim() != 1:
-            raise ValueError(f"scales must be a 1-d tensor [S], got shape {tuple(scales.shape)}")
-        scales = scales.tolist()
-    if not isinstance(scales, Sequence) or isinstance(scales, str):
-        raise TypeError(f"scales must be a sequence of S positive numbers, got {scales!r}")
-    values = [float(scale) for scale in scales]
+def power_factors(alpha: float, S: int) -> list[float]:
+    """``[alpha^-(S//2), ..., alpha^(S//2)]``, checked to be positive finite factors."""
+    count = scale_count(S)
+    alpha = positive_finite(alpha, "alpha")
+    middle = count // 2
+    try:
+        factors = [alpha ** (j - middle) for j in range(count)]
+    except OverflowError:
+        factors = [math.inf]
+    if not all(0 < factor < math.inf for factor in factors):
+        raise ValueError(
+            f"alpha = {alpha!r} gives scale factors alpha^-{middle} .. alpha^{middle} outside "
+            f"the positive finite floats for S = {count}"
+        )
+    return factors
+
+
+def _scale_values(values: list) -> list[float]:
+    if not all(isinstance(v, numbers.Real) and not isinstance(v, bool) for v in values):
+        raise TypeError(f"scales must be a sequence of S positive numbers, got {values!r}")
+    values = [float(scale) for scale in values]
     if not 1 <= len(values) <= MAX_SCALES:
         raise ValueError(f"scales must hold 1 to {MAX_SCALES} factors, got {len(values)}")
     if not all(math.isfinite(scale) and scale > 0 for scale in values):
         raise ValueError(f"scales must be positive finite factors, got {values}")
     return values
+
+
+def scale_list(scales: Sequence[float] | torch.Tensor) -> list[float]:
+    """The scale factors (a sequence, a numpy array or a tensor) as a list of floats; raises
+    unless they are 1 to MAX_SCALES positive finite numbers."""
+    if isinstance(scales, torch.Tensor):
+        scales = scale_tensor(scales).tolist()
+    values = as_list(scales)
+    if values is None:
+        raise TypeError(f"scales must be a sequence of S positive numbers, got {scales!r}")
+    return _scale_values(values)
+
+
+def scale_tensor(scales: torch.Tensor) -> torch.Tensor:
+    """A tensor of scale factors checked for what can be checked without reading it (its shape
+    and dtype), so that torch.compile traces it without a graph break; the kernels read and
+    check its values when they run (``_tensor_scales.py``)."""
+    if scales.dim() != 1 or not 1 <= scales.shape[0] <= MAX_SCALES:
+        raise ValueError(
+            f"scales must be a 1-d tensor of 1 to {MAX_SCALES} factors, got shape "
+            f"{tuple(scales.shape)}"
+        )
+    if scales.dtype == torch.bool or scales.is_complex():
+        raise TypeError(f"scales must hold real numbers, got {scales.dtype}")
+    return scales
+
+
+def scale_argument(scales: Sequence[float] | torch.Tensor) -> list[float] | torch.Tensor:
+    """The schema's scales: a checked list of floats, or a tensor left in the graph."""
+    return scale_tensor(scales) if isinstance(scales, torch.Tensor) else scale_list(scales)
 
 
 def _check_box_list(boxes: Sequence[torch.Tensor]) -> None:
@@ -245,19 +336,23 @@ def centers_tensor(
 
 
 def image_size_pair(image_size: Sequence[float]) -> tuple[float, float]:
-    """(height, width) as floats; raises unless they are two positive finite numbers."""
+    """(height, width) (a sequence or a 1-d array of real numbers) as floats; raises unless
+    they are two positive finite numbers."""
+    items = as_list(image_size)
     if (
-        not isinstance(image_size, Sequence)
-        or len(image_size) != 2
-        or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in image_size)
+        items is None
+        or len(items) != 2
+        or not all(isinstance(v, numbers.Real) and not isinstance(v, bool) for v in items)
     ):
         raise TypeError(f"image_size must be a (height, width) pair of numbers, got {image_size!r}")
-    image_height, image_width = float(image_size[0]), float(image_size[1])
+    image_height, image_width = float(items[0]), float(items[1])
     if (
         not (math.isfinite(image_height) and math.isfinite(image_width))
         or min(image_height, image_width) <= 0
     ):
-        raise ValueError(f"image_size must be positive and finite, got {tuple(image_size)}")
+        raise ValueError(
+            f"image_size must be positive and finite, got {(image_height, image_width)}"
+        )
     return image_height, image_width
 
 
@@ -275,7 +370,7 @@ def scale_candidates_arguments(
     centers = centers_tensor(centers, None, rois.dtype)
     if centers is not None:
         check_same_device({"boxes": rois, "centers": centers})
-    return rois, scale_list(scales), centers, image_height, image_width, bool(clip)
+    return rois, scale_argument(scales), centers, image_height, image_width, bool(clip)
 
 
 def _check_crop_devices(input: torch.Tensor, boxes: BoxesArg, centers: torch.Tensor | None) -> None:
@@ -313,25 +408,36 @@ def multiscale_roi_crop_arguments(
     dtype = compute_dtype(input.dtype)
     rois = boxes_as_rois(boxes, dtype).detach()
     centers = centers_tensor(centers, input.shape[0], dtype)
-    out_h, out_w = pair(output_size, "output_size")
-    if out_h < 1 or out_w < 1:
-        raise ValueError(f"output_size must be positive, got {(out_h, out_w)}")
-    spatial_scale = float(spatial_scale)
-    if not math.isfinite(spatial_scale) or spatial_scale <= 0:
-        raise ValueError(f"spatial_scale must be positive and finite, got {spatial_scale}")
-    if isinstance(sampling_ratio, bool) or not isinstance(sampling_ratio, int):
-        raise TypeError(f"sampling_ratio must be an int, got {sampling_ratio!r}")
+    output_size, spatial_scale, sampling_ratio = crop_settings(
+        output_size, spatial_scale, sampling_ratio
+    )
     return (
         input,
         rois,
-        scale_list(scales),
+        scale_argument(scales),
         centers,
-        [out_h, out_w],
+        list(output_size),
         spatial_scale,
         sampling_ratio,
         bool(aligned),
         bool(clip),
     )
+
+
+def crop_settings(
+    output_size: int | Sequence[int], spatial_scale: float, sampling_ratio: int
+) -> tuple[tuple[int, int], float, int]:
+    """Checks multiscale_roi_crop's settings on their own (for nn.MultiScaleRoICrop's
+    constructor too); returns ((oh, ow), spatial_scale, sampling_ratio)."""
+    out_h, out_w = pair(output_size, "output_size")
+    if out_h < 1 or out_w < 1:
+        raise ValueError(f"output_size must be positive, got {(out_h, out_w)}")
+    if not isinstance(spatial_scale, numbers.Real) or isinstance(spatial_scale, bool):
+        raise TypeError(f"spatial_scale must be a number, got {spatial_scale!r}")
+    spatial_scale = float(spatial_scale)
+    if not math.isfinite(spatial_scale) or spatial_scale <= 0:
+        raise ValueError(f"spatial_scale must be positive and finite, got {spatial_scale}")
+    return (out_h, out_w), spatial_scale, as_int(sampling_ratio, "sampling_ratio")
 
 
 # ---- scale_correlation / scale_align (docs/operators.md section 3) ----
@@ -341,8 +447,7 @@ def autocast_dtype(tensor: torch.Tensor) -> torch.dtype:
     """The dtype `tensor` reaches the scale_align kernels with. The one statement of the
     autocast policy on the Python side; csrc/scale_align/cpu.cpp's Autocast registrations apply
     it. Under autocast the ops behave like a linear layer: floating tensors other than float64
-    are cast to the autocast dtype on CUDA and to float32 on the CPU (whose kernels take
-    float32/float64)."""
+    are cast to the autocast dtype of their device type."""
     device_type = tensor.device.type
     if (
         device_type in ("cpu", "cuda")
@@ -350,7 +455,7 @@ def autocast_dtype(tensor: torch.Tensor) -> torch.dtype:
         and tensor.is_floating_point()
         and tensor.dtype != torch.float64
     ):
-        return torch.get_autocast_dtype(device_type) if device_type == "cuda" else torch.float32
+        return torch.get_autocast_dtype(device_type)
     return tensor.dtype
 
 
@@ -406,7 +511,7 @@ def check_scale_align_inputs(
     check_same_device(tensors)
     dtypes = {name: autocast_dtype(tensor) for name, tensor in tensors.items()}
     for name, dtype in dtypes.items():
-        check_dtype(dtype, phi.device, name)
+        check_dtype(dtype, name)
     if len(set(dtypes.values())) > 1:
         listed = ", ".join(f"{name} {dtype}" for name, dtype in dtypes.items())
         raise TypeError(f"phi, weight and bias must have one dtype, got {listed}")

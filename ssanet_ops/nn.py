@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from . import ops
-from ._validation import scale_list
+from ._validation import crop_settings, oriented_pool_settings, scale_list
 
 __all__ = ["MultiScaleRoICrop", "OrientedPool", "ScaleAlign"]
 
@@ -17,7 +17,8 @@ __all__ = ["MultiScaleRoICrop", "OrientedPool", "ScaleAlign"]
 class OrientedPool(nn.Module):
     """Oriented pooling (docs/operators.md section 1): ``[B, C, H, W] -> [B, 4, G*C*h*w]``.
 
-    See :func:`ssanet_ops.oriented_pool` for the arguments.
+    See :func:`ssanet_ops.oriented_pool` for the arguments; they are checked here, except
+    that the grid fits the input, which needs its size.
     """
 
     def __init__(
@@ -27,9 +28,9 @@ class OrientedPool(nn.Module):
         stride: int | Sequence[int] | None = None,
     ) -> None:
         super().__init__()
-        self.patch_size = patch_size
-        self.grid_size = grid_size
-        self.stride = stride
+        self.patch_size, self.grid_size, self.stride = oriented_pool_settings(
+            patch_size, grid_size, stride
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return ops.oriented_pool(x, self.patch_size, self.grid_size, self.stride)
@@ -43,8 +44,8 @@ class MultiScaleRoICrop(nn.Module):
     boxes to ``[K, S, C, oh, ow]``, the S scale candidates of every box sampled as roi_align
     does.
 
-    See :func:`ssanet_ops.multiscale_roi_crop` for the arguments; ``forward(input, boxes,
-    centers=None)`` takes the per-call ones.
+    See :func:`ssanet_ops.multiscale_roi_crop` for the arguments, checked here;
+    ``forward(input, boxes, centers=None)`` takes the per-call ones.
     """
 
     def __init__(
@@ -57,12 +58,12 @@ class MultiScaleRoICrop(nn.Module):
         clip: bool = True,
     ) -> None:
         super().__init__()
-        self.output_size = output_size
+        self.output_size, self.spatial_scale, self.sampling_ratio = crop_settings(
+            output_size, spatial_scale, sampling_ratio
+        )
         self.scales = tuple(scale_list(scales))
-        self.spatial_scale = spatial_scale
-        self.sampling_ratio = sampling_ratio
-        self.aligned = aligned
-        self.clip = clip
+        self.aligned = bool(aligned)
+        self.clip = bool(clip)
 
     def forward(
         self,

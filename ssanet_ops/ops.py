@@ -1,19 +1,25 @@
 """The public operators: each checks and converts its arguments (``_validation.py``), then
-calls ``torch.ops.ssanet_ops.*``."""
+calls ``torch.ops.ssanet_ops.*``.
+
+Each is a leaf of torch.fx.symbolic_trace (``torch.fx.wrap`` below and in ``__init__.py``, as
+torchvision wraps ``roi_align``): a traced model records one call of the function, and the
+checks run when the graph runs.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
 import torch
+import torch.fx
 
+from . import _tensor_scales
 from ._validation import (
     BoxesArg,
     check_scale_align_inputs,
-    check_scale_count,
     multiscale_roi_crop_arguments,
     oriented_pool_arguments,
-    positive_finite,
+    power_factors,
     scale_candidates_arguments,
 )
 
@@ -40,7 +46,7 @@ def oriented_pool(
     concatenates them in four orientations.
 
     Args:
-        x: ``[B, C, H, W]`` feature maps (float32/float64; on CUDA also float16/bfloat16).
+        x: ``[B, C, H, W]`` feature maps (float32, float64, float16 or bfloat16).
         patch_size: (h, w) of a patch, or one int for both.
         grid_size: G, patches per row and per column (an int, or a square pair).
         stride: (sh, sw) between patches; default ``((H-h)/(G-1), (W-w)/(G-1))``, which must
@@ -65,10 +71,7 @@ def scale_factors(alpha: float, S: int) -> list[float]:
     >>> scale_factors(2.0, 5)
     [0.25, 0.5, 1.0, 2.0, 4.0]
     """
-    check_scale_count(S)
-    alpha = positive_finite(alpha, "alpha")
-    middle = S // 2
-    return [alpha ** (j - middle) for j in range(S)]
+    return power_factors(alpha, S)
 
 
 def scale_candidates(
@@ -90,7 +93,9 @@ def scale_candidates(
         boxes: ``[K, 5]`` rows (batch_index, x1, y1, x2, y2), or a list of ``[K_b, 4]`` tensors,
             one per image, as ``torchvision.ops.roi_align`` takes them. Computed in float64 for
             float64 boxes, else in float32. CPU or CUDA.
-        scales: S positive factors, e.g. ``scale_factors(alpha, S)``.
+        scales: S positive factors (a sequence, numpy array or tensor), e.g.
+            ``scale_factors(alpha, S)``. A tensor is read when the op runs, so torch.compile
+            keeps it in the graph.
         image_size: (height, width) of the image, the bounds of ``clip``.
         centers: ``[B, 2]`` (x, y) per image, the point candidates grow towards. Default: for
             each image, the mean of the centres of its boxes.
@@ -100,9 +105,10 @@ def scale_candidates(
         ``[K, S, 4]`` candidate boxes (x1, y1, x2, y2). Not differentiable (boxes get no
         gradient, as in roi_align).
     """
-    return torch.ops.ssanet_ops.scale_candidates(
-        *scale_candidates_arguments(boxes, scales, image_size, centers, clip)
-    )
+    arguments = scale_candidates_arguments(boxes, scales, image_size, centers, clip)
+    if isinstance(arguments[1], torch.Tensor):
+        return _tensor_scales.scale_candidates_tensor_scales(*arguments)
+    return torch.ops.ssanet_ops.scale_candidates(*arguments)
 
 
 def multiscale_roi_crop(
@@ -126,13 +132,15 @@ def multiscale_roi_crop(
     (``ssanet_ops.reference.multiscale_roi_crop``) to float rounding.
 
     Args:
-        input: ``[B, C, H, W]`` images or feature maps (float32/float64; on CUDA also
-            float16/bfloat16, which accumulate in float32).
+        input: ``[B, C, H, W]`` images or feature maps (float32, float64, float16 or
+            bfloat16; the reduced types accumulate in float32).
         boxes: ``[K, 5]`` rows (batch_index, x1, y1, x2, y2) in image coordinates, or a list of
             B ``[K_b, 4]`` tensors, as ``roi_align`` takes them; on ``input``'s device. Any real
             dtype: they are computed in float64 for float64 input, else in float32.
         output_size: (oh, ow) of every crop, or one int for both.
-        scales: S positive factors, e.g. ``scale_factors(alpha, S)``.
+        scales: S positive factors (a sequence, numpy array or tensor), e.g.
+            ``scale_factors(alpha, S)``. A tensor is read when the op runs, so torch.compile
+            keeps it in the graph.
         centers: ``[B, 2]`` (x, y) per image; default: each image's mean box centre.
         spatial_scale: map coordinates per image coordinate (1/32 for a stride-32 feature map).
         sampling_ratio: samples per output cell and axis; <= 0 takes
@@ -146,19 +154,12 @@ def multiscale_roi_crop(
         ``torch.are_deterministic_algorithms_enabled()``, which selects a gather kernel with a
         fixed summation order.
     """
-    return torch.ops.ssanet_ops.multiscale_roi_crop(
-        *multiscale_roi_crop_arguments(
-            input,
-            boxes,
-            output_size,
-            scales,
-            centers,
-            spatial_scale,
-            sampling_ratio,
-            aligned,
-            clip,
-        )
+    arguments = multiscale_roi_crop_arguments(
+        input, boxes, output_size, scales, centers, spatial_scale, sampling_ratio, aligned, clip
     )
+    if isinstance(arguments[2], torch.Tensor):
+        return _tensor_scales.multiscale_roi_crop_tensor_scales(*arguments)
+    return torch.ops.ssanet_ops.multiscale_roi_crop(*arguments)
 
 
 def scale_correlation(phi: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -177,9 +178,9 @@ def scale_correlation(phi: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     Returns:
         ``[N, C, S]`` (``[G, N, C, S]`` when grouped), in the dtype of the inputs.
 
-    float32/float64 on the CPU; also float16/bfloat16 on CUDA (accumulated in float32). Under
-    autocast the op behaves like a linear layer: on CUDA the inputs are cast to the autocast
-    dtype; on the CPU reduced-precision inputs run in float32.
+    float32, float64, float16 or bfloat16 (the reduced types accumulate in float32). Under
+    autocast the op behaves like a linear layer: the inputs are cast to the autocast dtype of
+    their device type.
 
     On CUDA the plane products run on cuBLAS (``torch.bmm``, the default) or, when the
     environment variable ``SSANET_OPS_SCALE_ALIGN_PRODUCTS`` is ``tiled`` (read at every call),
@@ -213,3 +214,11 @@ def scale_align(
     """
     check_scale_align_inputs(phi, weight, bias)
     return torch.ops.ssanet_ops.scale_align(phi, weight, bias)
+
+
+# Leaves of torch.fx.symbolic_trace, when called through this module (ssanet_ops.nn does).
+torch.fx.wrap("oriented_pool")
+torch.fx.wrap("scale_candidates")
+torch.fx.wrap("multiscale_roi_crop")
+torch.fx.wrap("scale_correlation")
+torch.fx.wrap("scale_align")

@@ -344,8 +344,6 @@ def test_bad_dtypes_and_devices():
         ssanet_ops.scale_align(phi.long(), weight)
     with pytest.raises(TypeError, match="weight must have one of the dtypes"):
         ssanet_ops.scale_correlation(phi, weight.int())
-    with pytest.raises(TypeError, match="phi must have one of the dtypes"):
-        ssanet_ops.scale_align(phi.bfloat16(), weight.bfloat16())  # not on the CPU
     with pytest.raises(TypeError, match="one dtype"):
         ssanet_ops.scale_align(phi, weight.double())
     with pytest.raises(ValueError, match="one device"):
@@ -362,7 +360,7 @@ def test_dispatcher_checks_direct_calls():
         ops.scale_align(phi, weight[:, :4], None)
     with pytest.raises(RuntimeError, match="one dtype"):
         ops.scale_correlation(phi, weight.double())
-    with pytest.raises(RuntimeError, match="float32 or float64"):
+    with pytest.raises(RuntimeError, match="float32, float64, float16 or bfloat16"):
         ops.scale_correlation(phi.long(), weight.long())
     with pytest.raises(RuntimeError, match="shift values must be in"):
         ops._scale_align_backward_phi(torch.ones(4, 3), torch.full((4, 3), 5), weight)
@@ -373,19 +371,22 @@ def test_dispatcher_checks_direct_calls():
 # ---- autocast ----
 
 
-def test_cpu_autocast_runs_in_float32():
-    # The CPU kernels have no bfloat16: under a CPU autocast region the op runs in float32.
-    phi, weight, bias = make_inputs(5, dtype=torch.float32, bias=True)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        logits, shift = ssanet_ops.scale_align(phi.bfloat16(), weight, bias)
-        corr = ssanet_ops.scale_correlation(phi, weight.bfloat16())
-    assert logits.dtype == torch.float32 and corr.dtype == torch.float32
-    expected_logits, expected_shift = reference.scale_align(phi.bfloat16().float(), weight, bias)
-    torch.testing.assert_close(logits, expected_logits)
-    torch.testing.assert_close(shift, expected_shift)
-    torch.testing.assert_close(corr, reference.scale_correlation(phi, weight.bfloat16().float()))
-    (grad_phi,) = grads(logits, (phi,), torch.ones_like(logits))
-    assert grad_phi.dtype == torch.float32
+@pytest.mark.parametrize("autocast_dtype", [torch.float16, torch.bfloat16])
+def test_autocast_like_linear(device, autocast_dtype):
+    # On both devices the inputs are cast to the autocast dtype, as a linear layer's are.
+    phi, weight, bias = make_inputs(5, dtype=torch.float32, device=device, bias=True)
+    with torch.autocast(device.type, dtype=autocast_dtype):
+        logits, _ = ssanet_ops.scale_align(phi, weight, bias)
+        corr = ssanet_ops.scale_correlation(phi, weight)
+        linear = torch.nn.functional.linear(phi[:, 0], weight[:, 0], bias)
+    assert logits.dtype == corr.dtype == linear.dtype == autocast_dtype
+    rounded = [t.to(autocast_dtype).float() for t in (phi, weight, bias)]
+    expected, _ = reference.scale_align(*rounded)
+    torch.testing.assert_close(logits.float(), expected, atol=0.1, rtol=2e-2)
+    expected_corr = reference.scale_correlation(*rounded[:2])
+    torch.testing.assert_close(corr.float(), expected_corr, atol=0.1, rtol=2e-2)
+    (grad_phi, grad_weight, grad_bias) = grads(logits, (phi, weight, bias), torch.ones_like(logits))
+    assert grad_phi.dtype == grad_weight.dtype == grad_bias.dtype == torch.float32
 
 
 # ---- CUDA: reduced precision, product kernels, autocast ----
@@ -475,24 +476,6 @@ def test_cuda_rejects_an_unknown_product_kernel(monkeypatch):
     phi, weight, _ = make_inputs(5, dtype=torch.float32, device="cuda")
     with pytest.raises(RuntimeError, match="must be 'torch' or 'tiled'"):
         ssanet_ops.scale_align(phi, weight)
-
-
-@requires_cuda
-@pytest.mark.parametrize("autocast_dtype", [torch.float16, torch.bfloat16])
-def test_cuda_autocast_like_linear(autocast_dtype):
-    phi, weight, bias = make_inputs(5, dtype=torch.float32, device="cuda", bias=True)
-    with torch.autocast("cuda", dtype=autocast_dtype):
-        logits, _ = ssanet_ops.scale_align(phi, weight, bias)
-        linear = torch.nn.functional.linear(phi[:, 0], weight[:, 0], bias)
-    assert logits.dtype == linear.dtype == autocast_dtype
-    expected, _ = reference.scale_align(
-        phi.to(autocast_dtype).float(),
-        weight.to(autocast_dtype).float(),
-        bias.to(autocast_dtype).float(),
-    )
-    torch.testing.assert_close(logits.float(), expected, atol=0.1, rtol=2e-2)
-    (grad_phi, grad_weight, grad_bias) = grads(logits, (phi, weight, bias), torch.ones_like(logits))
-    assert grad_phi.dtype == grad_weight.dtype == grad_bias.dtype == torch.float32
 
 
 # ---- the module ----

@@ -4,9 +4,11 @@
 // vectorizes. The rules themselves (replaces_max, covering_patches) come from
 // common/oriented_pool.h and are the ones the CUDA kernels run per element; the summation order
 // of the backward is the CUDA kernel's too (row maxima then column maxima, patches in row-major
-// order), so both devices round the same way.
+// order), so both devices round the same way. float16 and bfloat16 are held in float32
+// (at::opmath_type) inside the per-thread buffers, so their gradients accumulate in float32.
 
 #include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
@@ -19,9 +21,11 @@ namespace ssanet_ops::oriented_pool {
 namespace {
 
 void check_cpu_dtype(const at::Tensor& tensor, const char* name) {
-  TORCH_CHECK(tensor.scalar_type() == at::kFloat || tensor.scalar_type() == at::kDouble,
-              "oriented_pool: ", name, " must be float32 or float64 on the CPU, got ",
-              tensor.scalar_type());
+  const at::ScalarType type = tensor.scalar_type();
+  TORCH_CHECK(type == at::kFloat || type == at::kDouble || type == at::kHalf ||
+                  type == at::kBFloat16,
+              "oriented_pool: ", name, " must be float32, float64, float16 or bfloat16, got ",
+              type);
 }
 
 // Channels per work item: the transposed input block stays within about 64 KiB (L2-resident).
@@ -75,16 +79,18 @@ std::tuple<at::Tensor, at::Tensor> oriented_pool_forward_cpu(const at::Tensor& x
   const int64_t area = g.patch_area();
   const int64_t cells = g.grid * area;
 
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "oriented_pool_forward_cpu", [&] {
-    const int64_t block = channel_block(g, sizeof(scalar_t));
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(),
+                                  "oriented_pool_forward_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const int64_t block = channel_block(g, sizeof(acc_t));
     const int64_t blocks_per_sample = (g.channels + block - 1) / block;
     const scalar_t* x_data = x.const_data_ptr<scalar_t>();
     scalar_t* out_data = out.mutable_data_ptr<scalar_t>();
     uint8_t* argmax_data = argmax.mutable_data_ptr<uint8_t>();
 
     at::parallel_for(0, batch * blocks_per_sample, 1, [&](int64_t begin, int64_t end) {
-      std::vector<scalar_t> transposed(g.height * g.width * block);  // [H][W][block]
-      CellBlock<scalar_t, uint8_t> rows(cells, block), columns(cells, block);  // p_k, q_k
+      std::vector<acc_t> transposed(g.height * g.width * block);  // [H][W][block]
+      CellBlock<acc_t, uint8_t> rows(cells, block), columns(cells, block);  // p_k, q_k
       for (int64_t item = begin; item < end; ++item) {
         const int64_t b = item / blocks_per_sample;
         const int64_t c0 = (item % blocks_per_sample) * block;
@@ -94,7 +100,8 @@ std::tuple<at::Tensor, at::Tensor> oriented_pool_forward_cpu(const at::Tensor& x
           const scalar_t* plane = x_data + b * x_strides.n + (c0 + c) * x_strides.c;
           for (int64_t y = 0; y < g.height; ++y) {
             for (int64_t x = 0; x < g.width; ++x) {
-              transposed[(y * g.width + x) * block + c] = plane[y * x_strides.h + x * x_strides.w];
+              transposed[(y * g.width + x) * block + c] =
+                  static_cast<acc_t>(plane[y * x_strides.h + x * x_strides.w]);
             }
           }
         }
@@ -126,10 +133,12 @@ std::tuple<at::Tensor, at::Tensor> oriented_pool_forward_cpu(const at::Tensor& x
             for (int64_t offset = 0; offset < area; ++offset) {
               const int64_t from = (k * area + offset) * block + c;
               const int64_t to = c * area + offset;
-              out_sample[0 * GL + forward_at + to] = rows.value[from];
-              out_sample[1 * GL + forward_at + to] = columns.value[from];
-              out_sample[2 * GL + reversed_at + to] = rows.value[from];
-              out_sample[3 * GL + reversed_at + to] = columns.value[from];
+              const auto row_max = static_cast<scalar_t>(rows.value[from]);
+              const auto column_max = static_cast<scalar_t>(columns.value[from]);
+              out_sample[0 * GL + forward_at + to] = row_max;
+              out_sample[1 * GL + forward_at + to] = column_max;
+              out_sample[2 * GL + reversed_at + to] = row_max;
+              out_sample[3 * GL + reversed_at + to] = column_max;
               argmax_sample[forward_at + to] = rows.index[from];
               argmax_sample[GL + forward_at + to] = columns.index[from];
             }
@@ -167,8 +176,10 @@ at::Tensor oriented_pool_backward_cpu(const at::Tensor& grad_output, const at::T
     covering_patches(x, g.patch_w, g.stride_w, g.grid, first_column[x], last_column[x]);
   }
 
-  AT_DISPATCH_FLOATING_TYPES(grad_output.scalar_type(), "oriented_pool_backward_cpu", [&] {
-    const int64_t block = channel_block(g, sizeof(scalar_t));
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad_output.scalar_type(),
+                                  "oriented_pool_backward_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const int64_t block = channel_block(g, sizeof(acc_t));
     const int64_t blocks_per_sample = (channels + block - 1) / block;
     const scalar_t* grad_data = grad_output.const_data_ptr<scalar_t>();
     const uint8_t* argmax_data = argmax.const_data_ptr<uint8_t>();
@@ -181,10 +192,10 @@ at::Tensor oriented_pool_backward_cpu(const at::Tensor& grad_output, const at::T
     // summation order, so the result is deterministic.
     at::parallel_for(0, batch * blocks_per_sample, 1, [&](int64_t begin, int64_t end) {
       // Per cell and channel: the gradient reaching p_k (orientations 0 and 2) or q_k (1 and
-      // 3), and the grid index that won it, held as scalar_t so that comparing it and selecting
+      // 3), and the grid index that won it, held as acc_t so that comparing it and selecting
       // the gradient is one vectorizable loop of a single type.
-      CellBlock<scalar_t, scalar_t> rows(cells, block), columns(cells, block);
-      std::vector<scalar_t> total(block);
+      CellBlock<acc_t, acc_t> rows(cells, block), columns(cells, block);
+      std::vector<acc_t> total(block);
       for (int64_t item = begin; item < end; ++item) {
         const int64_t b = item / blocks_per_sample;
         const int64_t c0 = (item % blocks_per_sample) * block;
@@ -192,7 +203,8 @@ at::Tensor oriented_pool_backward_cpu(const at::Tensor& grad_output, const at::T
         const scalar_t* grad_sample = grad_data + b * grad_stride_n;
         const uint8_t* argmax_sample = argmax_data + b * 2 * GL;
         auto grad_at = [&](int64_t orientation, int64_t position) {
-          return grad_sample[orientation * grad_stride_o + position * grad_stride_l];
+          return static_cast<acc_t>(
+              grad_sample[orientation * grad_stride_o + position * grad_stride_l]);
         };
 
         for (int64_t k = 0; k < g.grid; ++k) {
@@ -212,7 +224,7 @@ at::Tensor oriented_pool_backward_cpu(const at::Tensor& grad_output, const at::T
 
         for (int64_t y = 0; y < height; ++y) {
           for (int64_t x = 0; x < width; ++x) {
-            std::fill(total.begin(), total.begin() + count, scalar_t(0));
+            std::fill(total.begin(), total.begin() + count, acc_t(0));
             // docs/operators.md section 1 backward: x[y, x] gets the gradient of each max it won.
             for (int64_t i = first_row[y]; i <= last_row[y]; ++i) {
               const int64_t dy = y - i * g.stride_h;
@@ -220,24 +232,24 @@ at::Tensor oriented_pool_backward_cpu(const at::Tensor& grad_output, const at::T
                 const int64_t dx = x - j * g.stride_w;
                 const int64_t row_cell = ((i * g.patch_h + dy) * g.patch_w + dx) * block;
                 const int64_t column_cell = ((j * g.patch_h + dy) * g.patch_w + dx) * block;
-                const scalar_t* __restrict row_value = &rows.value[row_cell];
-                const scalar_t* __restrict row_index = &rows.index[row_cell];
-                const scalar_t* __restrict column_value = &columns.value[column_cell];
-                const scalar_t* __restrict column_index = &columns.index[column_cell];
-                scalar_t* __restrict sum = total.data();
-                const scalar_t column_of_patch = static_cast<scalar_t>(j);
-                const scalar_t row_of_patch = static_cast<scalar_t>(i);
+                const acc_t* __restrict row_value = &rows.value[row_cell];
+                const acc_t* __restrict row_index = &rows.index[row_cell];
+                const acc_t* __restrict column_value = &columns.value[column_cell];
+                const acc_t* __restrict column_index = &columns.index[column_cell];
+                acc_t* __restrict sum = total.data();
+                const acc_t column_of_patch = static_cast<acc_t>(j);
+                const acc_t row_of_patch = static_cast<acc_t>(i);
                 for (int64_t c = 0; c < count; ++c) {
-                  const scalar_t row_grad = row_value[c];
-                  const scalar_t column_grad = column_value[c];
-                  sum[c] += row_index[c] == column_of_patch ? row_grad : scalar_t(0);
-                  sum[c] += column_index[c] == row_of_patch ? column_grad : scalar_t(0);
+                  const acc_t row_grad = row_value[c];
+                  const acc_t column_grad = column_value[c];
+                  sum[c] += row_index[c] == column_of_patch ? row_grad : acc_t(0);
+                  sum[c] += column_index[c] == row_of_patch ? column_grad : acc_t(0);
                 }
               }
             }
             scalar_t* grad_plane = grad_input_data + (b * channels + c0) * height * width;
             for (int64_t c = 0; c < count; ++c) {
-              grad_plane[c * height * width + y * width + x] = total[c];
+              grad_plane[c * height * width + y * width + x] = static_cast<scalar_t>(total[c]);
             }
           }
         }

@@ -12,8 +12,11 @@
 // functions the CUDA gather uses) in parallel over (image, channel or chunk): each thread owns
 // its part of the input gradient and adds the candidates of that image in index order, so the
 // result does not depend on the number of threads. Each pass is one parallel region.
+// float16 and bfloat16 run these float32 kernels (at::opmath_type, as on CUDA they accumulate
+// in float32): the map or gradient is converted once on the way in and the result on the way out.
 
 #include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 #include <ATen/ops/empty.h>
 #include <torch/library.h>
@@ -43,9 +46,12 @@ bool uses_channels_last(const CropParams<T>& p) {
          p.height * p.width * kChannelChunk <= kMaxChunkBuffer;
 }
 
+bool is_reduced(at::ScalarType type) { return type == at::kHalf || type == at::kBFloat16; }
+
 void check_cpu_dtype(const at::Tensor& tensor, const char* name, const char* op) {
-  TORCH_CHECK(tensor.scalar_type() == at::kFloat || tensor.scalar_type() == at::kDouble, op,
-              ": ", name, " must be float32 or float64 on the CPU, got ", tensor.scalar_type());
+  const at::ScalarType type = tensor.scalar_type();
+  TORCH_CHECK(type == at::kFloat || type == at::kDouble || is_reduced(type), op, ": ", name,
+              " must be float32, float64, float16 or bfloat16, got ", type);
 }
 
 // Checks every box (and given centre) with the shared rules; batch < 0: B not known.
@@ -101,7 +107,8 @@ int64_t images_referenced(const T* boxes, int64_t count) {
 at::Tensor scale_candidates_cpu(const at::Tensor& boxes, at::ArrayRef<double> scales,
                                 const std::optional<at::Tensor>& centers, double image_height,
                                 double image_width, bool clip) {
-  check_cpu_dtype(boxes, "boxes", kCandidatesOp);
+  TORCH_CHECK(boxes.scalar_type() == at::kFloat || boxes.scalar_type() == at::kDouble,
+              kCandidatesOp, ": boxes must be float32 or float64, got ", boxes.scalar_type());
   check_boxes(boxes, boxes.scalar_type(), boxes.device(), kCandidatesOp);
   check_scales(scales, kCandidatesOp);
   check_centers(centers, boxes, -1, kCandidatesOp);
@@ -577,6 +584,12 @@ at::Tensor multiscale_roi_crop_cpu(const at::Tensor& input, const at::Tensor& bo
   const CropShape shape =
       check_crop_args(input, boxes, scales, centers, output_size, spatial_scale, kCropOp);
   check_cpu_dtype(input, "input", kCropOp);
+  if (is_reduced(input.scalar_type())) {
+    return multiscale_roi_crop_cpu(input.to(at::toOpMathType(input.scalar_type())), boxes,
+                                   scales, centers, output_size, spatial_scale, sampling_ratio,
+                                   aligned, clip)
+        .to(input.scalar_type());
+  }
   const int64_t K = boxes.size(0);
   const int64_t S = static_cast<int64_t>(scales.size());
   at::Tensor output =
@@ -618,6 +631,13 @@ at::Tensor multiscale_roi_crop_backward_cpu(const at::Tensor& grad_output, const
                                                    output_size, spatial_scale, batch, channels,
                                                    kCropOp);
   check_cpu_dtype(grad_output, "grad_output", kCropOp);
+  if (is_reduced(grad_output.scalar_type())) {
+    return multiscale_roi_crop_backward_cpu(
+               grad_output.to(at::toOpMathType(grad_output.scalar_type())), boxes, scales,
+               centers, output_size, spatial_scale, sampling_ratio, aligned, clip, batch,
+               channels, height, width)
+        .to(grad_output.scalar_type());
+  }
   at::Tensor grad_input = at::empty({batch, channels, height, width}, grad_output.options());
   if (grad_input.numel() == 0) {
     return grad_input;

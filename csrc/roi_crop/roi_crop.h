@@ -10,6 +10,7 @@
 #include <cmath>
 #include <optional>
 #include <string>
+#include <string_view>
 
 #include "common/roi_crop.h"
 
@@ -64,7 +65,9 @@ inline void report_box_errors(int errors, int64_t batch, const char* op) {
   TORCH_CHECK(!(errors & kBatchIndexInvalid), op,
               ": the batch index of each box (boxes[:, 0]) must be a whole number in [0, ",
               batch < 0 ? std::string("2^31") : std::to_string(batch), ")",
-              batch < 0 ? "" : " (the batch size of input)");
+              batch < 0                                 ? ""
+              : std::string_view(op) == "scale_candidates" ? " (the rows of centers)"
+                                                           : " (the batch size of input)");
   TORCH_CHECK(!(errors & kCenterNotFinite), op, ": centers must be finite");
 }
 

@@ -10,8 +10,11 @@
 // epilogue adds up; in the backward the chunks write disjoint columns of d phi or d weight.
 // With fewer chunks than threads, one task runs and the DFT loops and MKL go parallel inside.
 // No tensor of size N*C*S*D and no rolled copy is ever formed.
+// float16 and bfloat16 run these float32 kernels (at::opmath_type, as on CUDA they accumulate
+// in float32 and keep float32 planes): the inputs are converted once, the result at the end.
 
 #include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 #include <ATen/ThreadLocalState.h>
 #include <ATen/autocast_mode.h>
@@ -31,9 +34,16 @@
 namespace ssanet_ops::scale_align {
 namespace {
 
+bool is_reduced(at::ScalarType type) { return type == at::kHalf || type == at::kBFloat16; }
+
 void check_cpu_dtype(const at::Tensor& tensor, const char* name, const char* op) {
-  TORCH_CHECK(tensor.scalar_type() == at::kFloat || tensor.scalar_type() == at::kDouble, op,
-              ": ", name, " must be float32 or float64 on the CPU, got ", tensor.scalar_type());
+  const at::ScalarType type = tensor.scalar_type();
+  TORCH_CHECK(type == at::kFloat || type == at::kDouble || is_reduced(type), op, ": ", name,
+              " must be float32, float64, float16 or bfloat16, got ", type);
+}
+
+at::Tensor in_opmath(const at::Tensor& tensor) {
+  return tensor.to(at::toOpMathType(tensor.scalar_type()));
 }
 
 // Bytes of planes one chunk may hold (per task), about a core's L2 cache.
@@ -386,6 +396,12 @@ std::tuple<at::Tensor, at::Tensor> scale_align_cpu(const at::Tensor& phi,
   const Shape shape = check_inputs(phi, weight, op);
   check_bias(bias, weight, shape, op);
   check_cpu_dtype(phi, "phi", op);
+  if (is_reduced(phi.scalar_type())) {
+    auto [logits, shift] = scale_align_cpu(
+        in_opmath(phi), in_opmath(weight),
+        bias.has_value() ? std::optional<at::Tensor>(in_opmath(*bias)) : std::nullopt);
+    return {logits.to(phi.scalar_type()), shift};
+  }
   at::Tensor logits, shift;
   AT_DISPATCH_FLOATING_TYPES(phi.scalar_type(), "scale_align_cpu", [&] {
     const HostTwiddles<scalar_t> twiddles(shape.scales);
@@ -401,6 +417,9 @@ at::Tensor scale_correlation_cpu(const at::Tensor& phi, const at::Tensor& weight
   constexpr const char* op = "scale_correlation";
   const Shape shape = check_inputs(phi, weight, op);
   check_cpu_dtype(phi, "phi", op);
+  if (is_reduced(phi.scalar_type())) {
+    return scale_correlation_cpu(in_opmath(phi), in_opmath(weight)).to(phi.scalar_type());
+  }
   at::Tensor corr;
   AT_DISPATCH_FLOATING_TYPES(phi.scalar_type(), "scale_correlation_cpu", [&] {
     const HostTwiddles<scalar_t> twiddles(shape.scales);
@@ -420,6 +439,10 @@ at::Tensor backward_cpu(const at::Tensor& grad, const std::optional<at::Tensor>&
                         const at::Tensor& other, bool for_weight, const char* op) {
   check_grad(grad, shift, other, /*other_is_weight=*/!for_weight, op);
   check_cpu_dtype(grad, "grad", op);
+  if (is_reduced(grad.scalar_type())) {
+    return backward_cpu(in_opmath(grad), shift, in_opmath(other), for_weight, op)
+        .to(grad.scalar_type());
+  }
   const bool grouped = other.dim() == 4;
   const at::Tensor grad4 = grouped ? grad : grad.unsqueeze(0);
   const std::optional<at::Tensor> shift4 =
@@ -481,15 +504,8 @@ at::Tensor scale_align_backward_weight_cpu(const at::Tensor& grad, const at::Ten
 
 // ---- autocast (both device types; this file is compiled in every build) ----
 //
-// Like a linear layer: on CUDA the floating inputs (float64 aside) are cast to the autocast
-// dtype; on the CPU, where the kernels take float32 and float64 only, reduced-precision inputs
-// are cast to float32 (so a bfloat16 autocast region runs the op in float32).
-
-template <c10::DeviceType device_type>
-at::ScalarType autocast_dtype() {
-  return device_type == c10::DeviceType::CUDA ? at::autocast::get_autocast_dtype(at::kCUDA)
-                                              : at::kFloat;
-}
+// Like a linear layer: the floating inputs (float64 aside) are cast to the autocast dtype of
+// their device type, float16 or bfloat16, which the kernels of both devices take.
 
 template <c10::DeviceType device_type, c10::DispatchKey autocast_key>
 at::Tensor scale_correlation_autocast(const at::Tensor& phi, const at::Tensor& weight) {
@@ -497,7 +513,7 @@ at::Tensor scale_correlation_autocast(const at::Tensor& phi, const at::Tensor& w
   static const auto op = c10::Dispatcher::singleton()
                              .findSchemaOrThrow("ssanet_ops::scale_correlation", "")
                              .typed<at::Tensor(const at::Tensor&, const at::Tensor&)>();
-  const at::ScalarType dtype = autocast_dtype<device_type>();
+  const at::ScalarType dtype = at::autocast::get_autocast_dtype(device_type);
   return op.call(at::autocast::cached_cast(dtype, phi, device_type),
                  at::autocast::cached_cast(dtype, weight, device_type));
 }
@@ -512,7 +528,7 @@ std::tuple<at::Tensor, at::Tensor> scale_align_autocast(const at::Tensor& phi,
           .findSchemaOrThrow("ssanet_ops::scale_align", "")
           .typed<std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&,
                                                     const std::optional<at::Tensor>&)>();
-  const at::ScalarType dtype = autocast_dtype<device_type>();
+  const at::ScalarType dtype = at::autocast::get_autocast_dtype(device_type);
   return op.call(at::autocast::cached_cast(dtype, phi, device_type),
                  at::autocast::cached_cast(dtype, weight, device_type),
                  at::autocast::cached_cast(dtype, bias, device_type));
