@@ -269,13 +269,18 @@ def write_summary(out: Path, repo: Path) -> int:
     status = {step["step"]: step["status"] for step in steps}
 
     def ran(name: str) -> bool:
-        return status.get(name, "not selected") != "not selected"
+        return status.get(name) in ("ok", "failed", "timeout")
 
     problems = [
-        f"step {step['step']}: {step['status']}"
+        f"step {step['step']}: {step['status']} ({step['note']})"
         for step in steps
-        if step["status"] not in ("ok", "not selected")
+        if step["status"] in ("failed", "timeout")
     ]
+    skipped: dict[str, list[str]] = {}
+    for step in steps:
+        if step["status"] == "skipped":
+            skipped.setdefault(step["note"], []).append(step["step"])
+    problems += [f"skipped: {', '.join(names)} ({note})" for note, names in skipped.items()]
     lines = [
         "",  # the title, once the verdict is known
         "",
@@ -287,7 +292,9 @@ def write_summary(out: Path, repo: Path) -> int:
         f"nvcc {facts['nvcc']}, compute-sanitizer {facts['compute_sanitizer']}",
     ]
     build_path = out / "build_info.json"
-    if build_path.exists():
+    if ran("build") and status["build"] != "ok":
+        lines.append("- ssanet_ops: the build failed (logs/build.log)")
+    elif build_path.exists():
         build = json.loads(build_path.read_text())
         lines.append(
             f"- ssanet_ops {build['version']} built against torch {build['torch_version']}: "

@@ -175,7 +175,7 @@ def test_summary_reports_failures_sanitizer_errors_and_missed_targets(tmp_path, 
     assert summary.startswith("# GPU check on NVIDIA H200: FAIL")
     assert "1 passed, 1 failed, 0 errors, 1 skipped." in summary
     assert "- FAILED tests.test_a::test_two[cuda]" in summary
-    assert "- step synccheck: timeout" in summary
+    assert "- step synccheck: timeout (" in summary
     assert "| memcheck | 3 |" in summary and "| racecheck | 0 |" in summary
     assert "synccheck: no error summary" in summary
     assert f"launches {len(kernels) - 1} of the {len(kernels)} kernels" in summary
