@@ -58,11 +58,6 @@ def tool_version(path: str) -> str | None:
     return match.group(1) if match else None
 
 
-def device_slug(name: str) -> str:
-    """The file-name form of a GPU's name, as benchmarks/timing.py writes it."""
-    return "".join(ch if ch.isalnum() else "-" for ch in name.lower()).strip("-")
-
-
 def gather_facts(repo: Path) -> dict:
     """Everything the summary reports about the machine; facts["stop"] is None when a GPU is
     usable, else the reason there is none."""
@@ -85,6 +80,10 @@ def gather_facts(repo: Path) -> dict:
     facts["nvidia_smi"] = smi_text.splitlines()[0] if smi_text else None
     try:
         import torch
+
+        # The benchmarks' own name for the GPU, which their tables' file names carry.
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from timing import device_slug
     except ImportError as error:
         facts["stop"] = f"{sys.executable} cannot import torch ({error})"
         return facts
@@ -102,7 +101,7 @@ def gather_facts(repo: Path) -> dict:
         major, minor = torch.cuda.get_device_capability(0)
         properties = torch.cuda.get_device_properties(0)
         facts["gpu"] = torch.cuda.get_device_name(0)
-        facts["gpu_slug"] = device_slug(facts["gpu"])
+        facts["gpu_slug"] = device_slug(torch.device("cuda", 0))
         facts["gpu_arch"] = f"{major}.{minor}"
         facts["gpu_memory_gib"] = round(properties.total_memory / 2**30, 1)
         facts["gpu_count"] = torch.cuda.device_count()
