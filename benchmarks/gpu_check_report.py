@@ -379,6 +379,9 @@ def write_summary(out: Path, repo: Path) -> int:
                 problems.append(f"target not met: {name}")
 
     verdict = "PASS" if not problems else f"FAIL ({len(problems)} problems)"
+    if "not selected" in status.values():
+        chosen = [step["step"] for step in steps if step["status"] != "not selected"]
+        verdict += f", steps run: {', '.join(chosen) or 'none'} (GPU_CHECK_STEPS)"
     lines[0] = f"# GPU check on {facts['gpu']}: {verdict}"
     if problems:
         lines += ["", "## Problems", ""] + [f"- {problem}" for problem in problems]
