@@ -41,6 +41,8 @@
 //   4. Tests: use the `device` fixture (cpu, cuda, sim) or `cuda_device` (cuda, sim) of
 //      tests/conftest.py; a test that needs CPU and CUDA results side by side uses
 //      `cuda_target` (a context: `with cuda_target: ...` runs the CUDA kernels).
+//   5. `python benchmarks/sim_coverage.py` rewrites benchmarks/results/sim_coverage.md: which
+//      lines, kernel instantiations (dtype, index type) and launches of every kernels.cuh ran.
 
 #include <cstdint>
 #include <limits>
