@@ -17,7 +17,7 @@ import torch
 # On both devices; float16 and bfloat16 accumulate in float32 (docs/operators.md section 4).
 FLOATING_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
-# Grid indices are stored as uint8 for the backward (csrc/oriented_pool/oriented_pool.h).
+# Grid indices are stored as uint8 for the backward (csrc/oriented_pool/arguments.h).
 MAX_GRID_SIZE = 256
 
 # The CUDA kernels take the factors by value (csrc/roi_crop/roi_crop.h).
