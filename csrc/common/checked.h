@@ -1,6 +1,6 @@
 #pragma once
 // Overflow-safe int64 arithmetic for the host checks that guard direct torch.ops calls
-// (SPEC.md section 4; issue 12 item 7): a size check whose product or sum overflows int64
+// (docs/operators.md section 4; issue 12 item 7): a size check whose product or sum overflows int64
 // passes for hostile arguments and lets a kernel index out of bounds. Write the checked
 // expression with Checked and compare it; an overflow anywhere fails every comparison:
 //   TORCH_CHECK(Checked(grid - 1) * stride + patch <= height, ...)
