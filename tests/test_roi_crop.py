@@ -520,6 +520,36 @@ def test_cuda_deterministic_backward_matches_atomic_backward(dtype):
 
 
 @requires_cuda
+@pytest.mark.parametrize("deterministic", [True, False])
+def test_cuda_graph_capture(deterministic):
+    # SPEC.md section 4: no host synchronisation, so forward and backward can be captured in a
+    # CUDA graph (errors.item() made the capture fail), and replays recompute them.
+    x = torch.randn(2, 3, 16, 18, device="cuda", requires_grad=True)
+    boxes = random_boxes(2, 16, 18).cuda()
+    grad_output = torch.randn(boxes.shape[0], len(SCALES), 3, 5, 5, device="cuda")
+    with deterministic_algorithms(deterministic):
+        side = torch.cuda.Stream()  # warm-up on a side stream, as torch.cuda.graph asks
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(2):
+                ssanet_ops.multiscale_roi_crop(x, boxes, 5, SCALES).backward(grad_output)
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        x.grad = None
+        with torch.cuda.graph(graph):
+            out = ssanet_ops.multiscale_roi_crop(x, boxes, 5, SCALES)
+            out.backward(grad_output)
+        x.data.copy_(torch.randn_like(x))
+        graph.replay()
+        torch.cuda.synchronize()
+    expected_x = x.detach().clone().requires_grad_()
+    expected_out = reference.multiscale_roi_crop(expected_x, boxes, 5, SCALES)
+    (expected_grad,) = torch.autograd.grad(expected_out, expected_x, grad_output)
+    torch.testing.assert_close(out, expected_out, **tolerances(x.dtype))
+    torch.testing.assert_close(x.grad, expected_grad, **tolerances(x.dtype))
+
+
+@requires_cuda
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_cuda_reduced_precision(dtype):
     x = torch.randn(2, 4, 16, 18, device="cuda")
