@@ -24,13 +24,10 @@
 #include <optional>
 #include <vector>
 
-#include "roi_crop/roi_crop.h"
+#include "roi_crop/arguments.h"
 
 namespace ssanet_ops::roi_crop {
 namespace {
-
-constexpr const char* kCandidatesOp = "scale_candidates";
-constexpr const char* kCropOp = "multiscale_roi_crop";
 
 // With many channels the crop runs on channels-last data, in chunks of channels, when a
 // thread's buffers for a chunk (an output crop, a map) stay small; otherwise plane by plane.
@@ -100,11 +97,7 @@ at::Tensor box_centers(const at::Tensor& boxes, const ImageSegments& segments,
 at::Tensor scale_candidates_cpu(const at::Tensor& boxes, at::ArrayRef<double> scales,
                                 const std::optional<at::Tensor>& centers, double image_height,
                                 double image_width, bool clip) {
-  check_cpu_dtype(boxes, "boxes", kCandidatesOp);
-  check_boxes(boxes, boxes.scalar_type(), boxes.device(), kCandidatesOp);
-  check_scales(scales, kCandidatesOp);
-  check_centers(centers, boxes, -1, kCandidatesOp);
-  check_image_size(image_height, image_width, kCandidatesOp);
+  check_candidates_args(boxes, scales, centers, image_height, image_width);
   const int64_t count = boxes.size(0);
   const int64_t S = static_cast<int64_t>(scales.size());
   at::Tensor out = at::empty({count, S, 4}, boxes.options());

@@ -24,7 +24,7 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
-#include "roi_crop/roi_crop.h"
+#include "roi_crop/arguments.h"
 
 namespace ssanet_ops::roi_crop {
 namespace {
@@ -32,9 +32,6 @@ namespace {
 constexpr int kThreads = 256;
 // Channels per forward / atomic-backward thread: the sample weights are computed once for them.
 constexpr int64_t kChannelsPerThread = 4;
-
-constexpr const char* kCandidatesOp = "scale_candidates";
-constexpr const char* kCropOp = "multiscale_roi_crop";
 
 int64_t blocks_for(int64_t work) {
   // Grid-stride loops cover the rest when the work exceeds this many blocks.
@@ -142,12 +139,7 @@ __global__ void scale_candidates_kernel(const T* __restrict__ boxes,
 at::Tensor scale_candidates_cuda(const at::Tensor& boxes, at::ArrayRef<double> scales,
                                  const std::optional<at::Tensor>& centers, double image_height,
                                  double image_width, bool clip) {
-  TORCH_CHECK(boxes.scalar_type() == at::kFloat || boxes.scalar_type() == at::kDouble,
-              kCandidatesOp, ": boxes must be float32 or float64, got ", boxes.scalar_type());
-  check_boxes(boxes, boxes.scalar_type(), boxes.device(), kCandidatesOp);
-  check_scales(scales, kCandidatesOp);
-  check_centers(centers, boxes, -1, kCandidatesOp);
-  check_image_size(image_height, image_width, kCandidatesOp);
+  check_candidates_args(boxes, scales, centers, image_height, image_width);
   const c10::cuda::CUDAGuard device_guard(boxes.device());
   const int64_t count = boxes.size(0);
   const int64_t S = static_cast<int64_t>(scales.size());

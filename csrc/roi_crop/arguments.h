@@ -22,6 +22,9 @@
 
 namespace ssanet_ops::roi_crop {
 
+constexpr const char* kCandidatesOp = "scale_candidates";
+constexpr const char* kCropOp = "multiscale_roi_crop";
+
 // The CUDA kernels take the scale factors by value, in a fixed-size array.
 constexpr int64_t kMaxScales = 64;
 
@@ -107,6 +110,18 @@ inline void check_image_size(double image_height, double image_width, const char
                   image_width > 0,
               op, ": image_size must be a positive finite (height, width), got (", image_height,
               ", ", image_width, ")");
+}
+
+// scale_candidates' arguments, on every device: boxes float32 or float64.
+inline void check_candidates_args(const at::Tensor& boxes, at::ArrayRef<double> scales,
+                                  const std::optional<at::Tensor>& centers, double image_height,
+                                  double image_width) {
+  TORCH_CHECK(boxes.scalar_type() == at::kFloat || boxes.scalar_type() == at::kDouble,
+              kCandidatesOp, ": boxes must be float32 or float64, got ", boxes.scalar_type());
+  check_boxes(boxes, boxes.scalar_type(), boxes.device(), kCandidatesOp);
+  check_scales(scales, kCandidatesOp);
+  check_centers(centers, boxes, -1, kCandidatesOp);
+  check_image_size(image_height, image_width, kCandidatesOp);
 }
 
 struct CropShape {
