@@ -166,6 +166,23 @@ SSANET_HOST_DEVICE Anchors anchor_corners(const Box<T>& box, TwiceCenter center)
   return {psi, eta};
 }
 
+// a * b, rounded on its own and never fused with the addition that uses it: nvcc contracts
+// a * b + c into one FMA by default (and so does the simulator of the CUDA kernels), the CPU
+// build does not, and a candidate must be the same box on every device and in reference.
+template <typename T>
+SSANET_HOST_DEVICE T unfused_product(T a, T b) {
+#if defined(__CUDA_ARCH__)
+  if constexpr (sizeof(T) == sizeof(double)) {
+    return __dmul_rn(a, b);
+  } else {
+    return __fmul_rn(a, b);
+  }
+#else
+  const volatile T product = a * b;  // a rounded value the compiler cannot fuse
+  return product;
+#endif
+}
+
 template <typename T>
 SSANET_HOST_DEVICE T clamp_to(T value, T upper) {
   return value < T(0) ? T(0) : (value > upper ? upper : value);
@@ -179,8 +196,8 @@ SSANET_HOST_DEVICE Box<T> candidate_box(const Box<T>& box, const Anchors& anchor
   Box<T> candidate = box;
   if (scale != T(1)) {
     const int anchor = scale >= T(1) ? anchors.psi : anchors.eta;
-    const T width = scale * (box.x2 - box.x1);
-    const T height = scale * (box.y2 - box.y1);
+    const T width = unfused_product(scale, box.x2 - box.x1);
+    const T height = unfused_product(scale, box.y2 - box.y1);
     if (anchor & 1) {  // anchored at x2
       candidate.x1 = box.x2 - width;
     } else {
