@@ -33,6 +33,19 @@ inline at::ScalarType compute_type(at::ScalarType input_type) {
   return input_type == at::kDouble ? at::kDouble : at::kFloat;
 }
 
+// The dtypes of input / grad_output each backend's crop kernels take (SPEC.md section 4).
+inline void check_cpu_dtype(const at::Tensor& tensor, const char* name, const char* op) {
+  TORCH_CHECK(tensor.scalar_type() == at::kFloat || tensor.scalar_type() == at::kDouble, op,
+              ": ", name, " must be float32 or float64 on the CPU, got ", tensor.scalar_type());
+}
+
+inline void check_cuda_dtype(const at::Tensor& tensor, const char* name, const char* op) {
+  const at::ScalarType type = tensor.scalar_type();
+  TORCH_CHECK(type == at::kFloat || type == at::kDouble || type == at::kHalf ||
+                  type == at::kBFloat16,
+              op, ": ", name, " must be float32, float64, float16 or bfloat16, got ", type);
+}
+
 inline void check_scales(at::ArrayRef<double> scales, const char* op) {
   TORCH_CHECK(!scales.empty() && static_cast<int64_t>(scales.size()) <= kMaxScales, op,
               ": scales must hold 1 to ", kMaxScales, " factors, got ", scales.size());

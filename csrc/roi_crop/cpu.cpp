@@ -41,11 +41,6 @@ bool uses_channels_last(const CropParams<T>& p) {
          p.height * p.width <= kMaxChunkBuffer / kChannelChunk;
 }
 
-void check_cpu_dtype(const at::Tensor& tensor, const char* name, const char* op) {
-  TORCH_CHECK(tensor.scalar_type() == at::kFloat || tensor.scalar_type() == at::kDouble, op,
-              ": ", name, " must be float32 or float64 on the CPU, got ", tensor.scalar_type());
-}
-
 // Checks every box (and given centre) with the shared rules; batch < 0: B not known.
 template <typename T>
 void check_box_values(const T* boxes, int64_t count, int64_t batch, const T* centers,

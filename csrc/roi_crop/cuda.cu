@@ -336,13 +336,6 @@ __global__ void crop_backward_gather_kernel(const scalar_t* __restrict__ grad_ou
   }
 }
 
-void check_cuda_dtype(const at::Tensor& tensor, const char* name) {
-  const at::ScalarType type = tensor.scalar_type();
-  TORCH_CHECK(type == at::kFloat || type == at::kDouble || type == at::kHalf ||
-                  type == at::kBFloat16,
-              kCropOp, ": ", name, " must be float32, float64, float16 or bfloat16, got ", type);
-}
-
 at::Tensor multiscale_roi_crop_cuda(const at::Tensor& input, const at::Tensor& boxes,
                                     at::ArrayRef<double> scales,
                                     const std::optional<at::Tensor>& centers,
@@ -350,7 +343,7 @@ at::Tensor multiscale_roi_crop_cuda(const at::Tensor& input, const at::Tensor& b
                                     int64_t sampling_ratio, bool aligned, bool clip) {
   const CropShape shape = check_crop_args(input, boxes, scales, centers, output_size,
                                           spatial_scale, sampling_ratio, kCropOp);
-  check_cuda_dtype(input, "input");
+  check_cuda_dtype(input, "input", kCropOp);
   const c10::cuda::CUDAGuard device_guard(input.device());
   const int64_t K = boxes.size(0);
   const int64_t S = static_cast<int64_t>(scales.size());
@@ -394,7 +387,7 @@ at::Tensor multiscale_roi_crop_backward_cuda(const at::Tensor& grad_output,
   const CropShape shape =
       check_crop_backward_args(grad_output, boxes, scales, centers, output_size, spatial_scale,
                                sampling_ratio, batch, channels, height, width, kCropOp);
-  check_cuda_dtype(grad_output, "grad_output");
+  check_cuda_dtype(grad_output, "grad_output", kCropOp);
   const c10::cuda::CUDAGuard device_guard(grad_output.device());
   const int64_t K = boxes.size(0);
   const int64_t S = static_cast<int64_t>(scales.size());
