@@ -8,8 +8,9 @@ import torch
 
 import ssanet_ops
 from ssanet_ops import reference
+from ssanet_ops.testing import simulate_cuda
 
-from .conftest import requires_cuda
+from .conftest import requires_cuda, requires_simulator
 
 # (input shape, keyword arguments): the paper's 7x7 maps with 3x3 patches on a 3x3 grid,
 # non-square maps and patches, C = 1, G = 1, 1x1 patches, explicit strides, stride 0.
@@ -264,14 +265,13 @@ def test_mixed_devices_raise_on_cuda():
         torch.ops.ssanet_ops._oriented_pool_backward(grad, argmax, [3, 3], 3, [2, 2], 2, 3, 7, 7)
 
 
-# --- CUDA: reduced precision against the float32 reference ----------------------------------
+# --- the CUDA kernels (on a GPU, or in the simulator) -----------------------------------------
 
 
-@requires_cuda
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize(("shape", "kwargs"), SHAPES[:4])
-def test_cuda_reduced_precision(dtype, shape, kwargs):
-    x32 = torch.randn(shape, device="cuda")
+def test_cuda_reduced_precision(cuda_device, dtype, shape, kwargs):
+    x32 = torch.randn(shape, device=cuda_device)
     x = x32.to(dtype).requires_grad_()
     out = ssanet_ops.oriented_pool(x, **kwargs)
     assert out.dtype == dtype
@@ -288,18 +288,39 @@ def test_cuda_reduced_precision(dtype, shape, kwargs):
     torch.testing.assert_close(x.grad.float(), reference_input.grad, **tolerance)
 
 
-@requires_cuda
-def test_cuda_matches_cpu_bitwise_in_float32():
+def test_cuda_matches_cpu_bitwise_in_float32(cuda_target):
     x = torch.randint(0, 5, (3, 20, 7, 7)).float()
     grad = torch.randn(3, 4, 3 * 20 * 9)
     out_cpu, argmax_cpu = torch.ops.ssanet_ops.oriented_pool(x, [3, 3], 3, [2, 2])
-    out_gpu, argmax_gpu = torch.ops.ssanet_ops.oriented_pool(x.cuda(), [3, 3], 3, [2, 2])
-    assert torch.equal(out_gpu.cpu(), out_cpu) and torch.equal(argmax_gpu.cpu(), argmax_cpu)
     back_cpu = torch.ops.ssanet_ops._oriented_pool_backward(
         grad, argmax_cpu, [3, 3], 3, [2, 2], 3, 20, 7, 7
     )
-    back_gpu = torch.ops.ssanet_ops._oriented_pool_backward(
-        grad.cuda(), argmax_gpu, [3, 3], 3, [2, 2], 3, 20, 7, 7
-    )
+    with cuda_target:
+        out_gpu, argmax_gpu = torch.ops.ssanet_ops.oriented_pool(
+            x.to(cuda_target.device), [3, 3], 3, [2, 2]
+        )
+        back_gpu = torch.ops.ssanet_ops._oriented_pool_backward(
+            grad.to(cuda_target.device), argmax_gpu, [3, 3], 3, [2, 2], 3, 20, 7, 7
+        )
+    assert torch.equal(out_gpu.cpu(), out_cpu) and torch.equal(argmax_gpu.cpu(), argmax_cpu)
     # The same summation order on both devices (csrc/oriented_pool/cpu.cpp).
     assert torch.equal(back_gpu.cpu(), back_cpu)
+
+
+@requires_simulator
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_int64_indexed_kernels(dtype):
+    # On a GPU the int64 kernels run from about 2**31 elements on; the simulator runs them on
+    # small tensors when the int32 limit is lowered below every launch's indices.
+    x = torch.randn(2, 5, 9, 11).to(dtype)
+    with simulate_cuda(int32_index_limit=64):
+        assert ssanet_ops.testing.load_simulator().grid_stride(x.numel())[2] == 64
+        x_sim = x.clone().requires_grad_()
+        out = ssanet_ops.oriented_pool(x_sim, patch_size=(3, 5), grid_size=3)
+        grad = torch.randn_like(out)
+        out.backward(grad)
+    x_ref = x.float().requires_grad_()
+    expected = reference.oriented_pool(x_ref, patch_size=(3, 5), grid_size=3)
+    expected.backward(grad.float())
+    torch.testing.assert_close(out.float(), expected, rtol=0, atol=0)
+    torch.testing.assert_close(x_sim.grad.float(), x_ref.grad, rtol=1e-2, atol=1e-2)

@@ -68,8 +68,4 @@ inline Geometry check_backward_args(const at::Tensor& grad_output, const at::Ten
   return g;
 }
 
-inline Strides4 strides_of(const at::Tensor& x) {
-  return {x.stride(0), x.stride(1), x.stride(2), x.stride(3)};
-}
-
 }  // namespace ssanet_ops::oriented_pool
