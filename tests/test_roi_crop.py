@@ -721,7 +721,10 @@ def test_nan_gradients_reach_exactly_the_elements_their_cells_read(device, deter
     # non-zero weight, and no other, on the CPU, the gather and the atomic kernels alike: the
     # elements that the indicator of the NaN cells, sent back through roi_align, makes positive.
     x = torch.randn(2, 3, 10, 11, device=device, dtype=torch.float64, requires_grad=True)
-    boxes = random_boxes(2, 10, 11, torch.float64).to(device)
+    # Besides random boxes, boxes of one pixel per output cell: with aligned=True their
+    # factor-1 candidates sample on pixel centres, where one neighbour's weight is exactly 0.
+    pixel_bins = torch.tensor([[0, 1, 2, 4, 6], [1, 0, 0, 3, 4]], dtype=torch.float64)
+    boxes = torch.cat([random_boxes(2, 10, 11, torch.float64), pixel_bins]).to(device)
     generator = torch.Generator().manual_seed(5)
     with deterministic_algorithms(deterministic):
         for sampling_ratio in (-1, 2):
