@@ -248,6 +248,51 @@ def test_direct_op_calls_check_their_arguments():
         )
 
 
+@pytest.mark.parametrize("stride", [2**62 + 12345, 3 * 2**61 + 7, 2**63 - 1])
+def test_direct_calls_with_overflowing_strides_raise(device, stride):
+    # Issue 12 item 7: the fit check (G - 1) * stride + h overflowed int64. 2**62 + 12345
+    # crashed; 3 * 2**61 + 7 wrapped to a negative value that passed, and the kernels read out
+    # of bounds.
+    x = torch.randn(1, 2, 7, 7, device=device)
+    with pytest.raises(RuntimeError, match=r"oriented_pool: a 3x3 grid .* does not fit"):
+        torch.ops.ssanet_ops.oriented_pool(x, [1, 1], 3, [stride, stride])
+    with pytest.raises(RuntimeError, match=r"oriented_pool: a 3x3 grid .* does not fit"):
+        torch.ops.ssanet_ops.oriented_pool(x, [1, 1], 3, [0, stride])
+    grad = torch.randn(1, 4, 3 * 2, device=device)
+    argmax = torch.zeros(1, 2, 3, 2, dtype=torch.uint8, device=device)
+    with pytest.raises(RuntimeError, match=r"oriented_pool backward: a 3x3 grid .* does not fit"):
+        torch.ops.ssanet_ops._oriented_pool_backward(
+            grad, argmax, [1, 1], 3, [stride, stride], 1, 2, 7, 7
+        )
+
+
+def test_direct_calls_with_an_overflowing_output_length_raise(device):
+    # G*C*h*w = 256 * 2**60 overflows int64 for an empty batch of huge maps.
+    x = torch.empty(0, 2**40, 1024, 1024, device=device)
+    with pytest.raises(RuntimeError, match=r"output length G\*C\*h\*w overflows int64"):
+        torch.ops.ssanet_ops.oriented_pool(x, [1024, 1024], 256, [0, 0])
+
+
+def test_direct_backward_calls_check_the_geometry(device):
+    # The backward op took the geometry on trust: a grid that does not fit the input shape it
+    # is given, or a bad patch_size, stride or shape, must raise as in the forward.
+    grad = torch.randn(1, 4, 3 * 2, device=device)
+    argmax = torch.zeros(1, 2, 3, 2, dtype=torch.uint8, device=device)
+    backward = torch.ops.ssanet_ops._oriented_pool_backward
+    with pytest.raises(RuntimeError, match=r"backward: a 3x3 grid .* does not fit in the 4x4"):
+        backward(grad, argmax, [1, 1], 3, [2, 2], 1, 2, 4, 4)
+    with pytest.raises(RuntimeError, match=r"backward: patch_size must be two positive ints"):
+        backward(grad, argmax, [0, 1], 3, [2, 2], 1, 2, 5, 5)
+    with pytest.raises(RuntimeError, match=r"backward: stride must be two non-negative ints"):
+        backward(grad, argmax, [1, 1], 3, [-2, 2], 1, 2, 5, 5)
+    with pytest.raises(RuntimeError, match=r"backward: grid_size must be in \[1, 256\]"):
+        backward(grad, argmax, [1, 1], 0, [2, 2], 1, 2, 5, 5)
+    with pytest.raises(RuntimeError, match=r"backward: the input shape .* has a negative size"):
+        backward(grad, argmax, [1, 1], 3, [2, 2], 1, 2, -5, 5)
+    # The same arguments with a grid that fits pass.
+    assert backward(grad, argmax, [1, 1], 3, [2, 2], 1, 2, 5, 5).shape == (1, 2, 5, 5)
+
+
 def test_mixed_devices_raise():
     # Only one tensor enters the forward; the backward op takes two, which must share a device.
     # A meta tensor stands in for a second device on machines without a GPU.
@@ -308,7 +353,7 @@ def test_cuda_matches_cpu_bitwise_in_float32(cuda_target):
 
 
 @requires_simulator
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
 def test_int64_indexed_kernels(dtype):
     # On a GPU the int64 kernels run from about 2**31 elements on; the simulator runs them on
     # small tensors when the int32 limit is lowered below every launch's indices.
@@ -323,4 +368,4 @@ def test_int64_indexed_kernels(dtype):
     expected = reference.oriented_pool(x_ref, patch_size=(3, 5), grid_size=3)
     expected.backward(grad.float())
     torch.testing.assert_close(out.float(), expected, rtol=0, atol=0)
-    torch.testing.assert_close(x_sim.grad.float(), x_ref.grad, rtol=1e-2, atol=1e-2)
+    torch.testing.assert_close(x_sim.grad.float(), x_ref.grad, rtol=2e-2, atol=5e-2)
