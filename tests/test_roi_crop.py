@@ -576,7 +576,7 @@ def test_cuda_reduced_precision(cuda_device, dtype, deterministic):
 
 
 @requires_simulator
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
 def test_int64_index_kernels(dtype):
     # Every launch with an int32 index limit of 100 takes the kernels' int64-index branch, on
     # tensors small enough to simulate; the results match the int32 branch's.
@@ -591,12 +591,17 @@ def test_int64_index_kernels(dtype):
                     ssanet_ops.multiscale_roi_crop, x, boxes, 4, SCALES
                 )
             _, atomic = crop_and_gradient(ssanet_ops.multiscale_roi_crop, x, boxes, 4, SCALES)
+            float_tolerance = tolerances(x)  # the CUDA kernels' (two atomic summation orders)
         results.append((candidates, out, gathered, atomic))
     (candidates, out, gathered, atomic), int64_results = results
     torch.testing.assert_close(int64_results[0], candidates, rtol=0, atol=0)
     torch.testing.assert_close(int64_results[1], out, rtol=0, atol=0)
     torch.testing.assert_close(int64_results[2], gathered, rtol=0, atol=0)
-    tolerance = tolerances(x.float()) if dtype != torch.float16 else {"rtol": 1e-2, "atol": 1e-2}
+    reduced = {
+        torch.float16: {"rtol": 1e-2, "atol": 1e-2},
+        torch.bfloat16: {"rtol": 5e-2, "atol": 5e-2},
+    }
+    tolerance = reduced.get(dtype, float_tolerance)
     torch.testing.assert_close(int64_results[3], atomic, **tolerance)
 
 

@@ -18,6 +18,7 @@
 #include <string>
 #include <tuple>
 
+#include "common/checked.h"
 #include "common/roi_crop.h"
 
 namespace ssanet_ops::roi_crop {
@@ -91,17 +92,15 @@ inline void report_box_errors(int errors, int64_t batch, const char* op) {
   TORCH_CHECK(!(errors & kCenterNotFinite), op, ": centers must be finite");
 }
 
-// The product of non-negative sizes; an error naming `what` when it does not fit in int64, so
-// that no size computed from the arguments of a direct torch.ops call wraps (issue 12 item 7).
-inline int64_t checked_product(std::initializer_list<int64_t> sizes, const char* what,
-                               const char* op) {
-  int64_t product = 1;
+// Raises unless `sizes` are non-negative and their product fits in int64, so that no size
+// computed from the arguments of a direct torch.ops call wraps (issue 12 item 7).
+inline void check_sizes(std::initializer_list<int64_t> sizes, const char* what, const char* op) {
+  Checked product = 1;
   for (const int64_t size : sizes) {
     TORCH_CHECK(size >= 0, op, ": ", what, " has a negative size ", size);
-    TORCH_CHECK(!__builtin_mul_overflow(product, size, &product), op, ": ", what,
-                " has more than 2^63 - 1 elements");
+    product = product * size;
   }
-  return product;
+  TORCH_CHECK(product.valid(), op, ": ", what, " has more than 2^63 - 1 elements");
 }
 
 inline void check_sampling_ratio(int64_t sampling_ratio, const char* op) {
@@ -115,7 +114,7 @@ inline void check_sampling_ratio(int64_t sampling_ratio, const char* op) {
 inline void check_output_size(at::IntArrayRef output_size, const char* op) {
   TORCH_CHECK(output_size.size() == 2 && output_size[0] > 0 && output_size[1] > 0, op,
               ": output_size must be two positive ints, got ", output_size);
-  checked_product({output_size[0], output_size[1]}, "output_size", op);
+  check_sizes({output_size[0], output_size[1]}, "output_size", op);
 }
 
 inline void check_image_size(double image_height, double image_width, const char* op) {
@@ -155,9 +154,9 @@ inline CropShape check_crop_args(const at::Tensor& input, const at::Tensor& boxe
   TORCH_CHECK(std::isfinite(spatial_scale) && spatial_scale > 0, op,
               ": spatial_scale must be positive and finite, got ", spatial_scale);
   check_sampling_ratio(sampling_ratio, op);
-  checked_product({boxes.size(0), static_cast<int64_t>(scales.size()), input.size(1),
-                   output_size[0], output_size[1]},
-                  "the output [K, S, C, oh, ow]", op);
+  check_sizes({boxes.size(0), static_cast<int64_t>(scales.size()), input.size(1),
+               output_size[0], output_size[1]},
+              "the output [K, S, C, oh, ow]", op);
   return {output_size[0], output_size[1]};
 }
 
@@ -169,7 +168,7 @@ inline CropShape check_crop_backward_args(const at::Tensor& grad_output, const a
                                           int64_t channels, int64_t height, int64_t width,
                                           const char* op) {
   check_output_size(output_size, op);
-  checked_product({batch, channels, height, width}, "the input gradient [B, C, H, W]", op);
+  check_sizes({batch, channels, height, width}, "the input gradient [B, C, H, W]", op);
   check_boxes(boxes, compute_type(grad_output.scalar_type()), grad_output.device(), op);
   check_scales(scales, op);
   check_centers(centers, boxes, batch, op);
