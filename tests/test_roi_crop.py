@@ -585,7 +585,7 @@ def test_int64_index_kernels(dtype):
     results = []
     for limit in (None, 100):
         with simulate_cuda(int32_index_limit=limit):
-            candidates = ssanet_ops.scale_candidates(boxes, SCALES, (12, 10))
+            candidates = ssanet_ops.scale_candidates(boxes.to(x.dtype), SCALES, (12, 10))
             with deterministic_algorithms():
                 out, gathered = crop_and_gradient(
                     ssanet_ops.multiscale_roi_crop, x, boxes, 4, SCALES

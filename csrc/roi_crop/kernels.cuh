@@ -314,6 +314,26 @@ at::Tensor box_centers(const at::Tensor& boxes, const ImageSegments& segments,
   return result;
 }
 
+// out: [K, S, 4] in scalar_t.
+template <typename scalar_t>
+void launch_scale_candidates(const at::Tensor& boxes, const ImageSegments& segments,
+                             const at::Tensor& twice_centers, at::ArrayRef<double> scales,
+                             bool clip, double image_height, double image_width, at::Tensor& out,
+                             gpu::Stream stream) {
+  const int64_t S = static_cast<int64_t>(scales.size());
+  const int64_t candidates = boxes.size(0) * S;
+  const GridStride launch = grid_stride(candidates);
+  with_index_type(launch, [&](auto index_type) {
+    using index_t = decltype(index_type);
+    gpu::launch(scale_candidates_kernel<scalar_t, index_t>, launch.blocks, launch.threads, 0,
+                stream, boxes.const_data_ptr<scalar_t>(), segments.keys.const_data_ptr<int64_t>(),
+                twice_centers.const_data_ptr<double>(), static_cast<index_t>(candidates),
+                scale_list<scalar_t>(scales), static_cast<index_t>(S), clip,
+                static_cast<scalar_t>(image_height), static_cast<scalar_t>(image_width),
+                out.mutable_data_ptr<scalar_t>());
+  });
+}
+
 template <typename scalar_t, typename T>
 void launch_crop_forward(const at::Tensor& input, const at::Tensor& boxes,
                          const ImageSegments& segments, const at::Tensor& twice_centers,
@@ -389,17 +409,8 @@ inline at::Tensor scale_candidates(const at::Tensor& boxes, at::ArrayRef<double>
     const ImageSegments segments =
         image_segments<scalar_t>(boxes_c, centers_c.defined() ? centers_c.size(0) : -1, stream);
     const at::Tensor twice_centers = box_centers<scalar_t>(boxes_c, segments, centers_c, stream);
-    const GridStride launch = grid_stride(count * S);
-    with_index_type(launch, [&](auto index_type) {
-      using index_t = decltype(index_type);
-      gpu::launch(scale_candidates_kernel<scalar_t, index_t>, launch.blocks, launch.threads, 0,
-                  stream, boxes_c.const_data_ptr<scalar_t>(),
-                  segments.keys.const_data_ptr<int64_t>(),
-                  twice_centers.const_data_ptr<double>(), static_cast<index_t>(count * S),
-                  scale_list<scalar_t>(scales), static_cast<index_t>(S), clip,
-                  static_cast<scalar_t>(image_height), static_cast<scalar_t>(image_width),
-                  out.mutable_data_ptr<scalar_t>());
-    });
+    launch_scale_candidates<scalar_t>(boxes_c, segments, twice_centers, scales, clip,
+                                      image_height, image_width, out, stream);
   });
   return out;
 }
