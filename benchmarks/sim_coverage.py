@@ -4,7 +4,7 @@
     python benchmarks/sim_coverage.py -- -k oriented_pool   # pytest arguments after --
 
 Builds ssanet_ops._sim on its own in build/sim-coverage (CMake option SSANET_OPS_SIM_COVERAGE:
---coverage -O0 and AddressSanitizer), runs every test marked cuda_simulator against that build
+--coverage and AddressSanitizer), runs every test marked cuda_simulator against that build
 (SSANET_OPS_SIM_LIBRARY), reads the counts with gcov and writes, for every csrc/*/kernels.cuh,
 its executable and covered lines, the lines never run, every __global__ kernel with the
 instantiations (dtype, index type) that ran and how often, and every gpu::launch call, to
@@ -124,8 +124,9 @@ def report(files: dict[str, dict], tests_rc: int, pytest_args: list[str]) -> str
         f"`python benchmarks/sim_coverage.py {' '.join(pytest_args)}`".replace(" `", "`"),
         f"({datetime.date.today().isoformat()}): the tests marked `cuda_simulator` "
         f"({'passed' if tests_rc == 0 else f'pytest exit status {tests_rc}'}), against the "
-        "simulator built with `--coverage -O0` and AddressSanitizer; counts from gcov. A kernel "
-        "instantiation's count is how many simulated GPU threads ran it.",
+        "simulator built with `--coverage` (optimised as the normal build) and "
+        "AddressSanitizer; counts from gcov. A kernel instantiation's count is how many "
+        "simulated GPU threads ran it.",
         "",
         "| kernel header | executable lines | covered | not run (lines) |",
         "|---|---:|---:|---|",

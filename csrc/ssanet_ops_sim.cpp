@@ -56,6 +56,22 @@ std::vector<int> atomic_order(unsigned int blocks, unsigned int threads) {
   return order;
 }
 
+// a * b + c in one statement: nvcc contracts it into an FMA (one rounding), and so must the
+// simulator where the host has FMA instructions.
+__global__ void multiply_add_kernel(float a, float b, float c, float* out) { *out = a * b + c; }
+
+float multiply_add(float a, float b, float c) {
+  float out = 0;
+  gpu::launch(multiply_add_kernel, 1, 1, 0, gpu::Stream{}, a, b, c, &out);
+  return out;
+}
+
+#if defined(__FMA__) || defined(__ARM_FEATURE_FMA)
+constexpr bool kHostFma = true;
+#else
+constexpr bool kHostFma = false;
+#endif
+
 }  // namespace
 }  // namespace ssanet_ops::simulator_checks
 
@@ -82,6 +98,8 @@ PYBIND11_MODULE(_sim, m) {
         pybind11::arg("threads"), pybind11::arg("divergent") = false,
         "Self-test of __syncthreads and shared memory: (values read from the neighbour, "
         "dynamic shared memory before the block wrote it).");
+  m.def("multiply_add", &checks::multiply_add, "Self-test of contraction: a * b + c in a kernel.");
+  m.attr("host_fma") = checks::kHostFma;
   m.def("atomic_order", &checks::atomic_order, pybind11::arg("blocks"), pybind11::arg("threads"),
         "Self-test of atomicAdd: the order in which the grid's threads reached it.");
 }

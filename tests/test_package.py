@@ -161,6 +161,18 @@ def test_simulated_threads_run_in_a_shuffled_order():
 
 
 @requires_simulator
+def test_simulated_kernels_contract_multiply_add_as_nvcc_does():
+    simulator = ssanet_ops.testing.load_simulator()
+    if not simulator.host_fma:
+        pytest.skip("the host has no FMA instructions: the simulator rounds twice")
+    # (1 + 2**-12)**2 = 1 + 2**-11 + 2**-24: rounded to float32 first, the 2**-24 is lost (a tie
+    # to even); one fused rounding keeps it.
+    a = 1 + 2**-12
+    assert simulator.multiply_add(a, a, -(1 + 2**-11)) == 2**-24
+    assert float(torch.tensor(a) * torch.tensor(a) - torch.tensor(1 + 2**-11)) == 0
+
+
+@requires_simulator
 def test_simulate_cuda_routes_cpu_calls_and_restores_them():
     x = torch.randn(1, 2, 7, 7).half()
     with pytest.raises(TypeError, match="float32, float64 on cpu"):

@@ -80,6 +80,10 @@ constexpr int64_t int32_index_limit() { return std::numeric_limits<int32_t>::max
 #include <sys/mman.h>
 #include <ucontext.h>
 
+#if defined(__SANITIZE_ADDRESS__)
+#include <sanitizer/common_interface_defs.h>
+#endif
+
 #include <algorithm>
 #include <atomic>
 #include <cstdlib>
@@ -146,6 +150,8 @@ struct Runtime {
   BlockRun* block = nullptr;
   std::vector<unsigned char> dynamic_shared;
   std::mt19937_64 random{seed()};
+  const void* scheduler_stack = nullptr;  // for AddressSanitizer, see switch_stack
+  size_t scheduler_stack_bytes = 0;
 
   static uint64_t seed() {
     const char* fixed = std::getenv("SSANET_OPS_SIM_SEED");
@@ -163,7 +169,32 @@ inline void set_thread_index(unsigned int linear) {
                     linear / (blockDim.x * blockDim.y));
 }
 
+// AddressSanitizer builds (benchmarks/sim_coverage.py) must be told which stack runs after a
+// context switch, or they take frames on the other stack for overflows. Call before_switch with
+// the stack switched to, and after_switch once back, with where to store the bounds of the
+// stack that switched back (the scheduler's, when a fiber resumes).
+inline void before_switch(void** fake_stack, const void* stack, size_t bytes) {
+#if defined(__SANITIZE_ADDRESS__)
+  __sanitizer_start_switch_fiber(fake_stack, stack, bytes);
+#endif
+}
+
+inline void after_switch(void* fake_stack, const void** from_stack, size_t* from_bytes) {
+#if defined(__SANITIZE_ADDRESS__)
+  __sanitizer_finish_switch_fiber(fake_stack, from_stack, from_bytes);
+#endif
+}
+
+// From a fiber back to the scheduler; returns when the scheduler resumes the fiber.
+inline void to_scheduler(Fiber& self) {
+  void* fake_stack = nullptr;
+  before_switch(&fake_stack, runtime.scheduler_stack, runtime.scheduler_stack_bytes);
+  swapcontext(&self.context, &runtime.scheduler);
+  after_switch(fake_stack, &runtime.scheduler_stack, &runtime.scheduler_stack_bytes);
+}
+
 [[noreturn]] inline void fiber_main() {
+  after_switch(nullptr, &runtime.scheduler_stack, &runtime.scheduler_stack_bytes);
   for (;;) {
     Fiber& self = *runtime.running;
     BlockRun& block = *runtime.block;
@@ -180,7 +211,7 @@ inline void set_thread_index(unsigned int linear) {
       ++block.finished;
     }
     self.at_barrier = false;
-    swapcontext(&self.context, &runtime.scheduler);  // idle until the next block
+    to_scheduler(self);  // idle until the next block
   }
 }
 
@@ -200,14 +231,17 @@ inline void syncthreads() {
   Fiber* self = runtime.running;
   TORCH_CHECK(self != nullptr, "CUDA simulator: __syncthreads() outside a kernel");
   self->at_barrier = true;
-  swapcontext(&self->context, &runtime.scheduler);
+  to_scheduler(*self);
 }
 
 // Runs `fiber` until its thread reaches a barrier (true) or it has no thread left (false).
 inline bool resume(Fiber& fiber) {
   runtime.running = &fiber;
   set_thread_index(fiber.thread);
+  void* fake_stack = nullptr;
+  before_switch(&fake_stack, fiber.stack, Fiber::kStackBytes);
   swapcontext(&runtime.scheduler, &fiber.context);
+  after_switch(fake_stack, nullptr, nullptr);
   runtime.running = nullptr;
   return fiber.at_barrier;
 }
