@@ -15,6 +15,7 @@ _C = _extension.load()
 
 # The registrations need the schemas that loading _C defines.
 from . import _autograd, _fake, nn, reference, testing  # noqa: E402, F401  (registers autograd and fake kernels)  # noqa: E402
+from ._roi_crop import BATCH_INDEX_LIMIT, MAX_SAMPLING_RATIO, check_boxes  # noqa: E402
 from .ops import (  # noqa: E402
     multiscale_roi_crop,
     oriented_pool,
@@ -52,7 +53,10 @@ def build_info() -> dict:
 
 
 __all__ = [
+    "BATCH_INDEX_LIMIT",
+    "MAX_SAMPLING_RATIO",
     "build_info",
+    "check_boxes",
     "multiscale_roi_crop",
     "nn",
     "oriented_pool",

@@ -143,8 +143,9 @@ def multiscale_roi_crop(
             keeps it in the graph.
         centers: ``[B, 2]`` (x, y) per image; default: each image's mean box centre.
         spatial_scale: map coordinates per image coordinate (1/32 for a stride-32 feature map).
-        sampling_ratio: samples per output cell and axis; <= 0 takes
-            ``ceil(candidate size / output size)``, as roi_align does.
+        sampling_ratio: samples per output cell and axis, at most ``MAX_SAMPLING_RATIO``
+            (512); <= 0 takes ``ceil(candidate size / output size)``, as roi_align does,
+            capped at ``MAX_SAMPLING_RATIO``.
         aligned: shift the boxes by -0.5 pixel (roi_align's ``aligned=True``).
         clip: clip the candidates to the image.
 
@@ -153,6 +154,10 @@ def multiscale_roi_crop(
         or centres). The backward is deterministic on the CPU; on CUDA it uses atomics unless
         ``torch.are_deterministic_algorithms_enabled()``, which selects a gather kernel with a
         fixed summation order.
+
+    Bad boxes (a non-finite coordinate, a batch index out of ``[0, B)``) raise on the CPU; on
+    CUDA, which never waits for the device, their candidates are zeros and get no gradient.
+    :func:`ssanet_ops.check_boxes` checks on demand.
     """
     arguments = multiscale_roi_crop_arguments(
         input, boxes, output_size, scales, centers, spatial_scale, sampling_ratio, aligned, clip

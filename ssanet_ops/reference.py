@@ -54,14 +54,16 @@ def oriented_pool(
     return torch.stack([o.reshape(batch, -1) for o in orientations], dim=1)
 
 
-def _mean_box_centers(rois: torch.Tensor, batch: int) -> torch.Tensor:
-    """[B, 2]: each image's mean box centre (the default of docs/operators.md section 2), (0, 0)
-    without boxes."""
+def _twice_mean_centers(rois: torch.Tensor, batch: int) -> torch.Tensor:
+    """[B, 2] float64: 2c of every image for docs/operators.md section 2's default centre, the mean over
+    its boxes of (x1 + x2, y1 + y2) in float64; (0, 0) without boxes. Summed on the CPU, where
+    index_add_ adds in box order, as the kernels do, so the means agree to the bit."""
+    rois = rois.detach().cpu().double()
     index = rois[:, 0].long()
-    box_centers = torch.stack([(rois[:, 1] + rois[:, 3]) / 2, (rois[:, 2] + rois[:, 4]) / 2], 1)
-    sums = box_centers.new_zeros(batch, 2).index_add_(0, index, box_centers)
+    sums = torch.stack([rois[:, 1] + rois[:, 3], rois[:, 2] + rois[:, 4]], 1)
+    totals = sums.new_zeros(batch, 2).index_add_(0, index, sums)
     counts = torch.bincount(index, minlength=batch).clamp(min=1)
-    return sums / counts[:, None]
+    return totals / counts[:, None]
 
 
 def scale_candidates(
@@ -74,29 +76,31 @@ def scale_candidates(
     """Reference for :func:`ssanet_ops.scale_candidates` (docs/operators.md section 2):
     ``[K, S, 4]``.
 
-    Distances to the four corners, argmax / argmin (the first corner on ties) for psi / eta,
-    then every candidate at once by broadcasting boxes [K, 1] against factors [S].
+    The anchor corners by docs/operators.md section 2's rule, per axis in float64: psi's x is x1 when
+    ``x1 + x2 <= 2*cx``, eta's x is x1 when ``x1 + x2 >= 2*cx`` (likewise for y); then every
+    candidate at once by broadcasting boxes [K, 1] against factors [S].
     """
     rois = boxes_as_rois(boxes)
+    index = rois[:, 0].long()
     if centers is None:
         if isinstance(boxes, (list, tuple)):
             batch = len(boxes)
         else:
-            batch = int(rois[:, 0].max()) + 1 if rois.shape[0] > 0 else 0
-        centers = _mean_box_centers(rois, batch)
-    center = centers.to(rois.dtype)[rois[:, 0].long()]  # [K, 2]
+            batch = int(index.max()) + 1 if rois.shape[0] > 0 else 0
+        twice_centers = _twice_mean_centers(rois, batch).to(rois.device)
+    else:
+        twice_centers = 2 * centers.to(rois.dtype).double()
+    twice_center = twice_centers[index]  # [K, 2]
     x1, y1, x2, y2 = (rois[:, i, None] for i in range(1, 5))  # each [K, 1]
-    # Corners in the contract's order (x1, y1), (x2, y1), (x1, y2), (x2, y2).
-    dx = torch.cat([x1, x2, x1, x2], 1) - center[:, :1]
-    dy = torch.cat([y1, y1, y2, y2], 1) - center[:, 1:]
-    distance = dx * dx + dy * dy
-    psi = distance.argmax(1, keepdim=True)  # farthest corner, [K, 1]
-    eta = distance.argmin(1, keepdim=True)  # nearest corner
+    sum_x = x1.double() + x2.double()
+    sum_y = y1.double() + y2.double()
+    # Whether psi (the farthest corner) and eta (the nearest) sit at x2 (y2), [K, 1] each.
+    psi_at_x2, eta_at_x2 = sum_x > twice_center[:, :1], sum_x < twice_center[:, :1]
+    psi_at_y2, eta_at_y2 = sum_y > twice_center[:, 1:], sum_y < twice_center[:, 1:]
     factor = torch.tensor(scale_list(scales), dtype=rois.dtype, device=rois.device)  # [S]
-    # Growing keeps psi fixed, shrinking keeps eta fixed: [K, S] corner indices.
-    anchor = torch.where(factor >= 1, psi, eta)
-    at_x2 = anchor % 2 == 1
-    at_y2 = anchor >= 2
+    # Growing keeps psi fixed, shrinking keeps eta fixed: [K, S].
+    at_x2 = torch.where(factor >= 1, psi_at_x2, eta_at_x2)
+    at_y2 = torch.where(factor >= 1, psi_at_y2, eta_at_y2)
     width = factor * (x2 - x1)
     height = factor * (y2 - y1)
     candidates = torch.stack(
@@ -141,9 +145,7 @@ def multiscale_roi_crop(
     float32, then handed to roi_align in input's dtype."""
     compute_dtype = torch.float64 if input.dtype == torch.float64 else torch.float32
     rois = boxes_as_rois(boxes, compute_dtype)
-    batch, channels, height, width = input.shape
-    if centers is None:
-        centers = _mean_box_centers(rois, batch)
+    _, channels, height, width = input.shape
     image_size = (height / spatial_scale, width / spatial_scale)
     candidates = scale_candidates(rois, scales, image_size, centers, clip)
     count, S = candidates.shape[:2]

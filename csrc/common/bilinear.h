@@ -40,17 +40,22 @@ struct RoiGrid {
   T count;  // samples averaged per output cell, at least 1
 };
 
-// roi_align's adaptive grid, ceil(length / outputs), as an int (0 for empty or inverted boxes).
+// The most samples per bin and axis (issue 12 item 9): an explicit sampling_ratio above it is
+// refused, and roi_align's adaptive grid is capped at it, so that no box costs more than
+// kMaxSamplingRatio^2 samples per output cell. Below the cap the grid is roi_align's; a box
+// reaches it only when it spans more than 512 map pixels per output cell on an axis.
+constexpr int64_t kMaxSamplingRatio = 512;
+
+// roi_align's adaptive grid, ceil(length / outputs), capped at kMaxSamplingRatio (0 for empty,
+// inverted or non-finite boxes).
 template <typename T>
 SSANET_HOST_DEVICE int64_t adaptive_grid(T length, int64_t outputs) {
-  T ratio = length / static_cast<T>(outputs);
+  const T ratio = length / static_cast<T>(outputs);
   if (!(ratio > T(0))) {
     return 0;
   }
-  // Only reachable with boxes of about 2^31 pixels, which roi_align could not sample either;
-  // it keeps the conversion below defined.
-  if (ratio > T(2147483647.0)) {
-    ratio = T(2147483647.0);
+  if (ratio >= static_cast<T>(kMaxSamplingRatio)) {  // also keeps the conversion below defined
+    return kMaxSamplingRatio;
   }
   const int64_t whole = static_cast<int64_t>(ratio);
   return static_cast<T>(whole) < ratio ? whole + 1 : whole;
@@ -164,6 +169,12 @@ SSANET_HOST_DEVICE void outputs_reaching(const AxisGrid<T>& axis, int64_t r, int
   }
   const T a = window_low / axis.bin;
   const T b = window_high / axis.bin;
+  // A candidate that overflowed (a box near the type's range, grown without clip) has
+  // infinite or NaN bounds; its samples are outside the map (axis_tap), so it reaches nothing,
+  // and the casts below stay defined.
+  if (!(is_finite(a) && is_finite(b))) {
+    return;
+  }
   // bin > 0: p in [a - 1, b]; bin < 0 (an inverted box): p in [b - 1, a].
   T low = (a < b ? a : b) - T(1);
   T high = a < b ? b : a;

@@ -34,18 +34,20 @@ SSANET_HOST_DEVICE RoiGrid<T> candidate_grid(const CropParams<T>& p, const Box<T
                   p.height, p.width);
 }
 
-// The grid of candidate s of box k, whose image has centre (cx, cy).
+// The grid of candidate `scale` of `box`, whose image has 2c = `center`.
 template <typename T>
-SSANET_HOST_DEVICE RoiGrid<T> candidate_grid(const CropParams<T>& p, const Box<T>& box, T cx,
-                                             T cy, T scale) {
-  const Anchors anchors = anchor_corners(box, cx, cy);
-  return candidate_grid(
-      p, candidate_box(box, anchors, scale, p.clip, p.image_height, p.image_width));
+SSANET_HOST_DEVICE RoiGrid<T> candidate_grid(const CropParams<T>& p, const Box<T>& box,
+                                             TwiceCenter center, T scale) {
+  return candidate_grid(p, candidate_box(box, anchor_corners(box, center), scale, p.clip,
+                                         p.image_height, p.image_width));
 }
 
 // The gradient that one candidate's output gradient grad[oh, ow] (with strides) sends to map
 // element (y, x) of its image and channel: the sum over the output cells whose samples reach
 // (y, x) of grad * (y weight) * (x weight) / count, in a fixed order (rows, then columns).
+// Cells whose weight on (y, x) is zero on either axis are skipped, not multiplied by zero, so
+// that a NaN or infinite gradient reaches exactly the elements its cell's samples read with a
+// non-zero weight, as on the CPU and in the atomic kernel (issue 9 defect 8).
 template <typename T, typename grad_t>
 SSANET_HOST_DEVICE T gather_gradient(const RoiGrid<T>& g, const grad_t* grad, int64_t stride_h,
                                      int64_t stride_w, int64_t y, int64_t x) {
@@ -61,7 +63,9 @@ SSANET_HOST_DEVICE T gather_gradient(const RoiGrid<T>& g, const grad_t* grad, in
     T row = 0;
     for (int64_t pw = first_column; pw <= last_column; ++pw) {
       const T wx = weight_to(g.x, pw, x);
-      row += wx * static_cast<T>(grad[ph * stride_h + pw * stride_w]);
+      if (wx != T(0)) {
+        row += wx * static_cast<T>(grad[ph * stride_h + pw * stride_w]);
+      }
     }
     total += wy * row;
   }

@@ -27,12 +27,6 @@ SSANET_HOST_DEVICE Box<T> box_at(const T* boxes, int64_t k) {
   return {row[1], row[2], row[3], row[4]};
 }
 
-// The image of box k. Valid once check_box has passed: a whole number, so truncation is exact.
-template <typename T>
-SSANET_HOST_DEVICE int64_t image_of(const T* boxes, int64_t k) {
-  return static_cast<int64_t>(boxes[5 * k]);
-}
-
 template <typename T>
 SSANET_HOST_DEVICE bool is_finite(T value) {
   return value - value == T(0);  // false for infinities and NaN
@@ -43,8 +37,13 @@ constexpr int kBoxNotFinite = 1;
 constexpr int kBatchIndexInvalid = 2;
 constexpr int kCenterNotFinite = 4;
 
+// The batch indices a box may carry when the number of images is not known (scale_candidates
+// without centers): [0, 2^31), ssanet_ops.BATCH_INDEX_LIMIT (ssanet_ops/_roi_crop.py).
+constexpr double kBatchIndexLimit = 2147483648.0;
+
 // Checks box k: finite coordinates, and a batch index that is a whole number in
-// [0, batch) (in [0, 2^31) when batch < 0, that is when the number of images is not known).
+// [0, batch) (in [0, kBatchIndexLimit) when batch < 0, that is when the number of images is
+// not known).
 template <typename T>
 SSANET_HOST_DEVICE int check_box(const T* boxes, int64_t k, int64_t batch) {
   const T* row = boxes + 5 * k;
@@ -55,7 +54,7 @@ SSANET_HOST_DEVICE int check_box(const T* boxes, int64_t k, int64_t batch) {
     }
   }
   const T index = row[0];
-  const T limit = batch >= 0 ? static_cast<T>(batch) : T(2147483648.0);
+  const T limit = batch >= 0 ? static_cast<T>(batch) : static_cast<T>(kBatchIndexLimit);
   // Written as !(in range) so that NaN fails; the cast is then in range.
   if (!(index >= T(0) && index < limit) ||
       static_cast<T>(static_cast<int64_t>(index)) != index) {
@@ -69,66 +68,119 @@ SSANET_HOST_DEVICE int check_center(const T* centers, int64_t b) {
   return is_finite(centers[2 * b]) && is_finite(centers[2 * b + 1]) ? 0 : kCenterNotFinite;
 }
 
-template <typename T>
-SSANET_HOST_DEVICE T center_x(const Box<T>& box) {
-  return (box.x1 + box.x2) / T(2);
-}
+// The key that groups box k by image: its batch index, or kNoImage when check_box fails. On
+// CUDA, where box values are not checked (docs/operators.md section 4: no host synchronisation), a box
+// without an image has zero candidates and passes no gradient.
+constexpr int64_t kNoImage = -1;
 
 template <typename T>
-SSANET_HOST_DEVICE T center_y(const Box<T>& box) {
-  return (box.y1 + box.y2) / T(2);
+SSANET_HOST_DEVICE int64_t image_key(const T* boxes, int64_t k, int64_t batch) {
+  return check_box(boxes, k, batch) == 0 ? static_cast<int64_t>(boxes[5 * k]) : kNoImage;
 }
 
-// The default centre of an image (docs/operators.md section 2): the mean of the centres of its boxes,
-// summed in box order, (0, 0) when it has none. A kernel that accumulates every image in one
-// pass over the boxes adds the same terms in the same order, so gets the same bits.
+// Twice the centre c of an image, 2c, in float64: the anchor rule of docs/operators.md section 2
+// compares x1 + x2 with 2*cx, and y1 + y2 with 2*cy, in float64 for every box dtype.
+struct TwiceCenter {
+  double x, y;
+};
+
+// 2c of a given centre (centers: [B, 2] rows (x, y)); doubling is exact.
 template <typename T>
-SSANET_HOST_DEVICE void mean_box_center(const T* boxes, int64_t count, int64_t image,
-                                        T& mean_x, T& mean_y) {
-  T sum_x = 0, sum_y = 0;
-  int64_t members = 0;
-  for (int64_t k = 0; k < count; ++k) {
-    if (image_of(boxes, k) == image) {
-      const Box<T> box = box_at(boxes, k);
-      sum_x += center_x(box);
-      sum_y += center_y(box);
-      ++members;
-    }
+SSANET_HOST_DEVICE TwiceCenter twice_given_center(const T* centers, int64_t b) {
+  return {2.0 * static_cast<double>(centers[2 * b]),
+          2.0 * static_cast<double>(centers[2 * b + 1])};
+}
+
+// Writes the 2c of box k's image to twice_centers ([K, 2] by box index) from the given
+// centres; (0, 0) for a box without an image (keys: image_key of every box).
+template <typename T>
+SSANET_HOST_DEVICE void spread_given_center(const T* centers, const int64_t* keys, int64_t k,
+                                            double* twice_centers) {
+  const TwiceCenter center =
+      keys[k] == kNoImage ? TwiceCenter{0, 0} : twice_given_center(centers, keys[k]);
+  twice_centers[2 * k] = center.x;
+  twice_centers[2 * k + 1] = center.y;
+}
+
+// The default 2c of an image (docs/operators.md section 2): the mean over its boxes of
+// (x1 + x2, y1 + y2), where its boxes are boxes[order[first]], ..., boxes[order[last - 1]], in
+// index order. Only additions and one division, so no fused multiply-add can change the bits:
+// every kernel that sums an image's boxes in this order gets the same 2c, and one box alone
+// gets exactly its own x1 + x2 and y1 + y2.
+template <typename T>
+SSANET_HOST_DEVICE TwiceCenter twice_mean_center(const T* boxes, const int64_t* order,
+                                                 int64_t first, int64_t last) {
+  double sum_x = 0, sum_y = 0;
+  for (int64_t i = first; i < last; ++i) {
+    const T* row = boxes + 5 * order[i];
+    sum_x += static_cast<double>(row[1]) + static_cast<double>(row[3]);
+    sum_y += static_cast<double>(row[2]) + static_cast<double>(row[4]);
   }
-  mean_x = members > 0 ? sum_x / static_cast<T>(members) : T(0);
-  mean_y = members > 0 ? sum_y / static_cast<T>(members) : T(0);
+  const double members = static_cast<double>(last - first);
+  return last > first ? TwiceCenter{sum_x / members, sum_y / members} : TwiceCenter{0, 0};
 }
 
-// Corners in the contract's order: 0 = (x1, y1), 1 = (x2, y1), 2 = (x1, y2), 3 = (x2, y2).
+// For the boxes grouped by image (sorted: their keys in ascending order, stable, so that an
+// image's boxes keep index order; order: their box indices): when position i starts the run of
+// an image's boxes, writes that image's default 2c to every box of the run, so that each image
+// is summed once. twice_centers: [K, 2] by box index.
 template <typename T>
-SSANET_HOST_DEVICE T corner_distance_squared(const Box<T>& box, int corner, T cx, T cy) {
-  const T dx = ((corner & 1) ? box.x2 : box.x1) - cx;
-  const T dy = ((corner & 2) ? box.y2 : box.y1) - cy;
-  return dx * dx + dy * dy;
+SSANET_HOST_DEVICE void spread_image_center(const T* boxes, const int64_t* order,
+                                            const int64_t* sorted, int64_t count, int64_t i,
+                                            double* twice_centers) {
+  if (sorted[i] == kNoImage || (i > 0 && sorted[i - 1] == sorted[i])) {
+    return;
+  }
+  int64_t last = i + 1;
+  while (last < count && sorted[last] == sorted[i]) {
+    ++last;
+  }
+  const TwiceCenter center = twice_mean_center(boxes, order, i, last);
+  for (int64_t j = i; j < last; ++j) {
+    twice_centers[2 * order[j]] = center.x;
+    twice_centers[2 * order[j] + 1] = center.y;
+  }
 }
 
-// psi (farthest from the centre) and eta (nearest); a tie keeps the first corner.
+// The 2c of box k's image from [K, 2] per-box values.
+SSANET_HOST_DEVICE TwiceCenter twice_center_of(const double* twice_centers, int64_t k) {
+  return {twice_centers[2 * k], twice_centers[2 * k + 1]};
+}
+
+// psi (farthest from the centre) and eta (nearest), as corner numbers in the contract's order:
+// 0 = (x1, y1), 1 = (x2, y1), 2 = (x1, y2), 3 = (x2, y2).
 struct Anchors {
   int psi, eta;
 };
 
+// docs/operators.md section 2, per axis and exactly: psi's x is x1 when x1 + x2 <= 2*cx, else x2; eta's
+// x is x1 when x1 + x2 >= 2*cx, else x2; likewise for y. No distance is computed: a sum of two
+// floats of the box's type is exact or correctly rounded in float64, and a comparison cannot
+// be contracted, so CPU, CUDA and reference choose the same corners.
 template <typename T>
-SSANET_HOST_DEVICE Anchors anchor_corners(const Box<T>& box, T cx, T cy) {
-  Anchors anchors{0, 0};
-  T farthest = corner_distance_squared(box, 0, cx, cy);
-  T nearest = farthest;
-  for (int corner = 1; corner < 4; ++corner) {
-    const T distance = corner_distance_squared(box, corner, cx, cy);
-    if (distance > farthest) {
-      farthest = distance;
-      anchors.psi = corner;
-    }
-    if (distance < nearest) {
-      nearest = distance;
-      anchors.eta = corner;
-    }
+SSANET_HOST_DEVICE Anchors anchor_corners(const Box<T>& box, TwiceCenter center) {
+  const double sum_x = static_cast<double>(box.x1) + static_cast<double>(box.x2);
+  const double sum_y = static_cast<double>(box.y1) + static_cast<double>(box.y2);
+  const int psi = (sum_x <= center.x ? 0 : 1) | (sum_y <= center.y ? 0 : 2);
+  const int eta = (sum_x >= center.x ? 0 : 1) | (sum_y >= center.y ? 0 : 2);
+  return {psi, eta};
+}
+
+// a * b, rounded on its own and never fused with the addition that uses it: nvcc contracts
+// a * b + c into one FMA by default (and so does the simulator of the CUDA kernels), the CPU
+// build does not, and a candidate must be the same box on every device and in reference.
+template <typename T>
+SSANET_HOST_DEVICE T unfused_product(T a, T b) {
+#if defined(__CUDA_ARCH__)
+  if constexpr (sizeof(T) == sizeof(double)) {
+    return __dmul_rn(a, b);
+  } else {
+    return __fmul_rn(a, b);
   }
-  return anchors;
+#else
+  const volatile T product = a * b;  // a rounded value the compiler cannot fuse
+  return product;
+#endif
 }
 
 template <typename T>
@@ -144,8 +196,8 @@ SSANET_HOST_DEVICE Box<T> candidate_box(const Box<T>& box, const Anchors& anchor
   Box<T> candidate = box;
   if (scale != T(1)) {
     const int anchor = scale >= T(1) ? anchors.psi : anchors.eta;
-    const T width = scale * (box.x2 - box.x1);
-    const T height = scale * (box.y2 - box.y1);
+    const T width = unfused_product(scale, box.x2 - box.x1);
+    const T height = unfused_product(scale, box.y2 - box.y1);
     if (anchor & 1) {  // anchored at x2
       candidate.x1 = box.x2 - width;
     } else {

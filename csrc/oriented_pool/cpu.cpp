@@ -15,18 +15,11 @@
 #include <algorithm>
 #include <vector>
 
+#include "common/dtypes.h"
 #include "oriented_pool/arguments.h"
 
 namespace ssanet_ops::oriented_pool {
 namespace {
-
-void check_cpu_dtype(const at::Tensor& tensor, const char* name) {
-  const at::ScalarType type = tensor.scalar_type();
-  TORCH_CHECK(type == at::kFloat || type == at::kDouble || type == at::kHalf ||
-                  type == at::kBFloat16,
-              "oriented_pool: ", name, " must be float32, float64, float16 or bfloat16, got ",
-              type);
-}
 
 // Channels per work item: the transposed input block stays within about 64 KiB (L2-resident).
 int64_t channel_block(const Geometry& g, int64_t element_size) {
@@ -67,7 +60,7 @@ std::tuple<at::Tensor, at::Tensor> oriented_pool_forward_cpu(const at::Tensor& x
                                                              int64_t grid_size,
                                                              at::IntArrayRef stride) {
   const Geometry g = check_forward_args(x, patch_size, grid_size, stride);
-  check_cpu_dtype(x, "x");
+  check_floating_dtype(x, "x", "oriented_pool");
   auto [out, argmax] = allocate_outputs(x, g);
   if (out.numel() == 0) {
     return {out, argmax};
@@ -156,7 +149,7 @@ at::Tensor oriented_pool_backward_cpu(const at::Tensor& grad_output, const at::T
                                       int64_t height, int64_t width) {
   const Geometry g = check_backward_args(grad_output, argmax, patch_size, grid_size, stride,
                                          batch, channels, height, width);
-  check_cpu_dtype(grad_output, "grad_output");
+  check_floating_dtype(grad_output, "grad_output", "oriented_pool backward");
   at::Tensor grad_input = at::empty({batch, channels, height, width}, grad_output.options());
   if (grad_input.numel() == 0) {
     return grad_input;

@@ -19,6 +19,7 @@
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/zeros.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -26,13 +27,10 @@
 #include <optional>
 #include <vector>
 
-#include "roi_crop/roi_crop.h"
+#include "roi_crop/arguments.h"
 
 namespace ssanet_ops::roi_crop {
 namespace {
-
-constexpr const char* kCandidatesOp = "scale_candidates";
-constexpr const char* kCropOp = "multiscale_roi_crop";
 
 // With many channels the crop runs on channels-last data, in chunks of channels, when a
 // thread's buffers for a chunk (an output crop, a map) stay small; otherwise plane by plane.
@@ -42,16 +40,8 @@ constexpr int64_t kMaxChunkBuffer = int64_t{1} << 20;  // elements
 
 template <typename T>
 bool uses_channels_last(const CropParams<T>& p) {
-  return p.channels >= kChannelsLastFrom && p.cells() * kChannelChunk <= kMaxChunkBuffer &&
-         p.height * p.width * kChannelChunk <= kMaxChunkBuffer;
-}
-
-bool is_reduced(at::ScalarType type) { return type == at::kHalf || type == at::kBFloat16; }
-
-void check_cpu_dtype(const at::Tensor& tensor, const char* name, const char* op) {
-  const at::ScalarType type = tensor.scalar_type();
-  TORCH_CHECK(type == at::kFloat || type == at::kDouble || is_reduced(type), op, ": ", name,
-              " must be float32, float64, float16 or bfloat16, got ", type);
+  return p.channels >= kChannelsLastFrom && p.cells() <= kMaxChunkBuffer / kChannelChunk &&
+         p.height * p.width <= kMaxChunkBuffer / kChannelChunk;
 }
 
 // Checks every box (and given centre) with the shared rules; batch < 0: B not known.
@@ -68,51 +58,44 @@ void check_box_values(const T* boxes, int64_t count, int64_t batch, const T* cen
   report_box_errors(errors, batch, op);
 }
 
-// The centre of every image [2 * batch] (x, y): the given centers, or the mean of the centres
-// of its boxes, accumulated in one pass in box order (the same sums as mean_box_center).
+// The boxes grouped by image (batch < 0: B not known), once check_box_values has passed.
 template <typename T>
-std::vector<T> image_centers(const T* boxes, int64_t count, int64_t batch, const T* centers) {
-  std::vector<T> result(2 * batch, T(0));
-  if (centers != nullptr) {
-    std::copy(centers, centers + 2 * batch, result.begin());
-    return result;
-  }
-  std::vector<int64_t> members(batch, 0);
+ImageSegments image_segments(const at::Tensor& boxes, int64_t batch) {
+  const int64_t count = boxes.size(0);
+  at::Tensor keys = at::empty({count}, boxes.options().dtype(at::kLong));
+  const T* box_data = boxes.const_data_ptr<T>();
+  int64_t* key_data = keys.mutable_data_ptr<int64_t>();
   for (int64_t k = 0; k < count; ++k) {
-    const int64_t b = image_of(boxes, k);
-    const Box<T> box = box_at(boxes, k);
-    result[2 * b] += center_x(box);
-    result[2 * b + 1] += center_y(box);
-    ++members[b];
+    key_data[k] = image_key(box_data, k, batch);
   }
-  for (int64_t b = 0; b < batch; ++b) {
-    if (members[b] > 0) {
-      result[2 * b] /= static_cast<T>(members[b]);
-      result[2 * b + 1] /= static_cast<T>(members[b]);
+  return group_by_image(keys, batch);
+}
+
+// [K, 2] float64: 2c of every box's image, from the given centres or, when there are none,
+// the mean over the image's boxes (docs/operators.md section 2), each image summed once.
+template <typename T>
+at::Tensor box_centers(const at::Tensor& boxes, const ImageSegments& segments,
+                       const at::Tensor& centers) {
+  const int64_t count = boxes.size(0);
+  at::Tensor result = at::zeros({count, 2}, boxes.options().dtype(at::kDouble));
+  double* twice_centers = result.mutable_data_ptr<double>();
+  const T* box_data = boxes.const_data_ptr<T>();
+  for (int64_t k = 0; k < count; ++k) {
+    if (centers.defined()) {
+      spread_given_center(centers.const_data_ptr<T>(), segments.keys.const_data_ptr<int64_t>(),
+                          k, twice_centers);
+    } else {
+      spread_image_center(box_data, segments.order.const_data_ptr<int64_t>(),
+                          segments.sorted.const_data_ptr<int64_t>(), count, k, twice_centers);
     }
   }
   return result;
 }
 
-// The number of images the boxes refer to, once check_box_values has passed.
-template <typename T>
-int64_t images_referenced(const T* boxes, int64_t count) {
-  int64_t batch = 0;
-  for (int64_t k = 0; k < count; ++k) {
-    batch = std::max(batch, image_of(boxes, k) + 1);
-  }
-  return batch;
-}
-
 at::Tensor scale_candidates_cpu(const at::Tensor& boxes, at::ArrayRef<double> scales,
                                 const std::optional<at::Tensor>& centers, double image_height,
                                 double image_width, bool clip) {
-  TORCH_CHECK(boxes.scalar_type() == at::kFloat || boxes.scalar_type() == at::kDouble,
-              kCandidatesOp, ": boxes must be float32 or float64, got ", boxes.scalar_type());
-  check_boxes(boxes, boxes.scalar_type(), boxes.device(), kCandidatesOp);
-  check_scales(scales, kCandidatesOp);
-  check_centers(centers, boxes, -1, kCandidatesOp);
-  check_image_size(image_height, image_width, kCandidatesOp);
+  check_candidates_args(boxes, scales, centers, image_height, image_width);
   const int64_t count = boxes.size(0);
   const int64_t S = static_cast<int64_t>(scales.size());
   at::Tensor out = at::empty({count, S, 4}, boxes.options());
@@ -124,20 +107,22 @@ at::Tensor scale_candidates_cpu(const at::Tensor& boxes, at::ArrayRef<double> sc
 
   AT_DISPATCH_FLOATING_TYPES(boxes.scalar_type(), "scale_candidates_cpu", [&] {
     const scalar_t* box_data = boxes_c.const_data_ptr<scalar_t>();
-    const scalar_t* center_data =
-        centers_c.defined() ? centers_c.const_data_ptr<scalar_t>() : nullptr;
-    const int64_t given_rows = centers_c.defined() ? centers_c.size(0) : 0;
-    check_box_values(box_data, count, centers_c.defined() ? given_rows : -1, center_data,
-                     given_rows, kCandidatesOp);
-    const int64_t batch = centers_c.defined() ? given_rows : images_referenced(box_data, count);
-    const std::vector<scalar_t> image_center = image_centers(box_data, count, batch, center_data);
+    // Without centres the number of images is not known: the batch indices are bounded by
+    // kBatchIndexLimit, and the grouping allocates by the number of boxes, not by the largest
+    // index (issue 12 item 8).
+    const int64_t batch = centers_c.defined() ? centers_c.size(0) : -1;
+    check_box_values(box_data, count, batch,
+                     centers_c.defined() ? centers_c.const_data_ptr<scalar_t>() : nullptr,
+                     centers_c.defined() ? batch : 0, kCandidatesOp);
+    const at::Tensor twice_centers =
+        box_centers<scalar_t>(boxes_c, image_segments<scalar_t>(boxes_c, batch), centers_c);
+    const double* center_data = twice_centers.const_data_ptr<double>();
     const auto height = static_cast<scalar_t>(image_height);
     const auto width = static_cast<scalar_t>(image_width);
     scalar_t* out_data = out.mutable_data_ptr<scalar_t>();
     for (int64_t k = 0; k < count; ++k) {
       const Box<scalar_t> box = box_at(box_data, k);
-      const int64_t b = image_of(box_data, k);
-      const Anchors anchors = anchor_corners(box, image_center[2 * b], image_center[2 * b + 1]);
+      const Anchors anchors = anchor_corners(box, twice_center_of(center_data, k));
       for (int64_t s = 0; s < S; ++s) {
         const Box<scalar_t> candidate =
             candidate_box(box, anchors, static_cast<scalar_t>(scales[s]), clip, height, width);
@@ -228,28 +213,45 @@ SparseRows<T> reaching_taps(const AxisGrid<T>& axis) {
   return rows;
 }
 
-// What both passes need per candidate: its image and sample grid.
+// What both passes need per candidate: its sample grid, and the candidates of each image in
+// index order (the fixed order of the backward's sums).
 template <typename T>
 struct Candidates {
-  std::vector<int64_t> image;
   std::vector<RoiGrid<T>> grid;
+  std::vector<int64_t> image;                   // of each candidate
+  std::vector<std::vector<int64_t>> of_image;  // [B]: candidate indices
 };
 
 template <typename T>
-Candidates<T> candidate_grids(const CropParams<T>& p, const T* boxes, const T* centers,
-                              at::ArrayRef<double> scales) {
-  check_box_values(boxes, p.boxes, p.batch, centers, centers != nullptr ? p.batch : 0, kCropOp);
-  const std::vector<T> image_center = image_centers(boxes, p.boxes, p.batch, centers);
+Candidates<T> candidate_grids(const CropParams<T>& p, const at::Tensor& boxes,
+                              const at::Tensor& centers, at::ArrayRef<double> scales) {
+  const T* box_data = boxes.const_data_ptr<T>();
+  check_box_values(box_data, p.boxes, p.batch,
+                   centers.defined() ? centers.const_data_ptr<T>() : nullptr,
+                   centers.defined() ? p.batch : 0, kCropOp);
+  const ImageSegments segments = image_segments<T>(boxes, p.batch);
+  const at::Tensor twice_centers = box_centers<T>(boxes, segments, centers);
+  const double* center_data = twice_centers.const_data_ptr<double>();
+  const int64_t* keys = segments.keys.const_data_ptr<int64_t>();
+  const int64_t* order = segments.order.const_data_ptr<int64_t>();
+  const int64_t* offsets = segments.offsets.const_data_ptr<int64_t>();
   Candidates<T> result;
-  result.image.resize(p.candidates());
   result.grid.resize(p.candidates());
+  result.image.resize(p.candidates());
+  result.of_image.resize(p.batch);
   for (int64_t k = 0; k < p.boxes; ++k) {
-    const int64_t b = image_of(boxes, k);
-    const Box<T> box = box_at(boxes, k);
+    const Box<T> box = box_at(box_data, k);
     for (int64_t s = 0; s < p.scales; ++s) {
-      result.image[k * p.scales + s] = b;
-      result.grid[k * p.scales + s] = candidate_grid(
-          p, box, image_center[2 * b], image_center[2 * b + 1], static_cast<T>(scales[s]));
+      result.image[k * p.scales + s] = keys[k];
+      result.grid[k * p.scales + s] =
+          candidate_grid(p, box, twice_center_of(center_data, k), static_cast<T>(scales[s]));
+    }
+  }
+  for (int64_t b = 0; b < p.batch; ++b) {
+    for (int64_t i = offsets[b]; i < offsets[b + 1]; ++i) {
+      for (int64_t s = 0; s < p.scales; ++s) {
+        result.of_image[b].push_back(order[i] * p.scales + s);
+      }
     }
   }
   return result;
@@ -287,17 +289,6 @@ struct ImageBackwardTables {
     image = b;
   }
 };
-
-// The candidates of each image, in index order: the fixed order of the backward's sums.
-template <typename T>
-std::vector<std::vector<int64_t>> candidates_by_image(const CropParams<T>& p,
-                                                      const Candidates<T>& candidates) {
-  std::vector<std::vector<int64_t>> of_image(p.batch);
-  for (int64_t n = 0; n < p.candidates(); ++n) {
-    of_image[candidates.image[n]].push_back(n);
-  }
-  return of_image;
-}
 
 // Few channels (images): one plane per item. input: contiguous [B, C, H, W].
 template <typename T>
@@ -358,7 +349,7 @@ void crop_forward_planar(const CropParams<T>& p, const Candidates<T>& candidates
 template <typename T>
 void crop_backward_planar(const CropParams<T>& p, const Candidates<T>& candidates,
                           const T* grad, T* grad_input) {
-  const std::vector<std::vector<int64_t>> of_image = candidates_by_image(p, candidates);
+  const std::vector<std::vector<int64_t>>& of_image = candidates.of_image;
   const int64_t plane = p.height * p.width;
   const int64_t grain = std::max<int64_t>(1, 16384 / (plane + 1));
   // Items are input planes, image-major: a thread builds an image's tables once.
@@ -424,7 +415,7 @@ int64_t channel_chunk(const CropParams<T>& p) {
 template <typename T>
 void crop_forward_channels_last(const CropParams<T>& p, const Candidates<T>& candidates,
                                 const at::Tensor& input, T* output) {
-  const std::vector<std::vector<int64_t>> of_image = candidates_by_image(p, candidates);
+  const std::vector<std::vector<int64_t>>& of_image = candidates.of_image;
   const int64_t chunk = channel_chunk(p);
   const int64_t chunks = (p.channels + chunk - 1) / chunk;
   const int64_t plane = p.height * p.width;
@@ -509,7 +500,7 @@ void crop_forward_channels_last(const CropParams<T>& p, const Candidates<T>& can
 template <typename T>
 void crop_backward_channels_last(const CropParams<T>& p, const Candidates<T>& candidates,
                                  const T* grad, T* grad_input) {
-  const std::vector<std::vector<int64_t>> of_image = candidates_by_image(p, candidates);
+  const std::vector<std::vector<int64_t>>& of_image = candidates.of_image;
   const int64_t chunk = channel_chunk(p);
   const int64_t chunks = (p.channels + chunk - 1) / chunk;
   const int64_t plane = p.height * p.width;
@@ -582,9 +573,10 @@ at::Tensor multiscale_roi_crop_cpu(const at::Tensor& input, const at::Tensor& bo
                                    at::IntArrayRef output_size, double spatial_scale,
                                    int64_t sampling_ratio, bool aligned, bool clip) {
   const CropShape shape =
-      check_crop_args(input, boxes, scales, centers, output_size, spatial_scale, kCropOp);
-  check_cpu_dtype(input, "input", kCropOp);
-  if (is_reduced(input.scalar_type())) {
+      check_crop_args(input, boxes, scales, centers, output_size, spatial_scale, sampling_ratio,
+                      kCropOp);
+  check_floating_dtype(input, "input", kCropOp);
+  if (is_reduced_precision(input.scalar_type())) {
     return multiscale_roi_crop_cpu(input.to(at::toOpMathType(input.scalar_type())), boxes,
                                    scales, centers, output_size, spatial_scale, sampling_ratio,
                                    aligned, clip)
@@ -604,9 +596,7 @@ at::Tensor multiscale_roi_crop_cpu(const at::Tensor& input, const at::Tensor& bo
     const auto p = crop_params<scalar_t>(K, S, input.size(0), input.size(1), input.size(2),
                                          input.size(3), shape, spatial_scale, sampling_ratio,
                                          aligned, clip);
-    const Candidates<scalar_t> candidates = candidate_grids(
-        p, boxes_c.const_data_ptr<scalar_t>(),
-        centers_c.defined() ? centers_c.const_data_ptr<scalar_t>() : nullptr, scales);
+    const Candidates<scalar_t> candidates = candidate_grids(p, boxes_c, centers_c, scales);
     if (output.numel() == 0) {
       return;
     }
@@ -627,11 +617,11 @@ at::Tensor multiscale_roi_crop_backward_cpu(const at::Tensor& grad_output, const
                                             int64_t sampling_ratio, bool aligned, bool clip,
                                             int64_t batch, int64_t channels, int64_t height,
                                             int64_t width) {
-  const CropShape shape = check_crop_backward_args(grad_output, boxes, scales, centers,
-                                                   output_size, spatial_scale, batch, channels,
-                                                   kCropOp);
-  check_cpu_dtype(grad_output, "grad_output", kCropOp);
-  if (is_reduced(grad_output.scalar_type())) {
+  const CropShape shape =
+      check_crop_backward_args(grad_output, boxes, scales, centers, output_size, spatial_scale,
+                               sampling_ratio, batch, channels, height, width, kCropOp);
+  check_floating_dtype(grad_output, "grad_output", kCropOp);
+  if (is_reduced_precision(grad_output.scalar_type())) {
     return multiscale_roi_crop_backward_cpu(
                grad_output.to(at::toOpMathType(grad_output.scalar_type())), boxes, scales,
                centers, output_size, spatial_scale, sampling_ratio, aligned, clip, batch,
@@ -651,9 +641,7 @@ at::Tensor multiscale_roi_crop_backward_cpu(const at::Tensor& grad_output, const
   AT_DISPATCH_FLOATING_TYPES(grad_output.scalar_type(), "multiscale_roi_crop_backward_cpu", [&] {
     const auto p = crop_params<scalar_t>(K, S, batch, channels, height, width, shape,
                                          spatial_scale, sampling_ratio, aligned, clip);
-    const Candidates<scalar_t> candidates = candidate_grids(
-        p, boxes_c.const_data_ptr<scalar_t>(),
-        centers_c.defined() ? centers_c.const_data_ptr<scalar_t>() : nullptr, scales);
+    const Candidates<scalar_t> candidates = candidate_grids(p, boxes_c, centers_c, scales);
     if (uses_channels_last(p)) {
       crop_backward_channels_last(p, candidates, grad_c.const_data_ptr<scalar_t>(),
                                   grad_input.mutable_data_ptr<scalar_t>());

@@ -1,20 +1,32 @@
 #pragma once
-// Argument checks shared by the CPU and CUDA kernels of scale_candidates and
-// multiscale_roi_crop. The Python wrappers (ssanet_ops/ops.py) check shapes and types with
-// friendlier messages and convert boxes; these guard direct calls of torch.ops.ssanet_ops.*.
-// Checks of the box values (finite, batch index in range) need the data: each backend runs the
-// shared check_box of common/scale_candidates.h and reports with box_error_message.
+// Host code shared by the CPU and CUDA kernels of scale_candidates and multiscale_roi_crop:
+// argument checks and the grouping of boxes by image. The Python wrappers (ssanet_ops/ops.py)
+// check shapes and types with friendlier messages and convert boxes; these checks guard direct
+// calls of torch.ops.ssanet_ops.*. Box values (finite, batch index in range) are checked on the
+// CPU only (docs/operators.md section 4), with the shared check_box of common/scale_candidates.h, and
+// reported with report_box_errors.
 
 #include <ATen/core/Tensor.h>
+#include <ATen/ops/arange.h>
+#include <ATen/ops/searchsorted.h>
+#include <ATen/ops/sort.h>
 #include <c10/util/Exception.h>
+
 #include <cmath>
+#include <initializer_list>
 #include <optional>
 #include <string>
 #include <string_view>
+#include <tuple>
 
+#include "common/checked.h"
+#include "common/dtypes.h"
 #include "common/roi_crop.h"
 
 namespace ssanet_ops::roi_crop {
+
+constexpr const char* kCandidatesOp = "scale_candidates";
+constexpr const char* kCropOp = "multiscale_roi_crop";
 
 // The CUDA kernels take the scale factors by value, in a fixed-size array.
 constexpr int64_t kMaxScales = 64;
@@ -71,11 +83,48 @@ inline void report_box_errors(int errors, int64_t batch, const char* op) {
   TORCH_CHECK(!(errors & kCenterNotFinite), op, ": centers must be finite");
 }
 
+// Raises unless `sizes` are non-negative and their product fits in int64, so that no size
+// computed from the arguments of a direct torch.ops call wraps (issue 12 item 7).
+inline void check_sizes(std::initializer_list<int64_t> sizes, const char* what, const char* op) {
+  Checked product = 1;
+  for (const int64_t size : sizes) {
+    TORCH_CHECK(size >= 0, op, ": ", what, " has a negative size ", size);
+    product = product * size;
+  }
+  TORCH_CHECK(product.valid(), op, ": ", what, " has more than 2^63 - 1 elements");
+}
+
+inline void check_sampling_ratio(int64_t sampling_ratio, const char* op) {
+  TORCH_CHECK(sampling_ratio <= kMaxSamplingRatio, op, ": sampling_ratio must be at most ",
+              kMaxSamplingRatio,
+              " (samples per bin and axis; <= 0 takes roi_align's adaptive grid, capped at the "
+              "same bound), got ",
+              sampling_ratio);
+}
+
+inline void check_output_size(at::IntArrayRef output_size, const char* op) {
+  TORCH_CHECK(output_size.size() == 2 && output_size[0] > 0 && output_size[1] > 0, op,
+              ": output_size must be two positive ints, got ", output_size);
+  check_sizes({output_size[0], output_size[1]}, "output_size", op);
+}
+
 inline void check_image_size(double image_height, double image_width, const char* op) {
   TORCH_CHECK(std::isfinite(image_height) && std::isfinite(image_width) && image_height > 0 &&
                   image_width > 0,
               op, ": image_size must be a positive finite (height, width), got (", image_height,
               ", ", image_width, ")");
+}
+
+// scale_candidates' arguments, on every device: boxes float32 or float64.
+inline void check_candidates_args(const at::Tensor& boxes, at::ArrayRef<double> scales,
+                                  const std::optional<at::Tensor>& centers, double image_height,
+                                  double image_width) {
+  TORCH_CHECK(boxes.scalar_type() == at::kFloat || boxes.scalar_type() == at::kDouble,
+              kCandidatesOp, ": boxes must be float32 or float64, got ", boxes.scalar_type());
+  check_boxes(boxes, boxes.scalar_type(), boxes.device(), kCandidatesOp);
+  check_scales(scales, kCandidatesOp);
+  check_centers(centers, boxes, -1, kCandidatesOp);
+  check_image_size(image_height, image_width, kCandidatesOp);
 }
 
 struct CropShape {
@@ -86,16 +135,19 @@ inline CropShape check_crop_args(const at::Tensor& input, const at::Tensor& boxe
                                  at::ArrayRef<double> scales,
                                  const std::optional<at::Tensor>& centers,
                                  at::IntArrayRef output_size, double spatial_scale,
-                                 const char* op) {
+                                 int64_t sampling_ratio, const char* op) {
   TORCH_CHECK(input.dim() == 4, op, ": input must be a 4-d tensor [B, C, H, W], got ",
               input.dim(), " dimensions");
   check_boxes(boxes, compute_type(input.scalar_type()), input.device(), op);
   check_scales(scales, op);
   check_centers(centers, boxes, input.size(0), op);
-  TORCH_CHECK(output_size.size() == 2 && output_size[0] > 0 && output_size[1] > 0, op,
-              ": output_size must be two positive ints, got ", output_size);
+  check_output_size(output_size, op);
   TORCH_CHECK(std::isfinite(spatial_scale) && spatial_scale > 0, op,
               ": spatial_scale must be positive and finite, got ", spatial_scale);
+  check_sampling_ratio(sampling_ratio, op);
+  check_sizes({boxes.size(0), static_cast<int64_t>(scales.size()), input.size(1),
+               output_size[0], output_size[1]},
+              "the output [K, S, C, oh, ow]", op);
   return {output_size[0], output_size[1]};
 }
 
@@ -103,9 +155,11 @@ inline CropShape check_crop_backward_args(const at::Tensor& grad_output, const a
                                           at::ArrayRef<double> scales,
                                           const std::optional<at::Tensor>& centers,
                                           at::IntArrayRef output_size, double spatial_scale,
-                                          int64_t batch, int64_t channels, const char* op) {
-  TORCH_CHECK(output_size.size() == 2 && output_size[0] > 0 && output_size[1] > 0, op,
-              ": output_size must be two positive ints, got ", output_size);
+                                          int64_t sampling_ratio, int64_t batch,
+                                          int64_t channels, int64_t height, int64_t width,
+                                          const char* op) {
+  check_output_size(output_size, op);
+  check_sizes({batch, channels, height, width}, "the input gradient [B, C, H, W]", op);
   check_boxes(boxes, compute_type(grad_output.scalar_type()), grad_output.device(), op);
   check_scales(scales, op);
   check_centers(centers, boxes, batch, op);
@@ -116,7 +170,29 @@ inline CropShape check_crop_backward_args(const at::Tensor& grad_output, const a
               grad_output.sizes());
   TORCH_CHECK(std::isfinite(spatial_scale) && spatial_scale > 0, op,
               ": spatial_scale must be positive and finite, got ", spatial_scale);
+  check_sampling_ratio(sampling_ratio, op);
   return {output_size[0], output_size[1]};
+}
+
+// The boxes grouped by image, on the boxes' device and without a host synchronisation, so
+// that the default centres and the deterministic backward visit each image's boxes once
+// (issue 9 defect 6). keys: [K] int64, image_key of every box (kNoImage sorts first). order:
+// the box indices sorted by key, stably, so an image's boxes keep index order; sorted: the keys
+// in that order. With the number of images B known (batch >= 0), offsets: [B + 1], the boxes of
+// image b being order[offsets[b]:offsets[b + 1]].
+struct ImageSegments {
+  at::Tensor keys, order, sorted, offsets;
+};
+
+inline ImageSegments group_by_image(const at::Tensor& keys, int64_t batch) {
+  ImageSegments segments;
+  segments.keys = keys;
+  std::tie(segments.sorted, segments.order) =
+      keys.sort(/*stable=*/true, /*dim=*/0, /*descending=*/false);
+  if (batch >= 0) {
+    segments.offsets = at::searchsorted(segments.sorted, at::arange(batch + 1, keys.options()));
+  }
+  return segments;
 }
 
 template <typename T>
