@@ -31,7 +31,8 @@ def check_boxes(
     boxes: torch.Tensor | Sequence[torch.Tensor], batch_size: int | None = None
 ) -> None:
     """Raises a ``ValueError`` naming the first bad box, where the ops on CUDA would give it
-    zero candidates and no gradient (docs/operators.md section 4); on the CPU the ops raise themselves.
+    zero candidates and no gradient (docs/operators.md section 4); on the CPU the ops raise
+    themselves.
 
     Args:
         boxes: ``[K, 5]`` rows (batch_index, x1, y1, x2, y2), or a list of ``[K_b, 4]``

@@ -55,9 +55,9 @@ def oriented_pool(
 
 
 def _twice_mean_centers(rois: torch.Tensor, batch: int) -> torch.Tensor:
-    """[B, 2] float64: 2c of every image for docs/operators.md section 2's default centre, the mean over
-    its boxes of (x1 + x2, y1 + y2) in float64; (0, 0) without boxes. Summed on the CPU, where
-    index_add_ adds in box order, as the kernels do, so the means agree to the bit."""
+    """[B, 2] float64: 2c of every image for docs/operators.md section 2's default centre, the
+    mean over its boxes of (x1 + x2, y1 + y2) in float64; (0, 0) without boxes. Summed on the
+    CPU, where index_add_ adds in box order, as the kernels do, so the means agree to the bit."""
     rois = rois.detach().cpu().double()
     index = rois[:, 0].long()
     sums = torch.stack([rois[:, 1] + rois[:, 3], rois[:, 2] + rois[:, 4]], 1)
@@ -76,8 +76,8 @@ def scale_candidates(
     """Reference for :func:`ssanet_ops.scale_candidates` (docs/operators.md section 2):
     ``[K, S, 4]``.
 
-    The anchor corners by docs/operators.md section 2's rule, per axis in float64: psi's x is x1 when
-    ``x1 + x2 <= 2*cx``, eta's x is x1 when ``x1 + x2 >= 2*cx`` (likewise for y); then every
+    The anchor corners by docs/operators.md section 2's rule, per axis in float64: psi's x is x1
+    when ``x1 + x2 <= 2*cx``, eta's x is x1 when ``x1 + x2 >= 2*cx`` (likewise for y); then every
     candidate at once by broadcasting boxes [K, 1] against factors [S].
     """
     rois = boxes_as_rois(boxes)

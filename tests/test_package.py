@@ -173,13 +173,24 @@ def test_simulated_kernels_contract_multiply_add_as_nvcc_does():
 
 
 @requires_simulator
+def _ops_dispatched(call) -> set[str]:
+    """The names of the ops that `call()` dispatched, as torch's profiler records them."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profile:
+        call()
+    return {event.name for event in profile.events()}
+
+
 def test_simulate_cuda_routes_cpu_calls_and_restores_them():
     x = torch.randn(1, 2, 7, 7).half()
-    with pytest.raises(TypeError, match="float32, float64 on cpu"):
-        ssanet_ops.oriented_pool(x)
+    assert "ssanet_ops_sim::oriented_pool" not in _ops_dispatched(
+        lambda: ssanet_ops.oriented_pool(x)
+    )
     assert not ssanet_ops.testing.simulating()
     with simulate_cuda():
-        # The CUDA kernels take float16; the CPU kernels do not.
+        # The CPU call runs the simulated CUDA kernel.
+        assert "ssanet_ops_sim::oriented_pool" in _ops_dispatched(
+            lambda: ssanet_ops.oriented_pool(x)
+        )
         out = ssanet_ops.oriented_pool(x)
         with simulate_cuda():  # blocks nest
             assert ssanet_ops.testing.simulating()
@@ -187,8 +198,9 @@ def test_simulate_cuda_routes_cpu_calls_and_restores_them():
         out_again, _ = torch.ops.ssanet_ops.oriented_pool(x, [3, 3], 3, [2, 2])
     assert not ssanet_ops.testing.simulating()
     torch.testing.assert_close(out, out_again, rtol=0, atol=0)
-    with pytest.raises(RuntimeError, match="x must be float32 or float64 on the CPU"):
-        torch.ops.ssanet_ops.oriented_pool(x, [3, 3], 3, [2, 2])
+    assert "ssanet_ops_sim::oriented_pool" not in _ops_dispatched(
+        lambda: torch.ops.ssanet_ops.oriented_pool(x, [3, 3], 3, [2, 2])
+    )
     assert "oriented_pool" in ssanet_ops.testing.simulated_ops()
 
 

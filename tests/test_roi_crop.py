@@ -124,8 +124,8 @@ def test_ties_take_the_first_corner():
 
 
 def numpy_anchor_sides(rois: torch.Tensor, centers: torch.Tensor | None = None) -> dict:
-    """docs/operators.md section 2's anchor rule, computed independently in float64 numpy: for each box,
-    whether psi and eta sit at x2 (y2). 2c is 2 * the given centre, or the mean over the
+    """docs/operators.md section 2's anchor rule, computed independently in float64 numpy: for
+    each box, whether psi and eta sit at x2 (y2). 2c is 2 * the given centre, or the mean over the
     image's boxes of (x1 + x2, y1 + y2), summed one box at a time in box order."""
     rows = rois.cpu().numpy().astype(np.float64)
     sum_x, sum_y = rows[:, 1] + rows[:, 3], rows[:, 2] + rows[:, 4]
@@ -530,8 +530,8 @@ def test_cuda_deterministic_backward_matches_atomic_backward(cuda_device, dtype)
 @requires_cuda
 @pytest.mark.parametrize("deterministic", [True, False])
 def test_cuda_graph_capture(deterministic):
-    # docs/operators.md section 4: no host synchronisation, so forward and backward can be captured in a
-    # CUDA graph (errors.item() made the capture fail), and replays recompute them.
+    # docs/operators.md section 4: no host synchronisation, so forward and backward can be
+    # captured in a CUDA graph (errors.item() made the capture fail), and replays recompute them.
     x = torch.randn(2, 3, 16, 18, device="cuda", requires_grad=True)
     boxes = random_boxes(2, 16, 18).cuda()
     grad_output = torch.randn(boxes.shape[0], len(SCALES), 3, 5, 5, device="cuda")
@@ -811,9 +811,10 @@ BAD_BOXES = [
 
 @pytest.mark.parametrize("deterministic", [True, False])
 def test_bad_boxes_give_zeros_and_no_gradient_on_cuda(cuda_device, deterministic):
-    # docs/operators.md section 4: on CUDA the ops do not wait for the device to check box values; a bad
-    # box's candidates are zeros and pass no gradient, and the good boxes are unaffected (the
-    # default centres leave the bad boxes out). The CPU raises (test_*_raises_on_the_cpu).
+    # docs/operators.md section 4: on CUDA the ops do not wait for the device to check box
+    # values; a bad box's candidates are zeros and pass no gradient, and the good boxes are
+    # unaffected (the default centres leave the bad boxes out). The CPU raises
+    # (test_*_raises_on_the_cpu).
     device = cuda_device
     x = torch.randn(2, 3, 12, 12, device=device)
     good = random_boxes(2, 12, 12)
