@@ -6,6 +6,7 @@
 #include <ATen/core/Tensor.h>
 #include <c10/util/Exception.h>
 
+#include <initializer_list>
 #include <optional>
 #include <string>
 #include <vector>
@@ -13,6 +14,11 @@
 #include "common/scale_dft.h"
 
 namespace ssanet_ops::scale_align {
+
+// The most scales the kernels take: the DFT over the scale axis costs S*S/2 multiply-adds per
+// feature column (and the CUDA kernels keep 2*S twiddles in shared memory), so a larger S,
+// which only a tensor expanded along the scale axis makes cheap to pass, would run for hours.
+constexpr int64_t kMaxScales = 2048;
 
 // Sizes of one call. Ungrouped tensors ([N, S, D], [C, S, D]) run as one group.
 struct Shape {
@@ -34,6 +40,32 @@ inline at::Tensor as_grouped(const at::Tensor& tensor) {
 // Drops the leading group dimension of an output again when the inputs had none.
 inline at::Tensor ungroup_like(const at::Tensor& output, const Shape& shape) {
   return shape.grouped ? output : output.squeeze(0);
+}
+
+// A clear error naming `what` when the product of `factors` overflows int64 (issue 12:
+// expanded tensors make any sizes cheap to pass to torch.ops directly).
+inline void check_product_fits(std::initializer_list<int64_t> factors, const char* what,
+                               const char* op) {
+  int64_t product = 1;
+  for (const int64_t factor : factors) {
+    TORCH_CHECK(!__builtin_mul_overflow(product, factor, &product), op, ": ", what,
+                " would take more bytes than int64 can count");
+  }
+}
+
+// The largest tensors a call allocates, in bytes of float64: the output or gradient
+// ([G, N, C, S] at most), the plane products [G, T, N, C] and the planes [G, T, N + C, D].
+// Checked once here, so that the sizes the kernels compute from them cannot overflow.
+inline void check_sizes(const Shape& shape, const char* op) {
+  constexpr int64_t kBytes = 8;
+  const int64_t G = shape.groups, N = shape.proposals, C = shape.classes, S = shape.scales;
+  const int64_t D = shape.features, T = shape.planes();
+  check_product_fits({G, N, C, S, kBytes}, "the correlation [G, N, C, S] of phi and weight", op);
+  check_product_fits({G, T, N, C, kBytes}, "the plane products [G, T, N, C] of phi and weight", op);
+  int64_t rows = 0;
+  TORCH_CHECK(!__builtin_add_overflow(N, C, &rows), op,
+              ": phi and weight have more rows N + C than int64 can count");
+  check_product_fits({G, T, rows, D, kBytes}, "the planes [G, T, N + C, D] of phi and weight", op);
 }
 
 inline void check_pair(const at::Tensor& first, const char* first_name,
@@ -66,8 +98,12 @@ inline Shape check_inputs(const at::Tensor& phi, const at::Tensor& weight, const
               ": phi [.., N, S, D] and weight [.., C, S, D] must agree in S and D, got shapes ",
               phi.sizes(), " and ", weight.sizes());
   TORCH_CHECK(phi4.size(2) >= 1, op, ": the scale dimension S must be at least 1");
-  return {phi4.size(0), phi4.size(1), weight4.size(1), phi4.size(2), phi4.size(3),
-          phi.dim() == 4};
+  TORCH_CHECK(phi4.size(2) <= kMaxScales, op, ": the scale dimension S of phi and weight must be "
+              "at most ", kMaxScales, ", got ", phi4.size(2));
+  const Shape shape{phi4.size(0), phi4.size(1), weight4.size(1), phi4.size(2), phi4.size(3),
+                    phi.dim() == 4};
+  check_sizes(shape, op);
+  return shape;
 }
 
 inline void check_bias(const std::optional<at::Tensor>& bias, const at::Tensor& weight,
@@ -87,9 +123,9 @@ inline void check_bias(const std::optional<at::Tensor>& bias, const at::Tensor& 
 // The gradient of scale_correlation ([G?, N, C, S]) or of scale_align's logits ([G?, N, C]) and,
 // for scale_align, its shift, against the saved input `other`: weight [G?, C, S, D] for d phi
 // (other_is_weight), phi [G?, N, S, D] for d weight. other's rank says whether there is a group
-// dimension.
-inline void check_grad(const at::Tensor& grad, const std::optional<at::Tensor>& shift,
-                       const at::Tensor& other, bool other_is_weight, const char* op) {
+// dimension. Returns the sizes of the call. The values of shift are the kernels' to check.
+inline Shape check_grad(const at::Tensor& grad, const std::optional<at::Tensor>& shift,
+                        const at::Tensor& other, bool other_is_weight, const char* op) {
   const char* other_name = other_is_weight ? "weight" : "phi";
   check_rank(other, other_name, other_is_weight ? "[C, S, D]" : "[N, S, D]", op);
   check_pair(grad, "grad", other, other_name, op);
@@ -117,6 +153,14 @@ inline void check_grad(const at::Tensor& grad, const std::optional<at::Tensor>& 
     TORCH_CHECK(grad.size(-1) == other.size(-2), op, ": grad [.., N, C, S] must have S = ",
                 other.size(-2), " shifts, got shape ", grad.sizes());
   }
+  TORCH_CHECK(other.size(-2) >= 1 && other.size(-2) <= kMaxScales, op, ": the scale dimension S "
+              "of ", other_name, " must be in [1, ", kMaxScales, "], got ", other.size(-2));
+  const bool grouped = other.dim() == 4;
+  const int64_t lead = grouped ? 1 : 0;  // grad's dimensions before [N, C]
+  const Shape shape{grouped ? grad.size(0) : 1, grad.size(lead), grad.size(lead + 1),
+                    other.size(-2), other.size(-1), grouped};
+  check_sizes(shape, op);
+  return shape;
 }
 
 // The CPU's twiddle tables, computed on the host: cos[k] and sin[k] = cos, sin(2*pi*k/S), one
