@@ -12,7 +12,7 @@ from . import _extension
 _C = _extension.load()
 
 # The registrations need the schemas that loading _C defines.
-from . import _autograd, _fake, nn, reference  # noqa: E402, F401  (registers autograd and fake kernels)  # noqa: E402
+from . import _autograd, _fake, nn, reference, testing  # noqa: E402, F401  (registers autograd and fake kernels)  # noqa: E402
 from .ops import (  # noqa: E402
     multiscale_roi_crop,
     oriented_pool,
@@ -30,10 +30,12 @@ def build_info() -> dict:
 
     Returns a dict with ``version``, ``torch_version`` (the torch it was compiled against),
     ``cuda`` (whether the CUDA kernels are compiled in), ``cuda_version``,
-    ``cuda_architectures`` (a list such as ``["90-real"]``), ``cxx_compiler`` and
-    ``cuda_compiler``.
+    ``cuda_architectures`` (a list such as ``["90-real"]``), ``cxx_compiler``,
+    ``cuda_compiler`` and ``cuda_simulator`` (whether the host simulator of the CUDA kernels,
+    ``ssanet_ops.testing.simulate_cuda``, is built).
     """
     info = dict(_C.build_info())
+    info["cuda_simulator"] = _extension.simulator_built()
     if info["cuda_architectures"] is not None:
         info["cuda_architectures"] = info["cuda_architectures"].split(",")
     return info
@@ -49,5 +51,6 @@ __all__ = [
     "scale_candidates",
     "scale_correlation",
     "scale_factors",
+    "testing",
     "__version__",
 ]

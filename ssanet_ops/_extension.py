@@ -11,7 +11,7 @@ import torch
 
 REBUILD_COMMAND = "pip install --no-build-isolation --force-reinstall --no-deps ."
 EDITABLE_REBUILD_COMMAND = "pip install --no-build-isolation -e ."
-_HOW_TO_BUILD = (
+HOW_TO_BUILD = (
     "From the ssanet_ops source folder, with the torch you want to use installed, run\n"
     f"    {REBUILD_COMMAND}\n"
     f"(or, for a development checkout, {EDITABLE_REBUILD_COMMAND}). See the README's "
@@ -30,6 +30,12 @@ def _read_build_config() -> dict | None:
         return None
 
 
+def simulator_built() -> bool:
+    """Whether the build made ssanet_ops._sim, the host simulator of the CUDA kernels."""
+    config = _read_build_config()
+    return bool(config and config.get("cuda_simulator"))
+
+
 def load() -> ModuleType:
     """Imports ssanet_ops._C after checking it was built against the torch imported now."""
     config = _read_build_config()
@@ -38,7 +44,7 @@ def load() -> ModuleType:
             "ssanet_ops was built against torch "
             f"{config.get('torch_version')}, but torch {torch.__version__} is installed. "
             "A C++ extension only works with the torch it was compiled for. Rebuild it:\n"
-            + _HOW_TO_BUILD
+            + HOW_TO_BUILD
         )
     try:
         from . import _C
@@ -53,5 +59,5 @@ def load() -> ModuleType:
             )
         else:
             reason = f"the compiled extension ssanet_ops._C failed to load ({error})"
-        raise ImportError(f"{reason}.\n{_HOW_TO_BUILD}") from error
+        raise ImportError(f"{reason}.\n{HOW_TO_BUILD}") from error
     return _C

@@ -7,6 +7,8 @@ from collections.abc import Sequence
 
 import torch
 
+from . import testing
+
 CPU_DTYPES = (torch.float32, torch.float64)
 CUDA_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
@@ -28,7 +30,9 @@ def pair(value: int | Sequence[int], name: str) -> tuple[int, int]:
 
 def check_floating(tensor: torch.Tensor, name: str) -> None:
     """Raises unless `tensor` has a floating dtype its device's kernels support."""
-    allowed = CUDA_DTYPES if tensor.device.type == "cuda" else CPU_DTYPES
+    # Inside ssanet_ops.testing.simulate_cuda() CPU tensors run the CUDA kernels.
+    runs_cuda_kernels = tensor.device.type == "cuda" or testing.simulating()
+    allowed = CUDA_DTYPES if runs_cuda_kernels else CPU_DTYPES
     if tensor.dtype not in allowed:
         names = ", ".join(str(dtype).removeprefix("torch.") for dtype in allowed)
         raise TypeError(

@@ -16,7 +16,7 @@ from ._validation import (
     pair,
 )
 
-# Grid indices are stored as uint8 for the backward (csrc/oriented_pool/oriented_pool.h).
+# Grid indices are stored as uint8 for the backward (csrc/oriented_pool/arguments.h).
 MAX_GRID_SIZE = 256
 
 

@@ -1,28 +1,104 @@
-"""Shared fixtures: every op test runs on the CPU, and on CUDA where a GPU is present."""
+"""Shared fixtures: every op test runs on the CPU, on CUDA where a GPU is present, and on the
+host simulator of the CUDA kernels (ssanet_ops.testing.simulate_cuda) always.
+
+- ``device`` (cpu, cuda, sim): a torch.device for the test's tensors. For ``sim`` it is the CPU,
+  and the whole test runs inside ``simulate_cuda()``.
+- ``cuda_device`` (cuda, sim): the same for tests of the CUDA kernels only.
+- ``cuda_target`` (cuda, sim): for tests that compare CPU results with the CUDA kernels' in one
+  test: ``cuda_target.device`` is where the CUDA kernels' tensors live, and ``with cuda_target:``
+  runs the ops on the CUDA kernels (a no-op on a GPU).
+
+Every cuda and sim variant carries the marker ``cuda_kernels`` (``-m cuda_kernels`` selects the
+tests that run CUDA kernel code), and the sim variants ``cuda_simulator``. A simulated test of an
+op whose kernels are not simulated yet is reported as skipped.
+"""
 
 from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
 
 import pytest
 import torch
 
 import ssanet_ops
+from ssanet_ops.testing import NotSimulatedError, simulate_cuda
 
 CUDA_AVAILABLE = torch.cuda.is_available() and ssanet_ops.build_info()["cuda"]
+SIMULATOR_BUILT = ssanet_ops.build_info()["cuda_simulator"]
 
-DEVICES = [
-    "cpu",
-    pytest.param(
-        "cuda",
-        marks=pytest.mark.skipif(not CUDA_AVAILABLE, reason="needs a GPU and the CUDA kernels"),
-    ),
-]
+_CUDA = pytest.param(
+    "cuda",
+    marks=[
+        pytest.mark.cuda_kernels,
+        pytest.mark.skipif(not CUDA_AVAILABLE, reason="needs a GPU and the CUDA kernels"),
+    ],
+)
+_SIM = pytest.param(
+    "sim",
+    marks=[
+        pytest.mark.cuda_kernels,
+        pytest.mark.cuda_simulator,
+        pytest.mark.skipif(not SIMULATOR_BUILT, reason="the CUDA simulator is not built"),
+    ],
+)
 
-requires_cuda = pytest.mark.skipif(not CUDA_AVAILABLE, reason="needs a GPU and the CUDA kernels")
+
+def requires_cuda(test):
+    """For tests that need a real GPU (two devices at once, CUDA-only APIs)."""
+    test = pytest.mark.skipif(not CUDA_AVAILABLE, reason="needs a GPU and the CUDA kernels")(test)
+    return pytest.mark.cuda_kernels(test)
 
 
-@pytest.fixture(params=DEVICES)
-def device(request) -> torch.device:
-    return torch.device(request.param)
+def requires_simulator(test):
+    """For tests of the simulator itself, or of what only the simulator can do."""
+    test = pytest.mark.skipif(not SIMULATOR_BUILT, reason="the CUDA simulator is not built")(test)
+    return pytest.mark.cuda_simulator(pytest.mark.cuda_kernels(test))
+
+
+class CudaTarget(contextlib.AbstractContextManager):
+    """Where the CUDA kernels run: a GPU, or the simulator on CPU tensors."""
+
+    def __init__(self, name: str):
+        self.name = name
+        self.device = torch.device("cpu" if name == "sim" else name)
+        self._contexts: list[contextlib.AbstractContextManager] = []
+
+    def __enter__(self) -> CudaTarget:
+        context = simulate_cuda() if self.name == "sim" else contextlib.nullcontext()
+        context.__enter__()
+        self._contexts.append(context)
+        return self
+
+    def __exit__(self, *exc_info) -> bool | None:
+        return self._contexts.pop().__exit__(*exc_info)
+
+    def __repr__(self) -> str:
+        return f"CudaTarget({self.name!r})"
+
+
+def _run_on(name: str) -> Iterator[torch.device]:
+    target = CudaTarget(name)
+    if name == "cpu":
+        yield target.device
+    else:
+        with target:
+            yield target.device
+
+
+@pytest.fixture(params=["cpu", _CUDA, _SIM])
+def device(request) -> Iterator[torch.device]:
+    yield from _run_on(request.param)
+
+
+@pytest.fixture(params=[_CUDA, _SIM])
+def cuda_device(request) -> Iterator[torch.device]:
+    yield from _run_on(request.param)
+
+
+@pytest.fixture(params=[_CUDA, _SIM])
+def cuda_target(request) -> CudaTarget:
+    return CudaTarget(request.param)
 
 
 @pytest.fixture(autouse=True)
@@ -34,3 +110,40 @@ def pytest_configure(config):
     config.addinivalue_line(
         "markers", "slow: takes most of a minute on a small CPU (deselect with -m 'not slow')"
     )
+    config.addinivalue_line(
+        "markers", "cuda_kernels: runs CUDA kernel code, on a GPU or in the simulator"
+    )
+    config.addinivalue_line(
+        "markers", "cuda_simulator: runs the CUDA kernels in the host simulator"
+    )
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    if call.excinfo is None:
+        return
+    # Not a failure of the op: its kernels have not been moved onto the simulator yet. The
+    # error may come wrapped (opcheck re-raises what it caught).
+    error = call.excinfo.value
+    while error is not None and not isinstance(error, NotSimulatedError):
+        error = error.__cause__ or error.__context__
+    if error is not None:
+        report.outcome = "skipped"
+        report.longrepr = (str(item.path), item.location[1], f"Skipped: {error}")
+
+
+def pytest_terminal_summary(terminalreporter):
+    counts = {}
+    for outcome in ("passed", "failed", "skipped", "error"):
+        nodes = {
+            report.nodeid
+            for report in terminalreporter.stats.get(outcome, [])
+            if "cuda_simulator" in getattr(report, "keywords", {})
+        }
+        if nodes:
+            counts[outcome] = len(nodes)
+    if counts:
+        listed = ", ".join(f"{count} {outcome}" for outcome, count in counts.items())
+        terminalreporter.write_line(f"simulated CUDA tests: {listed}")

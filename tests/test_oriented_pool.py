@@ -8,8 +8,9 @@ import torch
 
 import ssanet_ops
 from ssanet_ops import reference
+from ssanet_ops.testing import simulate_cuda
 
-from .conftest import requires_cuda
+from .conftest import requires_cuda, requires_simulator
 
 # (input shape, keyword arguments): the paper's 7x7 maps with 3x3 patches on a 3x3 grid,
 # non-square maps and patches, C = 1, G = 1, 1x1 patches, explicit strides, stride 0.
@@ -247,6 +248,51 @@ def test_direct_op_calls_check_their_arguments():
         )
 
 
+@pytest.mark.parametrize("stride", [2**62 + 12345, 3 * 2**61 + 7, 2**63 - 1])
+def test_direct_calls_with_overflowing_strides_raise(device, stride):
+    # Issue 12 item 7: the fit check (G - 1) * stride + h overflowed int64. 2**62 + 12345
+    # crashed; 3 * 2**61 + 7 wrapped to a negative value that passed, and the kernels read out
+    # of bounds.
+    x = torch.randn(1, 2, 7, 7, device=device)
+    with pytest.raises(RuntimeError, match=r"oriented_pool: a 3x3 grid .* does not fit"):
+        torch.ops.ssanet_ops.oriented_pool(x, [1, 1], 3, [stride, stride])
+    with pytest.raises(RuntimeError, match=r"oriented_pool: a 3x3 grid .* does not fit"):
+        torch.ops.ssanet_ops.oriented_pool(x, [1, 1], 3, [0, stride])
+    grad = torch.randn(1, 4, 3 * 2, device=device)
+    argmax = torch.zeros(1, 2, 3, 2, dtype=torch.uint8, device=device)
+    with pytest.raises(RuntimeError, match=r"oriented_pool backward: a 3x3 grid .* does not fit"):
+        torch.ops.ssanet_ops._oriented_pool_backward(
+            grad, argmax, [1, 1], 3, [stride, stride], 1, 2, 7, 7
+        )
+
+
+def test_direct_calls_with_an_overflowing_output_length_raise(device):
+    # G*C*h*w = 256 * 2**60 overflows int64 for an empty batch of huge maps.
+    x = torch.empty(0, 2**40, 1024, 1024, device=device)
+    with pytest.raises(RuntimeError, match=r"output length G\*C\*h\*w overflows int64"):
+        torch.ops.ssanet_ops.oriented_pool(x, [1024, 1024], 256, [0, 0])
+
+
+def test_direct_backward_calls_check_the_geometry(device):
+    # The backward op took the geometry on trust: a grid that does not fit the input shape it
+    # is given, or a bad patch_size, stride or shape, must raise as in the forward.
+    grad = torch.randn(1, 4, 3 * 2, device=device)
+    argmax = torch.zeros(1, 2, 3, 2, dtype=torch.uint8, device=device)
+    backward = torch.ops.ssanet_ops._oriented_pool_backward
+    with pytest.raises(RuntimeError, match=r"backward: a 3x3 grid .* does not fit in the 4x4"):
+        backward(grad, argmax, [1, 1], 3, [2, 2], 1, 2, 4, 4)
+    with pytest.raises(RuntimeError, match=r"backward: patch_size must be two positive ints"):
+        backward(grad, argmax, [0, 1], 3, [2, 2], 1, 2, 5, 5)
+    with pytest.raises(RuntimeError, match=r"backward: stride must be two non-negative ints"):
+        backward(grad, argmax, [1, 1], 3, [-2, 2], 1, 2, 5, 5)
+    with pytest.raises(RuntimeError, match=r"backward: grid_size must be in \[1, 256\]"):
+        backward(grad, argmax, [1, 1], 0, [2, 2], 1, 2, 5, 5)
+    with pytest.raises(RuntimeError, match=r"backward: the input shape .* has a negative size"):
+        backward(grad, argmax, [1, 1], 3, [2, 2], 1, 2, -5, 5)
+    # The same arguments with a grid that fits pass.
+    assert backward(grad, argmax, [1, 1], 3, [2, 2], 1, 2, 5, 5).shape == (1, 2, 5, 5)
+
+
 def test_mixed_devices_raise():
     # Only one tensor enters the forward; the backward op takes two, which must share a device.
     # A meta tensor stands in for a second device on machines without a GPU.
@@ -264,14 +310,13 @@ def test_mixed_devices_raise_on_cuda():
         torch.ops.ssanet_ops._oriented_pool_backward(grad, argmax, [3, 3], 3, [2, 2], 2, 3, 7, 7)
 
 
-# --- CUDA: reduced precision against the float32 reference ----------------------------------
+# --- the CUDA kernels (on a GPU, or in the simulator) -----------------------------------------
 
 
-@requires_cuda
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize(("shape", "kwargs"), SHAPES[:4])
-def test_cuda_reduced_precision(dtype, shape, kwargs):
-    x32 = torch.randn(shape, device="cuda")
+def test_cuda_reduced_precision(cuda_device, dtype, shape, kwargs):
+    x32 = torch.randn(shape, device=cuda_device)
     x = x32.to(dtype).requires_grad_()
     out = ssanet_ops.oriented_pool(x, **kwargs)
     assert out.dtype == dtype
@@ -288,18 +333,39 @@ def test_cuda_reduced_precision(dtype, shape, kwargs):
     torch.testing.assert_close(x.grad.float(), reference_input.grad, **tolerance)
 
 
-@requires_cuda
-def test_cuda_matches_cpu_bitwise_in_float32():
+def test_cuda_matches_cpu_bitwise_in_float32(cuda_target):
     x = torch.randint(0, 5, (3, 20, 7, 7)).float()
     grad = torch.randn(3, 4, 3 * 20 * 9)
     out_cpu, argmax_cpu = torch.ops.ssanet_ops.oriented_pool(x, [3, 3], 3, [2, 2])
-    out_gpu, argmax_gpu = torch.ops.ssanet_ops.oriented_pool(x.cuda(), [3, 3], 3, [2, 2])
-    assert torch.equal(out_gpu.cpu(), out_cpu) and torch.equal(argmax_gpu.cpu(), argmax_cpu)
     back_cpu = torch.ops.ssanet_ops._oriented_pool_backward(
         grad, argmax_cpu, [3, 3], 3, [2, 2], 3, 20, 7, 7
     )
-    back_gpu = torch.ops.ssanet_ops._oriented_pool_backward(
-        grad.cuda(), argmax_gpu, [3, 3], 3, [2, 2], 3, 20, 7, 7
-    )
+    with cuda_target:
+        out_gpu, argmax_gpu = torch.ops.ssanet_ops.oriented_pool(
+            x.to(cuda_target.device), [3, 3], 3, [2, 2]
+        )
+        back_gpu = torch.ops.ssanet_ops._oriented_pool_backward(
+            grad.to(cuda_target.device), argmax_gpu, [3, 3], 3, [2, 2], 3, 20, 7, 7
+        )
+    assert torch.equal(out_gpu.cpu(), out_cpu) and torch.equal(argmax_gpu.cpu(), argmax_cpu)
     # The same summation order on both devices (csrc/oriented_pool/cpu.cpp).
     assert torch.equal(back_gpu.cpu(), back_cpu)
+
+
+@requires_simulator
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_int64_indexed_kernels(dtype):
+    # On a GPU the int64 kernels run from about 2**31 elements on; the simulator runs them on
+    # small tensors when the int32 limit is lowered below every launch's indices.
+    x = torch.randn(2, 5, 9, 11).to(dtype)
+    with simulate_cuda(int32_index_limit=64):
+        assert ssanet_ops.testing.load_simulator().grid_stride(x.numel())[2] == 64
+        x_sim = x.clone().requires_grad_()
+        out = ssanet_ops.oriented_pool(x_sim, patch_size=(3, 5), grid_size=3)
+        grad = torch.randn_like(out)
+        out.backward(grad)
+    x_ref = x.float().requires_grad_()
+    expected = reference.oriented_pool(x_ref, patch_size=(3, 5), grid_size=3)
+    expected.backward(grad.float())
+    torch.testing.assert_close(out.float(), expected, rtol=0, atol=0)
+    torch.testing.assert_close(x_sim.grad.float(), x_ref.grad, rtol=1e-2, atol=1e-2)

@@ -13,6 +13,9 @@ import torch
 
 import ssanet_ops
 from ssanet_ops import _extension
+from ssanet_ops.testing import NotSimulatedError, simulate_cuda
+
+from .conftest import requires_simulator
 
 
 def test_build_info_describes_this_build():
@@ -26,6 +29,7 @@ def test_build_info_describes_this_build():
         assert all(arch[:2].isdigit() for arch in info["cuda_architectures"])
     else:
         assert info["cuda_version"] is None and info["cuda_architectures"] is None
+    assert isinstance(info["cuda_simulator"], bool)
 
 
 def test_ops_are_registered_with_the_dispatcher():
@@ -87,3 +91,102 @@ def test_ops_run_under_inference_mode():
         assert torch.equal(
             ssanet_ops.multiscale_roi_crop(images, boxes, 7, [0.8, 1.0, 1.25]), crops
         )
+
+
+# --- the host simulator of the CUDA kernels (ssanet_ops.testing) ------------------------------
+
+
+@requires_simulator
+@pytest.mark.parametrize(
+    "count",
+    [1, 255, 257, 2**28, 2**28 + 1, 1_879_048_192, 1_879_048_193, 2_147_483_646, 2**31, 2**40],
+)
+def test_grid_stride_index_type_covers_the_step_that_ends_the_loop(count):
+    # Issue 9, defect 4: the oriented_pool backward chose int32 from the element count alone,
+    # and its loop index wrapped negative for 1,879,048,193 to 2,147,483,646 elements.
+    blocks, threads, index_bits = ssanet_ops.testing.load_simulator().grid_stride(count)
+    assert threads == 256 and 1 <= blocks <= 2**20
+    stride = blocks * threads
+    assert stride >= count or blocks == 2**20  # one pass, or the most blocks
+    # The loop `for (i = thread; i < count; i += stride)` run in int32 (two's complement): the
+    # thread that takes item count - 1 steps to count - 1 + stride, which must not wrap.
+    step_past_the_end = (count - 1 + stride + 2**31) % 2**32 - 2**31
+    int32_is_safe = count <= 2**31 - 1 and step_past_the_end >= count
+    assert index_bits == (32 if int32_is_safe else 64)
+
+
+@requires_simulator
+def test_grid_stride_index_type_boundary_of_the_review():
+    grid_stride = ssanet_ops.testing.load_simulator().grid_stride
+    assert grid_stride(1_879_048_192)[2] == 32
+    assert grid_stride(1_879_048_193)[2] == 64
+    # grad_input [60, 2048, 128, 128], the review's example.
+    assert grid_stride(60 * 2048 * 128 * 128)[2] == 64
+
+
+@requires_simulator
+@pytest.mark.parametrize(("blocks", "threads"), [(1, 1), (3, 64), (2, 1024), (5, 96)])
+def test_simulated_syncthreads_waits_for_the_whole_block(blocks, threads):
+    simulator = ssanet_ops.testing.load_simulator()
+    values, poison = simulator.barrier_exchange(blocks, threads)
+    # Each thread read what its neighbour (in the block) wrote before the barrier.
+    expected = [b * threads + (t + 1) % threads for b in range(blocks) for t in range(threads)]
+    assert values == expected
+    # Dynamic shared memory starts poisoned (all bytes 0xFF), as uninitialised memory would be.
+    assert poison == [-1] * (blocks * threads)
+
+
+@requires_simulator
+def test_simulated_barrier_errors_and_launch_limits():
+    simulator = ssanet_ops.testing.load_simulator()
+    with pytest.raises(RuntimeError, match=r"1 of 32 threads of block .* exited while the others"):
+        simulator.barrier_exchange(2, 32, divergent=True)
+    with pytest.raises(RuntimeError, match=r"invalid grid \(0, 1, 1\)"):
+        simulator.barrier_exchange(0, 32)
+    with pytest.raises(RuntimeError, match=r"invalid block \(2048, 1, 1\)"):
+        simulator.barrier_exchange(1, 2048)
+    # The simulator recovers from each error.
+    assert simulator.barrier_exchange(1, 4)[0] == [1, 2, 3, 0]
+
+
+@requires_simulator
+def test_simulated_threads_run_in_a_shuffled_order():
+    simulator = ssanet_ops.testing.load_simulator()
+    first = simulator.atomic_order(4, 256)
+    second = simulator.atomic_order(4, 256)
+    # Every thread added once; the order is neither the index order nor the same twice, so
+    # results that depend on the order of atomics differ as they do on a GPU.
+    assert sorted(first) == list(range(4 * 256)) == sorted(second)
+    assert first != sorted(first) and first != second
+
+
+@requires_simulator
+def test_simulate_cuda_routes_cpu_calls_and_restores_them():
+    x = torch.randn(1, 2, 7, 7).half()
+    with pytest.raises(TypeError, match="float32, float64 on cpu"):
+        ssanet_ops.oriented_pool(x)
+    assert not ssanet_ops.testing.simulating()
+    with simulate_cuda():
+        # The CUDA kernels take float16; the CPU kernels do not.
+        out = ssanet_ops.oriented_pool(x)
+        with simulate_cuda():  # blocks nest
+            assert ssanet_ops.testing.simulating()
+        assert ssanet_ops.testing.simulating()
+        out_again, _ = torch.ops.ssanet_ops.oriented_pool(x, [3, 3], 3, [2, 2])
+    assert not ssanet_ops.testing.simulating()
+    torch.testing.assert_close(out, out_again, rtol=0, atol=0)
+    with pytest.raises(RuntimeError, match="x must be float32 or float64 on the CPU"):
+        torch.ops.ssanet_ops.oriented_pool(x, [3, 3], 3, [2, 2])
+    assert "oriented_pool" in ssanet_ops.testing.simulated_ops()
+
+
+@requires_simulator
+def test_ops_without_simulated_kernels_raise_inside_simulate_cuda():
+    with torch.library._scoped_library("ssanet_ops", "FRAGMENT") as library:
+        library.define("_only_on_cpu(Tensor x) -> Tensor")
+        library.impl("_only_on_cpu", lambda x: x + 1, "CPU")
+        x = torch.zeros(3)
+        torch.testing.assert_close(torch.ops.ssanet_ops._only_on_cpu(x), x + 1)
+        with simulate_cuda(), pytest.raises(NotSimulatedError, match="not simulated yet"):
+            torch.ops.ssanet_ops._only_on_cpu(x)
+        torch.testing.assert_close(torch.ops.ssanet_ops._only_on_cpu(x), x + 1)

@@ -14,6 +14,7 @@
 #include <cstdint>
 
 #include "common/macros.h"
+#include "common/strides.h"
 
 namespace ssanet_ops::oriented_pool {
 
@@ -26,12 +27,6 @@ struct Geometry {
   SSANET_HOST_DEVICE int64_t patch_area() const { return patch_h * patch_w; }
   SSANET_HOST_DEVICE int64_t patch_length() const { return channels * patch_h * patch_w; }  // L
   SSANET_HOST_DEVICE int64_t orientation_length() const { return grid * patch_length(); }  // G*L
-};
-
-// Element strides of a 4-d tensor, so the kernels read non-contiguous and channels-last input
-// in place.
-struct Strides4 {
-  int64_t n, c, h, w;
 };
 
 // The SPEC's running maximum: a strictly larger value replaces the best (so ties keep the

@@ -13,7 +13,7 @@
 #include <algorithm>
 #include <vector>
 
-#include "oriented_pool/oriented_pool.h"
+#include "oriented_pool/arguments.h"
 
 namespace ssanet_ops::oriented_pool {
 namespace {

@@ -1,0 +1,337 @@
+#pragma once
+// The CUDA kernels, compiled twice (issue 9): by nvcc into <op>/cuda.cu, and by the host
+// compiler into <op>/sim.cpp, so that CI runs the kernels' own code on every run. Each op's
+// kernels.cuh includes this header and is written in plain CUDA (__global__, threadIdx,
+// __shared__, __syncthreads, atomicAdd), launching every kernel through gpu::launch instead of
+// <<<...>>>. Under nvcc everything below is the real thing. Under the host compiler with
+// SSANET_OPS_SIMULATION defined (the sim*.cpp sources, built into ssanet_ops._sim), it is a
+// small CUDA runtime on the host:
+//   - gpu::launch checks the launch configuration as CUDA does, then runs the grid's blocks one
+//     after another, in a shuffled order, and each block's threads as fibers (ucontext), in a
+//     shuffled order. One fiber runs threads back to back until one of them reaches
+//     __syncthreads(); that thread's fiber is parked and a new fiber takes the next thread.
+//   - __syncthreads() returns only when every thread of the block has reached it. A thread that
+//     exits while others wait at a barrier is an error (compute-sanitizer's synccheck).
+//   - __shared__ variables are static (thread_local): one per kernel, shared by the fibers of
+//     the block that runs. gpu::dynamic_shared<T>() is the launch's dynamic shared memory,
+//     poisoned (all bytes 0xFF: NaN in floating types) before every block.
+//   - atomicAdd / atomicOr are plain read-modify-writes (one OS thread runs the fibers); the
+//     shuffled orders make order-dependent sums differ from launch to launch, as on a GPU.
+//     SSANET_OPS_SIM_SEED=<n> fixes the shuffles.
+//   - Floating point: sim*.cpp is compiled with -ffp-contract=fast (and -mfma where the host has
+//     FMA), as nvcc contracts a*b + c into an FMA by default. cos/sin come from the host's libm,
+//     which may differ from CUDA's in the last bit.
+//   Not simulated: warp-level operations (shuffles, votes, WMMA), streams (a launch runs to the
+//   end before it returns), device asserts. Add an intrinsic below when a kernel needs it.
+//
+// Moving an op onto the simulator (oriented_pool/ is the example):
+//   1. csrc/<op>/kernels.cuh, read top-down: device functions, __global__ kernels, launchers.
+//      Loops are grid-stride loops sized by grid_stride() from common/launch.h, their index type
+//      chosen by with_index_type(); kernels launch through gpu::launch(kernel, grid, block,
+//      shared_bytes, stream, args...). The host entry points take a gpu::Stream and do what the
+//      CUDA and simulated ops share: argument checks, allocation, dtype dispatch (float, double,
+//      Half, BFloat16), the deterministic/atomic choice. Everything in the header is a template
+//      or inline (it is compiled into two translation units).
+//   2. csrc/<op>/cuda.cu: includes kernels.cuh, adds the device guard and the current stream,
+//      registers TORCH_LIBRARY_IMPL(ssanet_ops, CUDA, m).
+//   3. csrc/<op>/sim.cpp: includes kernels.cuh, registers the same entry points with
+//      gpu::Stream{} as TORCH_LIBRARY_IMPL(ssanet_ops_sim, CPU, m), one per op of the op's
+//      schemas (ssanet_ops/testing.py defines ssanet_ops_sim's schemas as copies of ssanet_ops's).
+//      CMake picks up csrc/*/sim*.cpp; no other change is needed.
+//   4. Tests: use the `device` fixture (cpu, cuda, sim) or `cuda_device` (cuda, sim) of
+//      tests/conftest.py; a test that needs CPU and CUDA results side by side uses
+//      `cuda_target` (a context: `with cuda_target: ...` runs the CUDA kernels).
+
+#include <cstdint>
+#include <limits>
+#include <utility>
+
+#if defined(__CUDACC__)
+
+#include <c10/cuda/CUDAException.h>
+
+namespace ssanet_ops::gpu {
+
+using Stream = cudaStream_t;
+
+// The launch's dynamic shared memory (its shared_bytes argument).
+template <typename T>
+__device__ __forceinline__ T* dynamic_shared() {
+  extern __shared__ __align__(16) unsigned char dynamic_shared_memory[];
+  return reinterpret_cast<T*>(dynamic_shared_memory);
+}
+
+// Every kernel launch goes through here: the launch, then the launch check.
+template <typename... Params, typename... Args>
+void launch(void (*kernel)(Params...), dim3 grid, dim3 block, size_t shared_bytes, Stream stream,
+            Args&&... args) {
+  kernel<<<grid, block, shared_bytes, stream>>>(std::forward<Args>(args)...);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+// The largest index an int32-indexed launch may form (common/launch.h).
+constexpr int64_t int32_index_limit() { return std::numeric_limits<int32_t>::max(); }
+
+}  // namespace ssanet_ops::gpu
+
+#elif defined(SSANET_OPS_SIMULATION)
+
+#include <c10/util/Exception.h>
+#include <sys/mman.h>
+#include <ucontext.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cstdlib>
+#include <cstring>
+#include <exception>
+#include <functional>
+#include <memory>
+#include <numeric>
+#include <random>
+#include <vector>
+
+#define __global__
+#define __device__
+#define __host__
+#define __forceinline__ inline
+#define __launch_bounds__(...)
+#define __align__(n) __attribute__((aligned(n)))
+#define __shared__ static thread_local
+
+struct dim3 {
+  unsigned int x, y, z;
+  constexpr dim3(unsigned int x = 1, unsigned int y = 1, unsigned int z = 1) : x(x), y(y), z(z) {}
+};
+using uint3 = dim3;
+
+// Set by the simulator before it runs or resumes a thread.
+inline thread_local uint3 threadIdx;
+inline thread_local uint3 blockIdx;
+inline thread_local dim3 blockDim;
+inline thread_local dim3 gridDim;
+
+namespace ssanet_ops::gpu {
+
+struct Stream {};  // launches run on the calling thread, in order
+
+namespace sim {
+
+// A fiber runs threads of the block being simulated, one after another; a thread that reaches
+// __syncthreads() keeps its fiber until the barrier opens.
+struct Fiber {
+  static constexpr size_t kStackBytes = size_t{1} << 20;  // mapped lazily by the kernel
+  ucontext_t context{};
+  void* stack = nullptr;
+  unsigned int thread = 0;  // linear index of the thread it runs
+  bool at_barrier = false;
+
+  Fiber();
+  ~Fiber() { munmap(stack, kStackBytes); }
+};
+
+struct BlockRun {
+  const std::function<void()>* body;
+  std::vector<unsigned int> order;  // threads in the order they start
+  size_t started = 0;
+  size_t finished = 0;
+  std::exception_ptr error;
+};
+
+// The simulator's state on one OS thread.
+struct Runtime {
+  ucontext_t scheduler{};
+  std::vector<std::unique_ptr<Fiber>> idle;
+  Fiber* running = nullptr;
+  BlockRun* block = nullptr;
+  std::vector<unsigned char> dynamic_shared;
+  std::mt19937_64 random{seed()};
+
+  static uint64_t seed() {
+    const char* fixed = std::getenv("SSANET_OPS_SIM_SEED");
+    return fixed != nullptr ? std::strtoull(fixed, nullptr, 10) : std::random_device{}();
+  }
+};
+inline thread_local Runtime runtime;
+
+// The int32 index limit of common/launch.h; tests lower it to run the int64 kernels on small
+// tensors (ssanet_ops.testing.simulate_cuda(int32_index_limit=...)).
+inline std::atomic<int64_t> index_limit{std::numeric_limits<int32_t>::max()};
+
+inline void set_thread_index(unsigned int linear) {
+  threadIdx = uint3(linear % blockDim.x, linear / blockDim.x % blockDim.y,
+                    linear / (blockDim.x * blockDim.y));
+}
+
+[[noreturn]] inline void fiber_main() {
+  for (;;) {
+    Fiber& self = *runtime.running;
+    BlockRun& block = *runtime.block;
+    while (block.started < block.order.size() && !block.error) {
+      self.thread = block.order[block.started++];
+      set_thread_index(self.thread);
+      try {
+        (*block.body)();
+      } catch (...) {
+        if (!block.error) {
+          block.error = std::current_exception();
+        }
+      }
+      ++block.finished;
+    }
+    self.at_barrier = false;
+    swapcontext(&self.context, &runtime.scheduler);  // idle until the next block
+  }
+}
+
+inline Fiber::Fiber() {
+  stack = mmap(nullptr, kStackBytes, PROT_READ | PROT_WRITE,
+               MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  TORCH_CHECK(stack != MAP_FAILED, "CUDA simulator: cannot map a fiber stack");
+  mprotect(stack, 4096, PROT_NONE);  // a guard page: a kernel that overflows the stack faults
+  getcontext(&context);
+  context.uc_stack.ss_sp = stack;
+  context.uc_stack.ss_size = kStackBytes;
+  context.uc_link = nullptr;
+  makecontext(&context, fiber_main, 0);
+}
+
+inline void syncthreads() {
+  Fiber* self = runtime.running;
+  TORCH_CHECK(self != nullptr, "CUDA simulator: __syncthreads() outside a kernel");
+  self->at_barrier = true;
+  swapcontext(&self->context, &runtime.scheduler);
+}
+
+// Runs `fiber` until its thread reaches a barrier (true) or it has no thread left (false).
+inline bool resume(Fiber& fiber) {
+  runtime.running = &fiber;
+  set_thread_index(fiber.thread);
+  swapcontext(&runtime.scheduler, &fiber.context);
+  runtime.running = nullptr;
+  return fiber.at_barrier;
+}
+
+inline void run_block(BlockRun& block) {
+  std::vector<std::unique_ptr<Fiber>> waiting;  // fibers whose thread is at the barrier
+  auto run = [&](std::unique_ptr<Fiber> fiber) {
+    if (resume(*fiber)) {
+      waiting.push_back(std::move(fiber));
+    } else {
+      runtime.idle.push_back(std::move(fiber));
+    }
+  };
+  for (;;) {
+    while (block.started < block.order.size() && !block.error) {
+      std::unique_ptr<Fiber> fiber;
+      if (runtime.idle.empty()) {
+        fiber = std::make_unique<Fiber>();
+      } else {
+        fiber = std::move(runtime.idle.back());
+        runtime.idle.pop_back();
+      }
+      run(std::move(fiber));
+    }
+    if (block.error) {
+      std::rethrow_exception(block.error);  // the waiting fibers are dropped with their threads
+    }
+    if (waiting.empty()) {
+      return;
+    }
+    TORCH_CHECK(block.finished == 0, "CUDA simulator: ", block.finished, " of ",
+                block.order.size(), " threads of block (", blockIdx.x, ", ", blockIdx.y, ", ",
+                blockIdx.z, ") exited while the others wait at __syncthreads()");
+    // Every thread is at the barrier: open it, resuming them in a new order.
+    std::vector<std::unique_ptr<Fiber>> released = std::move(waiting);
+    waiting.clear();
+    std::shuffle(released.begin(), released.end(), runtime.random);
+    for (auto& fiber : released) {
+      run(std::move(fiber));
+    }
+  }
+}
+
+inline void check_launch(dim3 grid, dim3 block, size_t shared_bytes) {
+  const uint64_t threads = uint64_t{block.x} * block.y * block.z;
+  TORCH_CHECK(grid.x >= 1 && grid.x <= 2147483647u && grid.y >= 1 && grid.y <= 65535 &&
+                  grid.z >= 1 && grid.z <= 65535,
+              "CUDA simulator: invalid grid (", grid.x, ", ", grid.y, ", ", grid.z, ")");
+  TORCH_CHECK(threads >= 1 && threads <= 1024 && block.z <= 64,
+              "CUDA simulator: invalid block (", block.x, ", ", block.y, ", ", block.z, ")");
+  TORCH_CHECK(shared_bytes <= 48 * 1024, "CUDA simulator: ", shared_bytes,
+              " bytes of dynamic shared memory exceed the 48 KiB a launch gets by default");
+}
+
+inline void run_grid(dim3 grid, dim3 block, size_t shared_bytes,
+                     const std::function<void()>& body) {
+  check_launch(grid, block, shared_bytes);
+  TORCH_CHECK(runtime.block == nullptr, "CUDA simulator: a kernel launched a kernel");
+  gridDim = grid;
+  blockDim = block;
+  runtime.dynamic_shared.resize(shared_bytes);
+  // Blocks in the order start + step * i (mod blocks), step coprime to the block count: a
+  // shuffled order that needs no table, for grids of any size.
+  const uint64_t blocks = uint64_t{grid.x} * grid.y * grid.z;
+  const uint64_t start = runtime.random() % blocks;
+  uint64_t step = runtime.random() % blocks;
+  while (std::gcd(step, blocks) != 1) {
+    step = (step + 1) % blocks;
+  }
+  BlockRun run{&body, std::vector<unsigned int>(block.x * block.y * block.z)};
+  for (uint64_t i = 0; i < blocks; ++i) {
+    const uint64_t linear = static_cast<uint64_t>(
+        (static_cast<unsigned __int128>(step) * i + start) % blocks);
+    blockIdx = uint3(linear % grid.x, linear / grid.x % grid.y, linear / (uint64_t{grid.x} * grid.y));
+    std::memset(runtime.dynamic_shared.data(), 0xFF, shared_bytes);
+    std::iota(run.order.begin(), run.order.end(), 0u);
+    std::shuffle(run.order.begin(), run.order.end(), runtime.random);
+    run.started = run.finished = 0;
+    runtime.block = &run;
+    try {
+      run_block(run);
+    } catch (...) {
+      runtime.block = nullptr;
+      throw;
+    }
+    runtime.block = nullptr;
+  }
+}
+
+}  // namespace sim
+
+template <typename T>
+T* dynamic_shared() {
+  return reinterpret_cast<T*>(sim::runtime.dynamic_shared.data());
+}
+
+template <typename... Params, typename... Args>
+void launch(void (*kernel)(Params...), dim3 grid, dim3 block, size_t shared_bytes, Stream,
+            Args&&... args) {
+  const std::function<void()> body = [&] { kernel(args...); };  // each thread copies the args
+  sim::run_grid(grid, block, shared_bytes, body);
+}
+
+inline int64_t int32_index_limit() { return sim::index_limit.load(); }
+
+}  // namespace ssanet_ops::gpu
+
+inline void __syncthreads() { ssanet_ops::gpu::sim::syncthreads(); }
+
+// Not inlined, so that the host compiler cannot contract the caller's a*b into the addition as
+// an FMA: on the GPU the value is rounded before the atomic adds it.
+template <typename T>
+__attribute__((noinline)) T atomicAdd(T* address, T value) {
+  const T old = *address;
+  *address = old + value;
+  return old;
+}
+
+inline int atomicOr(int* address, int value) {
+  const int old = *address;
+  *address = old | value;
+  return old;
+}
+
+#else
+#error "common/simulation.h is compiled by nvcc or with SSANET_OPS_SIMULATION defined"
+#endif

@@ -1,0 +1,135 @@
+"""Testing helpers: run the CUDA kernels' own code on the CPU.
+
+The CUDA kernels are also compiled for a host simulator of CUDA (``csrc/common/simulation.h``),
+built into ``ssanet_ops._sim`` unless the build had ``SSANET_OPS_SIM=off``
+(``ssanet_ops.build_info()["cuda_simulator"]``). It registers them as
+``torch.ops.ssanet_ops_sim.*``, with the schemas of ``torch.ops.ssanet_ops.*``, and
+:func:`simulate_cuda` routes the ops' CPU calls to them, so that the CUDA code is tested
+against the same assertions as the CPU kernels on machines without a GPU.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+from collections.abc import Iterator
+
+import torch
+
+from . import _extension
+
+SIM_NAMESPACE = "ssanet_ops_sim"
+
+
+class NotSimulatedError(NotImplementedError):
+    """An op called inside :func:`simulate_cuda` whose CUDA kernels are not simulated yet."""
+
+
+_simulator = None  # ssanet_ops._sim once loaded
+_schemas = None  # the torch.library.Library that defines ssanet_ops_sim's schemas
+_active = None  # the Library that routes ssanet_ops's CPU kernels while simulate_cuda() runs
+_depth = 0
+_sim_names: set[str] = set()  # the ops defined in ssanet_ops_sim
+
+
+def simulating() -> bool:
+    """Whether a :func:`simulate_cuda` block is active."""
+    return _depth > 0
+
+
+def _op_names() -> list[str]:
+    return sorted(
+        name.removeprefix("ssanet_ops::")
+        for name in torch._C._dispatch_get_all_op_names()
+        if name.startswith("ssanet_ops::")
+    )
+
+
+def load_simulator():
+    """Loads ssanet_ops._sim, the simulated kernels, after defining their schemas."""
+    global _simulator, _schemas
+    if _simulator is None:
+        if not _extension.simulator_built():
+            raise RuntimeError(
+                "the CUDA simulator is not built (ssanet_ops was built with SSANET_OPS_SIM=off). "
+                "Rebuild with SSANET_OPS_SIM=on.\n" + _extension.HOW_TO_BUILD
+            )
+        # Copies of ssanet_ops's own schemas, so the two can never differ.
+        schemas = torch.library.Library(SIM_NAMESPACE, "DEF")
+        for name in _op_names():
+            _sim_names.add(name)
+            schema = str(getattr(torch.ops.ssanet_ops, name).default._schema)
+            schemas.define(schema.removeprefix("ssanet_ops::"))
+        _schemas = schemas
+        _simulator = importlib.import_module("ssanet_ops._sim")
+    return _simulator
+
+
+def simulated_ops() -> list[str]:
+    """The ssanet_ops ops whose CUDA kernels the simulator runs."""
+    load_simulator()
+    return [
+        name
+        for name in sorted(_sim_names)
+        if torch._C._dispatch_has_kernel_for_dispatch_key(f"{SIM_NAMESPACE}::{name}", "CPU")
+    ]
+
+
+def _route_to_simulator(name: str):
+    simulated = getattr(getattr(torch.ops, SIM_NAMESPACE), name).default
+
+    def kernel(*args, **kwargs):
+        return simulated(*args, **kwargs)
+
+    return kernel
+
+
+def _not_simulated(name: str):
+    def kernel(*args, **kwargs):
+        raise NotSimulatedError(
+            f"ssanet_ops.{name}: its CUDA kernels are not simulated yet (inside "
+            "ssanet_ops.testing.simulate_cuda(), CPU tensors run the CUDA kernels' code)"
+        )
+
+    return kernel
+
+
+@contextlib.contextmanager
+def simulate_cuda(int32_index_limit: int | None = None) -> Iterator[None]:
+    """Inside this block, every ssanet_ops op called with CPU tensors runs the code of its CUDA
+    kernels in the host simulator instead of its CPU kernels: forward and backward (through the
+    same autograd), every dtype the CUDA kernels take (float16 and bfloat16 included), the
+    deterministic or the atomic backward as ``torch.are_deterministic_algorithms_enabled()``
+    says. Launches run synchronously, blocks and threads in a shuffled order (set
+    ``SSANET_OPS_SIM_SEED`` to fix it). An op whose kernels are not simulated raises
+    :class:`NotSimulatedError`.
+
+    The routing is a dispatcher registration, so it holds for every thread of the process
+    while the block runs. Blocks nest.
+
+    Args:
+        int32_index_limit: the largest index a launch may form in int32 (``2**31 - 1``, as on
+            a GPU, when None). A small limit runs the int64-indexed kernels on small tensors.
+    """
+    global _active, _depth
+    simulator = load_simulator()
+    previous_limit = None
+    if int32_index_limit is not None:
+        previous_limit = simulator.set_int32_index_limit(int32_index_limit)
+    if _depth == 0:
+        simulated = set(simulated_ops())
+        library = torch.library.Library("ssanet_ops", "IMPL")
+        for name in _op_names():
+            kernel = _route_to_simulator(name) if name in simulated else _not_simulated(name)
+            library.impl(name, kernel, "CPU")
+        _active = library
+    _depth += 1
+    try:
+        yield
+    finally:
+        _depth -= 1
+        if _depth == 0:
+            _active._destroy()  # the CPU kernels are back
+            _active = None
+        if previous_limit is not None:
+            simulator.set_int32_index_limit(previous_limit)
