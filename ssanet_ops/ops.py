@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 import torch
 
+from . import testing
 from ._validation import (
     CPU_DTYPES,
     CUDA_DTYPES,
@@ -385,7 +386,9 @@ def check_scale_align_inputs(
         tensors["bias"] = bias
     check_same_device(tensors)
     dtypes = {name: _effective_dtype(tensor) for name, tensor in tensors.items()}
-    allowed = CUDA_DTYPES if phi.device.type == "cuda" else CPU_DTYPES
+    # Inside ssanet_ops.testing.simulate_cuda() CPU tensors run the CUDA kernels.
+    runs_cuda_kernels = phi.device.type == "cuda" or testing.simulating()
+    allowed = CUDA_DTYPES if runs_cuda_kernels else CPU_DTYPES
     for name, dtype in dtypes.items():
         if dtype not in allowed:
             names = ", ".join(str(d).removeprefix("torch.") for d in allowed)

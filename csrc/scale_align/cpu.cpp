@@ -25,8 +25,10 @@
 #include <algorithm>
 #include <cstring>
 #include <type_traits>
+#include <vector>
 
-#include "scale_align/scale_align.h"
+#include "common/scale_dft.h"
+#include "scale_align/arguments.h"
 
 namespace ssanet_ops::scale_align {
 namespace {
@@ -35,6 +37,23 @@ void check_cpu_dtype(const at::Tensor& tensor, const char* name, const char* op)
   TORCH_CHECK(tensor.scalar_type() == at::kFloat || tensor.scalar_type() == at::kDouble, op,
               ": ", name, " must be float32 or float64 on the CPU, got ", tensor.scalar_type());
 }
+
+// The twiddle tables, computed on the host: cos[k] and sin[k] = cos, sin(2*pi*k/S), one
+// after the other in one buffer.
+template <typename acc_t>
+struct HostTwiddles {
+  std::vector<acc_t> values;
+
+  explicit HostTwiddles(int64_t S) : values(2 * S) {
+    for (int64_t k = 0; k < S; ++k) {
+      scale_dft::fill_twiddle(k, S, values.data(), values.data() + S);
+    }
+  }
+  scale_dft::Twiddles<acc_t> view() const {
+    const int64_t S = static_cast<int64_t>(values.size()) / 2;
+    return {values.data(), values.data() + S, S};
+  }
+};
 
 // Bytes of planes one chunk may hold (per task), about a core's L2 cache.
 constexpr int64_t kChunkBytes = int64_t{2} << 20;

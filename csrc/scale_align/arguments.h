@@ -6,11 +6,11 @@
 #include <ATen/core/Tensor.h>
 #include <c10/util/Exception.h>
 
-#include <initializer_list>
+#include <limits>
 #include <optional>
 #include <string>
-#include <vector>
 
+#include "common/checked.h"
 #include "common/scale_dft.h"
 
 namespace ssanet_ops::scale_align {
@@ -42,30 +42,24 @@ inline at::Tensor ungroup_like(const at::Tensor& output, const Shape& shape) {
   return shape.grouped ? output : output.squeeze(0);
 }
 
-// A clear error naming `what` when the product of `factors` overflows int64 (issue 12:
-// expanded tensors make any sizes cheap to pass to torch.ops directly).
-inline void check_product_fits(std::initializer_list<int64_t> factors, const char* what,
-                               const char* op) {
-  int64_t product = 1;
-  for (const int64_t factor : factors) {
-    TORCH_CHECK(!__builtin_mul_overflow(product, factor, &product), op, ": ", what,
-                " would take more bytes than int64 can count");
-  }
-}
-
 // The largest tensors a call allocates, in bytes of float64: the output or gradient
 // ([G, N, C, S] at most), the plane products [G, T, N, C] and the planes [G, T, N + C, D].
-// Checked once here, so that the sizes the kernels compute from them cannot overflow.
+// Checked once here in overflow-safe arithmetic (issue 12: expanded tensors make any sizes cheap
+// to pass to torch.ops directly), so that the sizes the kernels compute from them cannot
+// overflow.
 inline void check_sizes(const Shape& shape, const char* op) {
   constexpr int64_t kBytes = 8;
-  const int64_t G = shape.groups, N = shape.proposals, C = shape.classes, S = shape.scales;
-  const int64_t D = shape.features, T = shape.planes();
-  check_product_fits({G, N, C, S, kBytes}, "the correlation [G, N, C, S] of phi and weight", op);
-  check_product_fits({G, T, N, C, kBytes}, "the plane products [G, T, N, C] of phi and weight", op);
-  int64_t rows = 0;
-  TORCH_CHECK(!__builtin_add_overflow(N, C, &rows), op,
-              ": phi and weight have more rows N + C than int64 can count");
-  check_product_fits({G, T, rows, D, kBytes}, "the planes [G, T, N + C, D] of phi and weight", op);
+  const Checked G = shape.groups, N = shape.proposals, C = shape.classes, S = shape.scales;
+  const Checked D = shape.features, T = shape.planes();
+  const auto check_fits = [&](Checked bytes, const char* what) {
+    TORCH_CHECK(bytes <= std::numeric_limits<int64_t>::max(), op, ": ", what,
+                " of phi and weight would take more bytes than int64 can count (G = ",
+                shape.groups, ", N = ", shape.proposals, ", C = ", shape.classes, ", S = ",
+                shape.scales, ", D = ", shape.features, ")");
+  };
+  check_fits(G * N * C * S * kBytes, "the correlation [G, N, C, S]");
+  check_fits(G * T * N * C * kBytes, "the plane products [G, T, N, C]");
+  check_fits(G * T * (N + C) * D * kBytes, "the planes [G, T, N + C, D]");
 }
 
 inline void check_pair(const at::Tensor& first, const char* first_name,
@@ -162,22 +156,5 @@ inline Shape check_grad(const at::Tensor& grad, const std::optional<at::Tensor>&
   check_sizes(shape, op);
   return shape;
 }
-
-// The CPU's twiddle tables, computed on the host: cos[k] and sin[k] = cos, sin(2*pi*k/S), one
-// after the other in one buffer.
-template <typename acc_t>
-struct HostTwiddles {
-  std::vector<acc_t> values;
-
-  explicit HostTwiddles(int64_t S) : values(2 * S) {
-    for (int64_t k = 0; k < S; ++k) {
-      scale_dft::fill_twiddle(k, S, values.data(), values.data() + S);
-    }
-  }
-  scale_dft::Twiddles<acc_t> view() const {
-    const int64_t S = static_cast<int64_t>(values.size()) / 2;
-    return {values.data(), values.data() + S, S};
-  }
-};
 
 }  // namespace ssanet_ops::scale_align
