@@ -31,6 +31,14 @@ if(SSANET_OPS_SIM STREQUAL "on")
     # Its own copies of the inline functions it shares with _C, compiled with other flags: keep
     # them from being bound to _C's (or _C's to them).
     -fvisibility=hidden -fvisibility-inlines-hidden)
+  # benchmarks/sim_coverage.py builds the simulator on its own with line coverage (unoptimised,
+  # so lines map to code) and AddressSanitizer (kernels' out-of-bounds accesses to the tensors
+  # fail loudly).
+  option(SSANET_OPS_SIM_COVERAGE "Build the simulator with --coverage -O0 and AddressSanitizer" OFF)
+  if(SSANET_OPS_SIM_COVERAGE)
+    target_compile_options(_sim PRIVATE --coverage -O0 -fsanitize=address -fno-omit-frame-pointer)
+    target_link_options(_sim PRIVATE --coverage -fsanitize=address)
+  endif()
   install(TARGETS _sim LIBRARY DESTINATION ssanet_ops)
   set(SSANET_OPS_SIM_JSON true)
 else()

@@ -11,7 +11,9 @@ against the same assertions as the CPU kernels on machines without a GPU.
 from __future__ import annotations
 
 import contextlib
-import importlib
+import importlib.util
+import os
+import sys
 from collections.abc import Iterator
 
 import torch
@@ -45,11 +47,29 @@ def _op_names() -> list[str]:
     )
 
 
+def simulator_available() -> bool:
+    """Whether :func:`simulate_cuda` can run: the simulator is built, or
+    ``SSANET_OPS_SIM_LIBRARY`` names a build of it (benchmarks/sim_coverage.py's)."""
+    return _extension.simulator_built() or bool(os.environ.get("SSANET_OPS_SIM_LIBRARY"))
+
+
+def _import_simulator():
+    path = os.environ.get("SSANET_OPS_SIM_LIBRARY")
+    if not path:
+        return importlib.import_module("ssanet_ops._sim")
+    spec = importlib.util.spec_from_file_location("ssanet_ops._sim", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    sys.modules["ssanet_ops._sim"] = module
+    return module
+
+
 def load_simulator():
-    """Loads ssanet_ops._sim, the simulated kernels, after defining their schemas."""
+    """Loads ssanet_ops._sim, the simulated kernels, after defining their schemas (from
+    ``SSANET_OPS_SIM_LIBRARY`` when that names a file)."""
     global _simulator, _schemas
     if _simulator is None:
-        if not _extension.simulator_built():
+        if not simulator_available():
             raise RuntimeError(
                 "the CUDA simulator is not built (ssanet_ops was built with SSANET_OPS_SIM=off). "
                 "Rebuild with SSANET_OPS_SIM=on.\n" + _extension.HOW_TO_BUILD
@@ -61,7 +81,7 @@ def load_simulator():
             schema = str(getattr(torch.ops.ssanet_ops, name).default._schema)
             schemas.define(schema.removeprefix("ssanet_ops::"))
         _schemas = schemas
-        _simulator = importlib.import_module("ssanet_ops._sim")
+        _simulator = _import_simulator()
     return _simulator
 
 

@@ -22,10 +22,10 @@ import pytest
 import torch
 
 import ssanet_ops
-from ssanet_ops.testing import NotSimulatedError, simulate_cuda
+from ssanet_ops.testing import NotSimulatedError, simulate_cuda, simulator_available
 
 CUDA_AVAILABLE = torch.cuda.is_available() and ssanet_ops.build_info()["cuda"]
-SIMULATOR_BUILT = ssanet_ops.build_info()["cuda_simulator"]
+SIMULATOR_BUILT = simulator_available()
 
 _CUDA = pytest.param(
     "cuda",

@@ -353,7 +353,7 @@ def test_cuda_matches_cpu_bitwise_in_float32(cuda_target):
 
 
 @requires_simulator
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
 def test_int64_indexed_kernels(dtype):
     # On a GPU the int64 kernels run from about 2**31 elements on; the simulator runs them on
     # small tensors when the int32 limit is lowered below every launch's indices.
@@ -368,4 +368,4 @@ def test_int64_indexed_kernels(dtype):
     expected = reference.oriented_pool(x_ref, patch_size=(3, 5), grid_size=3)
     expected.backward(grad.float())
     torch.testing.assert_close(out.float(), expected, rtol=0, atol=0)
-    torch.testing.assert_close(x_sim.grad.float(), x_ref.grad, rtol=1e-2, atol=1e-2)
+    torch.testing.assert_close(x_sim.grad.float(), x_ref.grad, rtol=2e-2, atol=5e-2)
