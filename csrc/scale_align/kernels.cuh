@@ -27,7 +27,6 @@
 
 #include <optional>
 #include <tuple>
-#include <utility>
 
 #include "common/launch.h"
 #include "common/scale_dft.h"
@@ -188,13 +187,10 @@ __global__ void synthesis_kernel(const at::opmath_type<scalar_t>* __restrict__ p
 
 // ---- launchers ----
 
-// Launches `kernel`, a grid-stride loop over `count` items whose blocks each hold the twiddles
-// of S scales in acc_t, on `stream`.
-template <typename acc_t, typename Kernel, typename... Args>
-void launch_over(Kernel kernel, int64_t count, int64_t S, gpu::Stream stream, Args&&... args) {
-  const GridStride launch = grid_stride(count);
-  gpu::launch(kernel, launch.blocks, launch.threads, static_cast<size_t>(2 * S) * sizeof(acc_t),
-              stream, std::forward<Args>(args)...);
+// The dynamic shared memory of every kernel here: the twiddles of S scales (block_twiddles).
+template <typename acc_t>
+size_t twiddle_bytes(int64_t S) {
+  return static_cast<size_t>(2 * S) * sizeof(acc_t);
 }
 
 // The accumulation dtype of inputs of `dtype`: of the planes and their products.
@@ -214,9 +210,10 @@ inline at::Tensor analysis(const at::Tensor& x, scale_dft::Packing packing, gpu:
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "scale_align_dft",
                                   [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    launch_over<acc_t>(analysis_kernel<scalar_t>, columns, S, stream,
-                       x.const_data_ptr<scalar_t>(), strides_of(x), R, S, D, columns, packing,
-                       planes.mutable_data_ptr<acc_t>());
+    const GridStride launch = grid_stride(columns);
+    gpu::launch(analysis_kernel<scalar_t>, launch.blocks, launch.threads, twiddle_bytes<acc_t>(S),
+                stream, x.const_data_ptr<scalar_t>(), strides_of(x), R, S, D, columns, packing,
+                planes.mutable_data_ptr<acc_t>());
   });
   return planes;
 }
@@ -273,13 +270,14 @@ inline std::tuple<at::Tensor, at::Tensor> align(const at::Tensor& phi, const at:
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, phi.scalar_type(), "scale_align",
                                     [&] {
       using acc_t = at::opmath_type<scalar_t>;
-      launch_over<acc_t>(
-          align_kernel<scalar_t>, points, S, stream, products.const_data_ptr<acc_t>(),
-          phi_norms.const_data_ptr<acc_t>(), weight_norms.const_data_ptr<acc_t>(),
-          bias.has_value() ? bias_grouped.const_data_ptr<scalar_t>() : nullptr,
-          bias.has_value() ? bias_grouped.stride(0) : 0,
-          bias.has_value() ? bias_grouped.stride(1) : 0, N, C, S, points,
-          logits.mutable_data_ptr<scalar_t>(), shift.mutable_data_ptr<int64_t>());
+      const GridStride launch = grid_stride(points);
+      gpu::launch(align_kernel<scalar_t>, launch.blocks, launch.threads, twiddle_bytes<acc_t>(S),
+                  stream, products.const_data_ptr<acc_t>(), phi_norms.const_data_ptr<acc_t>(),
+                  weight_norms.const_data_ptr<acc_t>(),
+                  bias.has_value() ? bias_grouped.const_data_ptr<scalar_t>() : nullptr,
+                  bias.has_value() ? bias_grouped.stride(0) : 0,
+                  bias.has_value() ? bias_grouped.stride(1) : 0, N, C, S, points,
+                  logits.mutable_data_ptr<scalar_t>(), shift.mutable_data_ptr<int64_t>());
     });
   }
   return {ungroup_like(logits, shape), ungroup_like(shift, shape)};
@@ -299,9 +297,10 @@ inline at::Tensor correlation(const at::Tensor& phi, const at::Tensor& weight,
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, phi.scalar_type(),
                                     "scale_correlation", [&] {
       using acc_t = at::opmath_type<scalar_t>;
-      launch_over<acc_t>(correlation_kernel<scalar_t>, points, S, stream,
-                         products.const_data_ptr<acc_t>(), N, C, S, points,
-                         corr.mutable_data_ptr<scalar_t>());
+      const GridStride launch = grid_stride(points);
+      gpu::launch(correlation_kernel<scalar_t>, launch.blocks, launch.threads,
+                  twiddle_bytes<acc_t>(S), stream, products.const_data_ptr<acc_t>(), N, C, S,
+                  points, corr.mutable_data_ptr<scalar_t>());
     });
   }
   return ungroup_like(corr, shape);
@@ -342,11 +341,11 @@ inline at::Tensor backward(const at::Tensor& grad, const std::optional<at::Tenso
       // grad's strides of (g, n, c, shift) in the fields (n, c, h, w).
       const Strides4 grad_strides{grad4.stride(0), grad4.stride(1), grad4.stride(2),
                                   shift.has_value() ? 0 : grad4.stride(3)};
-      launch_over<acc_t>(grad_planes_kernel<scalar_t>, points, S, stream,
-                         grad4.const_data_ptr<scalar_t>(), grad_strides,
-                         shift.has_value() ? shift4.const_data_ptr<int64_t>() : nullptr, N, C, S,
-                         points, grad_packing, /*conjugate=*/for_weight,
-                         planes.mutable_data_ptr<acc_t>());
+      const GridStride launch = grid_stride(points);
+      gpu::launch(grad_planes_kernel<scalar_t>, launch.blocks, launch.threads,
+                  twiddle_bytes<acc_t>(S), stream, grad4.const_data_ptr<scalar_t>(), grad_strides,
+                  shift.has_value() ? shift4.const_data_ptr<int64_t>() : nullptr, N, C, S, points,
+                  grad_packing, /*conjugate=*/for_weight, planes.mutable_data_ptr<acc_t>());
     }
     const at::Tensor input_planes = analysis(
         other4, for_weight ? scale_dft::kPhiPacking : scale_dft::kWeightPacking, stream);
@@ -360,9 +359,10 @@ inline at::Tensor backward(const at::Tensor& grad, const std::optional<at::Tenso
       at::bmm_out(products, lhs, input_planes.view({batches, other_rows, D}));
     }
     const int64_t columns = G * result_rows * D;
-    launch_over<acc_t>(synthesis_kernel<scalar_t>, columns, S, stream,
-                       products.const_data_ptr<acc_t>(), result_rows, S, D, columns,
-                       /*conjugate=*/for_weight, result.mutable_data_ptr<scalar_t>());
+    const GridStride launch = grid_stride(columns);
+    gpu::launch(synthesis_kernel<scalar_t>, launch.blocks, launch.threads,
+                twiddle_bytes<acc_t>(S), stream, products.const_data_ptr<acc_t>(), result_rows, S,
+                D, columns, /*conjugate=*/for_weight, result.mutable_data_ptr<scalar_t>());
   });
   return grouped ? result : result.squeeze(0);
 }
