@@ -185,13 +185,92 @@ __global__ void synthesis_kernel(const at::opmath_type<scalar_t>* __restrict__ p
   }
 }
 
-// ---- launchers ----
+// ---- launchers: one grid-stride launch each, on tensors of the kernels' device ----
 
 // The dynamic shared memory of every kernel here: the twiddles of S scales (block_twiddles).
 template <typename acc_t>
 size_t twiddle_bytes(int64_t S) {
   return static_cast<size_t>(2 * S) * sizeof(acc_t);
 }
+
+// planes [G, T, R, D] (accumulation type) of x [G, R, S, D].
+template <typename scalar_t>
+void launch_analysis(const at::Tensor& x, scale_dft::Packing packing, at::Tensor& planes,
+                     gpu::Stream stream) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t R = x.size(1), S = x.size(2), D = x.size(3);
+  const int64_t columns = x.size(0) * R * D;
+  const GridStride launch = grid_stride(columns);
+  gpu::launch(analysis_kernel<scalar_t>, launch.blocks, launch.threads, twiddle_bytes<acc_t>(S),
+              stream, x.const_data_ptr<scalar_t>(), strides_of(x), R, S, D, columns, packing,
+              planes.mutable_data_ptr<acc_t>());
+}
+
+// logits and shift [G, N, C] from the products [G*T, N, C] and the row norms [G, N], [G, C];
+// bias [G, C] or undefined.
+template <typename scalar_t>
+void launch_align(const at::Tensor& products, const at::Tensor& phi_norms,
+                  const at::Tensor& weight_norms, const at::Tensor& bias, const Shape& shape,
+                  at::Tensor& logits, at::Tensor& shift, gpu::Stream stream) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t points = logits.numel();
+  const bool has_bias = bias.defined();
+  const GridStride launch = grid_stride(points);
+  gpu::launch(align_kernel<scalar_t>, launch.blocks, launch.threads,
+              twiddle_bytes<acc_t>(shape.scales), stream, products.const_data_ptr<acc_t>(),
+              phi_norms.const_data_ptr<acc_t>(), weight_norms.const_data_ptr<acc_t>(),
+              has_bias ? bias.const_data_ptr<scalar_t>() : nullptr,
+              has_bias ? bias.stride(0) : 0, has_bias ? bias.stride(1) : 0, shape.proposals,
+              shape.classes, shape.scales, points, logits.mutable_data_ptr<scalar_t>(),
+              shift.mutable_data_ptr<int64_t>());
+}
+
+// corr [G, N, C, S] from the products [G*T, N, C].
+template <typename scalar_t>
+void launch_correlation(const at::Tensor& products, const Shape& shape, at::Tensor& corr,
+                        gpu::Stream stream) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t points = shape.groups * shape.proposals * shape.classes;
+  const GridStride launch = grid_stride(points);
+  gpu::launch(correlation_kernel<scalar_t>, launch.blocks, launch.threads,
+              twiddle_bytes<acc_t>(shape.scales), stream, products.const_data_ptr<acc_t>(),
+              shape.proposals, shape.classes, shape.scales, points,
+              corr.mutable_data_ptr<scalar_t>());
+}
+
+// planes [G, T, N, C] (accumulation type) of grad [G, N, C, S], or of grad [G, N, C] one-hot at
+// shift [G, N, C] (contiguous) when `shift` is defined.
+template <typename scalar_t>
+void launch_grad_planes(const at::Tensor& grad, const at::Tensor& shift, const Shape& shape,
+                        scale_dft::Packing packing, bool conjugate, at::Tensor& planes,
+                        gpu::Stream stream) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t points = shape.groups * shape.proposals * shape.classes;
+  // grad's strides of (g, n, c, shift) in the fields (n, c, h, w).
+  const Strides4 strides{grad.stride(0), grad.stride(1), grad.stride(2),
+                         shift.defined() ? 0 : grad.stride(3)};
+  const GridStride launch = grid_stride(points);
+  gpu::launch(grad_planes_kernel<scalar_t>, launch.blocks, launch.threads,
+              twiddle_bytes<acc_t>(shape.scales), stream, grad.const_data_ptr<scalar_t>(),
+              strides, shift.defined() ? shift.const_data_ptr<int64_t>() : nullptr,
+              shape.proposals, shape.classes, shape.scales, points, packing, conjugate,
+              planes.mutable_data_ptr<acc_t>());
+}
+
+// out [G, R, S, D] (contiguous) from the products [G*T, R, D].
+template <typename scalar_t>
+void launch_synthesis(const at::Tensor& products, bool conjugate, at::Tensor& out,
+                      gpu::Stream stream) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t R = out.size(1), S = out.size(2), D = out.size(3);
+  const int64_t columns = out.numel() / S;
+  const GridStride launch = grid_stride(columns);
+  gpu::launch(synthesis_kernel<scalar_t>, launch.blocks, launch.threads, twiddle_bytes<acc_t>(S),
+              stream, products.const_data_ptr<acc_t>(), R, S, D, columns, conjugate,
+              out.mutable_data_ptr<scalar_t>());
+}
+
+// ---- entry points: the ops' schemas, on tensors of the kernels' device ----
 
 // The accumulation dtype of inputs of `dtype`: of the planes and their products.
 inline at::ScalarType accumulation_dtype(at::ScalarType dtype) {
@@ -200,26 +279,18 @@ inline at::ScalarType accumulation_dtype(at::ScalarType dtype) {
 
 // [G, T, R, D] planes of x [G, R, S, D], in the accumulation dtype.
 inline at::Tensor analysis(const at::Tensor& x, scale_dft::Packing packing, gpu::Stream stream) {
-  const int64_t G = x.size(0), R = x.size(1), S = x.size(2), D = x.size(3);
-  at::Tensor planes = at::empty({G, scale_dft::plane_count(S), R, D},
+  const int64_t T = scale_dft::plane_count(x.size(2));
+  at::Tensor planes = at::empty({x.size(0), T, x.size(1), x.size(3)},
                                 x.options().dtype(accumulation_dtype(x.scalar_type())));
-  const int64_t columns = G * R * D;
-  if (columns == 0) {
-    return planes;
+  if (planes.numel() > 0) {
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "scale_align_dft",
+                                    [&] { launch_analysis<scalar_t>(x, packing, planes, stream); });
   }
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "scale_align_dft",
-                                  [&] {
-    using acc_t = at::opmath_type<scalar_t>;
-    const GridStride launch = grid_stride(columns);
-    gpu::launch(analysis_kernel<scalar_t>, launch.blocks, launch.threads, twiddle_bytes<acc_t>(S),
-                stream, x.const_data_ptr<scalar_t>(), strides_of(x), R, S, D, columns, packing,
-                planes.mutable_data_ptr<acc_t>());
-  });
   return planes;
 }
 
-// The T plane products of the forward, [G*T, N, C] in the accumulation dtype (on a GPU, TF32
-// for float32 as torch.backends.cuda.matmul.allow_tf32 says).
+// The T plane products of the forward, [G*T, N, C] in the accumulation dtype, through at::bmm
+// (on a GPU, cuBLAS: TF32 for float32 as torch.backends.cuda.matmul.allow_tf32 says).
 inline at::Tensor forward_products(const at::Tensor& phi4, const at::Tensor& weight4,
                                    const Shape& shape, gpu::Stream stream) {
   const int64_t batches = shape.groups * shape.planes();
@@ -241,8 +312,6 @@ inline at::Tensor row_norms(const at::Tensor& x) {
                                 accumulation_dtype(x.scalar_type()));
 }
 
-// ---- entry points: the ops' schemas, on tensors of the kernels' device ----
-
 inline void check_dtype(const at::Tensor& tensor, const char* name, const char* op) {
   const at::ScalarType dtype = tensor.scalar_type();
   TORCH_CHECK(dtype == at::kFloat || dtype == at::kDouble || dtype == at::kHalf ||
@@ -258,26 +327,18 @@ inline std::tuple<at::Tensor, at::Tensor> align(const at::Tensor& phi, const at:
   const Shape shape = check_inputs(phi, weight, op);
   check_bias(bias, weight, shape, op);
   check_dtype(phi, "phi", op);
-  const int64_t G = shape.groups, N = shape.proposals, C = shape.classes, S = shape.scales;
+  const int64_t G = shape.groups, N = shape.proposals, C = shape.classes;
   at::Tensor logits = at::empty({G, N, C}, phi.options());
   at::Tensor shift = at::empty({G, N, C}, phi.options().dtype(at::kLong));
-  const int64_t points = logits.numel();
-  if (points > 0) {
+  if (logits.numel() > 0) {
     const at::Tensor phi4 = as_grouped(phi), weight4 = as_grouped(weight);
     const at::Tensor products = forward_products(phi4, weight4, shape, stream);
     const at::Tensor phi_norms = row_norms(phi4), weight_norms = row_norms(weight4);
     const at::Tensor bias_grouped = bias.has_value() ? bias->reshape({G, C}) : at::Tensor();
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, phi.scalar_type(), "scale_align",
                                     [&] {
-      using acc_t = at::opmath_type<scalar_t>;
-      const GridStride launch = grid_stride(points);
-      gpu::launch(align_kernel<scalar_t>, launch.blocks, launch.threads, twiddle_bytes<acc_t>(S),
-                  stream, products.const_data_ptr<acc_t>(), phi_norms.const_data_ptr<acc_t>(),
-                  weight_norms.const_data_ptr<acc_t>(),
-                  bias.has_value() ? bias_grouped.const_data_ptr<scalar_t>() : nullptr,
-                  bias.has_value() ? bias_grouped.stride(0) : 0,
-                  bias.has_value() ? bias_grouped.stride(1) : 0, N, C, S, points,
-                  logits.mutable_data_ptr<scalar_t>(), shift.mutable_data_ptr<int64_t>());
+      launch_align<scalar_t>(products, phi_norms, weight_norms, bias_grouped, shape, logits,
+                             shift, stream);
     });
   }
   return {ungroup_like(logits, shape), ungroup_like(shift, shape)};
@@ -288,19 +349,14 @@ inline at::Tensor correlation(const at::Tensor& phi, const at::Tensor& weight,
   constexpr const char* op = "scale_correlation";
   const Shape shape = check_inputs(phi, weight, op);
   check_dtype(phi, "phi", op);
-  const int64_t G = shape.groups, N = shape.proposals, C = shape.classes, S = shape.scales;
-  at::Tensor corr = at::empty({G, N, C, S}, phi.options());
-  const int64_t points = G * N * C;
-  if (points > 0) {
+  at::Tensor corr =
+      at::empty({shape.groups, shape.proposals, shape.classes, shape.scales}, phi.options());
+  if (corr.numel() > 0) {
     const at::Tensor products =
         forward_products(as_grouped(phi), as_grouped(weight), shape, stream);
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, phi.scalar_type(),
                                     "scale_correlation", [&] {
-      using acc_t = at::opmath_type<scalar_t>;
-      const GridStride launch = grid_stride(points);
-      gpu::launch(correlation_kernel<scalar_t>, launch.blocks, launch.threads,
-                  twiddle_bytes<acc_t>(S), stream, products.const_data_ptr<acc_t>(), N, C, S,
-                  points, corr.mutable_data_ptr<scalar_t>());
+      launch_correlation<scalar_t>(products, shape, corr, stream);
     });
   }
   return ungroup_like(corr, shape);
@@ -316,10 +372,6 @@ inline at::Tensor backward(const at::Tensor& grad, const std::optional<at::Tenso
   const Shape shape = check_grad(grad, shift, other, /*other_is_weight=*/!for_weight, op);
   check_dtype(grad, "grad", op);
   const bool grouped = shape.grouped;
-  const at::Tensor grad4 = grouped ? grad : grad.unsqueeze(0);
-  const at::Tensor shift4 =
-      shift.has_value() ? (grouped ? *shift : shift->unsqueeze(0)).contiguous() : at::Tensor();
-  const at::Tensor other4 = as_grouped(other);
   const int64_t G = shape.groups, N = shape.proposals, C = shape.classes;
   const int64_t S = shape.scales, D = shape.features, T = shape.planes();
   const int64_t other_rows = for_weight ? N : C;
@@ -328,41 +380,35 @@ inline at::Tensor backward(const at::Tensor& grad, const std::optional<at::Tenso
   if (result.numel() == 0) {
     return grouped ? result : result.squeeze(0);
   }
-  const scale_dft::Packing grad_packing =
-      for_weight ? scale_dft::kWeightPacking : scale_dft::kPhiPacking;
+  const at::Tensor grad4 = grouped ? grad : grad.unsqueeze(0);
+  const at::Tensor shift4 =
+      shift.has_value() ? (grouped ? *shift : shift->unsqueeze(0)).contiguous() : at::Tensor();
   const at::TensorOptions accumulation_options =
       grad.options().dtype(accumulation_dtype(grad.scalar_type()));
   at::Tensor planes = at::empty({G, T, N, C}, accumulation_options);
-  const int64_t points = G * N * C;
+  if (planes.numel() > 0) {
+    const scale_dft::Packing packing =
+        for_weight ? scale_dft::kWeightPacking : scale_dft::kPhiPacking;
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(),
+                                    "scale_align_grad_planes", [&] {
+      launch_grad_planes<scalar_t>(grad4, shift4, shape, packing, /*conjugate=*/for_weight,
+                                   planes, stream);
+    });
+  }
+  const at::Tensor input_planes = analysis(
+      as_grouped(other), for_weight ? scale_dft::kPhiPacking : scale_dft::kWeightPacking, stream);
+  const int64_t batches = G * T;
+  const at::Tensor lhs = for_weight ? planes.view({batches, N, C}).transpose(1, 2)
+                                    : planes.view({batches, N, C});
+  at::Tensor products = at::empty({batches, result_rows, D}, accumulation_options);
+  if (other_rows == 0) {
+    products.zero_();  // a sum over no proposals (d weight with N = 0) or classes
+  } else {
+    at::bmm_out(products, lhs, input_planes.view({batches, other_rows, D}));
+  }
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(),
-                                  "scale_align_backward", [&] {
-    using acc_t = at::opmath_type<scalar_t>;
-    if (points > 0) {
-      // grad's strides of (g, n, c, shift) in the fields (n, c, h, w).
-      const Strides4 grad_strides{grad4.stride(0), grad4.stride(1), grad4.stride(2),
-                                  shift.has_value() ? 0 : grad4.stride(3)};
-      const GridStride launch = grid_stride(points);
-      gpu::launch(grad_planes_kernel<scalar_t>, launch.blocks, launch.threads,
-                  twiddle_bytes<acc_t>(S), stream, grad4.const_data_ptr<scalar_t>(), grad_strides,
-                  shift.has_value() ? shift4.const_data_ptr<int64_t>() : nullptr, N, C, S, points,
-                  grad_packing, /*conjugate=*/for_weight, planes.mutable_data_ptr<acc_t>());
-    }
-    const at::Tensor input_planes = analysis(
-        other4, for_weight ? scale_dft::kPhiPacking : scale_dft::kWeightPacking, stream);
-    const int64_t batches = G * T;
-    const at::Tensor lhs = for_weight ? planes.view({batches, N, C}).transpose(1, 2)
-                                      : planes.view({batches, N, C});
-    at::Tensor products = at::empty({batches, result_rows, D}, accumulation_options);
-    if (other_rows == 0) {
-      products.zero_();  // a sum over no proposals (d weight with N = 0) or classes
-    } else {
-      at::bmm_out(products, lhs, input_planes.view({batches, other_rows, D}));
-    }
-    const int64_t columns = G * result_rows * D;
-    const GridStride launch = grid_stride(columns);
-    gpu::launch(synthesis_kernel<scalar_t>, launch.blocks, launch.threads,
-                twiddle_bytes<acc_t>(S), stream, products.const_data_ptr<acc_t>(), result_rows, S,
-                D, columns, /*conjugate=*/for_weight, result.mutable_data_ptr<scalar_t>());
+                                  "scale_align_synthesis", [&] {
+    launch_synthesis<scalar_t>(products, /*conjugate=*/for_weight, result, stream);
   });
   return grouped ? result : result.squeeze(0);
 }
