@@ -183,15 +183,11 @@ def scale_correlation(phi: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     Returns:
         ``[N, C, S]`` (``[G, N, C, S]`` when grouped), in the dtype of the inputs.
 
-    float32, float64, float16 or bfloat16 (the reduced types accumulate in float32). Under
-    autocast the op behaves like a linear layer: the inputs are cast to the autocast dtype of
-    their device type.
-
-    On CUDA the plane products run on cuBLAS (``torch.bmm``, the default) or, when the
-    environment variable ``SSANET_OPS_SCALE_ALIGN_PRODUCTS`` is ``tiled`` (read at every call),
-    on the package's own tiled kernel: tensor cores for float16/bfloat16, TF32 for float32
-    when ``torch.backends.cuda.matmul.allow_tf32`` (fp32_precision ``"tf32"``) is on, FMA
-    otherwise. Both accumulate in float32 (float64 for float64).
+    float32, float64, float16 or bfloat16 (the reduced types accumulate in float32 and keep
+    their planes and products in float32). Under autocast the op behaves like a linear layer:
+    the inputs are cast to the autocast dtype of their device type. On CUDA the plane products
+    run on cuBLAS (``torch.bmm``): TF32 for float32 when ``torch.backends.cuda.matmul.allow_tf32``
+    is on. S is at most 2048.
     """
     check_scale_align_inputs(phi, weight)
     return torch.ops.ssanet_ops.scale_correlation(phi, weight)
@@ -202,10 +198,12 @@ def scale_align(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Circulant scale alignment (docs/operators.md section 3; paper eqs. 6-8).
 
-    ``logits = max over r of corr[..., r] (+ bias)`` and ``shift = argmax over r`` (the lowest r
-    on ties), with ``corr`` as in :func:`scale_correlation`, fused so that corr is never
-    written. Gradients flow through the winning shift only (eq. 8). The candidate aligned with
-    the filter's original scale ``m0 = (S - 1) // 2`` is ``(m0 - shift) mod S``.
+    ``shift = argmax over r of corr[..., r]`` and ``logits = corr[..., shift] (+ bias)``, with
+    ``corr`` as in :func:`scale_correlation`, fused so that corr is never written. Ties: every
+    r with ``corr[r] >= max - tol``, ``tol = 8 * S * eps * ||phi[n]|| * ||weight[c]||``, counts
+    as tied and the lowest wins, so ``phi[n]`` equal at every scale gives shift 0 (the bias
+    takes no part). Gradients flow through the winning shift only (eq. 8). The candidate
+    aligned with the filter's original scale ``m0 = (S - 1) // 2`` is ``(m0 - shift) mod S``.
 
     Args:
         phi: ``[N, S, D]`` or ``[G, N, S, D]``.
@@ -215,7 +213,7 @@ def scale_align(
     Returns:
         ``(logits, shift)``: ``[N, C]`` (``[G, N, C]``) in the inputs' dtype, and int64.
 
-    Dtypes, autocast and the CUDA product kernel as for :func:`scale_correlation`.
+    Dtypes, autocast and the CUDA products as for :func:`scale_correlation`.
     """
     check_scale_align_inputs(phi, weight, bias)
     return torch.ops.ssanet_ops.scale_align(phi, weight, bias)

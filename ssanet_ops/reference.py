@@ -189,10 +189,27 @@ def scale_correlation_fft(phi: torch.Tensor, weight: torch.Tensor) -> torch.Tens
     return torch.fft.irfft(spectrum, n=scales, dim=-1)
 
 
-def _align(corr: torch.Tensor, bias: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-    # max(dim) returns the first maximal index and sends the gradient to it alone: the contract's
-    # lowest shift on ties and the one-hot gradient of eq. 8.
-    logits, shift = corr.max(dim=-1)
+def _align(
+    corr: torch.Tensor, phi: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    # docs/operators.md section 3: the shift is the lowest r with corr[r] >= max - tol, where
+    # tol = 8 * S * eps * ||phi[n]|| * ||weight[c]|| absorbs the rounding that the Fourier form
+    # leaves on exact ties; when nothing compares so (a NaN maximum or tolerance), the first
+    # maximum (max(dim) propagates NaN). The bias is added after: it takes no part in the argmax.
+    # The logits are corr at that shift, so the gradient goes to it alone (eq. 8).
+    scales = phi.shape[-2]
+    # float16/bfloat16 accumulate in float32 (docs/operators.md section 3).
+    dtype = torch.float32 if corr.dtype in (torch.float16, torch.bfloat16) else corr.dtype
+    eps = torch.finfo(dtype).eps
+    with torch.no_grad():
+        phi_norm = torch.linalg.vector_norm(phi, dim=(-2, -1), dtype=dtype)
+        weight_norm = torch.linalg.vector_norm(weight, dim=(-2, -1), dtype=dtype)
+        tolerance = 8 * scales * eps * phi_norm.unsqueeze(-1) * weight_norm.unsqueeze(-2)
+        best, first = corr.max(dim=-1)
+        tied = corr >= (best - tolerance).unsqueeze(-1)
+        # argmax of a 0/1 tensor is its first 1.
+        shift = torch.where(tied.any(dim=-1), tied.byte().argmax(dim=-1), first)
+    logits = corr.gather(-1, shift.unsqueeze(-1)).squeeze(-1)
     if bias is not None:
         logits = logits + bias.unsqueeze(-2)
     return logits, shift
@@ -203,11 +220,11 @@ def scale_align(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Reference for :func:`ssanet_ops.scale_align` (docs/operators.md section 3), on the direct
     form :func:`scale_correlation`: ``(logits [G?, N, C], shift [G?, N, C])``."""
-    return _align(scale_correlation(phi, weight), bias)
+    return _align(scale_correlation(phi, weight), phi, weight, bias)
 
 
 def scale_align_fft(
     phi: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`scale_align` on the Fourier form :func:`scale_correlation_fft`."""
-    return _align(scale_correlation_fft(phi, weight), bias)
+    return _align(scale_correlation_fft(phi, weight), phi, weight, bias)

@@ -4,21 +4,19 @@ module."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
 import ssanet_ops
 from ssanet_ops import reference
 from ssanet_ops.nn import ScaleAlign
+from ssanet_ops.testing import simulating
 
-# tests/conftest.py's marker (conftest itself is not importable under --import-mode=importlib).
-requires_cuda = pytest.mark.skipif(
-    not (torch.cuda.is_available() and ssanet_ops.build_info()["cuda"]),
-    reason="needs a GPU and the CUDA kernels",
-)
+from .conftest import requires_cuda
 
 SCALES = [1, 2, 3, 5, 7, 9]
-PRODUCT_KERNELS = ["torch", "tiled"]  # SSANET_OPS_SCALE_ALIGN_PRODUCTS on CUDA
+MAX_SCALES = 2048  # kMaxScales of csrc/scale_align/arguments.h
 
 
 def make_inputs(
@@ -195,6 +193,103 @@ def test_periodic_phi_ties_to_the_first_period(device, scales):
     assert torch.equal(shift, corr[..., :2].argmax(dim=-1))
 
 
+def assert_within(actual: torch.Tensor, expected: np.ndarray, bound: np.ndarray):
+    """|actual - expected| <= bound elementwise, expected and bound in float64."""
+    error = np.abs(actual.detach().cpu().double().numpy() - expected)
+    assert (error <= bound).all(), f"largest error / bound: {(error / bound).max()}"
+
+
+@pytest.mark.parametrize("scales", [3, 5, 7])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("groups", [None, 2])
+def test_exact_ties_give_shift_zero(device, scales, dtype, groups):
+    # phi equal at every scale: every shift r responds sum_j <phi[n, 0], weight[c, j]> in real
+    # arithmetic, which the Fourier form reaches to within its rounding, so the tie rule of
+    # docs/operators.md section 3 gives shift 0, and the gradient goes through shift 0. Rows of
+    # norms from 1e-3 to 1e3 check that each (n, c) gets its own tolerance. numpy, float64, on the
+    # values the op sees.
+    rng = np.random.default_rng(scales)
+    lead = () if groups is None else (groups,)
+    proposals, classes, features = 40, 30, 23
+
+    def rows(count, length):
+        magnitude = 10.0 ** rng.uniform(-3, 3, (*lead, count, 1, 1))
+        values = rng.standard_normal((*lead, count, length, features)) * magnitude
+        return torch.from_numpy(values).to(dtype).double().numpy()
+
+    row = rows(proposals, 1)
+    weight = rows(classes, scales)
+    bias = torch.randn(*lead, classes, dtype=dtype).double().numpy()
+    grad = torch.randn(*lead, proposals, classes, dtype=dtype).double().numpy()
+    phi = np.repeat(row, scales, axis=-2)
+    eps = torch.finfo(dtype).eps
+    phi_norm = np.linalg.norm(phi, axis=(-2, -1))
+    weight_norm = np.linalg.norm(weight, axis=(-2, -1))
+    tolerance = 8 * scales * eps * phi_norm[..., :, None] * weight_norm[..., None, :]
+    expected_logits = np.einsum("...nd,...cd->...nc", row[..., 0, :], weight.sum(axis=-2))
+    expected_logits = expected_logits + bias[..., None, :]
+    # eq. 8 at r* = 0: d phi[n, j] = sum_c g[n, c] weight[c, j], d weight[c, m] = sum_n g[n, c]
+    # phi[n, m]; each within the rounding of sums of |g| times the other input's norms.
+    expected_grads = (
+        np.einsum("...nc,...cjd->...njd", grad, weight),
+        np.einsum("...nc,...njd->...cjd", grad, phi),
+    )
+    grad_bounds = (
+        8 * scales * eps * np.einsum("...nc,...c->...n", np.abs(grad), weight_norm),
+        8 * scales * eps * np.einsum("...nc,...n->...c", np.abs(grad), phi_norm),
+    )
+
+    inputs = [
+        torch.from_numpy(x).to(device=device, dtype=dtype).requires_grad_()
+        for x in (phi, weight, bias)
+    ]
+    logits, shift = ssanet_ops.scale_align(*inputs)
+    assert torch.equal(shift, torch.zeros_like(shift))
+    assert torch.equal(reference.scale_align(*inputs)[1], shift)
+    assert_within(logits, expected_logits, tolerance + eps * np.abs(expected_logits))
+    actual_grads = grads(logits, inputs[:2], torch.from_numpy(grad).to(device=device, dtype=dtype))
+    for actual, expected, bound in zip(actual_grads, expected_grads, grad_bounds, strict=True):
+        assert_within(actual, expected, bound[..., None, None])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_tie_tolerance_separates_ties_from_differences(device, dtype):
+    # S = 2 and weight [[1], [0]]: corr = (phi[n, 0], phi[n, 1]). phi[n, 1] above phi[n, 0] by a
+    # quarter of the tolerance (even rows) ties, shift 0; by four times it (odd rows) wins,
+    # shift 1. The expected shifts come from numpy on the values the op sees.
+    eps = torch.finfo(dtype).eps
+    first = 1 + np.random.default_rng(0).random(20)
+    tolerance = 8 * 2 * eps * np.sqrt(2) * first  # ||phi[n]|| ~ sqrt(2) * first, ||weight|| = 1
+    second = first + np.where(np.arange(20) % 2 == 0, 0.25, 4.0) * tolerance
+    phi = torch.from_numpy(np.stack([first, second], axis=-1)[..., None]).to(dtype)  # [20, 2, 1]
+    values = phi.double().numpy()[..., 0]
+    exact_tolerance = 8 * 2 * eps * np.linalg.norm(values, axis=-1)
+    expected = (values[:, 1] - values[:, 0] > exact_tolerance).astype(np.int64)
+    assert expected.tolist() == [0, 1] * 10
+    weight = torch.tensor([[[1.0], [0.0]]], dtype=dtype)
+    _, shift = ssanet_ops.scale_align(phi.to(device), weight.to(device))
+    assert shift[:, 0].tolist() == expected.tolist()
+    assert reference.scale_align(phi, weight)[1][:, 0].tolist() == expected.tolist()
+
+
+def test_bias_takes_no_part_in_the_argmax(device):
+    # corr = (0, 1) for every class (S = 2, phi = [[0], [1]], weight [[1], [0]]): shift 1 whatever
+    # the bias (issue 12): a NaN or infinite bias must not force shift 0, nor a bias of 1e8, at
+    # which 0 + 1e8 and 1 + 1e8 round to one float32.
+    bias = torch.tensor([float("nan"), float("inf"), -float("inf"), 1e8, -1e8, 0.0], device=device)
+    phi = torch.tensor([[[0.0], [1.0]]], device=device)
+    weight = torch.tensor([[1.0], [0.0]], device=device).repeat(6, 1, 1)
+    for align in (ssanet_ops.scale_align, reference.scale_align):
+        logits, shift = align(phi, weight, bias)
+        assert torch.equal(shift, torch.ones_like(shift))
+        torch.testing.assert_close(logits, (1 + bias).unsqueeze(0), equal_nan=True)
+    # Random responses: the shifts with huge or non-finite biases are those without a bias.
+    phi, weight, _ = make_inputs(5, proposals=20, classes=6, dtype=torch.float32, device=device)
+    _, expected_shift = ssanet_ops.scale_align(phi, weight)
+    _, shift = ssanet_ops.scale_align(phi, weight, bias * 1e22)
+    assert torch.equal(shift, expected_shift)
+
+
 def test_nan_propagates(device):
     phi, weight, _ = make_inputs(5, device=device)
     phi = phi.detach().clone()
@@ -368,6 +463,64 @@ def test_dispatcher_checks_direct_calls():
         ops._scale_align_backward_phi(torch.ones(4, 2), torch.zeros(4, 2, dtype=torch.long), weight)
 
 
+@pytest.mark.parametrize("for_weight", [False, True])
+def test_backward_shift_out_of_range(device, for_weight):
+    # Only a direct call of the private backward ops can pass a shift outside [0, S). The CPU
+    # refuses it; CUDA, which checks no values on the host (docs/operators.md section 4), gives
+    # it no contribution, and reads nothing out of bounds (a NaN gradient there reaches nothing).
+    ops = torch.ops.ssanet_ops
+    phi, weight, _ = make_inputs(5, device=device)
+    op, other = (
+        (ops._scale_align_backward_weight, phi.detach())
+        if for_weight
+        else (ops._scale_align_backward_phi, weight.detach())
+    )
+    grad = torch.randn(4, 3, dtype=torch.float64, device=device)
+    shift = torch.randint(0, 5, (4, 3), device=device)
+    shift[0, 0], shift[1, 2], shift[3, 1] = -1, 5, 2**40
+    if device.type == "cpu" and not simulating():
+        with pytest.raises(RuntimeError, match=r"shift values must be in \[0, 5\)"):
+            op(grad, shift, other)
+        return
+    in_range = (shift >= 0) & (shift < 5)
+    expected = op(torch.where(in_range, grad, 0), torch.where(in_range, shift, 0), other)
+    actual = op(torch.where(in_range, grad, float("nan")), shift, other)
+    torch.testing.assert_close(actual, expected)
+
+
+def test_direct_calls_refuse_sizes_that_overflow():
+    # Expanded tensors pass any sizes at no cost: the C++ checks count in checked arithmetic
+    # (issue 12), and bound S, which costs S*S/2 multiply-adds per feature column.
+    ops = torch.ops.ssanet_ops
+    rows = torch.zeros(1).expand(2**40, 5, 1)  # [2^40, 5, 1], one float of memory
+    match = "the correlation .G, N, C, S. .* would take more bytes than int64 can count"
+    with pytest.raises(RuntimeError, match="scale_align: " + match):
+        ops.scale_align(rows, rows, None)
+    with pytest.raises(RuntimeError, match="scale_correlation: " + match):
+        ops.scale_correlation(rows, rows)
+    # torch itself refuses a tensor of more than 2^63 elements: N * C fits, N * C * S * 8 not.
+    grad = torch.zeros(1).expand(2**31, 2**31)
+    shift = torch.zeros(1, dtype=torch.long).expand(2**31, 2**31)
+    with pytest.raises(RuntimeError, match="scale_align backward: " + match):
+        ops._scale_align_backward_phi(grad, shift, rows[: 2**31])
+    grad_corr = torch.zeros(1).expand(2**30, 2**30, 5)
+    with pytest.raises(RuntimeError, match="scale_correlation backward: " + match):
+        ops._scale_correlation_backward_weight(grad_corr, rows[: 2**30])
+
+    long = torch.zeros(1).expand(1, MAX_SCALES + 1, 1)
+    with pytest.raises(RuntimeError, match=f"S of phi and weight must be at most {MAX_SCALES}"):
+        ops.scale_correlation(long, long)
+    with pytest.raises(RuntimeError, match=f"S of weight must be in .1, {MAX_SCALES}."):
+        ops._scale_correlation_backward_phi(torch.zeros(1, 1, MAX_SCALES + 1), long)
+    longest = torch.ones(1).expand(1, MAX_SCALES, 1)
+    torch.testing.assert_close(
+        ops.scale_correlation(longest, longest),
+        torch.full((1, 1, MAX_SCALES), float(MAX_SCALES)),
+        rtol=1e-4,
+        atol=0,
+    )
+
+
 # ---- autocast ----
 
 
@@ -389,27 +542,50 @@ def test_autocast_like_linear(device, autocast_dtype):
     assert grad_phi.dtype == grad_weight.dtype == grad_bias.dtype == torch.float32
 
 
-# ---- CUDA: reduced precision, product kernels, autocast ----
+# ---- CUDA: reduced precision, TF32, autocast ----
 
 
-def through_chosen_shift(phi, weight, bias, shift):
+@pytest.fixture
+def allow_tf32():
+    """Sets torch.backends.cuda.matmul.allow_tf32 for the test and restores it after (pytest's
+    monkeypatch cannot: torch's __setattr__ keeps the flag out of the module's __dict__, so its
+    undo deletes an attribute that is not there)."""
+    previous = torch.backends.cuda.matmul.allow_tf32
+
+    def set_allow_tf32(enabled: bool) -> None:
+        torch.backends.cuda.matmul.allow_tf32 = enabled
+
+    yield set_allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = previous
+
+
+def through_chosen_shift(phi, weight, bias, shift, dtype, slack):
     """The float64 reference's logits at the shifts the op chose, differentiable: what the op
-    computes, free of near-ties that a float32 argmax may resolve the other way."""
+    computes, free of near-ties that its rounding may resolve the other way. Checks first that
+    the shifts follow the tie rule of docs/operators.md section 3 for inputs of `dtype` on the
+    float64 responses (the lowest r with corr[r] >= max - tol), up to `slack` for the rounding of
+    the op's own responses."""
     corr = reference.scale_correlation(phi.double(), weight.double())
-    best = corr.max(dim=-1).values
-    chosen = corr.gather(-1, shift.unsqueeze(-1)).squeeze(-1)
-    offset = bias.double().unsqueeze(-2)
-    return chosen + offset, best + offset
+    values = corr.detach()
+    reduced = dtype in (torch.float16, torch.bfloat16)
+    eps = torch.finfo(torch.float32 if reduced else dtype).eps
+    norms = [torch.linalg.vector_norm(x.detach().double(), dim=(-2, -1)) for x in (phi, weight)]
+    tolerance = 8 * phi.shape[-2] * eps * norms[0].unsqueeze(-1) * norms[1].unsqueeze(-2)
+    threshold = (values.max(dim=-1).values - tolerance).unsqueeze(-1)
+    assert (values.gather(-1, shift.unsqueeze(-1)) >= threshold - slack).all()
+    lower = torch.arange(values.shape[-1], device=shift.device) < shift.unsqueeze(-1)
+    assert (values < threshold + slack)[lower].all()
+    return corr.gather(-1, shift.unsqueeze(-1)).squeeze(-1) + bias.double().unsqueeze(-2)
 
 
-@requires_cuda
-@pytest.mark.parametrize("products", PRODUCT_KERNELS)
 @pytest.mark.parametrize("scales", [1, 4, 5])
 @pytest.mark.parametrize("groups", [None, 2])
-def test_cuda_float32_and_float64(monkeypatch, products, scales, groups):
-    monkeypatch.setenv("SSANET_OPS_SCALE_ALIGN_PRODUCTS", products)
-    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
-    for dtype, tolerance in [(torch.float64, {}), (torch.float32, {"atol": 1e-3, "rtol": 1e-4})]:
+def test_cuda_float32_and_float64(cuda_device, allow_tf32, scales, groups):
+    allow_tf32(False)
+    for dtype, slack, tolerance in [
+        (torch.float64, 1e-9, {}),
+        (torch.float32, 1e-3, {"atol": 1e-3, "rtol": 1e-4}),
+    ]:
         phi, weight, bias = make_inputs(
             scales,
             proposals=70,
@@ -417,13 +593,12 @@ def test_cuda_float32_and_float64(monkeypatch, products, scales, groups):
             features=300,
             groups=groups,
             dtype=dtype,
-            device="cuda",
+            device=cuda_device,
             bias=True,
         )
         logits, shift = ssanet_ops.scale_align(phi, weight, bias)
-        expected_logits, best = through_chosen_shift(phi, weight, bias, shift)
+        expected_logits = through_chosen_shift(phi, weight, bias, shift, dtype, slack)
         torch.testing.assert_close(logits, expected_logits.to(dtype), **tolerance)
-        torch.testing.assert_close(expected_logits, best, **tolerance)  # the shift is the best
         grad = torch.randn_like(logits)
         inputs = (phi, weight, bias)
         expected_grads = grads(expected_logits, inputs, grad.double())
@@ -432,38 +607,72 @@ def test_cuda_float32_and_float64(monkeypatch, products, scales, groups):
             torch.testing.assert_close(a, e.to(dtype), **tolerance)
 
 
-@requires_cuda
-@pytest.mark.parametrize("products", PRODUCT_KERNELS)
+def float64_leaves(*tensors):
+    """float64 copies of `tensors` that autograd differentiates on their own (not through a
+    cast back to the originals' dtype)."""
+    return [tensor.detach().double().requires_grad_() for tensor in tensors]
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_cuda_reduced_precision(monkeypatch, products, dtype):
-    # Inputs rounded to dtype, planes and products in dtype on tensor cores with float32
-    # accumulation, against the float32 reference on the same rounded inputs. Tolerances:
-    # corr is a sum of S*D = 1280 unit terms (about 36 in size); the planes round to dtype once
-    # (a relative 2^-11 for float16, 2^-8 for bfloat16).
-    monkeypatch.setenv("SSANET_OPS_SCALE_ALIGN_PRODUCTS", products)
-    phi, weight, _ = make_inputs(
-        5, proposals=64, classes=96, features=256, dtype=dtype, device="cuda"
+def test_cuda_reduced_precision(cuda_device, allow_tf32, dtype):
+    # float16/bfloat16 keep float32 planes, gradient planes and products (docs/operators.md
+    # section 4): every result is the float32 computation on the rounded inputs, rounded once to
+    # dtype, a relative error of at most eps(dtype) / 2 (rtol allows eps). atol covers the
+    # float32 arithmetic on sums of S*D = 1280 unit terms. Planes rounded to dtype exceed both.
+    allow_tf32(False)
+    tolerance = {"rtol": torch.finfo(dtype).eps, "atol": 1e-3}
+    phi, weight, bias = make_inputs(
+        5, proposals=64, classes=96, features=256, dtype=dtype, device=cuda_device, bias=True
     )
+    phi64, weight64, bias64 = float64_leaves(phi, weight, bias)
     corr = ssanet_ops.scale_correlation(phi, weight)
     assert corr.dtype == dtype
-    expected = reference.scale_correlation(phi.float(), weight.float())
-    atol = 0.1 if dtype == torch.float16 else 0.8
-    torch.testing.assert_close(corr.float(), expected, atol=atol, rtol=2e-2)
+    expected = reference.scale_correlation(phi64, weight64)
+    torch.testing.assert_close(corr.double(), expected, **tolerance)
     grad = torch.randn_like(corr)
     actual_grads = grads(corr, (phi, weight), grad)
-    expected_grads = grads(expected, (phi, weight), grad.float())
+    expected_grads = grads(expected, (phi64, weight64), grad.double())
     for a, e in zip(actual_grads, expected_grads, strict=True):
         assert a.dtype == dtype
-        torch.testing.assert_close(a.float(), e, atol=atol / 4, rtol=2e-2)
+        torch.testing.assert_close(a.double(), e, **tolerance)
+
+    # scale_align: its one-hot gradient planes, at the shifts it chose.
+    logits, shift = ssanet_ops.scale_align(phi, weight, bias)
+    expected_logits = through_chosen_shift(phi64, weight64, bias64, shift, dtype, slack=1e-3)
+    torch.testing.assert_close(logits.double(), expected_logits, **tolerance)
+    grad = torch.randn_like(logits)
+    actual_grads = grads(logits, (phi, weight, bias), grad)
+    expected_grads = grads(expected_logits, (phi64, weight64, bias64), grad.double())
+    for a, e in zip(actual_grads, expected_grads, strict=True):
+        torch.testing.assert_close(a.double(), e, **tolerance)
 
 
-@requires_cuda
-@pytest.mark.parametrize("products", PRODUCT_KERNELS)
-def test_cuda_tf32(monkeypatch, products):
-    monkeypatch.setenv("SSANET_OPS_SCALE_ALIGN_PRODUCTS", products)
-    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", True)
+def test_cuda_float16_sums_beyond_its_range(cuda_device):
+    # Inputs from 1e4 to 2e4: their sums over the S = 5 scales (the f = 0 plane) pass float16's
+    # largest value, 65504, which float16 planes would turn into inf; the results fit (the
+    # gradient is scaled so that d weight, a sum of 8 of phi's values, does too).
+    phi = (1e4 * (1 + torch.rand(8, 5, 64, device=cuda_device))).half().requires_grad_()
+    weight = (1e-3 * torch.randn(6, 5, 64, device=cuda_device)).half().requires_grad_()
+    phi64, weight64 = float64_leaves(phi, weight)
+    bias = torch.zeros(6, device=cuda_device)
+    tolerance = {"rtol": torch.finfo(torch.float16).eps, "atol": 1e-2}
+    corr = ssanet_ops.scale_correlation(phi, weight)
+    expected = reference.scale_correlation(phi64, weight64)
+    torch.testing.assert_close(corr.double(), expected, **tolerance)
+    logits, shift = ssanet_ops.scale_align(phi, weight)
+    expected_logits = through_chosen_shift(phi64, weight64, bias, shift, phi.dtype, slack=1e-2)
+    torch.testing.assert_close(logits.double(), expected_logits, **tolerance)
+    grad = 0.1 * torch.randn_like(logits)
+    actual_grads = grads(logits, (phi, weight), grad)
+    expected_grads = grads(expected_logits, (phi64, weight64), grad.double())
+    for a, e in zip(actual_grads, expected_grads, strict=True):
+        torch.testing.assert_close(a.double(), e, **tolerance)
+
+
+def test_cuda_tf32(cuda_device, allow_tf32):
+    allow_tf32(True)
     phi, weight, _ = make_inputs(
-        5, proposals=64, classes=96, features=256, dtype=torch.float32, device="cuda"
+        5, proposals=64, classes=96, features=256, dtype=torch.float32, device=cuda_device
     )
     corr = ssanet_ops.scale_correlation(phi, weight)
     expected = reference.scale_correlation(phi.double(), weight.double()).float()
@@ -471,12 +680,6 @@ def test_cuda_tf32(monkeypatch, products):
 
 
 @requires_cuda
-def test_cuda_rejects_an_unknown_product_kernel(monkeypatch):
-    monkeypatch.setenv("SSANET_OPS_SCALE_ALIGN_PRODUCTS", "fastest")
-    phi, weight, _ = make_inputs(5, dtype=torch.float32, device="cuda")
-    with pytest.raises(RuntimeError, match="must be 'torch' or 'tiled'"):
-        ssanet_ops.scale_align(phi, weight)
-
 
 # ---- the module ----
 

@@ -2,9 +2,7 @@
 
 Each size is timed for the op, its torch.fft reference (the baseline) and its direct reference
 (torch.roll + einsum), forward and forward+backward, and a torch.mm of the same arithmetic
-(``[N, T*D] x [T*D, C]``) gives the machine's matrix-product rate in the same run. On CUDA the
-op is also timed with its own tiled product kernel (SSANET_OPS_SCALE_ALIGN_PRODUCTS=tiled)
-against the default cuBLAS products.
+(``[N, T*D] x [T*D, C]``) gives the machine's matrix-product rate in the same run.
 
 GFLOP/s count the useful arithmetic of the Fourier form: the T real plane products of
 csrc/common/scale_dft.h (T = 7 at S = 5), ``2 * T * N * C * D`` flops per forward, the same
@@ -12,8 +10,6 @@ count for every implementation (so the column is proportional to speed).
 """
 
 from __future__ import annotations
-
-import os
 
 import torch
 
@@ -54,18 +50,6 @@ def _mm_inputs(rows: int, inner: int, columns: int):
     return make_inputs
 
 
-def _with_tiled_products(phi, weight, bias):
-    previous = os.environ.get("SSANET_OPS_SCALE_ALIGN_PRODUCTS")
-    os.environ["SSANET_OPS_SCALE_ALIGN_PRODUCTS"] = "tiled"
-    try:
-        return ssanet_ops.scale_align(phi, weight, bias)
-    finally:
-        if previous is None:
-            del os.environ["SSANET_OPS_SCALE_ALIGN_PRODUCTS"]
-        else:
-            os.environ["SSANET_OPS_SCALE_ALIGN_PRODUCTS"] = previous
-
-
 def cases(quick: bool) -> list[Case]:
     # (N, S, D, C): pooled part features, and the paper's 7x7x2048 maps flattened.
     sizes = [(16, 5, 512, 50)] if quick else [(96, 5, 2048, 200), (8, 5, 7 * 7 * 2048, 200)]
@@ -77,8 +61,6 @@ def cases(quick: bool) -> list[Case]:
             "reference_direct": reference.scale_align,
             "ssanet_ops": ssanet_ops.scale_align,
         }
-        if torch.cuda.is_available() and ssanet_ops.build_info()["cuda"]:
-            implementations["ssanet_ops (tiled products)"] = _with_tiled_products
         size = f"N={proposals} S={scales} D={features} C={classes}"
         result.append(
             Case(

@@ -36,6 +36,7 @@
 // are written through out(index, V). Twiddles cos, sin(2 pi k / S) are computed once per call
 // (CPU) or per thread block (CUDA) by `twiddle`.
 
+#include <cfloat>
 #include <cmath>
 #include <cstdint>
 
@@ -227,23 +228,59 @@ SSANET_HOST_DEVICE bool replaces_max(acc_t candidate, acc_t best) {
   return candidate > best || (candidate != candidate && best == best);
 }
 
-// The forward epilogue of scale_align for one (n, c): the inverse DFT of its T products K(p)
-// at each shift, plus `bias`; returns the lowest shift of the maximum, which goes to `best`.
+// The machine epsilon of the accumulation type, the unit of the tie tolerance below.
+template <typename acc_t>
+SSANET_HOST_DEVICE acc_t epsilon();
+template <>
+SSANET_HOST_DEVICE float epsilon<float>() {
+  return FLT_EPSILON;
+}
+template <>
+SSANET_HOST_DEVICE double epsilon<double>() {
+  return DBL_EPSILON;
+}
+
+// tol[n, c] = 8 * S * eps * ||phi[n]|| * ||weight[c]|| (docs/operators.md section 3): responses closer to
+// the maximum than this count as tied. The Fourier form leaves exact ties a few roundings of
+// the products' size apart, and |corr| <= ||phi[n]|| * ||weight[c]|| (Cauchy-Schwarz; a shift
+// only permutes phi's rows), so the bound covers them whatever the device's rounding.
+template <typename acc_t>
+SSANET_HOST_DEVICE acc_t tie_tolerance(int64_t S, acc_t phi_norm, acc_t weight_norm) {
+  return acc_t(8) * static_cast<acc_t>(S) * epsilon<acc_t>() * phi_norm * weight_norm;
+}
+
+// The forward epilogue of scale_align for one (n, c) (docs/operators.md section 3): from its T products
+// K(p), the shift, which it returns, and the response at that shift, into `value` (the bias is
+// the caller's: the shift is the argmax of corr alone, issue 12). The shift is the lowest r with
+// corr[r] >= max - tolerance; when nothing compares so (a NaN maximum or tolerance), the first
+// maximum, as torch.max gives it (a NaN propagates).
 template <typename acc_t, typename Products>
-SSANET_HOST_DEVICE int64_t align_point(const Products& K, const Twiddles<acc_t>& tw, acc_t bias,
-                                       acc_t& best) {
-  acc_t even, odd;
-  synthesis_at<acc_t>(K, /*conjugate=*/false, 0, tw, even, odd);
-  best = even + odd + bias;
+SSANET_HOST_DEVICE int64_t align_point(const Products& K, const Twiddles<acc_t>& tw,
+                                       acc_t tolerance, acc_t& value) {
+  const auto corr = [&](int64_t r) {
+    acc_t even, odd;
+    synthesis_at<acc_t>(K, /*conjugate=*/false, r, tw, even, odd);
+    return even + odd;
+  };
+  acc_t best = corr(0);
   int64_t best_shift = 0;
   for (int64_t r = 1; r < tw.S; ++r) {
-    synthesis_at<acc_t>(K, /*conjugate=*/false, r, tw, even, odd);
-    const acc_t value = even + odd + bias;
-    if (replaces_max(value, best)) {
-      best = value;
+    const acc_t response = corr(r);
+    if (replaces_max(response, best)) {
+      best = response;
       best_shift = r;
     }
   }
+  // The responses are recomputed: the same arithmetic as above, and any difference a compiler's
+  // contraction might make is a rounding, far below the tolerance.
+  for (int64_t r = 0; r < best_shift; ++r) {
+    const acc_t response = corr(r);
+    if (response >= best - tolerance) {
+      value = response;
+      return r;
+    }
+  }
+  value = best;
   return best_shift;
 }
 

@@ -28,23 +28,34 @@
 #include <algorithm>
 #include <cstring>
 #include <type_traits>
+#include <vector>
 
-#include "scale_align/scale_align.h"
+#include "common/scale_dft.h"
+#include "scale_align/arguments.h"
 
 namespace ssanet_ops::scale_align {
 namespace {
 
-bool is_reduced(at::ScalarType type) { return type == at::kHalf || type == at::kBFloat16; }
-
-void check_cpu_dtype(const at::Tensor& tensor, const char* name, const char* op) {
-  const at::ScalarType type = tensor.scalar_type();
-  TORCH_CHECK(type == at::kFloat || type == at::kDouble || is_reduced(type), op, ": ", name,
-              " must be float32, float64, float16 or bfloat16, got ", type);
-}
-
 at::Tensor in_opmath(const at::Tensor& tensor) {
   return tensor.to(at::toOpMathType(tensor.scalar_type()));
 }
+
+// The twiddle tables, computed on the host: cos[k] and sin[k] = cos, sin(2*pi*k/S), one
+// after the other in one buffer.
+template <typename acc_t>
+struct HostTwiddles {
+  std::vector<acc_t> values;
+
+  explicit HostTwiddles(int64_t S) : values(2 * S) {
+    for (int64_t k = 0; k < S; ++k) {
+      scale_dft::fill_twiddle(k, S, values.data(), values.data() + S);
+    }
+  }
+  scale_dft::Twiddles<acc_t> view() const {
+    const int64_t S = static_cast<int64_t>(values.size()) / 2;
+    return {values.data(), values.data() + S, S};
+  }
+};
 
 // Bytes of planes one chunk may hold (per task), about a core's L2 cache.
 constexpr int64_t kChunkBytes = int64_t{2} << 20;
@@ -85,7 +96,7 @@ Chunking plan_chunks(int64_t features, int64_t bytes_per_column, int64_t partial
   // Up to 256 MiB of partial sums, or as much as the inputs take anyway.
   const int64_t partial_budget =
       std::max<int64_t>(int64_t{256} << 20, bytes_per_column * features);
-  if (tasks > 1 && tasks * partial_bytes > partial_budget) {
+  if (tasks > 1 && partial_bytes > partial_budget / tasks) {
     tasks = 1;
   }
   return {std::max<int64_t>(width, 1), count, tasks};
@@ -159,6 +170,20 @@ void store_lanes(scalar_t* target, const V& value) {
   std::memcpy(target, &value, sizeof(V));
 }
 
+// The sum of the lanes of `value` (itself when V is scalar_t).
+template <typename scalar_t, typename V>
+scalar_t sum_of_lanes(const V& value) {
+  if constexpr (std::is_same_v<V, scalar_t>) {
+    return value;
+  } else {
+    scalar_t total = 0;
+    for (int64_t lane = 0; lane < int64_t{sizeof(V) / sizeof(scalar_t)}; ++lane) {
+      total += value[lane];
+    }
+    return total;
+  }
+}
+
 // Runs body.template operator()<V>(d) over the columns d of [0, width): in vectors of
 // lanes while they last, then one by one (V = scalar_t).
 template <typename scalar_t, typename Body>
@@ -176,9 +201,11 @@ void over_columns(int64_t width, const Body& body) {
 
 // planes[g, p, r, :width] for the columns first + :width of x [G, R, S, D] (any strides): the
 // DFT over the scale axis, packed (scale_dft::planes), into a contiguous [G, T, R, width] buffer.
+// With `squares`, also adds the sum of squares of those columns of x[g, r] to squares[g * R + r]
+// (for the norms of scale_align's tie tolerance), while they are in cache.
 template <typename scalar_t>
 void analysis(const at::Tensor& x, int64_t first, int64_t width, scale_dft::Packing packing,
-              const scale_dft::Twiddles<scalar_t>& tw, scalar_t* planes) {
+              const scale_dft::Twiddles<scalar_t>& tw, scalar_t* planes, scalar_t* squares) {
   const int64_t G = x.size(0), R = x.size(1), T = scale_dft::plane_count(tw.S);
   const int64_t stride_g = x.stride(0), stride_r = x.stride(1), stride_s = x.stride(2),
                 stride_d = x.stride(3);
@@ -189,6 +216,7 @@ void analysis(const at::Tensor& x, int64_t first, int64_t width, scale_dft::Pack
       const scalar_t* source = x_data + g * stride_g + r * stride_r + first * stride_d;
       scalar_t* target = planes + (g * T * R + r) * width;
       const int64_t plane_stride = R * width;
+      scalar_t row_squares = 0;
       over_columns<scalar_t>(width, [&]<typename V>(int64_t d) {
         // Captured by value: the stores cannot then be taken to change them.
         const scalar_t* column_start = source + d * stride_d;
@@ -200,7 +228,18 @@ void analysis(const at::Tensor& x, int64_t first, int64_t width, scale_dft::Pack
           store_lanes(column_target + p * plane_stride, value);
         };
         scale_dft::planes<V>(packing, /*conjugate=*/false, column, tw, out);
+        if (squares != nullptr) {
+          V column_squares{};
+          for (int64_t j = 0; j < tw.S; ++j) {
+            const V value = column(j);
+            column_squares += value * value;
+          }
+          row_squares += sum_of_lanes<scalar_t>(column_squares);
+        }
       });
+      if (squares != nullptr) {
+        squares[row] += row_squares;
+      }
     }
   });
 }
@@ -234,28 +273,44 @@ void synthesis(const scalar_t* products, int64_t G, int64_t R, int64_t width, bo
   });
 }
 
-// The T plane products of the forward: phi planes times weight planes, summed over the feature
-// axis, as partial sums per task, [tasks, G*T, N, C], which the epilogue adds up.
+// The T plane products of the forward (phi planes times weight planes, summed over the feature
+// axis) as partial sums per task, `partials` [tasks, G*T, N, C], which the epilogue adds up;
+// with `with_squares`, also the sums of squares of the rows of phi and of weight, per task:
+// `squares` [tasks, G*N + G*C] (phi's rows first).
+struct ForwardProducts {
+  at::Tensor partials, squares;
+};
+
 template <typename scalar_t>
-at::Tensor forward_products(const at::Tensor& phi, const at::Tensor& weight, const Shape& shape,
-                            const scale_dft::Twiddles<scalar_t>& tw) {
+ForwardProducts forward_products(const at::Tensor& phi, const at::Tensor& weight,
+                                 const Shape& shape, const scale_dft::Twiddles<scalar_t>& tw,
+                                 bool with_squares) {
   const int64_t G = shape.groups, N = shape.proposals, C = shape.classes;
   const int64_t D = shape.features, T = shape.planes();
   const int64_t batches = G * T;
+  const auto squares_for = [&](int64_t tasks) {
+    return with_squares ? at::zeros({tasks, G * (N + C)}, phi.options()) : at::Tensor();
+  };
   if (D == 0) {
-    return at::zeros({1, batches, N, C}, phi.options());  // sums over an empty feature axis
+    // Sums over an empty feature axis.
+    return {at::zeros({1, batches, N, C}, phi.options()), squares_for(1)};
   }
   const Chunking chunking = plan_chunks(D, batches * (N + C) * int64_t{sizeof(scalar_t)},
                                         batches * N * C * int64_t{sizeof(scalar_t)});
   at::Tensor partials = at::empty({chunking.tasks, batches, N, C}, phi.options());
+  at::Tensor squares = squares_for(chunking.tasks);
   const at::Tensor phi_planes = task_buffers(chunking, batches, N, phi);
   const at::Tensor weight_planes = task_buffers(chunking, batches, C, phi);
   for_each_chunk(chunking, D, [&](int64_t task, int64_t first, int64_t width) {
     at::Tensor phi_view = planes_view(phi_planes, task, batches, N, width);
     at::Tensor weight_view = planes_view(weight_planes, task, batches, C, width);
-    analysis(phi, first, width, scale_dft::kPhiPacking, tw, phi_view.mutable_data_ptr<scalar_t>());
+    scalar_t* task_squares =
+        with_squares ? squares.select(0, task).mutable_data_ptr<scalar_t>() : nullptr;
+    analysis(phi, first, width, scale_dft::kPhiPacking, tw, phi_view.mutable_data_ptr<scalar_t>(),
+             task_squares);
     analysis(weight, first, width, scale_dft::kWeightPacking, tw,
-             weight_view.mutable_data_ptr<scalar_t>());
+             weight_view.mutable_data_ptr<scalar_t>(),
+             with_squares ? task_squares + G * N : nullptr);
     at::Tensor partial = partials.select(0, task);
     if (first == chunking.begin(chunking.first_chunk(task))) {
       at::bmm_out(partial, phi_view, weight_view.transpose(1, 2));  // the task's first chunk
@@ -263,7 +318,7 @@ at::Tensor forward_products(const at::Tensor& phi, const at::Tensor& weight, con
       partial.baddbmm_(phi_view, weight_view.transpose(1, 2));
     }
   });
-  return partials;
+  return {partials, squares};
 }
 
 // The gradient planes [G, T, N, C] of d phi (phi packing) or d weight (weight packing of the
@@ -323,14 +378,21 @@ scalar_t sum_of_partials(const scalar_t* point, int64_t tasks, int64_t task_stri
   return total;
 }
 
-// The epilogues read `products` [tasks, G*T, N, C] (forward_products).
+// The epilogues read the partial products [tasks, G*T, N, C] of forward_products, and
+// align_epilogue the norms of its `squares`.
 template <typename scalar_t>
-std::tuple<at::Tensor, at::Tensor> align_epilogue(const at::Tensor& products, const Shape& shape,
+std::tuple<at::Tensor, at::Tensor> align_epilogue(const ForwardProducts& forward,
+                                                  const Shape& shape,
                                                   const std::optional<at::Tensor>& bias,
                                                   const scale_dft::Twiddles<scalar_t>& tw,
                                                   const at::Tensor& like) {
   const int64_t G = shape.groups, N = shape.proposals, C = shape.classes;
   const int64_t S = shape.scales, T = shape.planes();
+  const at::Tensor& products = forward.partials;
+  // ||phi[g, n]|| at g * N + n, then ||weight[g, c]|| at G * N + g * C + c.
+  const at::Tensor norms = forward.squares.sum(0).sqrt_();
+  const scalar_t* phi_norms = norms.const_data_ptr<scalar_t>();
+  const scalar_t* weight_norms = phi_norms + G * N;
   at::Tensor logits = at::empty({G, N, C}, like.options());
   at::Tensor shift = at::empty({G, N, C}, like.options().dtype(at::kLong));
   const scalar_t* products_data = products.const_data_ptr<scalar_t>();
@@ -351,11 +413,13 @@ std::tuple<at::Tensor, at::Tensor> align_epilogue(const at::Tensor& products, co
         const auto K = [&](int64_t p) {
           return sum_of_partials(point + p * N * C, tasks, task_stride);
         };
-        const scalar_t offset =
-            bias_data != nullptr ? bias_data[g * bias_stride_g + c * bias_stride_c] : scalar_t(0);
-        scalar_t best;
-        shift_data[row * C + c] = scale_dft::align_point(K, tw, offset, best);
-        logits_data[row * C + c] = best;
+        const scalar_t tolerance =
+            scale_dft::tie_tolerance(S, phi_norms[row], weight_norms[g * C + c]);
+        scalar_t response;
+        shift_data[row * C + c] = scale_dft::align_point(K, tw, tolerance, response);
+        logits_data[row * C + c] =
+            bias_data != nullptr ? response + bias_data[g * bias_stride_g + c * bias_stride_c]
+                                 : response;
       }
     }
   });
@@ -363,10 +427,11 @@ std::tuple<at::Tensor, at::Tensor> align_epilogue(const at::Tensor& products, co
 }
 
 template <typename scalar_t>
-at::Tensor correlation_epilogue(const at::Tensor& products, const Shape& shape,
+at::Tensor correlation_epilogue(const ForwardProducts& forward, const Shape& shape,
                                 const scale_dft::Twiddles<scalar_t>& tw, const at::Tensor& like) {
   const int64_t G = shape.groups, N = shape.proposals, C = shape.classes;
   const int64_t S = shape.scales, T = shape.planes();
+  const at::Tensor& products = forward.partials;
   at::Tensor corr = at::empty({G, N, C, S}, like.options());
   const scalar_t* products_data = products.const_data_ptr<scalar_t>();
   const int64_t tasks = products.size(0), task_stride = products.stride(0);
@@ -395,8 +460,8 @@ std::tuple<at::Tensor, at::Tensor> scale_align_cpu(const at::Tensor& phi,
   constexpr const char* op = "scale_align";
   const Shape shape = check_inputs(phi, weight, op);
   check_bias(bias, weight, shape, op);
-  check_cpu_dtype(phi, "phi", op);
-  if (is_reduced(phi.scalar_type())) {
+  check_floating_dtype(phi, "phi", op);
+  if (is_reduced_precision(phi.scalar_type())) {
     auto [logits, shift] = scale_align_cpu(
         in_opmath(phi), in_opmath(weight),
         bias.has_value() ? std::optional<at::Tensor>(in_opmath(*bias)) : std::nullopt);
@@ -405,8 +470,8 @@ std::tuple<at::Tensor, at::Tensor> scale_align_cpu(const at::Tensor& phi,
   at::Tensor logits, shift;
   AT_DISPATCH_FLOATING_TYPES(phi.scalar_type(), "scale_align_cpu", [&] {
     const HostTwiddles<scalar_t> twiddles(shape.scales);
-    const at::Tensor products = forward_products<scalar_t>(as_grouped(phi), as_grouped(weight),
-                                                           shape, twiddles.view());
+    const ForwardProducts products = forward_products<scalar_t>(
+        as_grouped(phi), as_grouped(weight), shape, twiddles.view(), /*with_squares=*/true);
     std::tie(logits, shift) =
         align_epilogue<scalar_t>(products, shape, bias, twiddles.view(), phi);
   });
@@ -416,15 +481,15 @@ std::tuple<at::Tensor, at::Tensor> scale_align_cpu(const at::Tensor& phi,
 at::Tensor scale_correlation_cpu(const at::Tensor& phi, const at::Tensor& weight) {
   constexpr const char* op = "scale_correlation";
   const Shape shape = check_inputs(phi, weight, op);
-  check_cpu_dtype(phi, "phi", op);
-  if (is_reduced(phi.scalar_type())) {
+  check_floating_dtype(phi, "phi", op);
+  if (is_reduced_precision(phi.scalar_type())) {
     return scale_correlation_cpu(in_opmath(phi), in_opmath(weight)).to(phi.scalar_type());
   }
   at::Tensor corr;
   AT_DISPATCH_FLOATING_TYPES(phi.scalar_type(), "scale_correlation_cpu", [&] {
     const HostTwiddles<scalar_t> twiddles(shape.scales);
-    const at::Tensor products = forward_products<scalar_t>(as_grouped(phi), as_grouped(weight),
-                                                           shape, twiddles.view());
+    const ForwardProducts products = forward_products<scalar_t>(
+        as_grouped(phi), as_grouped(weight), shape, twiddles.view(), /*with_squares=*/false);
     corr = correlation_epilogue<scalar_t>(products, shape, twiddles.view(), phi);
   });
   return ungroup_like(corr, shape);
@@ -437,19 +502,17 @@ at::Tensor scale_correlation_cpu(const at::Tensor& phi, const at::Tensor& weight
 // chunk of the feature axis. `other` is the saved input: weight for d phi, phi for d weight.
 at::Tensor backward_cpu(const at::Tensor& grad, const std::optional<at::Tensor>& shift,
                         const at::Tensor& other, bool for_weight, const char* op) {
-  check_grad(grad, shift, other, /*other_is_weight=*/!for_weight, op);
-  check_cpu_dtype(grad, "grad", op);
-  if (is_reduced(grad.scalar_type())) {
+  const Shape shape = check_grad(grad, shift, other, /*other_is_weight=*/!for_weight, op);
+  check_floating_dtype(grad, "grad", op);
+  if (is_reduced_precision(grad.scalar_type())) {
     return backward_cpu(in_opmath(grad), shift, in_opmath(other), for_weight, op)
         .to(grad.scalar_type());
   }
-  const bool grouped = other.dim() == 4;
+  const bool grouped = shape.grouped;
   const at::Tensor grad4 = grouped ? grad : grad.unsqueeze(0);
   const std::optional<at::Tensor> shift4 =
       shift.has_value() && !grouped ? std::optional<at::Tensor>(shift->unsqueeze(0)) : shift;
   const at::Tensor other4 = as_grouped(other);
-  const Shape shape{grad4.size(0), grad4.size(1), grad4.size(2), other4.size(2), other4.size(3),
-                    grouped};
   const int64_t G = shape.groups, N = shape.proposals, C = shape.classes;
   const int64_t S = shape.scales, D = shape.features, T = shape.planes();
   // Rows of the input planes (the other input) and of the result.
@@ -472,9 +535,9 @@ at::Tensor backward_cpu(const at::Tensor& grad, const std::optional<at::Tensor>&
       for_each_chunk(chunking, D, [&](int64_t task, int64_t first, int64_t width) {
         at::Tensor input_view = planes_view(input_planes, task, batches, other_rows, width);
         at::Tensor products_view = planes_view(products, task, batches, result_rows, width);
-        analysis(other4, first, width,
+        analysis<scalar_t>(other4, first, width,
                  for_weight ? scale_dft::kPhiPacking : scale_dft::kWeightPacking, tw,
-                 input_view.mutable_data_ptr<scalar_t>());
+                 input_view.mutable_data_ptr<scalar_t>(), /*squares=*/nullptr);
         at::bmm_out(products_view, lhs, input_view);
         synthesis(products_view.const_data_ptr<scalar_t>(), G, result_rows, width,
                   /*conjugate=*/for_weight, tw, result, first);

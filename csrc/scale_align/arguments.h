@@ -6,13 +6,20 @@
 #include <ATen/core/Tensor.h>
 #include <c10/util/Exception.h>
 
+#include <limits>
 #include <optional>
 #include <string>
-#include <vector>
 
+#include "common/checked.h"
+#include "common/dtypes.h"
 #include "common/scale_dft.h"
 
 namespace ssanet_ops::scale_align {
+
+// The most scales the kernels take: the DFT over the scale axis costs S*S/2 multiply-adds per
+// feature column (and the CUDA kernels keep 2*S twiddles in shared memory), so a larger S,
+// which only a tensor expanded along the scale axis makes cheap to pass, would run for hours.
+constexpr int64_t kMaxScales = 2048;
 
 // Sizes of one call. Ungrouped tensors ([N, S, D], [C, S, D]) run as one group.
 struct Shape {
@@ -34,6 +41,26 @@ inline at::Tensor as_grouped(const at::Tensor& tensor) {
 // Drops the leading group dimension of an output again when the inputs had none.
 inline at::Tensor ungroup_like(const at::Tensor& output, const Shape& shape) {
   return shape.grouped ? output : output.squeeze(0);
+}
+
+// The largest tensors a call allocates, in bytes of float64: the output or gradient
+// ([G, N, C, S] at most), the plane products [G, T, N, C] and the planes [G, T, N + C, D].
+// Checked once here in overflow-safe arithmetic (issue 12: expanded tensors make any sizes cheap
+// to pass to torch.ops directly), so that the sizes the kernels compute from them cannot
+// overflow.
+inline void check_sizes(const Shape& shape, const char* op) {
+  constexpr int64_t kBytes = 8;
+  const Checked G = shape.groups, N = shape.proposals, C = shape.classes, S = shape.scales;
+  const Checked D = shape.features, T = shape.planes();
+  const auto check_fits = [&](Checked bytes, const char* what) {
+    TORCH_CHECK(bytes <= std::numeric_limits<int64_t>::max(), op, ": ", what,
+                " of phi and weight would take more bytes than int64 can count (G = ",
+                shape.groups, ", N = ", shape.proposals, ", C = ", shape.classes, ", S = ",
+                shape.scales, ", D = ", shape.features, ")");
+  };
+  check_fits(G * N * C * S * kBytes, "the correlation [G, N, C, S]");
+  check_fits(G * T * N * C * kBytes, "the plane products [G, T, N, C]");
+  check_fits(G * T * (N + C) * D * kBytes, "the planes [G, T, N + C, D]");
 }
 
 inline void check_pair(const at::Tensor& first, const char* first_name,
@@ -66,8 +93,12 @@ inline Shape check_inputs(const at::Tensor& phi, const at::Tensor& weight, const
               ": phi [.., N, S, D] and weight [.., C, S, D] must agree in S and D, got shapes ",
               phi.sizes(), " and ", weight.sizes());
   TORCH_CHECK(phi4.size(2) >= 1, op, ": the scale dimension S must be at least 1");
-  return {phi4.size(0), phi4.size(1), weight4.size(1), phi4.size(2), phi4.size(3),
-          phi.dim() == 4};
+  TORCH_CHECK(phi4.size(2) <= kMaxScales, op, ": the scale dimension S of phi and weight must be "
+              "at most ", kMaxScales, ", got ", phi4.size(2));
+  const Shape shape{phi4.size(0), phi4.size(1), weight4.size(1), phi4.size(2), phi4.size(3),
+                    phi.dim() == 4};
+  check_sizes(shape, op);
+  return shape;
 }
 
 inline void check_bias(const std::optional<at::Tensor>& bias, const at::Tensor& weight,
@@ -87,9 +118,9 @@ inline void check_bias(const std::optional<at::Tensor>& bias, const at::Tensor& 
 // The gradient of scale_correlation ([G?, N, C, S]) or of scale_align's logits ([G?, N, C]) and,
 // for scale_align, its shift, against the saved input `other`: weight [G?, C, S, D] for d phi
 // (other_is_weight), phi [G?, N, S, D] for d weight. other's rank says whether there is a group
-// dimension.
-inline void check_grad(const at::Tensor& grad, const std::optional<at::Tensor>& shift,
-                       const at::Tensor& other, bool other_is_weight, const char* op) {
+// dimension. Returns the sizes of the call. The values of shift are the kernels' to check.
+inline Shape check_grad(const at::Tensor& grad, const std::optional<at::Tensor>& shift,
+                        const at::Tensor& other, bool other_is_weight, const char* op) {
   const char* other_name = other_is_weight ? "weight" : "phi";
   check_rank(other, other_name, other_is_weight ? "[C, S, D]" : "[N, S, D]", op);
   check_pair(grad, "grad", other, other_name, op);
@@ -117,23 +148,14 @@ inline void check_grad(const at::Tensor& grad, const std::optional<at::Tensor>& 
     TORCH_CHECK(grad.size(-1) == other.size(-2), op, ": grad [.., N, C, S] must have S = ",
                 other.size(-2), " shifts, got shape ", grad.sizes());
   }
+  TORCH_CHECK(other.size(-2) >= 1 && other.size(-2) <= kMaxScales, op, ": the scale dimension S "
+              "of ", other_name, " must be in [1, ", kMaxScales, "], got ", other.size(-2));
+  const bool grouped = other.dim() == 4;
+  const int64_t lead = grouped ? 1 : 0;  // grad's dimensions before [N, C]
+  const Shape shape{grouped ? grad.size(0) : 1, grad.size(lead), grad.size(lead + 1),
+                    other.size(-2), other.size(-1), grouped};
+  check_sizes(shape, op);
+  return shape;
 }
-
-// The CPU's twiddle tables, computed on the host: cos[k] and sin[k] = cos, sin(2*pi*k/S), one
-// after the other in one buffer.
-template <typename acc_t>
-struct HostTwiddles {
-  std::vector<acc_t> values;
-
-  explicit HostTwiddles(int64_t S) : values(2 * S) {
-    for (int64_t k = 0; k < S; ++k) {
-      scale_dft::fill_twiddle(k, S, values.data(), values.data() + S);
-    }
-  }
-  scale_dft::Twiddles<acc_t> view() const {
-    const int64_t S = static_cast<int64_t>(values.size()) / 2;
-    return {values.data(), values.data() + S, S};
-  }
-};
 
 }  // namespace ssanet_ops::scale_align
