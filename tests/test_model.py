@@ -311,7 +311,10 @@ def test_dsm_aligns_with_the_predicted_class():
     logits, shift = dsm(phi)
     weight = dsm.scale_align.weight.view(parts, classes, scales, dim)
     bias = dsm.scale_align.bias.view(parts, classes)
-    # eq. 7 directly: corr[k, n, c, r] = <roll(phi[k, n], r), weight[k, c]>
+    # Each candidate's features normalised over D (layer norm, eps 1e-5), then eq. 7 directly:
+    # corr[k, n, c, r] = <roll(phi[k, n], r), weight[k, c]>
+    mean, variance = phi.mean(-1, keepdim=True), phi.var(-1, unbiased=False, keepdim=True)
+    phi = (phi - mean) / torch.sqrt(variance + 1e-5)
     corr = torch.stack(
         [torch.einsum("knsd,kcsd->knc", phi.roll(r, dims=2), weight) for r in range(scales)], -1
     )

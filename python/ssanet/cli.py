@@ -1,11 +1,12 @@
 """The ``ssanet`` command line.
 
 ssanet predict --checkpoint CKPT IMAGE... [--topk 5] [--draw OUT.png [--candidates]]
-ssanet make-synthetic OUT [--num-classes 10] [--images-per-class 40] [--image-size 128]
+ssanet make-synthetic OUT [--preset default|fine] [--num-classes 10] [--images-per-class 40]
 ssanet train --config CONFIG --data ROOT --out RUN_DIR [--set KEY=VALUE ...]
 ssanet train --resume RUN_DIR [--data ROOT]
 ssanet eval --checkpoint CKPT --data ROOT [--out DIR]
 ssanet ablation RUN_DIR... --out DIR [--data ROOT]
+ssanet ablation --train CONFIG --data ROOT --out DIR [--seeds 3] [--jobs 2] [--threads 1]
 """
 
 from __future__ import annotations
@@ -99,18 +100,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def make_synthetic_command(args: argparse.Namespace) -> int:
-    from .data import make_synthetic
+    from .data import make_synthetic, synthetic_preset
 
-    path = make_synthetic(
-        args.out,
+    options = synthetic_preset(
+        args.preset,
         num_classes=args.num_classes,
         images_per_class=args.images_per_class,
         image_size=args.image_size,
         train_fraction=args.train_fraction,
-        seed=args.seed,
-        overwrite=args.overwrite,
     )
-    print(f"wrote {args.num_classes * args.images_per_class} images to {path}", file=sys.stderr)
+    path = make_synthetic(args.out, seed=args.seed, overwrite=args.overwrite, **options)
+    count = options.get("num_classes", 10) * options.get("images_per_class", 40)
+    print(f"wrote {count} images to {path}", file=sys.stderr)
     return 0
 
 
@@ -188,6 +189,13 @@ def eval_command(args: argparse.Namespace) -> int:
 def ablation_command(args: argparse.Namespace) -> int:
     from .evaluate import ablation_table
 
+    if args.train is not None:
+        from .ablation import train_command as study_command
+
+        return study_command(args)
+    if not args.runs:
+        raise SystemExit("ssanet ablation: give RUN_DIRs to tabulate, or --train CONFIG")
+
     table = ablation_table(
         args.runs, args.out, args.data, device=args.device, progress=not args.quiet
     )
@@ -203,11 +211,23 @@ def add_training_commands(commands) -> None:
         "make-synthetic", help="write the synthetic fine-grained dataset (CUB-200-2011 layout)"
     )
     synthetic.add_argument("out", type=Path, metavar="OUT", help="folder to write (empty)")
-    synthetic.add_argument("--num-classes", type=int, default=10, help="1..30 (10)")
-    synthetic.add_argument("--images-per-class", type=int, default=40, help="(40)")
-    synthetic.add_argument("--image-size", type=int, default=128, help="square side (128)")
     synthetic.add_argument(
-        "--train-fraction", type=float, default=0.5, help="share of training images (0.5)"
+        "--preset",
+        default="default",
+        choices=["default", "fine"],
+        help="default: large figures at any rotation (a smoke test); fine: small upright "
+        "figures among distractors, fine-grained as CUB (the ablation's benchmark)",
+    )
+    synthetic.add_argument("--num-classes", type=int, default=None, help="1..30 (10)")
+    synthetic.add_argument(
+        "--images-per-class", type=int, default=None, help="(default 40, fine 80)"
+    )
+    synthetic.add_argument("--image-size", type=int, default=None, help="square side (128)")
+    synthetic.add_argument(
+        "--train-fraction",
+        type=float,
+        default=None,
+        help="share of training images (default 0.5, fine 0.625)",
     )
     synthetic.add_argument("--seed", type=int, default=0)
     synthetic.add_argument(
@@ -286,15 +306,20 @@ def add_training_commands(commands) -> None:
     eval_parser.set_defaults(run=eval_command)
 
     ablation = commands.add_parser(
-        "ablation", help="Table 3 from several runs' evaluations (JSON, Markdown, PNG)"
+        "ablation",
+        help="Table 3 from several runs' evaluations, or (--train) train and evaluate the whole "
+        "study: Table 3, Tables 1-2, Fig. 4 (JSON, Markdown, PNG)",
     )
-    ablation.add_argument("runs", nargs="+", type=Path, metavar="RUN_DIR")
+    ablation.add_argument("runs", nargs="*", type=Path, metavar="RUN_DIR")
     ablation.add_argument("--out", required=True, type=Path, help="output folder")
     ablation.add_argument(
         "--data", type=Path, default=None, help="evaluate runs that have no eval/ yet on this data"
     )
     ablation.add_argument("--device", default=None)
     ablation.add_argument("--quiet", action="store_true")
+    from .ablation import add_train_arguments
+
+    add_train_arguments(ablation)
     ablation.set_defaults(run=ablation_command)
 
 

@@ -55,7 +55,9 @@ from torch.utils.data import DataLoader, DistributedSampler
 from . import metrics
 from .checkpoint import save_checkpoint
 from .data import DATASETS, PRESETS, build_dataset, eval_transform, train_transform
+from .data.split import VALIDATION_MODES, training_splits
 from .model import SSANet, SSANetLoss
+from .warm_start import init_from_checkpoint
 
 __all__ = [
     "BUILTIN_CONFIGS",
@@ -67,7 +69,7 @@ __all__ = [
     "train",
 ]
 
-BUILTIN_CONFIGS = ("cub", "cars", "aircraft", "synthetic")
+BUILTIN_CONFIGS = ("cub", "cars", "aircraft", "synthetic", "synthetic_fine")
 LOSS_TERMS = ("final", "dsm", "op", "mac", "rank")
 # The modules a stage can name (attributes of SSANet); "classifier" exists only without
 # proposals (the plain backbone), the others only with them.
@@ -92,7 +94,9 @@ _DEFAULTS: dict[str, Any] = {
     "workers": 4,
     "amp": "auto",
     "seed": 0,
-    "validation": "test",
+    "validation": "test",  # one of VALIDATION_MODES (ssanet.data.split)
+    "holdout_fraction": 0.2,  # of each class's training images, with validation "holdout"
+    "init_from": None,  # a checkpoint whose backbone starts the model (ssanet.warm_start)
     "eval_every": 1,
     "find_unused_parameters": False,
     "clip_grad_norm": None,  # a float: clip the gradients' total norm to it at every step
@@ -243,9 +247,16 @@ def check_config(config: dict) -> dict:
         raise ValueError(f"config 'workers' must be an integer >= 0, got {config['workers']!r}")
     if config["amp"] not in AMP_MODES:
         raise ValueError(f"config 'amp' must be one of {AMP_MODES}, got {config['amp']!r}")
-    if config["validation"] not in ("test", "none"):
+    if config["validation"] not in VALIDATION_MODES:
         raise ValueError(
-            f"config 'validation' must be 'test' or 'none', got {config['validation']!r}"
+            f"config 'validation' must be one of {VALIDATION_MODES}, got {config['validation']!r}"
+        )
+    fraction = config["holdout_fraction"]
+    if not (isinstance(fraction, int | float) and 0 < fraction < 1):
+        raise ValueError(f"config 'holdout_fraction' must be in (0, 1), got {fraction!r}")
+    if config["init_from"] is not None and not isinstance(config["init_from"], str):
+        raise ValueError(
+            f"config 'init_from' must be null or a checkpoint path, got {config['init_from']!r}"
         )
     strategies = config["strategies"]
     if not isinstance(strategies, dict) or not strategies:
@@ -613,15 +624,20 @@ class Trainer:
         transform = config["transform"]
         train_tf = train_transform(_as_size(transform["resize"]), _as_size(transform["crop"]))
         test_tf = eval_transform(_as_size(transform["resize"]), _as_size(transform["crop"]))
-        self.train_set = build_dataset(config["dataset"], data_root, True, train_tf)
-        self.val_set = None
-        if config["validation"] == "test":
-            self.val_set = build_dataset(config["dataset"], data_root, False, test_tf)
+        self.train_set, self.val_set = training_splits(
+            lambda train, tf: build_dataset(config["dataset"], data_root, train, tf),
+            config["validation"],
+            train_tf,
+            test_tf,
+            config["holdout_fraction"],
+        )
         self.image_size = _image_size(transform)
 
         torch.manual_seed(config["seed"])
         model_arguments = {**config["model"], "num_classes": self.train_set.num_classes}
         self.model = SSANet(**model_arguments).to(self.device)
+        if config["init_from"] is not None and not resume:
+            init_from_checkpoint(self.model, config["init_from"])
         # After the (identical) initialisation, each process draws its own augmentations.
         torch.manual_seed(config["seed"] + context.rank)
         np.random.seed(config["seed"] + context.rank)
