@@ -1,5 +1,5 @@
 """The SSANet model layer (python/ssanet): shapes, proposals, losses, gradients, checkpoints,
-torch.compile, the reference-ops switch and the predict CLI.
+torch.compile and the reference-ops switch (the command line: test_cli.py).
 
 Everything runs a ResNet-18 on tiny images with few classes, parts and scales, so the file
 stays light on a CPU; nothing is downloaded.
@@ -8,17 +8,13 @@ stays light on a CPU; nothing is downloaded.
 from __future__ import annotations
 
 import math
-import subprocess
-import sys
 import urllib.error
-from pathlib import Path
 
 import pytest
 import ssanet
 import torch
 import torch.nn.functional as F
 import torchvision
-from ssanet import cli
 from ssanet.model import (
     NTS_ANCHOR_LEVELS,
     AnchorLevel,
@@ -480,51 +476,3 @@ def test_predict_returns_the_top_k_and_keeps_the_training_mode():
     assert torch.equal(prediction.classes, top.indices)
     single = ssanet.predict(model, x[0], topk=10)
     assert single.classes.shape == (7,) and single.part_boxes.shape == (3, 4)
-
-
-def test_cli_predict_draws_the_parts(tmp_path):
-    model = tiny(num_classes=6).eval()
-    class_names = [f"bird_{index}" for index in range(6)]
-    checkpoint = tmp_path / "model.pt"
-    ssanet.save_checkpoint(checkpoint, model, class_names, image_size=96)
-    picture = (torch.rand(3, 120, 80) * 255).to(torch.uint8)
-    image_path = tmp_path / "bird.png"
-    torchvision.io.write_png(picture, str(image_path))
-    out = tmp_path / "drawn" / "parts.png"
-    script = Path(sys.executable).parent / "ssanet"
-    command = [str(script)] if script.exists() else [sys.executable, "-m", "ssanet.cli"]
-    result = subprocess.run(
-        [
-            *command,
-            "predict",
-            "--checkpoint",
-            str(checkpoint),
-            str(image_path),
-            "--draw",
-            str(out),
-            "--candidates",
-            "--device",
-            "cpu",
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    lines = result.stdout.splitlines()
-    assert lines[0] == str(image_path) and len(lines) == 6
-    names = [line.split()[2] for line in lines[1:]]
-    assert len(set(names)) == 5 and set(names) <= set(class_names)
-    drawn = torchvision.io.decode_png(torchvision.io.read_file(str(out)))
-    assert drawn.shape == (3, 96, 96)
-    # The same prediction in-process: the boxes drawn are the model's.
-    normalized, pixels = ssanet.load_images([image_path], 96)
-    prediction = ssanet.predict(model, normalized)
-    expected = ssanet.draw_parts(pixels[0], prediction.part_boxes[0], prediction.candidate_boxes[0])
-    assert torch.equal(drawn, expected) and not torch.equal(drawn, pixels[0])
-
-
-def test_cli_rejects_a_file_that_is_not_a_checkpoint(tmp_path):
-    path = tmp_path / "other.pt"
-    torch.save({"weights": torch.zeros(1)}, path)
-    with pytest.raises(ValueError, match="not an SSANet checkpoint"):
-        cli.main(["predict", "--checkpoint", str(path), str(path), "--device", "cpu"])

@@ -31,7 +31,7 @@ class Case:
     # Elements one forward must read and write at the least, for a 'x copy time' column.
     forward_elements: int | None = None
     # Minimum ratio of the "ssanet_ops" implementation against the baseline, per device type
-    # ("cpu", "cuda") and pass, as the issues set them.
+    # ("cpu", "cuda") and pass, as the issues set them for the full sizes (--quick shows none).
     targets: dict[str, dict[str, float]] = field(default_factory=dict)
     # At most this many timed runs (and one warm-up) for slow workloads; None: the run's count.
     max_repeats: int | None = None

@@ -42,8 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-from torch.utils.data import DataLoader
+# torch is imported where it is used: ``ssanet --help`` reads this module's options at once.
 
 __all__ = ["ROWS", "Job", "localization", "plan", "report", "run_study"]
 
@@ -102,6 +101,8 @@ def run_job(spec: dict) -> dict:
     """Trains (or resumes) one run, evaluates its ``best.pt`` on the test split (Tables 1 and 2,
     :func:`ssanet.evaluate.evaluate_checkpoint`) and, with proposals, :func:`localization`;
     writes ``job.json`` into the run folder and returns it."""
+    import torch
+
     from .evaluate import evaluate_checkpoint
     from .metrics import DEFAULT_ROTATION_ANGLES
     from .train import LAST_CHECKPOINT, train
@@ -176,7 +177,6 @@ def discriminative_parts(num_classes: int) -> list[str]:
     ]
 
 
-@torch.no_grad()
 def localization(
     checkpoint: str | os.PathLike,
     data_root: str | os.PathLike,
@@ -193,6 +193,9 @@ def localization(
     for ``random_draws`` boxes of the proposal's size, each placed uniformly inside the image.
     Returns the two means, their ratio, the per-proposal means and the parts used.
     """
+    import torch
+    from torch.utils.data import DataLoader
+
     from .checkpoint import load_checkpoint
     from .data import build_dataset, eval_transform
     from .metrics import proposal_keypoint_distance
@@ -216,7 +219,8 @@ def localization(
     for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False):
         images = batch["image"]
         height, width = images.shape[-2:]
-        boxes = loaded.model(images).part_boxes.float()  # [B, K, 4]
+        with torch.no_grad():
+            boxes = loaded.model(images).part_boxes.float()  # [B, K, 4]
         keypoints = batch["keypoints"][:, columns]
         visible = batch["keypoints_visible"][:, columns]
         proposal_distances.append(proposal_keypoint_distance(boxes, keypoints, visible))
@@ -608,18 +612,18 @@ def _plots(rows: list[dict], by_row: dict[str, list[dict]], out_dir: Path) -> No
         figure.savefig(out_dir / "localization.png")
 
 
-@torch.no_grad()
 def prediction_grid(
-    work_dir: Path, data_root: str | os.PathLike, path: Path, count: int = 6, side: int = 384
+    work_dir: Path, data_root: str | os.PathLike, path: Path, count: int = 6
 ) -> None:
-    """``count`` test images (one per class, spread over the classes), each twice, upscaled to
-    ``side`` pixels: the plain backbone's prediction (seed 0), then SSANet's with its K part
-    boxes (index and score on each), the caption green when right, red when wrong."""
-    from PIL import Image, ImageDraw
+    """``count`` test images of different classes, each twice, upscaled and captioned
+    (:func:`ssanet.predict.draw_parts`): the plain backbone's prediction (seed 0), then
+    SSANet's with its K part boxes, numbered and scored; rows of two such pairs."""
+    import torch
 
     from .checkpoint import load_checkpoint
     from .data import build_dataset, eval_transform
     from .data.transforms import IMAGENET_MEAN, IMAGENET_STD
+    from .predict import draw_parts, picture_grid, write_picture
 
     plain = load_checkpoint(work_dir / "plain-s0" / "best.pt")
     full = load_checkpoint(work_dir / "full-s0" / "best.pt")
@@ -632,41 +636,27 @@ def prediction_grid(
         eval_transform(size(transform["resize"]), size(transform["crop"])),
     )
     classes = len(dataset.classes)
-    picked = [dataset.targets.index(label) for label in range(0, classes, max(1, classes // count))]
-    images = torch.stack([dataset[index]["image"] for index in picked[:count]])
-    labels = [dataset.targets[index] for index in picked[:count]]
-    plain_predicted = plain.model(images).logits.argmax(dim=1).tolist()
-    output = full.model(images)
+    labels = list(range(0, classes, max(1, classes // count)))[:count]
+    picked = [dataset.targets.index(label) for label in labels]
+    images = torch.stack([dataset[index]["image"] for index in picked])
+    with torch.no_grad():
+        plain_predicted = plain.model(images).logits.argmax(dim=1).tolist()
+        output = full.model(images)
     full_predicted = output.logits.argmax(dim=1).tolist()
     mean = torch.tensor(IMAGENET_MEAN)[:, None, None]
     std = torch.tensor(IMAGENET_STD)[:, None, None]
-    scale = side / images.shape[-1]
-    caption = 40
-    grid = Image.new("RGB", (2 * side * len(labels), side + caption), "white")
-    colors = ("#ff3030", "#30d0ff", "#ffe030", "#50ff50", "#ff60ff", "#ffffff")
+    pixels = ((images * std + mean).clamp(0, 1) * 255).round().to(torch.uint8)
+    pictures = []
     for column, label in enumerate(labels):
-        pixels = ((images[column] * std + mean).clamp(0, 1) * 255).byte().permute(1, 2, 0)
-        picture = Image.fromarray(pixels.numpy()).resize((side, side), Image.BICUBIC)
-        for model_index, predicted in enumerate((plain_predicted, full_predicted)):
-            tile = picture.copy()
-            draw = ImageDraw.Draw(tile)
-            if model_index == 1:
-                boxes = output.part_boxes[column] * scale
-                for part, (box, score) in enumerate(
-                    zip(boxes.tolist(), output.part_scores[column].tolist(), strict=True)
-                ):
-                    color = colors[part % len(colors)]
-                    draw.rectangle(box, outline=color, width=3)
-                    draw.text((box[0] + 4, box[1] + 2), f"{part + 1}: {score:.2f}", fill=color)
-            x = (2 * column + model_index) * side
-            grid.paste(tile, (x, 0))
-            text = ImageDraw.Draw(grid)
-            name = ("plain: ", "SSANet: ")[model_index] + dataset.classes[predicted[column]]
-            right = predicted[column] == label
-            text.text((x + 4, side + 4), name[:60], fill="#108010" if right else "#c01010")
-            text.text((x + 4, side + 20), f"true: {dataset.classes[label]}"[:60], fill="black")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    grid.save(path)
+        truth = f"true: {dataset.classes[label]}"
+        for name, predicted in (("plain", plain_predicted), ("SSANet", full_predicted)):
+            verdict = "right" if predicted[column] == label else "wrong"
+            caption = [f"{name}: {dataset.classes[predicted[column]]} ({verdict})", truth]
+            boxes = scores = None
+            if name == "SSANet":
+                boxes, scores = output.part_boxes[column], output.part_scores[column]
+            pictures.append(draw_parts(pixels[column], boxes, part_scores=scores, caption=caption))
+    write_picture(picture_grid(pictures, columns=4), path)
 
 
 # Command line -------------------------------------------------------------------------------
@@ -706,10 +696,12 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def train_command(args: argparse.Namespace) -> int:
+    from .cli import CommandError
+
     if args.data is None:
-        raise SystemExit("ssanet ablation --train needs --data")
+        raise CommandError("ablation --train needs --data")
     if args.runs:
-        raise SystemExit("ssanet ablation: give either RUN_DIRs or --train, not both")
+        raise CommandError("ablation: give either RUN_DIRs or --train, not both")
     run_study(
         args.train,
         args.data,

@@ -51,8 +51,30 @@ def save_checkpoint(
 def load_checkpoint(
     path: str | os.PathLike, map_location: str | torch.device = "cpu"
 ) -> LoadedCheckpoint:
-    """Rebuilds the model of a :func:`save_checkpoint` file, with its weights, in eval mode."""
-    contents = torch.load(path, map_location=map_location, weights_only=True)
+    """Rebuilds the model of a :func:`save_checkpoint` file, with its weights, in eval mode.
+
+    A missing file raises FileNotFoundError; a file that is not such a checkpoint, ValueError.
+    """
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"checkpoint {path} is a folder: name the file (e.g. best.pt)")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    try:
+        # Read onto the CPU, then move the model: a device error is not the file's fault.
+        contents = torch.load(path, map_location="cpu", weights_only=True)
+    except OSError:
+        raise
+    except Exception as error:  # whatever the unpickler raises on a file it cannot parse
+        # Not torch's message (dropped from the chain too): it advises weights_only=False,
+        # which would run any code the file holds.
+        raise ValueError(
+            f"{path} is not an SSANet checkpoint: torch.load(weights_only=True) cannot read it "
+            f"({_failure_reason(error)}); expected a file written by ssanet.save_checkpoint or "
+            "ssanet train"
+        ) from None
+    if not isinstance(contents, dict):
+        kind = type(contents).__name__
+        raise ValueError(f"{path} is not an SSANet checkpoint: it holds a {kind}, not a dict")
     missing = {"model_config", "model"} - set(contents)
     if missing:
         raise ValueError(f"{path} is not an SSANet checkpoint: it lacks {sorted(missing)}")
@@ -65,3 +87,14 @@ def load_checkpoint(
         class_names = [f"class {index}" for index in range(model.config["num_classes"])]
     image_size = contents.pop("image_size", 448)
     return LoadedCheckpoint(model, list(class_names), int(image_size), contents)
+
+
+def _failure_reason(error: Exception) -> str:
+    """What torch.load reported, in a line and without its advice."""
+    text = str(error)
+    if "WeightsUnpickler error:" in text:  # a pickle, with something else than tensors
+        text = text.split("WeightsUnpickler error:", 1)[1]
+    elif not isinstance(error, RuntimeError):  # e.g. KeyError on a text file: says nothing
+        return "not a file of torch.save"
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[0].split(". ")[0] if lines else type(error).__name__
