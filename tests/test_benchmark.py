@@ -17,7 +17,8 @@ import pytest
 import torch
 from PIL import Image
 from ssanet import SSANet, save_checkpoint
-from ssanet.ablation import discriminative_parts, localization, plan
+from ssanet.ablation import discriminative_parts, localization, plan, report
+from ssanet.cli import main as cli_main
 from ssanet.data import CUBDataset, build_dataset, eval_transform, make_synthetic, synthetic_preset
 from ssanet.data.split import holdout_indices, training_splits
 from ssanet.data.synthetic import _draw, class_attributes, detail_area_fraction
@@ -312,3 +313,53 @@ def test_plan_runs_seeds_and_starts_from_the_plain_run():
     config_p = load_config(config, p_row.overrides)
     assert config_p["loss"]["mac_lambda"] == 0
     assert config_p["model"]["dsm"] == config_p["model"]["op"] == "none"
+
+
+def test_report_tabulates_seeds(tmp_path):
+    # Finished runs as run_job records them: the table's mean and sample standard deviation
+    # are those of numpy, the rows in Table 3's order, the rotation drop per run averaged.
+    work, out = tmp_path / "work", tmp_path / "out"
+    config = load_config("synthetic_fine")
+    jobs = [job for job in plan(config, seeds=3) if job.row in ("plain", "full")]
+    accuracy = {"plain": [0.2, 0.3, 0.25], "full": [0.4, 0.35, 0.5]}
+    for job in jobs:
+        top1 = accuracy[job.row][job.seed]
+        record = {
+            "name": job.name,
+            "row": job.row,
+            "seed": job.seed,
+            "overrides": job.overrides,
+            "train_seconds": 100.0 + job.seed,
+            "best_epoch": 3,
+            "epochs": 7,
+            "label": "plain" if job.row == "plain" else "full",
+            "accuracy": {"top1": top1, "top5": 0.9},
+            "heads": {},
+            "rotation": {"0.0": {"top1": top1}, "90.0": {"top1": top1 / 2}},
+            "reduced_input": {
+                "original": {"top1": top1},
+                "reduced": {"top1": top1 - 0.1},
+                "size": 48,
+                "canvas": 72,
+            },
+            "localization": None,
+        }
+        (work / job.name).mkdir(parents=True)
+        (work / job.name / "job.json").write_text(json.dumps(record))
+    table = report(work, out, jobs, config)
+    assert [row["row"] for row in table["rows"]] == ["plain", "full"]
+    for row in table["rows"]:
+        values = np.array(accuracy[row["row"]])
+        assert row["top1_mean"] == pytest.approx(values.mean())
+        assert row["top1_std"] == pytest.approx(values.std(ddof=1))
+    markdown = (out / "ablation.md").read_text()
+    assert "| full | 3 | 41.7 ± 7.6 | 40.0 / 35.0 / 50.0 |" in markdown
+    assert "| plain | 25.0 ± 5.0 | 12.5 ± 2.5 | 12.5 ± 2.5 |" in markdown  # drop = top1 / 2
+    for plot in ("ablation.png", "rotation.png", "reduced_input.png"):
+        assert (out / plot).stat().st_size > 0
+    assert (out / "runs" / "full-s2" / "job.json").is_file()
+
+
+def test_ablation_train_needs_data(tmp_path, capsys):
+    assert cli_main(["ablation", "--train", "synthetic_fine", "--out", str(tmp_path)]) == 2
+    assert "ablation --train needs --data" in capsys.readouterr().err

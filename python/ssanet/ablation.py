@@ -562,7 +562,7 @@ def _plots(rows: list[dict], by_row: dict[str, list[dict]], out_dir: Path) -> No
         axis.set_xlabel("rotation of the test images (degrees)")
         axis.set_ylabel("test top-1 (%), mean over seeds")
         axis.set_title("Table 1: rotation")
-        axis.legend(loc="lower left", fontsize="small")
+        axis.legend(loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=2, fontsize="small")
         figure.tight_layout()
         figure.savefig(out_dir / "rotation.png")
 
@@ -605,6 +605,11 @@ def _plots(rows: list[dict], by_row: dict[str, list[dict]], out_dir: Path) -> No
             label="random boxes of the same sizes",
         )
         axis.set_xticks(list(positions), names, rotation=30, ha="right", fontsize="small")
+        highest = max(
+            max(run["localization"]["proposal_mean"], run["localization"]["random_mean"])
+            for run in located
+        )
+        axis.set_ylim(0, 1.35 * highest)  # room for the legend above the bars
         axis.set_ylabel(f"mean distance ({located[0]['localization']['unit']})")
         axis.set_title("Fig. 4: to the nearest discriminative keypoint")
         axis.legend(loc="upper right", fontsize="small")
