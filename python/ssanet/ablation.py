@@ -30,6 +30,7 @@ the same for random boxes of the same sizes placed uniformly inside the image.
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import math
 import os
@@ -159,8 +160,6 @@ def run_job(spec: dict) -> dict:
 
 
 def _epoch_seconds(run_dir: Path) -> float:
-    import csv
-
     with open(run_dir / "log.csv", newline="") as file:
         return sum(float(row["epoch_time_s"]) for row in csv.DictReader(file))
 
