@@ -308,7 +308,10 @@ def test_dsm_aligns_with_the_predicted_class():
     logits, shift = (value.transpose(0, 1) for value in dsm(phi.transpose(0, 1)))
     weight = dsm.scale_align.weight
     bias = dsm.scale_align.bias
-    # eq. 7 directly: corr[k, n, c, r] = <roll(phi[k, n], r), weight[k, c]>
+    # Each candidate's features normalised over D (layer norm, eps 1e-5), then eq. 7 directly:
+    # corr[k, n, c, r] = <roll(phi[k, n], r), weight[k, c]>
+    mean, variance = phi.mean(-1, keepdim=True), phi.var(-1, unbiased=False, keepdim=True)
+    phi = (phi - mean) / torch.sqrt(variance + 1e-5)
     corr = torch.stack(
         [torch.einsum("knsd,kcsd->knc", phi.roll(r, dims=2), weight) for r in range(scales)], -1
     )

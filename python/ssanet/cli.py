@@ -1,11 +1,12 @@
 """The ``ssanet`` command line.
 
 ssanet predict --checkpoint CKPT IMAGE... [--topk 5] [--draw OUT.png|OUT.jpg [--candidates]]
-ssanet make-synthetic OUT [--num-classes 10] [--images-per-class 40] [--image-size 128]
+ssanet make-synthetic OUT [--preset default|fine] [--num-classes 10] [--images-per-class 40]
 ssanet train --config CONFIG --data ROOT --out RUN_DIR [--set KEY=VALUE ...]
 ssanet train --resume RUN_DIR [--data ROOT]
 ssanet eval --checkpoint CKPT --data ROOT [--out DIR] [--overwrite]
 ssanet ablation RUN_DIR... --out DIR [--data ROOT]
+ssanet ablation --train CONFIG --data ROOT --out DIR [--seeds 3] [--jobs 2] [--threads 1]
 
 A user's mistake (a missing file, a bad value, a device this machine lacks) ends in one line
 naming the argument and what to do, with exit status 2; ``--debug`` shows the traceback. torch
@@ -166,23 +167,23 @@ def predict_command(args: argparse.Namespace) -> int:
 
 
 def make_synthetic_command(args: argparse.Namespace) -> int:
-    from .data import make_synthetic
+    from .data import make_synthetic, synthetic_preset
 
     if args.out.is_dir() and any(args.out.iterdir()) and not args.overwrite:
         raise CommandError(
             f"{args.out} is not empty: pass --overwrite to replace a dataset written there "
             "earlier, or name another folder"
         )
-    path = make_synthetic(
-        args.out,
+    options = synthetic_preset(
+        args.preset,
         num_classes=args.num_classes,
         images_per_class=args.images_per_class,
         image_size=args.image_size,
         train_fraction=args.train_fraction,
-        seed=args.seed,
-        overwrite=args.overwrite,
     )
-    print(f"wrote {args.num_classes * args.images_per_class} images to {path}", file=sys.stderr)
+    path = make_synthetic(args.out, seed=args.seed, overwrite=args.overwrite, **options)
+    count = options.get("num_classes", 10) * options.get("images_per_class", 40)
+    print(f"wrote {count} images to {path}", file=sys.stderr)
     return 0
 
 
@@ -283,6 +284,12 @@ def eval_command(args: argparse.Namespace) -> int:
 def ablation_command(args: argparse.Namespace) -> int:
     from .evaluate import ablation_table
 
+    if args.train is not None:
+        from .ablation import train_command as study_command
+
+        return study_command(args)
+    if not args.runs:
+        raise CommandError("ablation: give RUN_DIRs to tabulate, or --train CONFIG")
     device = _device(args.device)
     table = ablation_table(args.runs, args.out, args.data, device=device, progress=not args.quiet)
     for row in table["rows"]:
@@ -354,13 +361,22 @@ def _add_training_commands(commands, common: argparse.ArgumentParser) -> None:
         help="write the synthetic fine-grained dataset (CUB-200-2011 layout)",
     )
     synthetic.add_argument("out", type=Path, metavar="OUT", help="folder to write (empty)")
-    synthetic.add_argument("--num-classes", type=_int_at_least(1), default=10, help="1..30 (10)")
-    synthetic.add_argument("--images-per-class", type=_int_at_least(1), default=40, help="(40)")
     synthetic.add_argument(
-        "--image-size", type=_int_at_least(16), default=128, help="square side (128)"
+        "--preset",
+        default="default",
+        choices=["default", "fine"],
+        help="default: large figures at any rotation (a smoke test); fine: small upright "
+        "figures among distractors, fine-grained as CUB (the ablation's benchmark)",
+    )
+    synthetic.add_argument("--num-classes", type=_int_at_least(1), default=None, help="1..30 (10)")
+    synthetic.add_argument(
+        "--images-per-class", type=_int_at_least(1), default=None, help="(default 40, fine 50)"
     )
     synthetic.add_argument(
-        "--train-fraction", type=float, default=0.5, help="share of training images (0.5)"
+        "--image-size", type=_int_at_least(16), default=None, help="square side (128; fine 80)"
+    )
+    synthetic.add_argument(
+        "--train-fraction", type=float, default=None, help="share of training images (0.5)"
     )
     synthetic.add_argument("--seed", type=int, default=0)
     synthetic.add_argument(
@@ -445,15 +461,19 @@ def _add_training_commands(commands, common: argparse.ArgumentParser) -> None:
     ablation = commands.add_parser(
         "ablation",
         parents=[common],
-        help="Table 3 from several runs' evaluations (JSON, Markdown, PNG)",
+        help="Table 3 from several runs' evaluations, or (--train) train and evaluate the whole "
+        "study: Table 3, Tables 1-2, Fig. 4 (JSON, Markdown, PNG)",
     )
-    ablation.add_argument("runs", nargs="+", type=Path, metavar="RUN_DIR")
+    ablation.add_argument("runs", nargs="*", type=Path, metavar="RUN_DIR")
     ablation.add_argument("--out", required=True, type=Path, help="output folder")
     ablation.add_argument(
         "--data", type=Path, default=None, help="evaluate runs that have no eval/ yet on this data"
     )
     ablation.add_argument("--device", default=None, help="default: cuda if it works, else cpu")
     ablation.add_argument("--quiet", action="store_true")
+    from .ablation import add_train_arguments
+
+    add_train_arguments(ablation)
     ablation.set_defaults(run=ablation_command)
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from .data import DATASETS, PRESETS
+from .data.split import VALIDATION_MODES
 
 __all__ = [
     "AMP_MODES",
@@ -31,7 +32,7 @@ __all__ = [
     "write_run_config",
 ]
 
-BUILTIN_CONFIGS = ("cub", "cars", "aircraft", "synthetic")
+BUILTIN_CONFIGS = ("cub", "cars", "aircraft", "synthetic", "synthetic_fine")
 LOSS_TERMS = ("final", "dsm", "op", "mac", "rank")
 # The modules a stage can name (attributes of SSANet); "classifier" exists only without
 # proposals (the plain backbone), the others only with them.
@@ -53,7 +54,9 @@ _DEFAULTS: dict[str, Any] = {
     "workers": 4,
     "amp": "auto",
     "seed": 0,
-    "validation": "test",
+    "validation": "test",  # one of VALIDATION_MODES (ssanet.data.split)
+    "holdout_fraction": 0.2,  # of each class's training images, with validation "holdout"
+    "init_from": None,  # a checkpoint whose backbone starts the model (ssanet.warm_start)
     "eval_every": 1,
     "find_unused_parameters": False,
     "clip_grad_norm": None,  # a float: clip the gradients' total norm to it at every step
@@ -201,9 +204,16 @@ def _check_scalars(config: dict) -> None:
         raise ValueError(f"config 'workers' must be an integer >= 0, got {config['workers']!r}")
     if config["amp"] not in AMP_MODES:
         raise ValueError(f"config 'amp' must be one of {AMP_MODES}, got {config['amp']!r}")
-    if config["validation"] not in ("test", "none"):
+    if config["validation"] not in VALIDATION_MODES:
         raise ValueError(
-            f"config 'validation' must be 'test' or 'none', got {config['validation']!r}"
+            f"config 'validation' must be one of {VALIDATION_MODES}, got {config['validation']!r}"
+        )
+    fraction = config["holdout_fraction"]
+    if not (isinstance(fraction, int | float) and 0 < fraction < 1):
+        raise ValueError(f"config 'holdout_fraction' must be in (0, 1), got {fraction!r}")
+    if config["init_from"] is not None and not isinstance(config["init_from"], str):
+        raise ValueError(
+            f"config 'init_from' must be null or a checkpoint path, got {config['init_from']!r}"
         )
 
 

@@ -68,6 +68,7 @@ from .config import (
     write_run_config,
 )
 from .data import build_dataset
+from .data.split import training_splits
 from .data.transforms import config_image_size, config_transform
 from .distributed import (
     Distributed,
@@ -80,6 +81,7 @@ from .evaluate import validation_metrics
 from .model import SSANet, SSANetLoss
 from .run_log import PLOT_FILE, EpochTotals, RunLog
 from .stages import resolve_stages, set_train_mode, stage_parameter_groups
+from .warm_start import init_from_checkpoint
 
 __all__ = [
     "BUILTIN_CONFIGS",
@@ -140,12 +142,15 @@ class Trainer:
 
     def _build_data(self) -> None:
         config = self.config
-        train_tf = config_transform(config["transform"], train=True)
-        self.train_set = build_dataset(config["dataset"], self.data_root, True, train_tf)
-        self.val_set = None
-        if config["validation"] == "test":
-            test_tf = config_transform(config["transform"], train=False)
-            self.val_set = build_dataset(config["dataset"], self.data_root, False, test_tf)
+        self.train_set, self.val_set = training_splits(
+            lambda train, transform: build_dataset(
+                config["dataset"], self.data_root, train, transform
+            ),
+            config["validation"],
+            config_transform(config["transform"], train=True),
+            config_transform(config["transform"], train=False),
+            config["holdout_fraction"],
+        )
         self.image_size = config_image_size(config["transform"])
 
     def _build_model(self) -> None:
@@ -184,10 +189,13 @@ class Trainer:
             )
 
     def _start_run(self) -> None:
-        """A new run: the folder and its config.json (main process)."""
+        """A new run: the folder and its config.json (main process), and the weights of
+        ``init_from`` (every process; a resumed run has its own in last.pt)."""
         if self.context.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             write_run_config(self.run_dir, self.config, self.data_root, self.context.world_size)
+        if self.config["init_from"] is not None:
+            init_from_checkpoint(self.model, self.config["init_from"])
 
     def _resume(self) -> TrainingState:
         """Loads last.pt: the weights and the scaler here, the counters into ``self.state``;

@@ -9,7 +9,7 @@ from ._files import CorruptFileError
 from .base import FineGrainedDataset
 from .cars_aircraft import AircraftDataset, CarsDataset
 from .cub import CUBDataset
-from .synthetic import make_synthetic
+from .synthetic import SYNTHETIC_PRESETS, make_synthetic, synthetic_preset
 from .transforms import (
     PRESETS,
     Rotate,
@@ -24,6 +24,7 @@ DATASETS = ("cub", "cars", "aircraft", "synthetic")
 __all__ = [
     "DATASETS",
     "PRESETS",
+    "SYNTHETIC_PRESETS",
     "AircraftDataset",
     "CarsDataset",
     "CorruptFileError",
@@ -35,6 +36,7 @@ __all__ = [
     "make_synthetic",
     "paper_transform",
     "reduced_input",
+    "synthetic_preset",
     "train_transform",
 ]
 

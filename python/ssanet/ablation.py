@@ -1,0 +1,725 @@
+"""The whole ablation study in one command (``ssanet ablation --train CONFIG``): Table 3, Tables 1
+and 2 for the plain backbone and the full SSANet, and Fig. 4's statistic, trained and evaluated
+from nothing on one dataset and written, with plots, into one folder.
+
+Rows (:data:`ROWS`, the paper's Table 3 order), each a set of config overrides of the base
+config: the plain backbone (``model.proposals=false``, trained with the config's ``plain``
+strategy); proposals alone (P: no DSM, no OP, MAC's pair term off: ``mac_lambda=0``); P + MAC;
+P + MAC + OP; P + MAC + DSM; the full SSANet; and the full SSANet with the other
+``part_features`` mode. The plain backbone and the full model run with ``seeds`` seeds (mean
+and standard deviation), the other rows with the first seed. Every SSANet run of seed s starts
+from the plain run of seed s (``init_from``, :mod:`ssanet.warm_start`): the paper starts from an
+ImageNet backbone; here the plain backbone, trained first on the same training split, plays
+its part. All runs share the data, the validation split and the stages' epochs; each is
+evaluated once on the test split, with the model its validation selected (``best.pt``).
+
+Runs go to ``work_dir`` (checkpoints are large), as ``<row>-s<seed>/``; a finished run
+(``job.json`` written) is not trained again, an interrupted one is resumed, so the command can
+be rerun after an interruption. After every finished run the report is rewritten into
+``out_dir``: ``ablation.md``, ``ablation.json``, ``ablation.png`` (Table 3), ``rotation.png``
+(Table 1), ``reduced_input.png`` (Table 2), ``localization.png`` (Fig. 4), ``predictions.png``
+(test images, plain prediction beside SSANet's with its part boxes) and each run's
+``runs/<name>/`` (its evaluation, log and timing).
+
+Fig. 4's statistic (:func:`localization`): the mean distance from each proposal's centre to
+the nearest visible keypoint of a discriminative part (on the synthetic data the parts whose
+look differs between classes: the head, the tail, the wing when the classes vary it), against
+the same for random boxes of the same sizes placed uniformly inside the image.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+# torch is imported where it is used: ``ssanet --help`` reads this module's options at once.
+
+__all__ = ["ROWS", "Job", "localization", "plan", "report", "run_study"]
+
+# Table 3's rows: (key, overrides of the base config). "other_features" is filled in by plan().
+ROWS: tuple[tuple[str, list[str]], ...] = (
+    ("plain", ["model.proposals=false", "strategy=plain"]),
+    ("P", ["model.dsm=none", "model.op=none", "loss.mac_lambda=0"]),
+    ("P+MAC", ["model.dsm=none", "model.op=none"]),
+    ("P+MAC+OP", ["model.dsm=none"]),
+    ("P+MAC+DSM", ["model.op=none"]),
+    ("full", []),
+    ("full_other_features", []),
+)
+SEEDED_ROWS = ("plain", "full")  # the rows run with every seed
+JOB_FILE = "job.json"
+
+
+@dataclass
+class Job:
+    """One training run of the study and its evaluation."""
+
+    row: str
+    seed: int
+    overrides: list[str]
+    init_from: str | None = None  # name of the job whose best.pt starts this one
+    name: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.name = f"{self.row}-s{self.seed}"
+
+
+def plan(config: dict, seeds: int) -> list[Job]:
+    """The study's jobs in the order they run: the first seed's plain and full runs first (so
+    an interrupted study still has the headline comparison), then the other seeds, then the
+    rows between, then the other ``part_features`` mode."""
+    other = "image" if config["model"].get("part_features", "image") == "shared" else "shared"
+    overrides = dict(ROWS)
+    overrides["full_other_features"] = [f"model.part_features={other}"]
+
+    def job(row: str, seed: int) -> Job:
+        parent = None if row == "plain" else f"plain-s{seed}"
+        return Job(row, seed, [*overrides[row], f"seed={seed}"], parent)
+
+    jobs = [job("plain", 0), job("full", 0)]
+    for seed in range(1, seeds):
+        jobs += [job("plain", seed), job("full", seed)]
+    jobs += [job(row, 0) for row in ("P", "P+MAC", "P+MAC+OP", "P+MAC+DSM")]
+    jobs.append(job("full_other_features", 0))
+    return jobs
+
+
+# One job (run in its own process) ---------------------------------------------------------
+
+
+def run_job(spec: dict) -> dict:
+    """Trains (or resumes) one run, evaluates its ``best.pt`` on the test split (Tables 1 and 2,
+    :func:`ssanet.evaluate.evaluate_checkpoint`) and, with proposals, :func:`localization`;
+    writes ``job.json`` into the run folder and returns it."""
+    import torch
+
+    from .evaluate import evaluate_checkpoint
+    from .metrics import DEFAULT_ROTATION_ANGLES
+    from .train import LAST_CHECKPOINT, train
+
+    torch.set_num_threads(spec["threads"])
+    run_dir = Path(spec["run_dir"])
+    overrides = list(spec["overrides"])
+    if spec["init_from"] is not None:
+        overrides.append(f"init_from={spec['init_from']}")
+    resume = (run_dir / LAST_CHECKPOINT).is_file()
+    start = time.perf_counter()
+    summary = train(
+        None if resume else spec["config"],
+        spec["data"],
+        run_dir,
+        resume=resume,
+        overrides=() if resume else overrides,
+        progress=False,
+    )
+    train_seconds = time.perf_counter() - start
+    start = time.perf_counter()
+    best = run_dir / "best.pt"
+    # Tables 1 and 2 compare the plain backbone and the full model; the other rows are
+    # evaluated without rotations (the reduced input is part of every evaluation).
+    angles = DEFAULT_ROTATION_ANGLES if spec["row"] in SEEDED_ROWS else (0.0,)
+    results = evaluate_checkpoint(
+        best, spec["data"], run_dir / "eval", angles=angles, progress=False
+    )
+    located = None
+    if results["model_config"].get("proposals", True):
+        located = localization(best, spec["data"])
+    record = {
+        "name": spec["name"],
+        "row": spec["row"],
+        "seed": spec["seed"],
+        "overrides": overrides,
+        "resumed": resume,
+        # A resumed run's time is the sum of its epochs (log.csv), not this process's.
+        "train_seconds": _epoch_seconds(run_dir) if resume else train_seconds,
+        "eval_seconds": time.perf_counter() - start,
+        "threads": spec["threads"],
+        "best_epoch": summary["best_epoch"],
+        "best_val_top1": summary["best_val_top1"],
+        "epochs": summary["epochs"],
+        "label": results["label"],
+        "accuracy": results["accuracy"],
+        "heads": results["heads"],
+        "rotation": results["rotation"],
+        "reduced_input": results["reduced_input"],
+        "localization": located,
+    }
+    (run_dir / JOB_FILE).write_text(json.dumps(record, indent=2) + "\n")
+    return record
+
+
+def _epoch_seconds(run_dir: Path) -> float:
+    with open(run_dir / "log.csv", newline="") as file:
+        return sum(float(row["epoch_time_s"]) for row in csv.DictReader(file))
+
+
+def discriminative_parts(num_classes: int) -> list[str]:
+    """The synthetic parts whose look differs between the first ``num_classes`` classes."""
+    from .data.synthetic import class_attributes
+
+    attributes = list(zip(*(class_attributes(label) for label in range(num_classes)), strict=True))
+    return [
+        part
+        for part, values in zip(("head", "tail", "wing"), attributes, strict=True)
+        if len(set(values)) > 1
+    ]
+
+
+def localization(
+    checkpoint: str | os.PathLike,
+    data_root: str | os.PathLike,
+    parts: list[str] | None = None,
+    random_draws: int = 10,
+    seed: int = 0,
+    batch_size: int = 32,
+) -> dict[str, Any]:
+    """Fig. 4's statistic for a checkpoint with proposals, on the test split of CUB-layout data.
+
+    For every test image and proposal: the distance (pixels of the model input) from the
+    proposal's centre to the nearest visible keypoint among ``parts`` (default: the
+    discriminative parts of the synthetic classes, :func:`discriminative_parts`); and the same
+    for ``random_draws`` boxes of the proposal's size, each placed uniformly inside the image.
+    Returns the two means, their ratio, the per-proposal means and the parts used.
+    """
+    import torch
+    from torch.utils.data import DataLoader
+
+    from .checkpoint import load_checkpoint
+    from .data import build_dataset, eval_transform
+    from .metrics import proposal_keypoint_distance
+
+    loaded = load_checkpoint(checkpoint)
+    transform = loaded.extra["transform"]
+    size = lambda value: tuple(value) if isinstance(value, list) else value  # noqa: E731
+    dataset = build_dataset(
+        loaded.extra["dataset"],
+        data_root,
+        False,
+        eval_transform(size(transform["resize"]), size(transform["crop"])),
+        with_keypoints=True,
+    )
+    parts = parts if parts is not None else discriminative_parts(len(dataset.classes))
+    if dataset.part_names is None or not set(parts) <= set(dataset.part_names):
+        raise ValueError(f"the data's parts {dataset.part_names} do not include {parts}")
+    columns = [dataset.part_names.index(part) for part in parts]
+    generator = torch.Generator().manual_seed(seed)
+    proposal_distances, random_distances = [], []
+    for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False):
+        images = batch["image"]
+        height, width = images.shape[-2:]
+        with torch.no_grad():
+            boxes = loaded.model(images).part_boxes.float()  # [B, K, 4]
+        keypoints = batch["keypoints"][:, columns]
+        visible = batch["keypoints_visible"][:, columns]
+        proposal_distances.append(proposal_keypoint_distance(boxes, keypoints, visible))
+        sides = (boxes[..., 2:] - boxes[..., :2]).clamp(min=0)
+        limits = torch.tensor([width, height], dtype=torch.float32)
+        for _ in range(random_draws):
+            corner = torch.rand(sides.shape, generator=generator) * (limits - sides).clamp(min=0)
+            random_boxes = torch.cat([corner, corner + sides], dim=-1)
+            random_distances.append(proposal_keypoint_distance(random_boxes, keypoints, visible))
+    proposals = torch.cat(proposal_distances)  # [N, K]
+    randoms = torch.cat(random_distances)
+    return {
+        "parts": parts,
+        "proposal_mean": proposals.nanmean().item(),
+        "random_mean": randoms.nanmean().item(),
+        "ratio": proposals.nanmean().item() / randoms.nanmean().item(),
+        "proposal_per_index": proposals.nanmean(dim=0).tolist(),
+        "random_per_index": randoms.nanmean(dim=0).tolist(),
+        "unit": f"pixels of the {loaded.image_size}x{loaded.image_size} input",
+        "images": int(proposals.isfinite().any(dim=1).sum()),
+    }
+
+
+# The study ----------------------------------------------------------------------------------
+
+
+def run_study(  # noqa: C901, PLR0915 (to split: a job scheduler class)
+    config: str,
+    data_root: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    work_dir: str | os.PathLike,
+    seeds: int = 3,
+    jobs: int = 2,
+    threads: int = 1,
+    overrides: list[str] = (),
+    only: list[str] | None = None,
+) -> dict:
+    """Runs the jobs of :func:`plan` (``jobs`` at a time, each a process with ``threads``
+    torch threads; a job waits for the plain run it starts from) and rewrites the report in
+    ``out_dir`` after each. ``only``: run just these rows. Returns the final report."""
+    from .train import load_config
+
+    if seeds < 1 or jobs < 1 or threads < 1:
+        raise ValueError(
+            f"seeds, jobs and threads must be positive, got {seeds}, {jobs}, {threads}"
+        )
+    base = load_config(config, overrides)
+    out_dir, work_dir = Path(out_dir), Path(work_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    todo = [job for job in plan(base, seeds) if only is None or job.row in only]
+    config_path = work_dir / "base_config.json"
+    config_path.write_text(json.dumps(base, indent=2) + "\n")
+    state = {"done": set(), "failed": set(), "running": set()}
+    for job in todo:
+        if (work_dir / job.name / JOB_FILE).is_file():
+            state["done"].add(job.name)
+    lock = threading.Condition()
+    started = time.perf_counter()
+    total = len(todo)
+
+    def log(message: str) -> None:
+        elapsed = time.perf_counter() - started
+        print(f"[{elapsed / 60:5.1f} min, {len(state['done'])}/{total} done] {message}", flush=True)
+
+    def ready(job: Job) -> bool:
+        return job.init_from is None or job.init_from in state["done"]
+
+    def worker() -> None:
+        while True:
+            with lock:
+                while True:
+                    pending = [
+                        job
+                        for job in todo
+                        if job.name not in state["done"] | state["failed"] | state["running"]
+                    ]
+                    if not pending:
+                        return
+                    blocked = [job for job in pending if job.init_from in state["failed"]]
+                    for job in blocked:
+                        state["failed"].add(job.name)
+                        log(f"{job.name}: skipped, {job.init_from} failed")
+                    runnable = [job for job in pending if job not in blocked and ready(job)]
+                    if runnable:
+                        job = runnable[0]
+                        state["running"].add(job.name)
+                        break
+                    lock.wait()
+            log(f"{job.name}: started")
+            spec = {
+                "name": job.name,
+                "row": job.row,
+                "seed": job.seed,
+                "overrides": job.overrides,
+                "init_from": str(work_dir / job.init_from / "best.pt") if job.init_from else None,
+                "config": str(config_path),
+                "data": str(data_root),
+                "run_dir": str(work_dir / job.name),
+                "threads": threads,
+            }
+            job_start = time.perf_counter()
+            process = subprocess.run(
+                [sys.executable, "-m", "ssanet.ablation", json.dumps(spec)],
+                capture_output=True,
+                text=True,
+            )
+            with lock:
+                state["running"].discard(job.name)
+                if process.returncode == 0:
+                    state["done"].add(job.name)
+                    record = json.loads((work_dir / job.name / JOB_FILE).read_text())
+                    log(
+                        f"{job.name}: top-1 {record['accuracy']['top1']:.4f}, trained in "
+                        f"{record['train_seconds']:.0f} s ({time.perf_counter() - job_start:.0f} s "
+                        "with evaluation)"
+                    )
+                else:
+                    state["failed"].add(job.name)
+                    (work_dir / job.name).mkdir(parents=True, exist_ok=True)
+                    (work_dir / job.name / "error.log").write_text(process.stderr)
+                    log(f"{job.name}: FAILED (rc {process.returncode}): {process.stderr[-800:]}")
+                finished = [j for j in todo if j.name in state["done"]]
+                report(work_dir, out_dir, finished, base)
+                if job.name in ("plain-s0", "full-s0") and {"plain-s0", "full-s0"} <= state["done"]:
+                    prediction_grid(work_dir, data_root, out_dir / "predictions.png")
+                lock.notify_all()
+
+    log(f"{total} runs, {len(state['done'])} already done; {jobs} at a time")
+    threads_ = [threading.Thread(target=worker) for _ in range(jobs)]
+    for thread in threads_:
+        thread.start()
+    for thread in threads_:
+        thread.join()
+    result = report(work_dir, out_dir, [j for j in todo if j.name in state["done"]], base)
+    if {"plain-s0", "full-s0"} <= state["done"]:
+        prediction_grid(work_dir, data_root, out_dir / "predictions.png")
+    log(f"finished; report in {out_dir / 'ablation.md'}")
+    if state["failed"]:
+        log(f"failed or skipped: {sorted(state['failed'])}")
+    return result
+
+
+# The report ---------------------------------------------------------------------------------
+
+
+def _mean_std(values: list[float]) -> tuple[float, float | None]:
+    mean = sum(values) / len(values)
+    if len(values) < 2:
+        return mean, None
+    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+
+
+def _pm(values: list[float], scale: float = 100.0, digits: int = 1) -> str:
+    mean, std = _mean_std(values)
+    text = f"{scale * mean:.{digits}f}"
+    return text if std is None else f"{text} ± {scale * std:.{digits}f}"
+
+
+def _figure(width: float = 6.0, height: float = 4.0):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(width, height), dpi=100)
+    FigureCanvasAgg(figure)
+    return figure
+
+
+def report(work_dir: Path, out_dir: Path, jobs: list[Job], base: dict) -> dict:
+    """Writes the report of the finished ``jobs`` (see the module docstring); returns it."""
+    records = {job.name: json.loads((work_dir / job.name / JOB_FILE).read_text()) for job in jobs}
+    for name, record in records.items():
+        target = out_dir / "runs" / name
+        target.mkdir(parents=True, exist_ok=True)
+        (target / JOB_FILE).write_text(json.dumps(record, indent=2) + "\n")
+        for file in ("log.csv", "training_curves.png", "config.json"):
+            if (work_dir / name / file).is_file():
+                shutil.copyfile(work_dir / name / file, target / file)
+    by_row: dict[str, list[dict]] = {}
+    for record in records.values():
+        by_row.setdefault(record["row"], []).append(record)
+    rows = []
+    for row, _ in ROWS:
+        if row not in by_row:
+            continue
+        runs = sorted(by_row[row], key=lambda record: record["seed"])
+        top1 = [run["accuracy"]["top1"] for run in runs]
+        label = runs[0]["label"]
+        if row == "full_other_features":
+            label += f" (part_features={runs[0]['overrides'][0].split('=')[1]})"
+        rows.append(
+            {
+                "row": row,
+                "method": label,
+                "seeds": [run["seed"] for run in runs],
+                "top1": top1,
+                "top1_mean": _mean_std(top1)[0],
+                "top1_std": _mean_std(top1)[1],
+                "top5": [run["accuracy"]["top5"] for run in runs],
+                "train_seconds": [run["train_seconds"] for run in runs],
+                "best_epoch": [run["best_epoch"] for run in runs],
+                "epochs": runs[0]["epochs"],
+                "heads": {
+                    head: [run["heads"][head]["top1"] for run in runs] for head in runs[0]["heads"]
+                },
+            }
+        )
+    result = {"rows": rows, "runs": records, "base_config": base}
+    lines = [
+        "# Ablation (Table 3), rotation (Table 1), reduced input (Table 2), localization (Fig. 4)",
+        "",
+        "Written by `ssanet ablation --train` (see `ssanet.ablation`); test split, each run's "
+        "`best.pt` as its validation split selected it. Top-1 in %, mean ± sample standard "
+        "deviation over seeds; training time per run in seconds (one torch thread, two runs "
+        "at a time on the 2-core CPU).",
+        "",
+        "## Table 3",
+        "",
+        "| method | seeds | top-1 (%) | per seed | DSM / OP head top-1 | best epoch / epochs "
+        "| training time per run (s) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        heads = ", ".join(f"{head} {_pm(values)}" for head, values in row["heads"].items())
+        lines.append(
+            f"| {row['method']} | {len(row['seeds'])} | {_pm(row['top1'])} | "
+            + " / ".join(f"{100 * value:.1f}" for value in row["top1"])
+            + f" | {heads or '-'} | "
+            + " / ".join(str(epoch) for epoch in row["best_epoch"])
+            + f" of {row['epochs']} | "
+            + " / ".join(f"{seconds:.0f}" for seconds in row["train_seconds"])
+            + " |"
+        )
+    lines += _robustness_sections(by_row)
+    lines += _localization_section(by_row)
+    (out_dir / "ablation.md").write_text("\n".join(lines) + "\n")
+    (out_dir / "ablation.json").write_text(json.dumps(result, indent=2) + "\n")
+    _plots(rows, by_row, out_dir)
+    return result
+
+
+def _robustness_sections(by_row: dict[str, list[dict]]) -> list[str]:
+    compared = [row for row in ("plain", "full") if row in by_row]
+    if not compared:
+        return []
+    label = {row: by_row[row][0]["label"] for row in compared}
+    angles = list(by_row[compared[0]][0]["rotation"])
+    lines = [
+        "",
+        "## Table 1: rotated test images (top-1 %, no rotation in training)",
+        "",
+        "| method | " + " | ".join(f"{float(a):g}°" for a in angles) + " | mean drop at 15-180° |",
+        "|---|" + "---|" * (len(angles) + 1),
+    ]
+    for row in compared:
+        runs = by_row[row]
+        cells = [_pm([run["rotation"][a]["top1"] for run in runs]) for a in angles]
+        drops = [
+            sum(run["rotation"][angles[0]]["top1"] - run["rotation"][a]["top1"] for a in angles[1:])
+            / max(1, len(angles) - 1)
+            for run in runs
+        ]
+        lines.append(f"| {label[row]} | " + " | ".join(cells) + f" | {_pm(drops)} |")
+    reduced = by_row[compared[0]][0]["reduced_input"]
+    lines += [
+        "",
+        f"## Table 2: reduced input ({reduced['size']}x{reduced['size']} padded to "
+        f"{reduced['canvas']}x{reduced['canvas']}; top-1 %)",
+        "",
+        "| method | original | reduced | drop |",
+        "|---|---|---|---|",
+    ]
+    for row in compared:
+        runs = by_row[row]
+        original = [run["reduced_input"]["original"]["top1"] for run in runs]
+        small = [run["reduced_input"]["reduced"]["top1"] for run in runs]
+        drop = [a - b for a, b in zip(original, small, strict=True)]
+        lines.append(f"| {label[row]} | {_pm(original)} | {_pm(small)} | {_pm(drop)} |")
+    return lines
+
+
+def _localization_section(by_row: dict[str, list[dict]]) -> list[str]:
+    located = [
+        (row, run)
+        for row, _ in ROWS
+        for run in sorted(by_row.get(row, []), key=lambda run: run["seed"])
+        if run.get("localization")
+    ]
+    if not located:
+        return []
+    parts = located[0][1]["localization"]["parts"]
+    lines = [
+        "",
+        f"## Fig. 4: proposal centre to the nearest discriminative keypoint ({', '.join(parts)})",
+        "",
+        f"Mean over test images and proposals, in {located[0][1]['localization']['unit']}; "
+        "random: boxes of the proposals' sizes placed uniformly in the image (10 draws each).",
+        "",
+        "| run | proposals | random boxes | ratio | per proposal index |",
+        "|---|---|---|---|---|",
+    ]
+    for _, run in located:
+        value = run["localization"]
+        per_index = " / ".join(f"{d:.1f}" for d in value["proposal_per_index"])
+        lines.append(
+            f"| {run['label']}, seed {run['seed']} | {value['proposal_mean']:.2f} | "
+            f"{value['random_mean']:.2f} | {value['ratio']:.2f} | {per_index} |"
+        )
+    return lines
+
+
+def _plots(rows: list[dict], by_row: dict[str, list[dict]], out_dir: Path) -> None:  # noqa: PLR0915
+    if rows:
+        figure = _figure(max(6.0, 1.3 * len(rows)), 4.5)
+        axis = figure.add_subplot()
+        means = [100 * row["top1_mean"] for row in rows]
+        errors = [100 * (row["top1_std"] or 0.0) for row in rows]
+        bars = axis.bar(range(len(rows)), means, yerr=errors, capsize=4, color="tab:blue")
+        axis.bar_label(bars, fmt="%.1f", fontsize="small", padding=2)
+        names = [row["method"].replace(" + ", "\n+ ").replace(" (", "\n(") for row in rows]
+        axis.set_xticks(range(len(rows)), names, fontsize="x-small")
+        axis.set_ylim(0, 100)
+        axis.set_ylabel("test top-1 (%)")
+        axis.set_title("Table 3: ablation (error bars: std over seeds)")
+        figure.tight_layout()
+        figure.savefig(out_dir / "ablation.png")
+    compared = [row for row in ("plain", "full") if row in by_row]
+    if compared:
+        figure = _figure()
+        axis = figure.add_subplot()
+        for row in compared:
+            runs = by_row[row]
+            angles = list(runs[0]["rotation"])
+            values = [
+                100 * _mean_std([run["rotation"][a]["top1"] for run in runs])[0] for a in angles
+            ]
+            axis.plot([float(a) for a in angles], values, marker="o", label=runs[0]["label"])
+        axis.set_ylim(0, 100)  # from 0: a truncated axis exaggerates the drop
+        axis.set_xlabel("rotation of the test images (degrees)")
+        axis.set_ylabel("test top-1 (%), mean over seeds")
+        axis.set_title("Table 1: rotation")
+        axis.legend(loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=2, fontsize="small")
+        figure.tight_layout()
+        figure.savefig(out_dir / "rotation.png")
+
+        figure = _figure()
+        axis = figure.add_subplot()
+        width = 0.38
+        for offset, row in enumerate(compared):
+            runs = by_row[row]
+            values = [
+                100 * _mean_std([run["reduced_input"][key]["top1"] for run in runs])[0]
+                for key in ("original", "reduced")
+            ]
+            bars = axis.bar(
+                [x + (offset - 0.5) * width for x in (0, 1)], values, width, label=runs[0]["label"]
+            )
+            axis.bar_label(bars, fmt="%.1f", fontsize="small")
+        axis.set_xticks([0, 1], ["original", "reduced and padded"])
+        axis.set_ylim(0, 100)
+        axis.set_ylabel("test top-1 (%), mean over seeds")
+        axis.set_title("Table 2: reduced input")
+        axis.legend(loc="upper right", fontsize="small")
+        figure.tight_layout()
+        figure.savefig(out_dir / "reduced_input.png")
+    located = [run for row, _ in ROWS for run in by_row.get(row, []) if run.get("localization")]
+    if located:
+        figure = _figure(max(6.0, 0.9 * len(located) + 2), 4.5)
+        axis = figure.add_subplot()
+        names = [f"{run['row']} s{run['seed']}" for run in located]
+        positions = range(len(located))
+        axis.bar(
+            [p - 0.2 for p in positions],
+            [run["localization"]["proposal_mean"] for run in located],
+            0.4,
+            label="proposals",
+        )
+        axis.bar(
+            [p + 0.2 for p in positions],
+            [run["localization"]["random_mean"] for run in located],
+            0.4,
+            label="random boxes of the same sizes",
+        )
+        axis.set_xticks(list(positions), names, rotation=30, ha="right", fontsize="small")
+        highest = max(
+            max(run["localization"]["proposal_mean"], run["localization"]["random_mean"])
+            for run in located
+        )
+        axis.set_ylim(0, 1.35 * highest)  # room for the legend above the bars
+        axis.set_ylabel(f"mean distance ({located[0]['localization']['unit']})")
+        axis.set_title("Fig. 4: to the nearest discriminative keypoint")
+        axis.legend(loc="upper right", fontsize="small")
+        figure.tight_layout()
+        figure.savefig(out_dir / "localization.png")
+
+
+def prediction_grid(
+    work_dir: Path, data_root: str | os.PathLike, path: Path, count: int = 6
+) -> None:
+    """``count`` test images of different classes, each twice, upscaled and captioned
+    (:func:`ssanet.predict.draw_parts`): the plain backbone's prediction (seed 0), then
+    SSANet's with its K part boxes, numbered and scored; rows of two such pairs."""
+    import torch
+
+    from .checkpoint import load_checkpoint
+    from .data import build_dataset, eval_transform
+    from .data.transforms import IMAGENET_MEAN, IMAGENET_STD
+    from .predict import draw_parts, picture_grid, write_picture
+
+    plain = load_checkpoint(work_dir / "plain-s0" / "best.pt")
+    full = load_checkpoint(work_dir / "full-s0" / "best.pt")
+    transform = full.extra["transform"]
+    size = lambda value: tuple(value) if isinstance(value, list) else value  # noqa: E731
+    dataset = build_dataset(
+        full.extra["dataset"],
+        data_root,
+        False,
+        eval_transform(size(transform["resize"]), size(transform["crop"])),
+    )
+    classes = len(dataset.classes)
+    labels = list(range(0, classes, max(1, classes // count)))[:count]
+    picked = [dataset.targets.index(label) for label in labels]
+    images = torch.stack([dataset[index]["image"] for index in picked])
+    with torch.no_grad():
+        plain_predicted = plain.model(images).logits.argmax(dim=1).tolist()
+        output = full.model(images)
+    full_predicted = output.logits.argmax(dim=1).tolist()
+    mean = torch.tensor(IMAGENET_MEAN)[:, None, None]
+    std = torch.tensor(IMAGENET_STD)[:, None, None]
+    pixels = ((images * std + mean).clamp(0, 1) * 255).round().to(torch.uint8)
+    pictures = []
+    for column, label in enumerate(labels):
+        truth = f"true: {dataset.classes[label]}"
+        for name, predicted in (("plain", plain_predicted), ("SSANet", full_predicted)):
+            verdict = "right" if predicted[column] == label else "wrong"
+            caption = [f"{name}: {dataset.classes[predicted[column]]} ({verdict})", truth]
+            boxes = scores = None
+            if name == "SSANet":
+                boxes, scores = output.part_boxes[column], output.part_scores[column]
+            pictures.append(draw_parts(pixels[column], boxes, part_scores=scores, caption=caption))
+    write_picture(picture_grid(pictures, columns=4), path)
+
+
+# Command line -------------------------------------------------------------------------------
+
+
+def add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    """The ``ssanet ablation --train`` options (the study); see :func:`run_study`."""
+    parser.add_argument(
+        "--train",
+        default=None,
+        metavar="CONFIG",
+        help="train and evaluate the whole study with this config (e.g. synthetic_fine) "
+        "instead of tabulating RUN_DIRs; needs --data",
+    )
+    parser.add_argument(
+        "--work", type=Path, default=None, help="with --train: the runs' folder (OUT/work)"
+    )
+    parser.add_argument("--seeds", type=int, default=3, help="with --train: seeds (3)")
+    parser.add_argument("--jobs", type=int, default=2, help="with --train: runs at once (2)")
+    parser.add_argument(
+        "--threads", type=int, default=1, help="with --train: torch threads per run (1)"
+    )
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="with --train: change the base config (repeatable)",
+    )
+    parser.add_argument(
+        "--only",
+        nargs="+",
+        default=None,
+        help=f"with --train: only these rows {[r for r, _ in ROWS]}",
+    )
+
+
+def train_command(args: argparse.Namespace) -> int:
+    from .cli import CommandError
+
+    if args.data is None:
+        raise CommandError("ablation --train needs --data")
+    if args.runs:
+        raise CommandError("ablation: give either RUN_DIRs or --train, not both")
+    run_study(
+        args.train,
+        args.data,
+        args.out,
+        args.work if args.work is not None else args.out / "work",
+        seeds=args.seeds,
+        jobs=args.jobs,
+        threads=args.threads,
+        overrides=args.overrides,
+        only=args.only,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    # The worker process of one job: python -m ssanet.ablation '<job spec as JSON>'.
+    run_job(json.loads(sys.argv[1]))
