@@ -14,6 +14,7 @@
 #include <cstdint>
 
 #include "common/macros.h"
+#include "common/running_max.h"
 #include "common/strides.h"
 
 namespace ssanet_ops::oriented_pool {
@@ -28,15 +29,6 @@ struct Geometry {
   SSANET_HOST_DEVICE int64_t patch_length() const { return channels * patch_h * patch_w; }  // L
   SSANET_HOST_DEVICE int64_t orientation_length() const { return grid * patch_length(); }  // G*L
 };
-
-// The contract's running maximum: a strictly larger value replaces the best (so ties keep the
-// lowest index), and a NaN replaces a number (NaN propagates, as in torch.amax) but not an
-// earlier NaN. Bitwise operators, not && and ||: the max of random data is unpredictable, and
-// branch-free selects keep the CPU from mispredicting on every comparison.
-template <typename acc_t>
-SSANET_HOST_DEVICE bool replaces_max(acc_t candidate, acc_t best) {
-  return (candidate > best) | ((candidate != candidate) & (best == best));
-}
 
 // Maximum of the G values line[k * step], k = 0..G-1, and the k that won it.
 template <typename scalar_t, typename acc_t>

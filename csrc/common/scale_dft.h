@@ -41,6 +41,7 @@
 #include <cstdint>
 
 #include "common/macros.h"
+#include "common/running_max.h"
 
 namespace ssanet_ops::scale_dft {
 
@@ -219,13 +220,6 @@ SSANET_HOST_DEVICE void synthesis(const Products& K, bool conjugate, const Twidd
       out(S - j, even - odd);
     }
   }
-}
-
-// The running maximum of torch.max: a strictly larger value replaces the best (so ties keep the
-// lowest shift), and a NaN replaces a number (NaN propagates) but not an earlier NaN.
-template <typename acc_t>
-SSANET_HOST_DEVICE bool replaces_max(acc_t candidate, acc_t best) {
-  return candidate > best || (candidate != candidate && best == best);
 }
 
 // The machine epsilon of the accumulation type, the unit of the tie tolerance below.
