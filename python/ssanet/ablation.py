@@ -246,7 +246,126 @@ def localization(
 # The study ----------------------------------------------------------------------------------
 
 
-def run_study(  # noqa: C901, PLR0915 (to split: a job scheduler class)
+class _JobScheduler:
+    """The state :func:`run_study`'s worker threads share: which jobs are done, failed (or
+    skipped) and running, under one condition lock; each worker takes the next runnable job
+    (:meth:`next_job`), runs it in its own process (:meth:`run_job`) and records it and
+    rewrites the report (:meth:`finish`)."""
+
+    def __init__(
+        self,
+        todo: list[Job],
+        base: dict,
+        config_path: Path,
+        data_root: str | os.PathLike,
+        out_dir: Path,
+        work_dir: Path,
+        threads: int,
+    ) -> None:
+        self.todo = todo
+        self.base = base
+        self.config_path = config_path
+        self.data_root = data_root
+        self.out_dir = out_dir
+        self.work_dir = work_dir
+        self.threads = threads
+        self.done = {job.name for job in todo if (work_dir / job.name / JOB_FILE).is_file()}
+        self.failed: set[str] = set()
+        self.running: set[str] = set()
+        self.lock = threading.Condition()
+        self.started = time.perf_counter()
+
+    def log(self, message: str) -> None:
+        elapsed = time.perf_counter() - self.started
+        print(
+            f"[{elapsed / 60:5.1f} min, {len(self.done)}/{len(self.todo)} done] {message}",
+            flush=True,
+        )
+
+    def finished(self) -> list[Job]:
+        return [job for job in self.todo if job.name in self.done]
+
+    def worker(self) -> None:
+        while (job := self.next_job()) is not None:
+            self.run_job(job)
+
+    def next_job(self) -> Job | None:
+        """The first pending job that starts from nothing or from a done plain run, marked
+        running; None when no job is pending. Jobs whose plain run failed are skipped (marked
+        failed); while every pending job waits for a running one, waits for a job to finish."""
+        with self.lock:
+            while True:
+                pending = [
+                    job
+                    for job in self.todo
+                    if job.name not in self.done | self.failed | self.running
+                ]
+                if not pending:
+                    return None
+                blocked = [job for job in pending if job.init_from in self.failed]
+                for job in blocked:
+                    self.failed.add(job.name)
+                    self.log(f"{job.name}: skipped, {job.init_from} failed")
+                runnable = [
+                    job
+                    for job in pending
+                    if job not in blocked and (job.init_from is None or job.init_from in self.done)
+                ]
+                if runnable:
+                    self.running.add(runnable[0].name)
+                    return runnable[0]
+                self.lock.wait()
+
+    def run_job(self, job: Job) -> None:
+        """Runs ``job`` in its own process (``python -m ssanet.ablation SPEC``), then
+        :meth:`finish`."""
+        self.log(f"{job.name}: started")
+        spec = {
+            "name": job.name,
+            "row": job.row,
+            "seed": job.seed,
+            "overrides": job.overrides,
+            "init_from": str(self.work_dir / job.init_from / "best.pt") if job.init_from else None,
+            "config": str(self.config_path),
+            "data": str(self.data_root),
+            "run_dir": str(self.work_dir / job.name),
+            "threads": self.threads,
+        }
+        job_start = time.perf_counter()
+        process = subprocess.run(
+            [sys.executable, "-m", "ssanet.ablation", json.dumps(spec)],
+            capture_output=True,
+            text=True,
+        )
+        self.finish(job, process, job_start)
+
+    def finish(self, job: Job, process: subprocess.CompletedProcess, job_start: float) -> None:
+        """Records ``job`` as done or failed (its stderr into ``error.log``), rewrites the
+        report (and the predictions once both seed-0 headline runs are done) and wakes the
+        waiting workers."""
+        run_dir = self.work_dir / job.name
+        with self.lock:
+            self.running.discard(job.name)
+            if process.returncode == 0:
+                self.done.add(job.name)
+                record = json.loads((run_dir / JOB_FILE).read_text())
+                self.log(
+                    f"{job.name}: top-1 {record['accuracy']['top1']:.4f}, trained in "
+                    f"{record['train_seconds']:.0f} s ({time.perf_counter() - job_start:.0f} s "
+                    "with evaluation)"
+                )
+            else:
+                self.failed.add(job.name)
+                run_dir.mkdir(parents=True, exist_ok=True)
+                (run_dir / "error.log").write_text(process.stderr)
+                self.log(f"{job.name}: FAILED (rc {process.returncode}): {process.stderr[-800:]}")
+            report(self.work_dir, self.out_dir, self.finished(), self.base)
+            if job.name in ("plain-s0", "full-s0") and {"plain-s0", "full-s0"} <= self.done:
+                prediction_grid(self.work_dir, self.data_root, self.out_dir / "predictions.png")
+            self.lock.notify_all()
+
+
+def run_study(
     config: str,
     data_root: str | os.PathLike,
     out_dir: str | os.PathLike,
@@ -273,93 +392,19 @@ def run_study(  # noqa: C901, PLR0915 (to split: a job scheduler class)
     todo = [job for job in plan(base, seeds) if only is None or job.row in only]
     config_path = work_dir / "base_config.json"
     config_path.write_text(json.dumps(base, indent=2) + "\n")
-    state = {"done": set(), "failed": set(), "running": set()}
-    for job in todo:
-        if (work_dir / job.name / JOB_FILE).is_file():
-            state["done"].add(job.name)
-    lock = threading.Condition()
-    started = time.perf_counter()
-    total = len(todo)
-
-    def log(message: str) -> None:
-        elapsed = time.perf_counter() - started
-        print(f"[{elapsed / 60:5.1f} min, {len(state['done'])}/{total} done] {message}", flush=True)
-
-    def ready(job: Job) -> bool:
-        return job.init_from is None or job.init_from in state["done"]
-
-    def worker() -> None:
-        while True:
-            with lock:
-                while True:
-                    pending = [
-                        job
-                        for job in todo
-                        if job.name not in state["done"] | state["failed"] | state["running"]
-                    ]
-                    if not pending:
-                        return
-                    blocked = [job for job in pending if job.init_from in state["failed"]]
-                    for job in blocked:
-                        state["failed"].add(job.name)
-                        log(f"{job.name}: skipped, {job.init_from} failed")
-                    runnable = [job for job in pending if job not in blocked and ready(job)]
-                    if runnable:
-                        job = runnable[0]
-                        state["running"].add(job.name)
-                        break
-                    lock.wait()
-            log(f"{job.name}: started")
-            spec = {
-                "name": job.name,
-                "row": job.row,
-                "seed": job.seed,
-                "overrides": job.overrides,
-                "init_from": str(work_dir / job.init_from / "best.pt") if job.init_from else None,
-                "config": str(config_path),
-                "data": str(data_root),
-                "run_dir": str(work_dir / job.name),
-                "threads": threads,
-            }
-            job_start = time.perf_counter()
-            process = subprocess.run(
-                [sys.executable, "-m", "ssanet.ablation", json.dumps(spec)],
-                capture_output=True,
-                text=True,
-            )
-            with lock:
-                state["running"].discard(job.name)
-                if process.returncode == 0:
-                    state["done"].add(job.name)
-                    record = json.loads((work_dir / job.name / JOB_FILE).read_text())
-                    log(
-                        f"{job.name}: top-1 {record['accuracy']['top1']:.4f}, trained in "
-                        f"{record['train_seconds']:.0f} s ({time.perf_counter() - job_start:.0f} s "
-                        "with evaluation)"
-                    )
-                else:
-                    state["failed"].add(job.name)
-                    (work_dir / job.name).mkdir(parents=True, exist_ok=True)
-                    (work_dir / job.name / "error.log").write_text(process.stderr)
-                    log(f"{job.name}: FAILED (rc {process.returncode}): {process.stderr[-800:]}")
-                finished = [j for j in todo if j.name in state["done"]]
-                report(work_dir, out_dir, finished, base)
-                if job.name in ("plain-s0", "full-s0") and {"plain-s0", "full-s0"} <= state["done"]:
-                    prediction_grid(work_dir, data_root, out_dir / "predictions.png")
-                lock.notify_all()
-
-    log(f"{total} runs, {len(state['done'])} already done; {jobs} at a time")
-    threads_ = [threading.Thread(target=worker) for _ in range(jobs)]
-    for thread in threads_:
+    scheduler = _JobScheduler(todo, base, config_path, data_root, out_dir, work_dir, threads)
+    scheduler.log(f"{len(todo)} runs, {len(scheduler.done)} already done; {jobs} at a time")
+    workers = [threading.Thread(target=scheduler.worker) for _ in range(jobs)]
+    for thread in workers:
         thread.start()
-    for thread in threads_:
+    for thread in workers:
         thread.join()
-    result = report(work_dir, out_dir, [j for j in todo if j.name in state["done"]], base)
-    if {"plain-s0", "full-s0"} <= state["done"]:
+    result = report(work_dir, out_dir, scheduler.finished(), base)
+    if {"plain-s0", "full-s0"} <= scheduler.done:
         prediction_grid(work_dir, data_root, out_dir / "predictions.png")
-    log(f"finished; report in {out_dir / 'ablation.md'}")
-    if state["failed"]:
-        log(f"failed or skipped: {sorted(state['failed'])}")
+    scheduler.log(f"finished; report in {out_dir / 'ablation.md'}")
+    if scheduler.failed:
+        scheduler.log(f"failed or skipped: {sorted(scheduler.failed)}")
     return result
 
 
@@ -531,89 +576,106 @@ def _localization_section(by_row: dict[str, list[dict]]) -> list[str]:
     return lines
 
 
-def _plots(rows: list[dict], by_row: dict[str, list[dict]], out_dir: Path) -> None:  # noqa: PLR0915
+def _plots(rows: list[dict], by_row: dict[str, list[dict]], out_dir: Path) -> None:
     if rows:
-        figure = _figure(max(6.0, 1.3 * len(rows)), 4.5)
-        axis = figure.add_subplot()
-        means = [100 * row["top1_mean"] for row in rows]
-        errors = [100 * (row["top1_std"] or 0.0) for row in rows]
-        bars = axis.bar(range(len(rows)), means, yerr=errors, capsize=4, color="tab:blue")
-        axis.bar_label(bars, fmt="%.1f", fontsize="small", padding=2)
-        names = [row["method"].replace(" + ", "\n+ ").replace(" (", "\n(") for row in rows]
-        axis.set_xticks(range(len(rows)), names, fontsize="x-small")
-        axis.set_ylim(0, 100)
-        axis.set_ylabel("test top-1 (%)")
-        axis.set_title("Table 3: ablation (error bars: std over seeds)")
-        figure.tight_layout()
-        figure.savefig(out_dir / "ablation.png")
+        _plot_ablation(rows, out_dir)
     compared = [row for row in ("plain", "full") if row in by_row]
     if compared:
-        figure = _figure()
-        axis = figure.add_subplot()
-        for row in compared:
-            runs = by_row[row]
-            angles = list(runs[0]["rotation"])
-            values = [
-                100 * _mean_std([run["rotation"][a]["top1"] for run in runs])[0] for a in angles
-            ]
-            axis.plot([float(a) for a in angles], values, marker="o", label=runs[0]["label"])
-        axis.set_ylim(0, 100)  # from 0: a truncated axis exaggerates the drop
-        axis.set_xlabel("rotation of the test images (degrees)")
-        axis.set_ylabel("test top-1 (%), mean over seeds")
-        axis.set_title("Table 1: rotation")
-        axis.legend(loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=2, fontsize="small")
-        figure.tight_layout()
-        figure.savefig(out_dir / "rotation.png")
-
-        figure = _figure()
-        axis = figure.add_subplot()
-        width = 0.38
-        for offset, row in enumerate(compared):
-            runs = by_row[row]
-            values = [
-                100 * _mean_std([run["reduced_input"][key]["top1"] for run in runs])[0]
-                for key in ("original", "reduced")
-            ]
-            bars = axis.bar(
-                [x + (offset - 0.5) * width for x in (0, 1)], values, width, label=runs[0]["label"]
-            )
-            axis.bar_label(bars, fmt="%.1f", fontsize="small")
-        axis.set_xticks([0, 1], ["original", "reduced and padded"])
-        axis.set_ylim(0, 100)
-        axis.set_ylabel("test top-1 (%), mean over seeds")
-        axis.set_title("Table 2: reduced input")
-        axis.legend(loc="upper right", fontsize="small")
-        figure.tight_layout()
-        figure.savefig(out_dir / "reduced_input.png")
+        _plot_rotation(by_row, compared, out_dir)
+        _plot_reduced_input(by_row, compared, out_dir)
     located = [run for row, _ in ROWS for run in by_row.get(row, []) if run.get("localization")]
     if located:
-        figure = _figure(max(6.0, 0.9 * len(located) + 2), 4.5)
-        axis = figure.add_subplot()
-        names = [f"{run['row']} s{run['seed']}" for run in located]
-        positions = range(len(located))
-        axis.bar(
-            [p - 0.2 for p in positions],
-            [run["localization"]["proposal_mean"] for run in located],
-            0.4,
-            label="proposals",
+        _plot_localization(located, out_dir)
+
+
+def _plot_ablation(rows: list[dict], out_dir: Path) -> None:
+    """Table 3: each row's mean test top-1 with the seeds' standard deviation."""
+    figure = _figure(max(6.0, 1.3 * len(rows)), 4.5)
+    axis = figure.add_subplot()
+    means = [100 * row["top1_mean"] for row in rows]
+    errors = [100 * (row["top1_std"] or 0.0) for row in rows]
+    bars = axis.bar(range(len(rows)), means, yerr=errors, capsize=4, color="tab:blue")
+    axis.bar_label(bars, fmt="%.1f", fontsize="small", padding=2)
+    names = [row["method"].replace(" + ", "\n+ ").replace(" (", "\n(") for row in rows]
+    axis.set_xticks(range(len(rows)), names, fontsize="x-small")
+    axis.set_ylim(0, 100)
+    axis.set_ylabel("test top-1 (%)")
+    axis.set_title("Table 3: ablation (error bars: std over seeds)")
+    figure.tight_layout()
+    figure.savefig(out_dir / "ablation.png")
+
+
+def _plot_rotation(by_row: dict[str, list[dict]], compared: list[str], out_dir: Path) -> None:
+    """Table 1: top-1 against the test images' rotation, mean over seeds."""
+    figure = _figure()
+    axis = figure.add_subplot()
+    for row in compared:
+        runs = by_row[row]
+        angles = list(runs[0]["rotation"])
+        values = [100 * _mean_std([run["rotation"][a]["top1"] for run in runs])[0] for a in angles]
+        axis.plot([float(a) for a in angles], values, marker="o", label=runs[0]["label"])
+    axis.set_ylim(0, 100)  # from 0: a truncated axis exaggerates the drop
+    axis.set_xlabel("rotation of the test images (degrees)")
+    axis.set_ylabel("test top-1 (%), mean over seeds")
+    axis.set_title("Table 1: rotation")
+    axis.legend(loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=2, fontsize="small")
+    figure.tight_layout()
+    figure.savefig(out_dir / "rotation.png")
+
+
+def _plot_reduced_input(by_row: dict[str, list[dict]], compared: list[str], out_dir: Path) -> None:
+    """Table 2: top-1 on the original and the reduced, padded test images, mean over seeds."""
+    figure = _figure()
+    axis = figure.add_subplot()
+    width = 0.38
+    for offset, row in enumerate(compared):
+        runs = by_row[row]
+        values = [
+            100 * _mean_std([run["reduced_input"][key]["top1"] for run in runs])[0]
+            for key in ("original", "reduced")
+        ]
+        bars = axis.bar(
+            [x + (offset - 0.5) * width for x in (0, 1)], values, width, label=runs[0]["label"]
         )
-        axis.bar(
-            [p + 0.2 for p in positions],
-            [run["localization"]["random_mean"] for run in located],
-            0.4,
-            label="random boxes of the same sizes",
-        )
-        axis.set_xticks(list(positions), names, rotation=30, ha="right", fontsize="small")
-        highest = max(
-            max(run["localization"]["proposal_mean"], run["localization"]["random_mean"])
-            for run in located
-        )
-        axis.set_ylim(0, 1.35 * highest)  # room for the legend above the bars
-        axis.set_ylabel(f"mean distance ({located[0]['localization']['unit']})")
-        axis.set_title("Fig. 4: to the nearest discriminative keypoint")
-        axis.legend(loc="upper right", fontsize="small")
-        figure.tight_layout()
-        figure.savefig(out_dir / "localization.png")
+        axis.bar_label(bars, fmt="%.1f", fontsize="small")
+    axis.set_xticks([0, 1], ["original", "reduced and padded"])
+    axis.set_ylim(0, 100)
+    axis.set_ylabel("test top-1 (%), mean over seeds")
+    axis.set_title("Table 2: reduced input")
+    axis.legend(loc="upper right", fontsize="small")
+    figure.tight_layout()
+    figure.savefig(out_dir / "reduced_input.png")
+
+
+def _plot_localization(located: list[dict], out_dir: Path) -> None:
+    """Fig. 4: each run's mean proposal-to-keypoint distance beside the random boxes'."""
+    figure = _figure(max(6.0, 0.9 * len(located) + 2), 4.5)
+    axis = figure.add_subplot()
+    names = [f"{run['row']} s{run['seed']}" for run in located]
+    positions = range(len(located))
+    axis.bar(
+        [p - 0.2 for p in positions],
+        [run["localization"]["proposal_mean"] for run in located],
+        0.4,
+        label="proposals",
+    )
+    axis.bar(
+        [p + 0.2 for p in positions],
+        [run["localization"]["random_mean"] for run in located],
+        0.4,
+        label="random boxes of the same sizes",
+    )
+    axis.set_xticks(list(positions), names, rotation=30, ha="right", fontsize="small")
+    highest = max(
+        max(run["localization"]["proposal_mean"], run["localization"]["random_mean"])
+        for run in located
+    )
+    axis.set_ylim(0, 1.35 * highest)  # room for the legend above the bars
+    axis.set_ylabel(f"mean distance ({located[0]['localization']['unit']})")
+    axis.set_title("Fig. 4: to the nearest discriminative keypoint")
+    axis.legend(loc="upper right", fontsize="small")
+    figure.tight_layout()
+    figure.savefig(out_dir / "localization.png")
 
 
 def prediction_grid(
