@@ -68,11 +68,9 @@ endif()
 if(SSANET_OPS_WITH_CUDA)
   message(STATUS "ssanet_ops: CUDA kernels ON (nvcc ${CMAKE_CUDA_COMPILER_VERSION}, "
                  "architectures ${SSANET_OPS_CUDA_ARCHITECTURES})")
-  set(SSANET_OPS_WITH_CUDA_JSON true)
 elseif(SSANET_OPS_CUDA STREQUAL "on")
   message(FATAL_ERROR "SSANET_OPS_CUDA=on but the CUDA kernels cannot be built: "
                       "${cuda_unavailable_reason}.")
 else()
   message(STATUS "ssanet_ops: CUDA kernels OFF (${cuda_unavailable_reason}); building CPU only")
-  set(SSANET_OPS_WITH_CUDA_JSON false)
 endif()

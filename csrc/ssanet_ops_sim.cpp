@@ -1,13 +1,10 @@
-// The Python module ssanet_ops._sim: the host simulator of the CUDA kernels (issue 9;
-// common/simulation.h). Loading it registers the kernels of every csrc/<op>/sim.cpp as
-// torch.ops.ssanet_ops_sim.*, whose schemas ssanet_ops/testing.py defines as copies of
-// ssanet_ops's. Use it through ssanet_ops.testing.simulate_cuda(). The module's own functions
-// expose the launch geometry of common/launch.h and run the simulator's self-tests.
+// The simulator's op library (issue 9; common/simulation.h): loading it registers the kernels
+// of every csrc/<op>/sim.cpp as torch.ops.ssanet_ops_sim.*, whose schemas ssanet_ops/testing.py
+// defines as copies of ssanet_ops's. Use it through ssanet_ops.testing.simulate_cuda(). This
+// file adds the ops that expose the launch geometry of common/launch.h and run the simulator's
+// self-tests (ssanet_ops.testing.load_simulator() wraps them).
 
-#include <Python.h>
-#include <pybind11/pybind11.h>
-#include <pybind11/stl.h>
-
+#include <tuple>
 #include <vector>
 
 #include "common/launch.h"
@@ -36,12 +33,21 @@ __global__ void barrier_kernel(int* out, int* poison, bool divergent) {
   out[global] = values[neighbour] == dynamic[neighbour] ? values[neighbour] : -1;
 }
 
-std::vector<std::vector<int>> barrier_exchange(unsigned int blocks, unsigned int threads,
-                                               bool divergent) {
-  std::vector<int> out(size_t{blocks} * threads, -2), poison(out.size());
-  gpu::launch(barrier_kernel, blocks, threads, threads * sizeof(int), gpu::Stream{}, out.data(),
-              poison.data(), divergent);
-  return {out, poison};
+// An int32 CPU tensor holding `values`.
+Tensor int_tensor(const std::vector<int>& values) {
+  Tensor tensor = torch::stable::empty({static_cast<int64_t>(values.size())}, ScalarType::Int);
+  std::copy(values.begin(), values.end(), tensor.mutable_data_ptr<int>());
+  return tensor;
+}
+
+std::tuple<Tensor, Tensor> barrier_exchange(int64_t blocks, int64_t threads, bool divergent) {
+  SSANET_CHECK(blocks >= 0 && threads >= 0 && blocks * threads <= (int64_t{1} << 24),
+               "barrier_exchange: blocks and threads must be small non-negative ints");
+  std::vector<int> out(blocks * threads, -2), poison(out.size());
+  gpu::launch(barrier_kernel, static_cast<unsigned int>(blocks),
+              static_cast<unsigned int>(threads), threads * sizeof(int), gpu::Stream{},
+              out.data(), poison.data(), divergent);
+  return {int_tensor(out), int_tensor(poison)};
 }
 
 // The order in which the threads of the grid reached an atomicAdd.
@@ -49,20 +55,25 @@ __global__ void atomic_order_kernel(int* counter, int* order) {
   order[atomicAdd(counter, 1)] = static_cast<int>(blockIdx.x * blockDim.x + threadIdx.x);
 }
 
-std::vector<int> atomic_order(unsigned int blocks, unsigned int threads) {
+Tensor atomic_order(int64_t blocks, int64_t threads) {
+  SSANET_CHECK(blocks >= 1 && threads >= 1 && blocks * threads <= (int64_t{1} << 24),
+               "atomic_order: blocks and threads must be small positive ints");
   int counter = 0;
-  std::vector<int> order(size_t{blocks} * threads, -1);
-  gpu::launch(atomic_order_kernel, blocks, threads, 0, gpu::Stream{}, &counter, order.data());
-  return order;
+  std::vector<int> order(blocks * threads, -1);
+  gpu::launch(atomic_order_kernel, static_cast<unsigned int>(blocks),
+              static_cast<unsigned int>(threads), 0, gpu::Stream{}, &counter, order.data());
+  return int_tensor(order);
 }
 
 // a * b + c in one statement: nvcc contracts it into an FMA (one rounding), and so must the
 // simulator where the host has FMA instructions.
 __global__ void multiply_add_kernel(float a, float b, float c, float* out) { *out = a * b + c; }
 
-float multiply_add(float a, float b, float c) {
+// In float32 (the schema's float is a double on both sides).
+double multiply_add(double a, double b, double c) {
   float out = 0;
-  gpu::launch(multiply_add_kernel, 1, 1, 0, gpu::Stream{}, a, b, c, &out);
+  gpu::launch(multiply_add_kernel, 1, 1, 0, gpu::Stream{}, static_cast<float>(a),
+              static_cast<float>(b), static_cast<float>(c), &out);
   return out;
 }
 
@@ -72,34 +83,44 @@ constexpr bool kHostFma = true;
 constexpr bool kHostFma = false;
 #endif
 
+bool host_fma() { return kHostFma; }
+
+std::tuple<int64_t, int64_t, int64_t> grid_stride_of(int64_t count) {
+  const GridStride launch = grid_stride(count);
+  return {launch.blocks, launch.threads, launch.int32_index ? 32 : 64};
+}
+
+int64_t set_int32_index_limit(int64_t limit) { return gpu::sim::index_limit.exchange(limit); }
+
 }  // namespace
+
+// The schemas of these ops are this library's own (the kernels' schemas come from Python).
+STABLE_TORCH_LIBRARY_FRAGMENT(ssanet_ops_sim, m) {
+  // The launch of a grid-stride loop over `count` items that every kernel uses
+  // (common/launch.h): (blocks, threads, index bits).
+  m.def("_grid_stride(int count) -> (int, int, int)");
+  // Sets the largest index a simulated launch may form in int32 (2**31 - 1 on a GPU); returns
+  // the previous limit.
+  m.def("_set_int32_index_limit(int limit) -> int");
+  // Self-test of __syncthreads and shared memory: (values read from the neighbour, dynamic
+  // shared memory before the block wrote it).
+  m.def("_barrier_exchange(int blocks, int threads, bool divergent) -> (Tensor, Tensor)");
+  // Self-test of contraction: a * b + c in a kernel, in float32.
+  m.def("_multiply_add(float a, float b, float c) -> float");
+  // Whether the simulator was compiled with the host's FMA instructions.
+  m.def("_host_fma() -> bool");
+  // Self-test of atomicAdd: the order in which the grid's threads reached it.
+  m.def("_atomic_order(int blocks, int threads) -> Tensor");
+}
+
+STABLE_TORCH_LIBRARY_IMPL(ssanet_ops_sim, CompositeExplicitAutograd, m) {
+  m.impl("_grid_stride", TORCH_BOX(&grid_stride_of));
+  m.impl("_set_int32_index_limit", TORCH_BOX(&set_int32_index_limit));
+  m.impl("_barrier_exchange", TORCH_BOX(&barrier_exchange));
+  m.impl("_multiply_add", TORCH_BOX(&multiply_add));
+  m.impl("_host_fma", TORCH_BOX(&host_fma));
+  m.impl("_atomic_order", TORCH_BOX(&atomic_order));
+}
+
 }  // namespace ssanet_ops::simulator_checks
 
-PYBIND11_MODULE(_sim, m) {
-  namespace checks = ssanet_ops::simulator_checks;
-  m.doc() = "The CUDA kernels compiled for the host simulator; see ssanet_ops.testing";
-  m.def(
-      "grid_stride",
-      [](int64_t count) {
-        const ssanet_ops::GridStride launch = ssanet_ops::grid_stride(count);
-        return pybind11::make_tuple(launch.blocks, launch.threads,
-                                    launch.int32_index ? 32 : 64);
-      },
-      pybind11::arg("count"),
-      "The launch of a grid-stride loop over `count` items that every kernel uses "
-      "(common/launch.h): (blocks, threads, index bits).");
-  m.def(
-      "set_int32_index_limit",
-      [](int64_t limit) { return ssanet_ops::gpu::sim::index_limit.exchange(limit); },
-      pybind11::arg("limit"),
-      "Sets the largest index a simulated launch may form in int32 (2**31 - 1 on a GPU); "
-      "returns the previous limit.");
-  m.def("barrier_exchange", &checks::barrier_exchange, pybind11::arg("blocks"),
-        pybind11::arg("threads"), pybind11::arg("divergent") = false,
-        "Self-test of __syncthreads and shared memory: (values read from the neighbour, "
-        "dynamic shared memory before the block wrote it).");
-  m.def("multiply_add", &checks::multiply_add, "Self-test of contraction: a * b + c in a kernel.");
-  m.attr("host_fma") = checks::kHostFma;
-  m.def("atomic_order", &checks::atomic_order, pybind11::arg("blocks"), pybind11::arg("threads"),
-        "Self-test of atomicAdd: the order in which the grid's threads reached it.");
-}

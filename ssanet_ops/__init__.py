@@ -37,16 +37,18 @@ __version__: str = _C.build_info()["version"]
 
 
 def build_info() -> dict:
-    """How the compiled extension was built.
+    """How the compiled operators were built.
 
-    Returns a dict with ``version``, ``torch_version`` (the torch it was compiled against),
-    ``cuda`` (whether the CUDA kernels are compiled in), ``cuda_version``,
+    Returns a dict with ``version``; ``torch_version`` (the torch whose headers it was compiled
+    with) and ``target_torch_version`` (the oldest torch it runs on: it uses that torch's
+    stable ABI only); ``cuda`` (whether the CUDA kernels are compiled in), ``cuda_version``,
     ``cuda_architectures`` (a list such as ``["90-real"]``), ``cxx_compiler``,
-    ``cuda_compiler`` and ``cuda_simulator`` (whether the host simulator of the CUDA kernels,
-    ``ssanet_ops.testing.simulate_cuda``, is built).
+    ``cuda_compiler``; ``cuda_simulator`` (whether the host simulator of the CUDA kernels,
+    ``ssanet_ops.testing.simulate_cuda``, is built); and the file names of the op libraries
+    (``cpu_library``, ``cuda_library``, ``simulator_library``; None where not built).
     """
     info = dict(_C.build_info())
-    info["cuda_simulator"] = _extension.simulator_built()
+    info["cuda_simulator"] = info["simulator_library"] is not None
     if info["cuda_architectures"] is not None:
         info["cuda_architectures"] = info["cuda_architectures"].split(",")
     return info

@@ -1,7 +1,7 @@
 """Testing helpers: run the CUDA kernels' own code on the CPU.
 
 The CUDA kernels are also compiled for a host simulator of CUDA (``csrc/common/simulation.h``),
-built into ``ssanet_ops._sim`` unless the build had ``SSANET_OPS_SIM=off``
+built into the op library ``libssanet_ops_sim.so`` unless the build had ``SSANET_OPS_SIM=off``
 (``ssanet_ops.build_info()["cuda_simulator"]``). It registers them as
 ``torch.ops.ssanet_ops_sim.*``, with the schemas of ``torch.ops.ssanet_ops.*``, and
 :func:`simulate_cuda` routes the ops' CPU calls to them, so that the CUDA code is tested
@@ -11,9 +11,7 @@ against the same assertions as the CPU kernels on machines without a GPU.
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import os
-import sys
 from collections.abc import Iterator
 
 import torch
@@ -27,7 +25,7 @@ class NotSimulatedError(NotImplementedError):
     """An op called inside :func:`simulate_cuda` whose CUDA kernels are not simulated yet."""
 
 
-_simulator = None  # ssanet_ops._sim once loaded
+_simulator = None  # the Simulator once its library is loaded
 _schemas = None  # the torch.library.Library that defines ssanet_ops_sim's schemas
 _active = None  # the Library that routes ssanet_ops's CPU kernels while simulate_cuda() runs
 _depth = 0
@@ -53,19 +51,45 @@ def simulator_available() -> bool:
     return _extension.simulator_built() or bool(os.environ.get("SSANET_OPS_SIM_LIBRARY"))
 
 
-def _import_simulator():
-    path = os.environ.get("SSANET_OPS_SIM_LIBRARY")
-    if not path:
-        return importlib.import_module("ssanet_ops._sim")
-    spec = importlib.util.spec_from_file_location("ssanet_ops._sim", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    sys.modules["ssanet_ops._sim"] = module
-    return module
+class Simulator:
+    """The simulator's own ops (csrc/ssanet_ops_sim.cpp): the launch geometry every kernel uses,
+    and self-tests of the simulated CUDA runtime."""
+
+    _ops = getattr(torch.ops, SIM_NAMESPACE)
+
+    def grid_stride(self, count: int) -> tuple[int, int, int]:
+        """(blocks, threads, index bits) of a grid-stride loop over `count` items
+        (common/launch.h)."""
+        return tuple(self._ops._grid_stride(count))
+
+    def set_int32_index_limit(self, limit: int) -> int:
+        """Sets the largest index a simulated launch may form in int32; returns the previous."""
+        return self._ops._set_int32_index_limit(limit)
+
+    def barrier_exchange(
+        self, blocks: int, threads: int, divergent: bool = False
+    ) -> tuple[list[int], list[int]]:
+        """Self-test of __syncthreads and shared memory: (values read from the neighbour,
+        dynamic shared memory before the block wrote it)."""
+        values, poison = self._ops._barrier_exchange(blocks, threads, divergent)
+        return values.tolist(), poison.tolist()
+
+    def multiply_add(self, a: float, b: float, c: float) -> float:
+        """Self-test of contraction: a * b + c in a kernel, in float32."""
+        return self._ops._multiply_add(a, b, c)
+
+    @property
+    def host_fma(self) -> bool:
+        """Whether the simulator runs the host's FMA instructions (nvcc's contraction)."""
+        return self._ops._host_fma()
+
+    def atomic_order(self, blocks: int, threads: int) -> list[int]:
+        """Self-test of atomicAdd: the order in which the grid's threads reached it."""
+        return self._ops._atomic_order(blocks, threads).tolist()
 
 
-def load_simulator():
-    """Loads ssanet_ops._sim, the simulated kernels, after defining their schemas (from
+def load_simulator() -> Simulator:
+    """Loads the simulator's op library after defining its kernels' schemas (from
     ``SSANET_OPS_SIM_LIBRARY`` when that names a file)."""
     global _simulator, _schemas
     if _simulator is None:
@@ -81,7 +105,9 @@ def load_simulator():
             schema = str(getattr(torch.ops.ssanet_ops, name).default._schema)
             schemas.define(schema.removeprefix("ssanet_ops::"))
         _schemas = schemas
-        _simulator = _import_simulator()
+        path = os.environ.get("SSANET_OPS_SIM_LIBRARY") or _extension.simulator_library()
+        torch.ops.load_library(str(path))
+        _simulator = Simulator()
     return _simulator
 
 

@@ -3,7 +3,7 @@
 // (docs/operators.md section 4; issue 12 item 7): a size check whose product or sum overflows int64
 // passes for hostile arguments and lets a kernel index out of bounds. Write the checked
 // expression with Checked and compare it; an overflow anywhere fails every comparison:
-//   TORCH_CHECK(Checked(grid - 1) * stride + patch <= height, ...)
+//   SSANET_CHECK(Checked(grid - 1) * stride + patch <= height, ...)
 
 #include <cstdint>
 

@@ -33,11 +33,11 @@
 //      Half, BFloat16), the deterministic/atomic choice. Everything in the header is a template
 //      or inline (it is compiled into two translation units).
 //   2. csrc/<op>/cuda.cu: includes kernels.cuh, adds the device guard and the current stream,
-//      registers TORCH_LIBRARY_IMPL(ssanet_ops, CUDA, m).
+//      registers STABLE_TORCH_LIBRARY_IMPL(ssanet_ops, CUDA, m) (the CUDA op library).
 //   3. csrc/<op>/sim.cpp: includes kernels.cuh, registers the same entry points with
-//      gpu::Stream{} as TORCH_LIBRARY_IMPL(ssanet_ops_sim, CPU, m), one per op of the op's
-//      schemas (ssanet_ops/testing.py defines ssanet_ops_sim's schemas as copies of ssanet_ops's).
-//      CMake picks up csrc/*/sim*.cpp; no other change is needed.
+//      gpu::Stream{} as STABLE_TORCH_LIBRARY_IMPL(ssanet_ops_sim, CPU, m), one per op of the
+//      op's schemas (ssanet_ops/testing.py defines ssanet_ops_sim's schemas as copies of
+//      ssanet_ops's). CMake picks up csrc/*/sim*.cpp into the simulator's op library.
 //   4. Tests: use the `device` fixture (cpu, cuda, sim) or `cuda_device` (cuda, sim) of
 //      tests/conftest.py; a test that needs CPU and CUDA results side by side uses
 //      `cuda_target` (a context: `with cuda_target: ...` runs the CUDA kernels).
@@ -48,9 +48,11 @@
 #include <limits>
 #include <utility>
 
+#include "common/stable.h"
+
 #if defined(__CUDACC__)
 
-#include <c10/cuda/CUDAException.h>
+#include <cuda_runtime.h>
 
 namespace ssanet_ops::gpu {
 
@@ -68,7 +70,8 @@ template <typename... Params, typename... Args>
 void launch(void (*kernel)(Params...), dim3 grid, dim3 block, size_t shared_bytes, Stream stream,
             Args&&... args) {
   kernel<<<grid, block, shared_bytes, stream>>>(std::forward<Args>(args)...);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  const cudaError_t error = cudaGetLastError();
+  SSANET_CHECK(error == cudaSuccess, "CUDA kernel launch failed: ", cudaGetErrorString(error));
 }
 
 // The largest index an int32-indexed launch may form (common/launch.h).
@@ -78,7 +81,6 @@ constexpr int64_t int32_index_limit() { return std::numeric_limits<int32_t>::max
 
 #elif defined(SSANET_OPS_SIMULATION)
 
-#include <c10/util/Exception.h>
 #include <sys/mman.h>
 #include <ucontext.h>
 
@@ -220,7 +222,7 @@ inline void to_scheduler(Fiber& self) {
 inline Fiber::Fiber() {
   stack = mmap(nullptr, kStackBytes, PROT_READ | PROT_WRITE,
                MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-  TORCH_CHECK(stack != MAP_FAILED, "CUDA simulator: cannot map a fiber stack");
+  SSANET_CHECK(stack != MAP_FAILED, "CUDA simulator: cannot map a fiber stack");
   mprotect(stack, 4096, PROT_NONE);  // a guard page: a kernel that overflows the stack faults
   getcontext(&context);
   context.uc_stack.ss_sp = stack;
@@ -231,7 +233,7 @@ inline Fiber::Fiber() {
 
 inline void syncthreads() {
   Fiber* self = runtime.running;
-  TORCH_CHECK(self != nullptr, "CUDA simulator: __syncthreads() outside a kernel");
+  SSANET_CHECK(self != nullptr, "CUDA simulator: __syncthreads() outside a kernel");
   self->at_barrier = true;
   to_scheduler(*self);
 }
@@ -274,9 +276,9 @@ inline void run_block(BlockRun& block) {
     if (waiting.empty()) {
       return;
     }
-    TORCH_CHECK(block.finished == 0, "CUDA simulator: ", block.finished, " of ",
-                block.order.size(), " threads of block (", blockIdx.x, ", ", blockIdx.y, ", ",
-                blockIdx.z, ") exited while the others wait at __syncthreads()");
+    SSANET_CHECK(block.finished == 0, "CUDA simulator: ", block.finished, " of ",
+                 block.order.size(), " threads of block (", blockIdx.x, ", ", blockIdx.y, ", ",
+                 blockIdx.z, ") exited while the others wait at __syncthreads()");
     // Every thread is at the barrier: open it, resuming them in a new order.
     std::vector<std::unique_ptr<Fiber>> released = std::move(waiting);
     waiting.clear();
@@ -289,19 +291,19 @@ inline void run_block(BlockRun& block) {
 
 inline void check_launch(dim3 grid, dim3 block, size_t shared_bytes) {
   const uint64_t threads = uint64_t{block.x} * block.y * block.z;
-  TORCH_CHECK(grid.x >= 1 && grid.x <= 2147483647u && grid.y >= 1 && grid.y <= 65535 &&
-                  grid.z >= 1 && grid.z <= 65535,
-              "CUDA simulator: invalid grid (", grid.x, ", ", grid.y, ", ", grid.z, ")");
-  TORCH_CHECK(threads >= 1 && threads <= 1024 && block.z <= 64,
-              "CUDA simulator: invalid block (", block.x, ", ", block.y, ", ", block.z, ")");
-  TORCH_CHECK(shared_bytes <= 48 * 1024, "CUDA simulator: ", shared_bytes,
-              " bytes of dynamic shared memory exceed the 48 KiB a launch gets by default");
+  SSANET_CHECK(grid.x >= 1 && grid.x <= 2147483647u && grid.y >= 1 && grid.y <= 65535 &&
+                   grid.z >= 1 && grid.z <= 65535,
+               "CUDA simulator: invalid grid (", grid.x, ", ", grid.y, ", ", grid.z, ")");
+  SSANET_CHECK(threads >= 1 && threads <= 1024 && block.z <= 64,
+               "CUDA simulator: invalid block (", block.x, ", ", block.y, ", ", block.z, ")");
+  SSANET_CHECK(shared_bytes <= 48 * 1024, "CUDA simulator: ", shared_bytes,
+               " bytes of dynamic shared memory exceed the 48 KiB a launch gets by default");
 }
 
 inline void run_grid(dim3 grid, dim3 block, size_t shared_bytes,
                      const std::function<void()>& body) {
   check_launch(grid, block, shared_bytes);
-  TORCH_CHECK(runtime.block == nullptr, "CUDA simulator: a kernel launched a kernel");
+  SSANET_CHECK(runtime.block == nullptr, "CUDA simulator: a kernel launched a kernel");
   gridDim = grid;
   blockDim = block;
   runtime.dynamic_shared.resize(shared_bytes);

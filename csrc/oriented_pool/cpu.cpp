@@ -5,12 +5,7 @@
 // common/oriented_pool.h and are the ones the CUDA kernels run per element; the summation order
 // of the backward is the CUDA kernel's too (row maxima then column maxima, patches in row-major
 // order), so both devices round the same way. float16 and bfloat16 are held in float32
-// (at::opmath_type) inside the per-thread buffers, so their gradients accumulate in float32.
-
-#include <ATen/Dispatch.h>
-#include <ATen/OpMathType.h>
-#include <ATen/Parallel.h>
-#include <torch/library.h>
+// (opmath_t) inside the per-thread buffers, so their gradients accumulate in float32.
 
 #include <algorithm>
 #include <vector>
@@ -55,10 +50,8 @@ void block_line_max(const scalar_t* __restrict first, int64_t line_step, int64_t
   }
 }
 
-std::tuple<at::Tensor, at::Tensor> oriented_pool_forward_cpu(const at::Tensor& x,
-                                                             at::IntArrayRef patch_size,
-                                                             int64_t grid_size,
-                                                             at::IntArrayRef stride) {
+std::tuple<Tensor, Tensor> oriented_pool_forward_cpu(const Tensor& x, IntArrayRef patch_size,
+                                                     int64_t grid_size, IntArrayRef stride) {
   const Geometry g = check_forward_args(x, patch_size, grid_size, stride);
   check_floating_dtype(x, "x", "oriented_pool");
   auto [out, argmax] = allocate_outputs(x, g);
@@ -72,16 +65,15 @@ std::tuple<at::Tensor, at::Tensor> oriented_pool_forward_cpu(const at::Tensor& x
   const int64_t area = g.patch_area();
   const int64_t cells = g.grid * area;
 
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(),
-                                  "oriented_pool_forward_cpu", [&] {
-    using acc_t = at::opmath_type<scalar_t>;
+  SSANET_DISPATCH_FLOATING_TYPES(x.scalar_type(), "oriented_pool_forward_cpu", [&] {
+    using acc_t = opmath_t<scalar_t>;
     const int64_t block = channel_block(g, sizeof(acc_t));
     const int64_t blocks_per_sample = (g.channels + block - 1) / block;
     const scalar_t* x_data = x.const_data_ptr<scalar_t>();
     scalar_t* out_data = out.mutable_data_ptr<scalar_t>();
     uint8_t* argmax_data = argmax.mutable_data_ptr<uint8_t>();
 
-    at::parallel_for(0, batch * blocks_per_sample, 1, [&](int64_t begin, int64_t end) {
+    parallel_for(0, batch * blocks_per_sample, 1, [&](int64_t begin, int64_t end) {
       std::vector<acc_t> transposed(g.height * g.width * block);  // [H][W][block]
       CellBlock<acc_t, uint8_t> rows(cells, block), columns(cells, block);  // p_k, q_k
       for (int64_t item = begin; item < end; ++item) {
@@ -143,14 +135,13 @@ std::tuple<at::Tensor, at::Tensor> oriented_pool_forward_cpu(const at::Tensor& x
   return {out, argmax};
 }
 
-at::Tensor oriented_pool_backward_cpu(const at::Tensor& grad_output, const at::Tensor& argmax,
-                                      at::IntArrayRef patch_size, int64_t grid_size,
-                                      at::IntArrayRef stride, int64_t batch, int64_t channels,
-                                      int64_t height, int64_t width) {
+Tensor oriented_pool_backward_cpu(const Tensor& grad_output, const Tensor& argmax,
+                                  IntArrayRef patch_size, int64_t grid_size, IntArrayRef stride,
+                                  int64_t batch, int64_t channels, int64_t height, int64_t width) {
   const Geometry g = check_backward_args(grad_output, argmax, patch_size, grid_size, stride,
                                          batch, channels, height, width);
   check_floating_dtype(grad_output, "grad_output", "oriented_pool backward");
-  at::Tensor grad_input = at::empty({batch, channels, height, width}, grad_output.options());
+  Tensor grad_input = empty_like_device(grad_output, {batch, channels, height, width});
   if (grad_input.numel() == 0) {
     return grad_input;
   }
@@ -169,9 +160,8 @@ at::Tensor oriented_pool_backward_cpu(const at::Tensor& grad_output, const at::T
     covering_patches(x, g.patch_w, g.stride_w, g.grid, first_column[x], last_column[x]);
   }
 
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad_output.scalar_type(),
-                                  "oriented_pool_backward_cpu", [&] {
-    using acc_t = at::opmath_type<scalar_t>;
+  SSANET_DISPATCH_FLOATING_TYPES(grad_output.scalar_type(), "oriented_pool_backward_cpu", [&] {
+    using acc_t = opmath_t<scalar_t>;
     const int64_t block = channel_block(g, sizeof(acc_t));
     const int64_t blocks_per_sample = (channels + block - 1) / block;
     const scalar_t* grad_data = grad_output.const_data_ptr<scalar_t>();
@@ -183,7 +173,7 @@ at::Tensor oriented_pool_backward_cpu(const at::Tensor& grad_output, const at::T
 
     // Each work item owns its (sample, channel block) of grad_input: no races, and a fixed
     // summation order, so the result is deterministic.
-    at::parallel_for(0, batch * blocks_per_sample, 1, [&](int64_t begin, int64_t end) {
+    parallel_for(0, batch * blocks_per_sample, 1, [&](int64_t begin, int64_t end) {
       // Per cell and channel: the gradient reaching p_k (orientations 0 and 2) or q_k (1 and
       // 3), and the grid index that won it, held as acc_t so that comparing it and selecting
       // the gradient is one vectorizable loop of a single type.
@@ -254,9 +244,9 @@ at::Tensor oriented_pool_backward_cpu(const at::Tensor& grad_output, const at::T
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(ssanet_ops, CPU, m) {
-  m.impl("oriented_pool", &oriented_pool_forward_cpu);
-  m.impl("_oriented_pool_backward", &oriented_pool_backward_cpu);
+STABLE_TORCH_LIBRARY_IMPL(ssanet_ops, CPU, m) {
+  m.impl("oriented_pool", TORCH_BOX(&oriented_pool_forward_cpu));
+  m.impl("_oriented_pool_backward", TORCH_BOX(&oriented_pool_backward_cpu));
 }
 
 }  // namespace ssanet_ops::oriented_pool

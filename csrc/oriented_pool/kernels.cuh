@@ -4,11 +4,6 @@
 // common/oriented_pool.h. Compiled by nvcc into cuda.cu and by the host compiler into sim.cpp
 // (common/simulation.h); the entry points at the end do what both share.
 
-#include <ATen/Dispatch.h>
-#include <ATen/OpMathType.h>
-#include <ATen/core/Tensor.h>
-#include <ATen/ops/empty.h>
-
 #include <tuple>
 
 #include "common/launch.h"
@@ -24,7 +19,7 @@ template <typename scalar_t, typename index_t>
 __global__ void forward_kernel(const scalar_t* __restrict__ x, Strides4 x_strides, Geometry g,
                                index_t cells, scalar_t* __restrict__ out,
                                uint8_t* __restrict__ argmax) {
-  using acc_t = at::opmath_type<scalar_t>;
+  using acc_t = opmath_t<scalar_t>;
   const index_t L = g.patch_length();
   const index_t grid = g.grid, patch_w = g.patch_w, patch_h = g.patch_h;
   for (index_t cell = blockIdx.x * blockDim.x + threadIdx.x; cell < cells;
@@ -48,7 +43,7 @@ __global__ void backward_kernel(const scalar_t* __restrict__ grad_output, int64_
                                 int64_t grad_stride_o, int64_t grad_stride_l,
                                 const uint8_t* __restrict__ argmax, Geometry g, index_t elements,
                                 scalar_t* __restrict__ grad_input) {
-  using acc_t = at::opmath_type<scalar_t>;
+  using acc_t = opmath_t<scalar_t>;
   const index_t width = g.width, height = g.height, channels = g.channels;
   for (index_t element = blockIdx.x * blockDim.x + threadIdx.x; element < elements;
        element += gridDim.x * blockDim.x) {
@@ -65,7 +60,7 @@ __global__ void backward_kernel(const scalar_t* __restrict__ grad_output, int64_
 // ---- launchers ----
 
 template <typename scalar_t>
-void launch_forward(const at::Tensor& x, const Geometry& g, at::Tensor& out, at::Tensor& argmax,
+void launch_forward(const Tensor& x, const Geometry& g, Tensor& out, Tensor& argmax,
                     gpu::Stream stream) {
   const int64_t cells = x.size(0) * g.orientation_length();
   const GridStride launch = grid_stride(cells);
@@ -78,8 +73,8 @@ void launch_forward(const at::Tensor& x, const Geometry& g, at::Tensor& out, at:
 }
 
 template <typename scalar_t>
-void launch_backward(const at::Tensor& grad_output, const at::Tensor& argmax, const Geometry& g,
-                     at::Tensor& grad_input, gpu::Stream stream) {
+void launch_backward(const Tensor& grad_output, const Tensor& argmax, const Geometry& g,
+                     Tensor& grad_input, gpu::Stream stream) {
   const int64_t elements = grad_input.numel();
   const GridStride launch = grid_stride(elements);
   with_index_type(launch, [&](auto index_type) {
@@ -93,31 +88,30 @@ void launch_backward(const at::Tensor& grad_output, const at::Tensor& argmax, co
 
 // ---- entry points: the ops' schemas, on tensors of the kernels' device ----
 
-inline std::tuple<at::Tensor, at::Tensor> forward(const at::Tensor& x,
-                                                  at::IntArrayRef patch_size, int64_t grid_size,
-                                                  at::IntArrayRef stride, gpu::Stream stream) {
+inline std::tuple<Tensor, Tensor> forward(const Tensor& x, IntArrayRef patch_size,
+                                          int64_t grid_size, IntArrayRef stride,
+                                          gpu::Stream stream) {
   const Geometry g = check_forward_args(x, patch_size, grid_size, stride);
   auto [out, argmax] = allocate_outputs(x, g);
   if (out.numel() == 0) {
     return {out, argmax};
   }
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "oriented_pool",
-                                  [&] { launch_forward<scalar_t>(x, g, out, argmax, stream); });
+  SSANET_DISPATCH_FLOATING_TYPES(x.scalar_type(), "oriented_pool",
+                                 [&] { launch_forward<scalar_t>(x, g, out, argmax, stream); });
   return {out, argmax};
 }
 
-inline at::Tensor backward(const at::Tensor& grad_output, const at::Tensor& argmax,
-                           at::IntArrayRef patch_size, int64_t grid_size, at::IntArrayRef stride,
-                           int64_t batch, int64_t channels, int64_t height, int64_t width,
-                           gpu::Stream stream) {
+inline Tensor backward(const Tensor& grad_output, const Tensor& argmax, IntArrayRef patch_size,
+                       int64_t grid_size, IntArrayRef stride, int64_t batch, int64_t channels,
+                       int64_t height, int64_t width, gpu::Stream stream) {
   const Geometry g = check_backward_args(grad_output, argmax, patch_size, grid_size, stride,
                                          batch, channels, height, width);
-  at::Tensor grad_input = at::empty({batch, channels, height, width}, grad_output.options());
+  Tensor grad_input = empty_like_device(grad_output, {batch, channels, height, width});
   if (grad_input.numel() == 0) {
     return grad_input;
   }
-  AT_DISPATCH_FLOATING_TYPES_AND2(
-      at::kHalf, at::kBFloat16, grad_output.scalar_type(), "oriented_pool_backward",
+  SSANET_DISPATCH_FLOATING_TYPES(
+      grad_output.scalar_type(), "oriented_pool_backward",
       [&] { launch_backward<scalar_t>(grad_output, argmax, g, grad_input, stream); });
   return grad_input;
 }

@@ -1,11 +1,9 @@
-// The schemas of every ssanet_ops operator (the kernels register themselves per backend in
-// <op>/cpu.cpp and <op>/cuda.cu) and the Python module ssanet_ops._C.
+// The schemas of every ssanet_ops operator, part of the CPU op library (the kernels register
+// themselves per backend in <op>/cpu.cpp and, in the CUDA op library, <op>/cuda.cu).
 
-#include <Python.h>
-#include <pybind11/pybind11.h>
-#include <torch/library.h>
+#include "common/stable.h"
 
-TORCH_LIBRARY(ssanet_ops, m) {
+STABLE_TORCH_LIBRARY(ssanet_ops, m) {
   // docs/operators.md section 1. Returns (out [B, 4, G*L], argmax [B, 2, G, L] uint8); the public
   // ssanet_ops.oriented_pool returns out only.
   m.def(
@@ -42,32 +40,4 @@ TORCH_LIBRARY(ssanet_ops, m) {
   m.def("_scale_correlation_backward_weight(Tensor grad, Tensor phi) -> Tensor");
   m.def("_scale_align_backward_phi(Tensor grad, Tensor shift, Tensor weight) -> Tensor");
   m.def("_scale_align_backward_weight(Tensor grad, Tensor shift, Tensor phi) -> Tensor");
-}
-
-namespace {
-
-pybind11::dict build_info() {
-  pybind11::dict info;
-  info["version"] = SSANET_OPS_VERSION;
-  info["torch_version"] = SSANET_OPS_TORCH_VERSION;
-  info["cxx_compiler"] = SSANET_OPS_CXX_COMPILER;
-#ifdef SSANET_OPS_WITH_CUDA
-  info["cuda"] = true;
-  info["cuda_version"] = SSANET_OPS_CUDA_VERSION;
-  info["cuda_architectures"] = SSANET_OPS_CUDA_ARCHITECTURES;
-  info["cuda_compiler"] = SSANET_OPS_CUDA_COMPILER;
-#else
-  info["cuda"] = false;
-  info["cuda_version"] = pybind11::none();
-  info["cuda_architectures"] = pybind11::none();
-  info["cuda_compiler"] = pybind11::none();
-#endif
-  return info;
-}
-
-}  // namespace
-
-PYBIND11_MODULE(_C, m) {
-  m.doc() = "ssanet_ops compiled kernels; the operators live in torch.ops.ssanet_ops";
-  m.def("build_info", &build_info, "How this extension was built");
 }
