@@ -18,18 +18,28 @@ from ssanet_ops.testing import NotSimulatedError, simulate_cuda
 from .conftest import requires_simulator
 
 
+def _major_minor(version: str) -> tuple[int, int]:
+    major, minor = version.split("+")[0].split(".")[:2]
+    return int(major), int(minor)
+
+
 def test_build_info_describes_this_build():
     info = ssanet_ops.build_info()
     assert info["version"] == ssanet_ops.__version__
-    assert info["torch_version"] == torch.__version__
+    # Built with some torch's headers for the stable ABI of an older or equal one, which the
+    # torch running now is at least.
+    assert _major_minor(info["target_torch_version"]) <= _major_minor(info["torch_version"])
+    assert _major_minor(info["target_torch_version"]) <= _major_minor(torch.__version__)
     assert isinstance(info["cuda"], bool)
     assert info["cxx_compiler"]
+    assert info["cpu_library"].endswith(".so")
     if info["cuda"]:
-        assert info["cuda_version"] and info["cuda_compiler"]
+        assert info["cuda_version"] and info["cuda_compiler"] and info["cuda_library"]
         assert all(arch[:2].isdigit() for arch in info["cuda_architectures"])
     else:
         assert info["cuda_version"] is None and info["cuda_architectures"] is None
-    assert isinstance(info["cuda_simulator"], bool)
+        assert info["cuda_library"] is None
+    assert info["cuda_simulator"] == (info["simulator_library"] is not None)
 
 
 def test_ops_are_registered_with_the_dispatcher():
@@ -37,25 +47,92 @@ def test_ops_are_registered_with_the_dispatcher():
     assert hasattr(torch.ops.ssanet_ops, "_oriented_pool_backward")
 
 
-def test_torch_version_mismatch_names_both_versions(monkeypatch):
-    monkeypatch.setattr(
-        _extension, "_read_build_config", lambda: {"torch_version": "1.2.3+elsewhere"}
-    )
+_BUILD = {
+    "torch_version": "2.14.1+cu130",
+    "target_torch_version": "2.11",
+    "cuda": True,
+    "cuda_version": "13.0.88",
+}
+
+
+@pytest.mark.parametrize(
+    ("torch_version", "torch_cuda"),
+    [("2.11.0+cu130", "13.0"), ("2.13.0+cpu", None), ("2.20.0", "13.2"), ("3.0.0", "13.0")],
+)
+def test_one_build_serves_every_later_torch_of_its_cuda_major(torch_version, torch_cuda):
+    _extension.check_torch(_BUILD, torch_version, torch_cuda)  # no error
+
+
+def test_torch_older_than_the_target_names_both_versions():
     with pytest.raises(ImportError) as error:
-        _extension.load()
+        _extension.check_torch(_BUILD, "2.10.1+cu130", "13.0")
     message = str(error.value)
-    assert "1.2.3+elsewhere" in message and torch.__version__ in message
+    assert "torch >= 2.11" in message and "2.10.1+cu130" in message
     assert _extension.REBUILD_COMMAND in message
 
 
+def test_cuda_major_mismatch_names_both_versions():
+    with pytest.raises(ImportError) as error:
+        _extension.check_torch(_BUILD, "2.14.0+cu126", "12.6")
+    message = str(error.value)
+    assert "CUDA 13.0.88" in message and "CUDA 12.6" in message and "2.14.0+cu126" in message
+    assert "CPU-only torch" in message
+    # A CPU-only build serves any torch, a CUDA one too.
+    _extension.check_torch({**_BUILD, "cuda": False, "cuda_version": None}, "2.14.0", "12.6")
+
+
+def _needed_libraries(path: str) -> list[str]:
+    readelf = shutil.which("readelf")
+    if readelf is None:
+        pytest.skip("readelf is not installed")
+    dynamic = subprocess.run([readelf, "-d", path], capture_output=True, text=True, check=True)
+    return [
+        line.split("[")[1].split("]")[0] for line in dynamic.stdout.splitlines() if "NEEDED" in line
+    ]
+
+
+def test_python_module_links_against_no_torch_library():
+    # Issue 11: _C must import under any torch; only the op libraries reach torch, through the
+    # stable ABI's C functions of libtorch_cpu (and libtorch_cuda), whose names carry no version.
+    needed = _needed_libraries(ssanet_ops._C.__file__)
+    assert not [name for name in needed if "torch" in name or "c10" in name], needed
+    folder = Path(ssanet_ops._C.__file__).parent
+    info = ssanet_ops.build_info()
+    for library in (info["cpu_library"], info["cuda_library"], info["simulator_library"]):
+        if library is not None:
+            needed = _needed_libraries(str(folder / library))
+            assert "libtorch_cpu.so" in needed
+            assert not [name for name in needed if "c10" in name or "python" in name], needed
+
+
+def test_no_kernel_source_includes_aten_or_c10():
+    # Issue 11: every kernel file is on the stable API only.
+    csrc = Path(__file__).resolve().parent.parent / "csrc"
+    if not csrc.is_dir():
+        pytest.skip("the sources are not next to the tests")
+    forbidden = (
+        "#include <ATen/",
+        "#include <c10/",
+        "#include <torch/extension.h>",
+        "#include <torch/library.h>",
+        "#include <torch/torch.h>",
+    )
+    offending = [
+        f"{path.relative_to(csrc)}: {line.strip()}"
+        for path in sorted(csrc.rglob("*"))
+        if path.suffix in {".h", ".cuh", ".cpp", ".cu"}
+        for line in path.read_text().splitlines()
+        if line.strip().startswith(forbidden)
+    ]
+    assert not offending
+
+
 def test_missing_extension_says_how_to_build(tmp_path):
-    # A copy of the Python sources without the compiled _C and its build record, imported in
-    # a fresh interpreter that sees torch but not the installed ssanet_ops.
+    # A copy of the Python sources without the compiled files, imported in a fresh interpreter
+    # that sees torch but not the installed ssanet_ops.
     package_dir = Path(ssanet_ops.__file__).parent
     copy = tmp_path / "ssanet_ops"
-    shutil.copytree(
-        package_dir, copy, ignore=shutil.ignore_patterns("_C*", "_build_config.json", "__pycache__")
-    )
+    shutil.copytree(package_dir, copy, ignore=shutil.ignore_patterns("_C*", "*.so", "__pycache__"))
     torch_site = str(Path(torch.__file__).parent.parent)
     paths = [str(tmp_path), torch_site, sysconfig.get_paths()["purelib"]]
     result = subprocess.run(
