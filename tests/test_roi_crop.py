@@ -445,10 +445,11 @@ def test_opcheck(device):
     torch.library.opcheck(crop, (x, boxes, scales, None, [3, 2], 1.0, -1, True, True))
     torch.library.opcheck(crop, (x, boxes, scales, centers, [2, 2], 0.5, 2, False, False))
     grad = torch.randn(boxes.shape[0], 3, 3, 3, 2, device=device)
-    torch.library.opcheck(
-        torch.ops.ssanet_ops._multiscale_roi_crop_backward.default,
-        (grad, boxes, scales, None, [3, 2], 1.0, -1, True, True, 2, 3, 8, 9),
-    )
+    for deterministic in (True, False):
+        torch.library.opcheck(
+            torch.ops.ssanet_ops._multiscale_roi_crop_backward.default,
+            (grad, boxes, scales, None, [3, 2], 1.0, -1, True, True, 2, 3, 8, 9, deterministic),
+        )
     torch.library.opcheck(
         torch.ops.ssanet_ops.scale_candidates.default, (boxes, scales, centers, 8.0, 9.0, True)
     )
@@ -662,6 +663,7 @@ def test_sampling_ratio_above_the_cap_is_refused():
                 2,
                 8,
                 8,
+                False,
             )
 
 
@@ -712,9 +714,9 @@ def test_direct_calls_with_overflowing_sizes_raise():
         )
     grad = torch.zeros(1, 1, 1, 2, 2)
     with pytest.raises(RuntimeError, match=r"input gradient \[B, C, H, W\] has more than"):
-        backward(grad, boxes, [1.0], None, [2, 2], 1.0, -1, True, True, 2**62, 1, 4, 4)
+        backward(grad, boxes, [1.0], None, [2, 2], 1.0, -1, True, True, 2**62, 1, 4, 4, False)
     with pytest.raises(RuntimeError, match=r"input gradient \[B, C, H, W\] has a negative"):
-        backward(grad, boxes, [1.0], None, [2, 2], 1.0, -1, True, True, 1, 1, -4, 4)
+        backward(grad, boxes, [1.0], None, [2, 2], 1.0, -1, True, True, 1, 1, -4, 4, False)
 
 
 # ---- NaN gradients (issue 9 defect 8) ----
