@@ -31,13 +31,12 @@ BoxesArg = torch.Tensor | Sequence[torch.Tensor]
 
 def integral(value: object) -> int | None:
     """`value` as an int when it is an integral number (an int, a numpy integer, anything with
-    ``__index__``, as ``roi_align`` takes them), else None. A bool is not a number here."""
-    if isinstance(value, bool):
+    ``__index__``, as ``roi_align`` takes them), else None. A bool is not a number here. Asks
+    for ``__index__`` rather than catching operator.index's TypeError: torch.compile on torch
+    2.11 cannot trace a caught exception (an output_size pair failed there)."""
+    if isinstance(value, bool) or not hasattr(type(value), "__index__"):
         return None
-    try:
-        return operator.index(value)
-    except TypeError:
-        return None
+    return operator.index(value)
 
 
 def as_list(value: object) -> list | None:
