@@ -528,6 +528,25 @@ def test_cuda_deterministic_backward_matches_atomic_backward(cuda_device, dtype)
         assert torch.equal(gathered, again)
 
 
+def test_cuda_backward_kernel_follows_the_deterministic_argument(cuda_device):
+    # Issue 11: the backward op takes `deterministic` as an argument (the Python layer passes
+    # torch.are_deterministic_algorithms_enabled()) and ignores torch's global flag. The gather
+    # kernel associates the sums differently from the atomic one, so in float32 their results
+    # differ in the last bits: each call shows which kernel ran.
+    boxes = random_boxes(2, 16, 16).to(cuda_device)
+    grad = torch.randn(boxes.shape[0], len(SCALES), 3, 5, 5, device=cuda_device)
+    arguments = (grad, boxes, SCALES, None, [5, 5], 1.0, -1, True, True, 2, 3, 16, 16)
+    backward = torch.ops.ssanet_ops._multiscale_roi_crop_backward
+    with deterministic_algorithms(False):
+        gathered = backward(*arguments, True)
+    with deterministic_algorithms(True):
+        gathered_again = backward(*arguments, True)
+        atomic = backward(*arguments, False)
+    assert torch.equal(gathered, gathered_again)
+    assert not torch.equal(gathered, atomic)
+    torch.testing.assert_close(gathered, atomic, **tolerances(grad))
+
+
 @requires_cuda
 @pytest.mark.parametrize("deterministic", [True, False])
 def test_cuda_graph_capture(deterministic):
