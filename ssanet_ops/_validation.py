@@ -31,12 +31,17 @@ BoxesArg = torch.Tensor | Sequence[torch.Tensor]
 
 def integral(value: object) -> int | None:
     """`value` as an int when it is an integral number (an int, a numpy integer, anything with
-    ``__index__``, as ``roi_align`` takes them), else None. A bool is not a number here. Asks
-    for ``__index__`` rather than catching operator.index's TypeError: torch.compile on torch
-    2.11 cannot trace a caught exception (an output_size pair failed there)."""
+    ``__index__``, as ``roi_align`` takes them), else None. A bool is not a number here. A
+    value without ``__index__`` (a tuple, a float) is told apart before operator.index: the
+    TypeError it would raise is caught, but torch.compile on torch 2.11 cannot trace a caught
+    exception (an output_size pair failed there). Arrays and tensors have ``__index__`` and
+    refuse in it unless they hold one integer."""
     if isinstance(value, bool) or not hasattr(type(value), "__index__"):
         return None
-    return operator.index(value)
+    try:
+        return operator.index(value)
+    except TypeError:
+        return None
 
 
 def as_list(value: object) -> list | None:
