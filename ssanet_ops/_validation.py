@@ -445,9 +445,9 @@ def crop_settings(
 
 def autocast_dtype(tensor: torch.Tensor) -> torch.dtype:
     """The dtype `tensor` reaches the scale_align kernels with. The one statement of the
-    autocast policy on the Python side; csrc/scale_align/cpu.cpp's Autocast registrations apply
-    it. Under autocast the ops behave like a linear layer: floating tensors other than float64
-    are cast to the autocast dtype of their device type."""
+    autocast policy; the Autocast kernels of ssanet_ops/_autocast.py apply it. Under autocast
+    the ops behave like a linear layer: floating tensors other than float64 are cast to the
+    autocast dtype of their device type."""
     device_type = tensor.device.type
     if (
         device_type in ("cpu", "cuda")
