@@ -14,12 +14,13 @@
 // d weight). Each kernel computes the twiddles into shared memory once per block.
 //
 // Compiled by nvcc into cuda.cu and by the host compiler into sim.cpp (common/simulation.h),
-// where the products and the norms run as the same ATen calls on CPU tensors.
-// TF32: our code reads no global setting; ATen's CUDA bmm decides by itself, from
-// torch.backends.cuda.matmul.allow_tf32 / torch.set_float32_matmul_precision, as for any
-// torch.bmm. The loops index
+// where the products and the norms run as the same ATen calls on CPU tensors. The loops index
 // in int64 throughout: each thread's DFT (S*S/2 multiply-adds or more) outweighs the divisions
 // that an int32 index would make cheaper.
+//
+// TF32 needs no op argument: this code reads no global setting; ATen's CUDA bmm, reached
+// through the dispatcher, decides by itself from torch.backends.cuda.matmul.allow_tf32 /
+// torch.set_float32_matmul_precision, as for any torch.bmm.
 
 #include <optional>
 #include <tuple>
