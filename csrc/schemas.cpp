@@ -24,11 +24,13 @@ STABLE_TORCH_LIBRARY(ssanet_ops, m) {
       "multiscale_roi_crop(Tensor input, Tensor boxes, float[] scales, Tensor? centers,"
       " int[2] output_size, float spatial_scale, int sampling_ratio, bool aligned, bool clip)"
       " -> Tensor");
+  // deterministic: on CUDA, the gather backward instead of the atomic one (the CPU has one,
+  // deterministic, path); the Python layer passes torch.are_deterministic_algorithms_enabled().
   m.def(
       "_multiscale_roi_crop_backward(Tensor grad_output, Tensor boxes, float[] scales,"
       " Tensor? centers, int[2] output_size, float spatial_scale, int sampling_ratio,"
-      " bool aligned, bool clip, SymInt batch, SymInt channels, SymInt height, SymInt width)"
-      " -> Tensor");
+      " bool aligned, bool clip, SymInt batch, SymInt channels, SymInt height, SymInt width,"
+      " bool deterministic) -> Tensor");
 
   // docs/operators.md section 3. phi [G?, N, S, D], weight [G?, C, S, D] (bias [G?, C]); scale_correlation
   // returns corr [G?, N, C, S], scale_align (logits [G?, N, C], shift [G?, N, C] int64). The

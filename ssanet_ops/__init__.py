@@ -14,7 +14,7 @@ from . import _extension
 _C = _extension.load()
 
 # The registrations need the schemas that loading _C defines.
-from . import _autograd, _fake, nn, reference, testing  # noqa: E402, F401  (registers autograd and fake kernels)  # noqa: E402
+from . import _autocast, _autograd, _fake, nn, reference, testing  # noqa: E402, F401  (registers autocast, autograd and fake kernels)
 from ._roi_crop import BATCH_INDEX_LIMIT, MAX_SAMPLING_RATIO, check_boxes  # noqa: E402
 from .ops import (  # noqa: E402
     multiscale_roi_crop,

@@ -103,7 +103,13 @@ def _multiscale_roi_crop_backward(ctx, grad_output):
     grad_input = None
     if ctx.needs_input_grad[0]:
         grad_input = torch.ops.ssanet_ops._multiscale_roi_crop_backward(
-            grad_output, boxes, ctx.scales, centers, *ctx.sampling, *ctx.input_shape
+            grad_output,
+            boxes,
+            ctx.scales,
+            centers,
+            *ctx.sampling,
+            *ctx.input_shape,
+            torch.are_deterministic_algorithms_enabled(),
         )
     return grad_input, None, None, None, None, None, None, None, None
 
@@ -130,7 +136,7 @@ def _multiscale_roi_crop_double_backward(ctx, grad_grad_input):
         grad_grad_output = torch.ops.ssanet_ops.multiscale_roi_crop(
             grad_grad_input, boxes, ctx.scales, centers, *ctx.sampling
         )
-    return (grad_grad_output, *[None] * 12)
+    return (grad_grad_output, *[None] * 13)
 
 
 torch.library.register_autograd(

@@ -70,6 +70,7 @@ def _multiscale_roi_crop_backward_fake(
     channels,
     height,
     width,
+    deterministic,
 ):
     torch._check(
         grad_output.dim() == 5,

@@ -80,6 +80,7 @@ def multiscale_roi_crop_backward_tensor_scales(
     channels: int,
     height: int,
     width: int,
+    deterministic: bool,
 ) -> torch.Tensor:
     return torch.ops.ssanet_ops._multiscale_roi_crop_backward(
         grad_output,
@@ -95,12 +96,13 @@ def multiscale_roi_crop_backward_tensor_scales(
         channels,
         height,
         width,
+        deterministic,
     )
 
 
 @multiscale_roi_crop_backward_tensor_scales.register_fake
 def _(grad_output, boxes, scales, centers, output_size, spatial_scale, sampling_ratio, aligned,
-      clip, batch, channels, height, width):  # fmt: skip
+      clip, batch, channels, height, width, deterministic):  # fmt: skip
     return grad_output.new_empty((batch, channels, height, width))
 
 
@@ -114,7 +116,13 @@ def _crop_setup_context(ctx, inputs, output):
 def _crop_backward(ctx, grad_output):
     boxes, scales, centers = ctx.saved_tensors
     grad_input = multiscale_roi_crop_backward_tensor_scales(
-        grad_output, boxes, scales, centers, *ctx.sampling, *ctx.input_shape
+        grad_output,
+        boxes,
+        scales,
+        centers,
+        *ctx.sampling,
+        *ctx.input_shape,
+        torch.are_deterministic_algorithms_enabled(),
     )
     return grad_input, None, None, None, None, None, None, None, None
 
@@ -130,7 +138,7 @@ def _crop_double_backward(ctx, grad_grad_input):
     grad_grad_output = multiscale_roi_crop_tensor_scales(
         grad_grad_input, boxes, scales, centers, *ctx.sampling
     )
-    return (grad_grad_output, *[None] * 12)
+    return (grad_grad_output, *[None] * 13)
 
 
 multiscale_roi_crop_tensor_scales.register_autograd(

@@ -31,8 +31,12 @@ BoxesArg = torch.Tensor | Sequence[torch.Tensor]
 
 def integral(value: object) -> int | None:
     """`value` as an int when it is an integral number (an int, a numpy integer, anything with
-    ``__index__``, as ``roi_align`` takes them), else None. A bool is not a number here."""
-    if isinstance(value, bool):
+    ``__index__``, as ``roi_align`` takes them), else None. A bool is not a number here. A
+    value without ``__index__`` (a tuple, a float) is told apart before operator.index: the
+    TypeError it would raise is caught, but torch.compile on torch 2.11 cannot trace a caught
+    exception (an output_size pair failed there). Arrays and tensors have ``__index__`` and
+    refuse in it unless they hold one integer."""
+    if isinstance(value, bool) or not hasattr(type(value), "__index__"):
         return None
     try:
         return operator.index(value)
@@ -445,9 +449,9 @@ def crop_settings(
 
 def autocast_dtype(tensor: torch.Tensor) -> torch.dtype:
     """The dtype `tensor` reaches the scale_align kernels with. The one statement of the
-    autocast policy on the Python side; csrc/scale_align/cpu.cpp's Autocast registrations apply
-    it. Under autocast the ops behave like a linear layer: floating tensors other than float64
-    are cast to the autocast dtype of their device type."""
+    autocast policy; the Autocast kernels of ssanet_ops/_autocast.py apply it. Under autocast
+    the ops behave like a linear layer: floating tensors other than float64 are cast to the
+    autocast dtype of their device type."""
     device_type = tensor.device.type
     if (
         device_type in ("cpu", "cuda")

@@ -169,7 +169,7 @@ def test_backward_ops_pass_opcheck():
     crop_grad = torch.randn(3, 3, 3, 3, 2, dtype=torch.float64, requires_grad=True)
     torch.library.opcheck(
         torch.ops.ssanet_ops._multiscale_roi_crop_backward.default,
-        (crop_grad, BOXES, [0.7, 1.0, 1.4], None, [3, 2], 1.0, 2, True, True, 2, 3, 6, 7),
+        (crop_grad, BOXES, [0.7, 1.0, 1.4], None, [3, 2], 1.0, 2, True, True, 2, 3, 6, 7, True),
     )
     phi, weight, _ = tie_free_scale_inputs()
     _, shift = torch.ops.ssanet_ops.scale_align(phi, weight, None)

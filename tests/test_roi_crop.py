@@ -445,10 +445,11 @@ def test_opcheck(device):
     torch.library.opcheck(crop, (x, boxes, scales, None, [3, 2], 1.0, -1, True, True))
     torch.library.opcheck(crop, (x, boxes, scales, centers, [2, 2], 0.5, 2, False, False))
     grad = torch.randn(boxes.shape[0], 3, 3, 3, 2, device=device)
-    torch.library.opcheck(
-        torch.ops.ssanet_ops._multiscale_roi_crop_backward.default,
-        (grad, boxes, scales, None, [3, 2], 1.0, -1, True, True, 2, 3, 8, 9),
-    )
+    for deterministic in (True, False):
+        torch.library.opcheck(
+            torch.ops.ssanet_ops._multiscale_roi_crop_backward.default,
+            (grad, boxes, scales, None, [3, 2], 1.0, -1, True, True, 2, 3, 8, 9, deterministic),
+        )
     torch.library.opcheck(
         torch.ops.ssanet_ops.scale_candidates.default, (boxes, scales, centers, 8.0, 9.0, True)
     )
@@ -525,6 +526,25 @@ def test_cuda_deterministic_backward_matches_atomic_backward(cuda_device, dtype)
             )
         torch.testing.assert_close(gathered, atomic, **tolerances(x))
         assert torch.equal(gathered, again)
+
+
+def test_cuda_backward_kernel_follows_the_deterministic_argument(cuda_device):
+    # Issue 11: the backward op takes `deterministic` as an argument (the Python layer passes
+    # torch.are_deterministic_algorithms_enabled()) and ignores torch's global flag. The gather
+    # kernel associates the sums differently from the atomic one, so in float32 their results
+    # differ in the last bits: each call shows which kernel ran.
+    boxes = random_boxes(2, 16, 16).to(cuda_device)
+    grad = torch.randn(boxes.shape[0], len(SCALES), 3, 5, 5, device=cuda_device)
+    arguments = (grad, boxes, SCALES, None, [5, 5], 1.0, -1, True, True, 2, 3, 16, 16)
+    backward = torch.ops.ssanet_ops._multiscale_roi_crop_backward
+    with deterministic_algorithms(False):
+        gathered = backward(*arguments, True)
+    with deterministic_algorithms(True):
+        gathered_again = backward(*arguments, True)
+        atomic = backward(*arguments, False)
+    assert torch.equal(gathered, gathered_again)
+    assert not torch.equal(gathered, atomic)
+    torch.testing.assert_close(gathered, atomic, **tolerances(grad))
 
 
 @requires_cuda
@@ -662,6 +682,7 @@ def test_sampling_ratio_above_the_cap_is_refused():
                 2,
                 8,
                 8,
+                False,
             )
 
 
@@ -712,9 +733,9 @@ def test_direct_calls_with_overflowing_sizes_raise():
         )
     grad = torch.zeros(1, 1, 1, 2, 2)
     with pytest.raises(RuntimeError, match=r"input gradient \[B, C, H, W\] has more than"):
-        backward(grad, boxes, [1.0], None, [2, 2], 1.0, -1, True, True, 2**62, 1, 4, 4)
+        backward(grad, boxes, [1.0], None, [2, 2], 1.0, -1, True, True, 2**62, 1, 4, 4, False)
     with pytest.raises(RuntimeError, match=r"input gradient \[B, C, H, W\] has a negative"):
-        backward(grad, boxes, [1.0], None, [2, 2], 1.0, -1, True, True, 1, 1, -4, 4)
+        backward(grad, boxes, [1.0], None, [2, 2], 1.0, -1, True, True, 1, 1, -4, 4, False)
 
 
 # ---- NaN gradients (issue 9 defect 8) ----

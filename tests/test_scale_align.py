@@ -542,6 +542,25 @@ def test_autocast_like_linear(device, autocast_dtype):
     assert grad_phi.dtype == grad_weight.dtype == grad_bias.dtype == torch.float32
 
 
+def test_autocast_leaves_float64_and_reaches_direct_calls(device):
+    # The autocast kernels are dispatcher registrations (ssanet_ops/_autocast.py), so direct
+    # calls of torch.ops get them too; float64 inputs stay float64, as a linear layer's do.
+    phi, weight, bias = make_inputs(5, dtype=torch.float64, device=device, bias=True)
+    phi32, weight32 = phi.detach().float(), weight.detach().float()
+    with torch.autocast(device.type, dtype=torch.bfloat16):
+        logits, _ = torch.ops.ssanet_ops.scale_align(phi, weight, bias)
+        corr = torch.ops.ssanet_ops.scale_correlation(phi, weight)
+        linear = torch.nn.functional.linear(phi[:, 0], weight[:, 0], bias)
+        corr_bf16 = torch.ops.ssanet_ops.scale_correlation(phi32, weight32)
+    assert logits.dtype == corr.dtype == linear.dtype == torch.float64
+    torch.testing.assert_close(logits, reference.scale_align(phi, weight, bias)[0])
+    torch.testing.assert_close(corr, reference.scale_correlation(phi, weight))
+    assert corr_bf16.dtype == torch.bfloat16
+    rounded = [t.to(torch.bfloat16).double() for t in (phi32, weight32)]
+    expected = reference.scale_correlation(*rounded)
+    torch.testing.assert_close(corr_bf16.double(), expected, atol=0.1, rtol=2e-2)
+
+
 # ---- CUDA: reduced precision, TF32, autocast ----
 
 

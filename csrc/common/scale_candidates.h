@@ -78,6 +78,23 @@ SSANET_HOST_DEVICE int64_t image_key(const T* boxes, int64_t k, int64_t batch) {
   return check_box(boxes, k, batch) == 0 ? static_cast<int64_t>(boxes[5 * k]) : kNoImage;
 }
 
+// Where the boxes of image b begin among the keys sorted in ascending order (sorted: `count`
+// keys): the number of keys below b, torch.searchsorted(sorted, b). For b = 0, ..., B these are
+// the offsets of the grouping by image, image b's boxes being positions [offsets[b],
+// offsets[b + 1]) (roi_crop/arguments.h).
+SSANET_HOST_DEVICE int64_t first_of_image(const int64_t* sorted, int64_t count, int64_t b) {
+  int64_t low = 0, high = count;
+  while (low < high) {
+    const int64_t middle = low + (high - low) / 2;
+    if (sorted[middle] < b) {
+      low = middle + 1;
+    } else {
+      high = middle;
+    }
+  }
+  return low;
+}
+
 // Twice the centre c of an image, 2c, in float64: the anchor rule of docs/operators.md section 2
 // compares x1 + x2 with 2*cx, and y1 + y2 with 2*cy, in float64 for every box dtype.
 struct TwiceCenter {

@@ -31,6 +31,8 @@ using Tensor = torch::stable::Tensor;
 using ScalarType = torch::headeronly::ScalarType;
 // An op's int[] argument: the schema's list arrives as a std::vector<int64_t>, which converts.
 using IntArrayRef = torch::headeronly::IntHeaderOnlyArrayRef;
+// An op's float[] argument, likewise from a std::vector<double>.
+using DoubleArrayRef = torch::headeronly::HeaderOnlyArrayRef<double>;
 using Half = c10::Half;
 using BFloat16 = c10::BFloat16;
 
@@ -52,7 +54,8 @@ using opmath_t = typename OpMath<scalar_t>::type;
 
 // ---- error messages ----
 
-inline std::ostream& operator<<(std::ostream& stream, IntArrayRef values) {
+template <typename T>
+std::ostream& operator<<(std::ostream& stream, torch::headeronly::HeaderOnlyArrayRef<T> values) {
   stream << '[';
   for (size_t i = 0; i < values.size(); ++i) {
     stream << (i ? ", " : "") << values[i];

@@ -12,15 +12,8 @@
 // functions the CUDA gather uses) in parallel over (image, channel or chunk): each thread owns
 // its part of the input gradient and adds the candidates of that image in index order, so the
 // result does not depend on the number of threads. Each pass is one parallel region.
-// float16 and bfloat16 run these float32 kernels (at::opmath_type, as on CUDA they accumulate
+// float16 and bfloat16 run these float32 kernels (opmath_t, as on CUDA they accumulate
 // in float32): the map or gradient is converted once on the way in and the result on the way out.
-
-#include <ATen/Dispatch.h>
-#include <ATen/OpMathType.h>
-#include <ATen/Parallel.h>
-#include <ATen/ops/empty.h>
-#include <ATen/ops/zeros.h>
-#include <torch/library.h>
 
 #include <algorithm>
 #include <limits>
@@ -28,6 +21,10 @@
 #include <vector>
 
 #include "roi_crop/arguments.h"
+
+// float32 and float64, the types these kernels run in; the body sees scalar_t.
+#define DISPATCH_CPU_TYPES(TYPE, NAME, ...) \
+  THO_DISPATCH_V2(TYPE, NAME, AT_WRAP(__VA_ARGS__), AT_EXPAND(AT_FLOATING_TYPES))
 
 namespace ssanet_ops::roi_crop {
 namespace {
@@ -60,24 +57,32 @@ void check_box_values(const T* boxes, int64_t count, int64_t batch, const T* cen
 
 // The boxes grouped by image (batch < 0: B not known), once check_box_values has passed.
 template <typename T>
-ImageSegments image_segments(const at::Tensor& boxes, int64_t batch) {
+ImageSegments image_segments(const Tensor& boxes, int64_t batch) {
   const int64_t count = boxes.size(0);
-  at::Tensor keys = at::empty({count}, boxes.options().dtype(at::kLong));
+  Tensor keys = empty_like_device(boxes, {count}, ScalarType::Long);
   const T* box_data = boxes.const_data_ptr<T>();
   int64_t* key_data = keys.mutable_data_ptr<int64_t>();
   for (int64_t k = 0; k < count; ++k) {
     key_data[k] = image_key(box_data, k, batch);
   }
-  return group_by_image(keys, batch);
+  ImageSegments segments = sort_by_image(keys);
+  if (batch >= 0) {
+    segments.offsets = empty_like_device(keys, {batch + 1});
+    const int64_t* sorted = segments.sorted.const_data_ptr<int64_t>();
+    int64_t* offsets = segments.offsets.mutable_data_ptr<int64_t>();
+    for (int64_t b = 0; b <= batch; ++b) {
+      offsets[b] = first_of_image(sorted, count, b);
+    }
+  }
+  return segments;
 }
 
 // [K, 2] float64: 2c of every box's image, from the given centres or, when there are none,
 // the mean over the image's boxes (docs/operators.md section 2), each image summed once.
 template <typename T>
-at::Tensor box_centers(const at::Tensor& boxes, const ImageSegments& segments,
-                       const at::Tensor& centers) {
+Tensor box_centers(const Tensor& boxes, const ImageSegments& segments, const Tensor& centers) {
   const int64_t count = boxes.size(0);
-  at::Tensor result = at::zeros({count, 2}, boxes.options().dtype(at::kDouble));
+  Tensor result = zeros_like_device(boxes, {count, 2}, ScalarType::Double);
   double* twice_centers = result.mutable_data_ptr<double>();
   const T* box_data = boxes.const_data_ptr<T>();
   for (int64_t k = 0; k < count; ++k) {
@@ -92,20 +97,20 @@ at::Tensor box_centers(const at::Tensor& boxes, const ImageSegments& segments,
   return result;
 }
 
-at::Tensor scale_candidates_cpu(const at::Tensor& boxes, at::ArrayRef<double> scales,
-                                const std::optional<at::Tensor>& centers, double image_height,
-                                double image_width, bool clip) {
+Tensor scale_candidates_cpu(const Tensor& boxes, DoubleArrayRef scales,
+                            const std::optional<Tensor>& centers, double image_height,
+                            double image_width, bool clip) {
   check_candidates_args(boxes, scales, centers, image_height, image_width);
   const int64_t count = boxes.size(0);
   const int64_t S = static_cast<int64_t>(scales.size());
-  at::Tensor out = at::empty({count, S, 4}, boxes.options());
+  Tensor out = empty_like_device(boxes, {count, S, 4});
   if (count == 0) {
     return out;
   }
-  const at::Tensor boxes_c = boxes.contiguous();
-  const at::Tensor centers_c = centers.has_value() ? centers->contiguous() : at::Tensor();
+  const Tensor boxes_c = torch::stable::contiguous(boxes);
+  const Tensor centers_c = centers.has_value() ? torch::stable::contiguous(*centers) : Tensor();
 
-  AT_DISPATCH_FLOATING_TYPES(boxes.scalar_type(), "scale_candidates_cpu", [&] {
+  DISPATCH_CPU_TYPES(boxes.scalar_type(), "scale_candidates_cpu", [&] {
     const scalar_t* box_data = boxes_c.const_data_ptr<scalar_t>();
     // Without centres the number of images is not known: the batch indices are bounded by
     // kBatchIndexLimit, and the grouping allocates by the number of boxes, not by the largest
@@ -114,7 +119,7 @@ at::Tensor scale_candidates_cpu(const at::Tensor& boxes, at::ArrayRef<double> sc
     check_box_values(box_data, count, batch,
                      centers_c.defined() ? centers_c.const_data_ptr<scalar_t>() : nullptr,
                      centers_c.defined() ? batch : 0, kCandidatesOp);
-    const at::Tensor twice_centers =
+    const Tensor twice_centers =
         box_centers<scalar_t>(boxes_c, image_segments<scalar_t>(boxes_c, batch), centers_c);
     const double* center_data = twice_centers.const_data_ptr<double>();
     const auto height = static_cast<scalar_t>(image_height);
@@ -223,14 +228,14 @@ struct Candidates {
 };
 
 template <typename T>
-Candidates<T> candidate_grids(const CropParams<T>& p, const at::Tensor& boxes,
-                              const at::Tensor& centers, at::ArrayRef<double> scales) {
+Candidates<T> candidate_grids(const CropParams<T>& p, const Tensor& boxes,
+                              const Tensor& centers, DoubleArrayRef scales) {
   const T* box_data = boxes.const_data_ptr<T>();
   check_box_values(box_data, p.boxes, p.batch,
                    centers.defined() ? centers.const_data_ptr<T>() : nullptr,
                    centers.defined() ? p.batch : 0, kCropOp);
   const ImageSegments segments = image_segments<T>(boxes, p.batch);
-  const at::Tensor twice_centers = box_centers<T>(boxes, segments, centers);
+  const Tensor twice_centers = box_centers<T>(boxes, segments, centers);
   const double* center_data = twice_centers.const_data_ptr<double>();
   const int64_t* keys = segments.keys.const_data_ptr<int64_t>();
   const int64_t* order = segments.order.const_data_ptr<int64_t>();
@@ -298,7 +303,7 @@ void crop_forward_planar(const CropParams<T>& p, const Candidates<T>& candidates
   const int64_t grain = std::max<int64_t>(1, 16384 / (p.cells() + 1));
   // Items (candidate, channel), candidate-major: a thread builds the tables of the candidates
   // its items belong to once, when it reaches the first of their channels.
-  at::parallel_for(0, p.candidates() * p.channels, grain, [&](int64_t begin, int64_t end) {
+  parallel_for(0, p.candidates() * p.channels, grain, [&](int64_t begin, int64_t end) {
     std::vector<T> line(p.width);  // weighted sum of map rows over the column span
     std::optional<ForwardTables<T>> tables;
     int64_t tables_of = -1;
@@ -353,7 +358,7 @@ void crop_backward_planar(const CropParams<T>& p, const Candidates<T>& candidate
   const int64_t plane = p.height * p.width;
   const int64_t grain = std::max<int64_t>(1, 16384 / (plane + 1));
   // Items are input planes, image-major: a thread builds an image's tables once.
-  at::parallel_for(0, p.batch * p.channels, grain, [&](int64_t begin, int64_t end) {
+  parallel_for(0, p.batch * p.channels, grain, [&](int64_t begin, int64_t end) {
     std::vector<T> line(p.out_w);  // one map row's weighted sum of output rows
     ImageBackwardTables<T> tables;
     for (int64_t item = begin; item < end; ++item) {
@@ -402,7 +407,8 @@ void crop_backward_planar(const CropParams<T>& p, const Candidates<T>& candidate
 // the chunk, so the results do not depend on it.
 template <typename T>
 int64_t channel_chunk(const CropParams<T>& p) {
-  const int64_t wanted_chunks = (4 * at::get_num_threads() + p.batch - 1) / p.batch;
+  const auto threads = static_cast<int64_t>(torch::stable::get_num_threads());
+  const int64_t wanted_chunks = (4 * threads + p.batch - 1) / p.batch;
   const int64_t chunk = (p.channels + wanted_chunks - 1) / wanted_chunks;
   return std::clamp<int64_t>(chunk, std::min<int64_t>(kChannelsLastFrom, p.channels),
                              kChannelChunk);
@@ -414,7 +420,7 @@ int64_t channel_chunk(const CropParams<T>& p) {
 // candidate of the image from it, with the image's tables built once per thread.
 template <typename T>
 void crop_forward_channels_last(const CropParams<T>& p, const Candidates<T>& candidates,
-                                const at::Tensor& input, T* output) {
+                                const Tensor& input, T* output) {
   const std::vector<std::vector<int64_t>>& of_image = candidates.of_image;
   const int64_t chunk = channel_chunk(p);
   const int64_t chunks = (p.channels + chunk - 1) / chunk;
@@ -422,7 +428,7 @@ void crop_forward_channels_last(const CropParams<T>& p, const Candidates<T>& can
   const T* source = input.const_data_ptr<T>();
   const int64_t stride_n = input.stride(0), stride_c = input.stride(1);
   const int64_t stride_h = input.stride(2), stride_w = input.stride(3);
-  at::parallel_for(0, p.batch * chunks, 1, [&](int64_t begin, int64_t end) {
+  parallel_for(0, p.batch * chunks, 1, [&](int64_t begin, int64_t end) {
     std::vector<T> block(plane * chunk);      // [H][W][channel]
     std::vector<T> line(p.width * chunk);     // [column][channel] over the column span
     std::vector<T> cells(p.cells() * chunk);  // [oh][ow][channel]
@@ -504,7 +510,7 @@ void crop_backward_channels_last(const CropParams<T>& p, const Candidates<T>& ca
   const int64_t chunk = channel_chunk(p);
   const int64_t chunks = (p.channels + chunk - 1) / chunk;
   const int64_t plane = p.height * p.width;
-  at::parallel_for(0, p.batch * chunks, 1, [&](int64_t begin, int64_t end) {
+  parallel_for(0, p.batch * chunks, 1, [&](int64_t begin, int64_t end) {
     std::vector<T> cells(p.cells() * chunk);      // a candidate's gradient, [oh][ow][channel]
     std::vector<T> line(p.out_w * chunk);         // [ow][channel] for one map row
     std::vector<T> accumulated(plane * chunk);  // the chunk's gradient, [H][W][channel]
@@ -567,32 +573,30 @@ void crop_backward_channels_last(const CropParams<T>& p, const Candidates<T>& ca
   });
 }
 
-at::Tensor multiscale_roi_crop_cpu(const at::Tensor& input, const at::Tensor& boxes,
-                                   at::ArrayRef<double> scales,
-                                   const std::optional<at::Tensor>& centers,
-                                   at::IntArrayRef output_size, double spatial_scale,
-                                   int64_t sampling_ratio, bool aligned, bool clip) {
+Tensor multiscale_roi_crop_cpu(const Tensor& input, const Tensor& boxes, DoubleArrayRef scales,
+                               const std::optional<Tensor>& centers, IntArrayRef output_size,
+                               double spatial_scale, int64_t sampling_ratio, bool aligned,
+                               bool clip) {
   const CropShape shape =
       check_crop_args(input, boxes, scales, centers, output_size, spatial_scale, sampling_ratio,
                       kCropOp);
   check_floating_dtype(input, "input", kCropOp);
   if (is_reduced_precision(input.scalar_type())) {
-    return multiscale_roi_crop_cpu(input.to(at::toOpMathType(input.scalar_type())), boxes,
-                                   scales, centers, output_size, spatial_scale, sampling_ratio,
-                                   aligned, clip)
-        .to(input.scalar_type());
+    const Tensor output =
+        multiscale_roi_crop_cpu(torch::stable::to(input, ScalarType::Float), boxes, scales,
+                                centers, output_size, spatial_scale, sampling_ratio, aligned, clip);
+    return torch::stable::to(output, input.scalar_type());
   }
   const int64_t K = boxes.size(0);
   const int64_t S = static_cast<int64_t>(scales.size());
-  at::Tensor output =
-      at::empty({K, S, input.size(1), shape.out_h, shape.out_w}, input.options());
+  Tensor output = empty_like_device(input, {K, S, input.size(1), shape.out_h, shape.out_w});
   if (K == 0) {
     return output;
   }
-  const at::Tensor boxes_c = boxes.contiguous();
-  const at::Tensor centers_c = centers.has_value() ? centers->contiguous() : at::Tensor();
+  const Tensor boxes_c = torch::stable::contiguous(boxes);
+  const Tensor centers_c = centers.has_value() ? torch::stable::contiguous(*centers) : Tensor();
 
-  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "multiscale_roi_crop_cpu", [&] {
+  DISPATCH_CPU_TYPES(input.scalar_type(), "multiscale_roi_crop_cpu", [&] {
     const auto p = crop_params<scalar_t>(K, S, input.size(0), input.size(1), input.size(2),
                                          input.size(3), shape, spatial_scale, sampling_ratio,
                                          aligned, clip);
@@ -603,42 +607,43 @@ at::Tensor multiscale_roi_crop_cpu(const at::Tensor& input, const at::Tensor& bo
     if (uses_channels_last(p)) {
       crop_forward_channels_last(p, candidates, input, output.mutable_data_ptr<scalar_t>());
     } else {
-      crop_forward_planar(p, candidates, input.contiguous().const_data_ptr<scalar_t>(),
+      const Tensor input_c = torch::stable::contiguous(input);
+      crop_forward_planar(p, candidates, input_c.const_data_ptr<scalar_t>(),
                           output.mutable_data_ptr<scalar_t>());
     }
   });
   return output;
 }
 
-at::Tensor multiscale_roi_crop_backward_cpu(const at::Tensor& grad_output, const at::Tensor& boxes,
-                                            at::ArrayRef<double> scales,
-                                            const std::optional<at::Tensor>& centers,
-                                            at::IntArrayRef output_size, double spatial_scale,
-                                            int64_t sampling_ratio, bool aligned, bool clip,
-                                            int64_t batch, int64_t channels, int64_t height,
-                                            int64_t width) {
+// deterministic: the CPU backward has one path, deterministic (see the top of this file).
+Tensor multiscale_roi_crop_backward_cpu(const Tensor& grad_output, const Tensor& boxes,
+                                        DoubleArrayRef scales,
+                                        const std::optional<Tensor>& centers,
+                                        IntArrayRef output_size, double spatial_scale,
+                                        int64_t sampling_ratio, bool aligned, bool clip,
+                                        int64_t batch, int64_t channels, int64_t height,
+                                        int64_t width, bool /*deterministic*/) {
   const CropShape shape =
       check_crop_backward_args(grad_output, boxes, scales, centers, output_size, spatial_scale,
                                sampling_ratio, batch, channels, height, width, kCropOp);
   check_floating_dtype(grad_output, "grad_output", kCropOp);
   if (is_reduced_precision(grad_output.scalar_type())) {
-    return multiscale_roi_crop_backward_cpu(
-               grad_output.to(at::toOpMathType(grad_output.scalar_type())), boxes, scales,
-               centers, output_size, spatial_scale, sampling_ratio, aligned, clip, batch,
-               channels, height, width)
-        .to(grad_output.scalar_type());
+    const Tensor grad_input = multiscale_roi_crop_backward_cpu(
+        torch::stable::to(grad_output, ScalarType::Float), boxes, scales, centers, output_size,
+        spatial_scale, sampling_ratio, aligned, clip, batch, channels, height, width, true);
+    return torch::stable::to(grad_input, grad_output.scalar_type());
   }
-  at::Tensor grad_input = at::empty({batch, channels, height, width}, grad_output.options());
+  Tensor grad_input = empty_like_device(grad_output, {batch, channels, height, width});
   if (grad_input.numel() == 0) {
     return grad_input;
   }
   const int64_t K = boxes.size(0);
   const int64_t S = static_cast<int64_t>(scales.size());
-  const at::Tensor grad_c = grad_output.contiguous();
-  const at::Tensor boxes_c = boxes.contiguous();
-  const at::Tensor centers_c = centers.has_value() ? centers->contiguous() : at::Tensor();
+  const Tensor grad_c = torch::stable::contiguous(grad_output);
+  const Tensor boxes_c = torch::stable::contiguous(boxes);
+  const Tensor centers_c = centers.has_value() ? torch::stable::contiguous(*centers) : Tensor();
 
-  AT_DISPATCH_FLOATING_TYPES(grad_output.scalar_type(), "multiscale_roi_crop_backward_cpu", [&] {
+  DISPATCH_CPU_TYPES(grad_output.scalar_type(), "multiscale_roi_crop_backward_cpu", [&] {
     const auto p = crop_params<scalar_t>(K, S, batch, channels, height, width, shape,
                                          spatial_scale, sampling_ratio, aligned, clip);
     const Candidates<scalar_t> candidates = candidate_grids(p, boxes_c, centers_c, scales);
@@ -655,10 +660,10 @@ at::Tensor multiscale_roi_crop_backward_cpu(const at::Tensor& grad_output, const
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(ssanet_ops, CPU, m) {
-  m.impl("scale_candidates", &scale_candidates_cpu);
-  m.impl("multiscale_roi_crop", &multiscale_roi_crop_cpu);
-  m.impl("_multiscale_roi_crop_backward", &multiscale_roi_crop_backward_cpu);
+STABLE_TORCH_LIBRARY_IMPL(ssanet_ops, CPU, m) {
+  m.impl("scale_candidates", TORCH_BOX(&scale_candidates_cpu));
+  m.impl("multiscale_roi_crop", TORCH_BOX(&multiscale_roi_crop_cpu));
+  m.impl("_multiscale_roi_crop_backward", TORCH_BOX(&multiscale_roi_crop_backward_cpu));
 }
 
 }  // namespace ssanet_ops::roi_crop

@@ -1,52 +1,48 @@
 // scale_candidates and multiscale_roi_crop on CUDA: the kernels of kernels.cuh on the current
 // device and stream.
 
-#include <c10/cuda/CUDAGuard.h>
-#include <c10/cuda/CUDAStream.h>
-#include <torch/library.h>
-
+#include "common/cuda_context.h"
 #include "roi_crop/kernels.cuh"
 
 namespace ssanet_ops::roi_crop {
 namespace {
 
-at::Tensor scale_candidates_cuda(const at::Tensor& boxes, at::ArrayRef<double> scales,
-                                 const std::optional<at::Tensor>& centers, double image_height,
-                                 double image_width, bool clip) {
-  const c10::cuda::CUDAGuard device_guard(boxes.device());
+Tensor scale_candidates_cuda(const Tensor& boxes, DoubleArrayRef scales,
+                             const std::optional<Tensor>& centers, double image_height,
+                             double image_width, bool clip) {
+  const CudaContext context(boxes);
   return scale_candidates(boxes, scales, centers, image_height, image_width, clip,
-                          c10::cuda::getCurrentCUDAStream());
+                          context.stream());
 }
 
-at::Tensor multiscale_roi_crop_cuda(const at::Tensor& input, const at::Tensor& boxes,
-                                    at::ArrayRef<double> scales,
-                                    const std::optional<at::Tensor>& centers,
-                                    at::IntArrayRef output_size, double spatial_scale,
-                                    int64_t sampling_ratio, bool aligned, bool clip) {
-  const c10::cuda::CUDAGuard device_guard(input.device());
+Tensor multiscale_roi_crop_cuda(const Tensor& input, const Tensor& boxes, DoubleArrayRef scales,
+                                const std::optional<Tensor>& centers, IntArrayRef output_size,
+                                double spatial_scale, int64_t sampling_ratio, bool aligned,
+                                bool clip) {
+  const CudaContext context(input);
   return crop_forward(input, boxes, scales, centers, output_size, spatial_scale, sampling_ratio,
-                      aligned, clip, c10::cuda::getCurrentCUDAStream());
+                      aligned, clip, context.stream());
 }
 
-at::Tensor multiscale_roi_crop_backward_cuda(const at::Tensor& grad_output,
-                                             const at::Tensor& boxes, at::ArrayRef<double> scales,
-                                             const std::optional<at::Tensor>& centers,
-                                             at::IntArrayRef output_size, double spatial_scale,
-                                             int64_t sampling_ratio, bool aligned, bool clip,
-                                             int64_t batch, int64_t channels, int64_t height,
-                                             int64_t width) {
-  const c10::cuda::CUDAGuard device_guard(grad_output.device());
+Tensor multiscale_roi_crop_backward_cuda(const Tensor& grad_output, const Tensor& boxes,
+                                         DoubleArrayRef scales,
+                                         const std::optional<Tensor>& centers,
+                                         IntArrayRef output_size, double spatial_scale,
+                                         int64_t sampling_ratio, bool aligned, bool clip,
+                                         int64_t batch, int64_t channels, int64_t height,
+                                         int64_t width, bool deterministic) {
+  const CudaContext context(grad_output);
   return crop_backward(grad_output, boxes, scales, centers, output_size, spatial_scale,
                        sampling_ratio, aligned, clip, batch, channels, height, width,
-                       c10::cuda::getCurrentCUDAStream());
+                       deterministic, context.stream());
 }
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(ssanet_ops, CUDA, m) {
-  m.impl("scale_candidates", &scale_candidates_cuda);
-  m.impl("multiscale_roi_crop", &multiscale_roi_crop_cuda);
-  m.impl("_multiscale_roi_crop_backward", &multiscale_roi_crop_backward_cuda);
+STABLE_TORCH_LIBRARY_IMPL(ssanet_ops, CUDA, m) {
+  m.impl("scale_candidates", TORCH_BOX(&scale_candidates_cuda));
+  m.impl("multiscale_roi_crop", TORCH_BOX(&multiscale_roi_crop_cuda));
+  m.impl("_multiscale_roi_crop_backward", TORCH_BOX(&multiscale_roi_crop_backward_cuda));
 }
 
 }  // namespace ssanet_ops::roi_crop

@@ -8,21 +8,15 @@
 // each image's default centre is summed once. Forward: one launch for all K * S candidates; a
 // thread computes its candidate box in the kernel and one output cell for a group of channels,
 // so each sample's weights serve all of them. Backward: by default the same threads add their
-// gradients with atomics; when torch.are_deterministic_algorithms_enabled(), one thread per
-// input element gathers what the candidates of its image send it, in a fixed order, without
-// atomics. Float16 and bfloat16 accumulate in float32 (at::opmath_type) in all kernels.
+// gradients with atomics; with `deterministic` (which the Python layer sets from
+// torch.are_deterministic_algorithms_enabled()), one thread per input element gathers what the
+// candidates of its image send it, in a fixed order, without atomics. Float16 and bfloat16
+// accumulate in float32 (opmath_t) in all kernels.
 //
 // Nothing here waits for the device (docs/operators.md section 4), so the ops can be captured in a CUDA
 // graph: box values are not checked; a box whose image_key is kNoImage (a non-finite
 // coordinate, a batch index out of range) has zero candidates and passes no gradient.
 // ssanet_ops.check_boxes checks them on demand.
-
-#include <ATen/Context.h>
-#include <ATen/Dispatch.h>
-#include <ATen/OpMathType.h>
-#include <ATen/core/Tensor.h>
-#include <ATen/ops/empty.h>
-#include <ATen/ops/zeros.h>
 
 #include <optional>
 
@@ -82,6 +76,16 @@ __global__ void image_keys_kernel(const T* __restrict__ boxes, index_t count, in
   for (index_t k = blockIdx.x * blockDim.x + threadIdx.x; k < count;
        k += gridDim.x * blockDim.x) {
     keys[k] = image_key(boxes, k, batch);
+  }
+}
+
+// offsets[b] for b = 0, ..., B: where image b's boxes begin among the sorted keys.
+template <typename index_t>
+__global__ void image_offsets_kernel(const int64_t* __restrict__ sorted, int64_t count,
+                                     index_t images, int64_t* __restrict__ offsets) {
+  for (index_t b = blockIdx.x * blockDim.x + threadIdx.x; b < images;
+       b += gridDim.x * blockDim.x) {
+    offsets[b] = first_of_image(sorted, count, b);
   }
 }
 
@@ -273,7 +277,7 @@ __global__ void crop_backward_gather_kernel(const scalar_t* __restrict__ grad_ou
 // ---- launchers ----
 
 template <typename T>
-ScaleList<T> scale_list(at::ArrayRef<double> scales) {
+ScaleList<T> scale_list(DoubleArrayRef scales) {
   ScaleList<T> list{};
   for (size_t s = 0; s < scales.size(); ++s) {
     list.values[s] = static_cast<T>(scales[s]);
@@ -283,9 +287,9 @@ ScaleList<T> scale_list(at::ArrayRef<double> scales) {
 
 // The boxes grouped by image; batch < 0: B not known (scale_candidates without centres).
 template <typename T>
-ImageSegments image_segments(const at::Tensor& boxes, int64_t batch, gpu::Stream stream) {
+ImageSegments image_segments(const Tensor& boxes, int64_t batch, gpu::Stream stream) {
   const int64_t count = boxes.size(0);
-  at::Tensor keys = at::empty({count}, boxes.options().dtype(at::kLong));
+  Tensor keys = empty_like_device(boxes, {count}, ScalarType::Long);
   const GridStride launch = grid_stride(count);
   with_index_type(launch, [&](auto index_type) {
     using index_t = decltype(index_type);
@@ -293,15 +297,26 @@ ImageSegments image_segments(const at::Tensor& boxes, int64_t batch, gpu::Stream
                 boxes.const_data_ptr<T>(), static_cast<index_t>(count), batch,
                 keys.mutable_data_ptr<int64_t>());
   });
-  return group_by_image(keys, batch);
+  ImageSegments segments = sort_by_image(keys);
+  if (batch >= 0) {
+    segments.offsets = empty_like_device(keys, {batch + 1});
+    const GridStride offsets_launch = grid_stride(batch + 1);
+    with_index_type(offsets_launch, [&](auto index_type) {
+      using index_t = decltype(index_type);
+      gpu::launch(image_offsets_kernel<index_t>, offsets_launch.blocks, offsets_launch.threads,
+                  0, stream, segments.sorted.const_data_ptr<int64_t>(), count,
+                  static_cast<index_t>(batch + 1), segments.offsets.mutable_data_ptr<int64_t>());
+    });
+  }
+  return segments;
 }
 
 // [K, 2] float64: 2c of every box's image (docs/operators.md section 2).
 template <typename T>
-at::Tensor box_centers(const at::Tensor& boxes, const ImageSegments& segments,
-                       const at::Tensor& centers, gpu::Stream stream) {
+Tensor box_centers(const Tensor& boxes, const ImageSegments& segments, const Tensor& centers,
+                   gpu::Stream stream) {
   const int64_t count = boxes.size(0);
-  at::Tensor result = at::zeros({count, 2}, boxes.options().dtype(at::kDouble));
+  Tensor result = zeros_like_device(boxes, {count, 2}, ScalarType::Double);
   const GridStride launch = grid_stride(count);
   with_index_type(launch, [&](auto index_type) {
     using index_t = decltype(index_type);
@@ -316,9 +331,9 @@ at::Tensor box_centers(const at::Tensor& boxes, const ImageSegments& segments,
 
 // out: [K, S, 4] in scalar_t.
 template <typename scalar_t>
-void launch_scale_candidates(const at::Tensor& boxes, const ImageSegments& segments,
-                             const at::Tensor& twice_centers, at::ArrayRef<double> scales,
-                             bool clip, double image_height, double image_width, at::Tensor& out,
+void launch_scale_candidates(const Tensor& boxes, const ImageSegments& segments,
+                             const Tensor& twice_centers, DoubleArrayRef scales, bool clip,
+                             double image_height, double image_width, Tensor& out,
                              gpu::Stream stream) {
   const int64_t S = static_cast<int64_t>(scales.size());
   const int64_t candidates = boxes.size(0) * S;
@@ -335,10 +350,9 @@ void launch_scale_candidates(const at::Tensor& boxes, const ImageSegments& segme
 }
 
 template <typename scalar_t, typename T>
-void launch_crop_forward(const at::Tensor& input, const at::Tensor& boxes,
-                         const ImageSegments& segments, const at::Tensor& twice_centers,
-                         at::ArrayRef<double> scales, const CropParams<T>& p, at::Tensor& output,
-                         gpu::Stream stream) {
+void launch_crop_forward(const Tensor& input, const Tensor& boxes, const ImageSegments& segments,
+                         const Tensor& twice_centers, DoubleArrayRef scales,
+                         const CropParams<T>& p, Tensor& output, gpu::Stream stream) {
   const int64_t channel_groups = (p.channels + kChannelsPerThread - 1) / kChannelsPerThread;
   const int64_t items = p.candidates() * channel_groups * p.cells();
   const GridStride launch = grid_stride(items);
@@ -354,10 +368,10 @@ void launch_crop_forward(const at::Tensor& input, const at::Tensor& boxes,
 }
 
 template <typename scalar_t, typename T>
-void launch_crop_backward_gather(const at::Tensor& grad_output, const at::Tensor& boxes,
-                                 const ImageSegments& segments, const at::Tensor& twice_centers,
-                                 at::ArrayRef<double> scales, const CropParams<T>& p,
-                                 at::Tensor& grad_input, gpu::Stream stream) {
+void launch_crop_backward_gather(const Tensor& grad_output, const Tensor& boxes,
+                                 const ImageSegments& segments, const Tensor& twice_centers,
+                                 DoubleArrayRef scales, const CropParams<T>& p,
+                                 Tensor& grad_input, gpu::Stream stream) {
   const int64_t items = grad_input.numel();
   const GridStride launch = grid_stride(items);
   with_index_type(launch, [&](auto index_type) {
@@ -373,10 +387,10 @@ void launch_crop_backward_gather(const at::Tensor& grad_output, const at::Tensor
 
 // accumulator: zeroed [B, C, H, W] in T.
 template <typename scalar_t, typename T>
-void launch_crop_backward_atomic(const at::Tensor& grad_output, const at::Tensor& boxes,
-                                 const ImageSegments& segments, const at::Tensor& twice_centers,
-                                 at::ArrayRef<double> scales, const CropParams<T>& p,
-                                 at::Tensor& accumulator, gpu::Stream stream) {
+void launch_crop_backward_atomic(const Tensor& grad_output, const Tensor& boxes,
+                                 const ImageSegments& segments, const Tensor& twice_centers,
+                                 DoubleArrayRef scales, const CropParams<T>& p,
+                                 Tensor& accumulator, gpu::Stream stream) {
   const int64_t channel_groups = (p.channels + kChannelsPerThread - 1) / kChannelsPerThread;
   const int64_t items = p.candidates() * channel_groups * p.cells();
   const GridStride launch = grid_stride(items);
@@ -393,101 +407,103 @@ void launch_crop_backward_atomic(const at::Tensor& grad_output, const at::Tensor
 
 // ---- entry points: the ops' schemas, on tensors of the kernels' device ----
 
-inline at::Tensor scale_candidates(const at::Tensor& boxes, at::ArrayRef<double> scales,
-                                   const std::optional<at::Tensor>& centers, double image_height,
-                                   double image_width, bool clip, gpu::Stream stream) {
+inline Tensor scale_candidates(const Tensor& boxes, DoubleArrayRef scales,
+                               const std::optional<Tensor>& centers, double image_height,
+                               double image_width, bool clip, gpu::Stream stream) {
   check_candidates_args(boxes, scales, centers, image_height, image_width);
   const int64_t count = boxes.size(0);
   const int64_t S = static_cast<int64_t>(scales.size());
-  at::Tensor out = at::empty({count, S, 4}, boxes.options());
+  Tensor out = empty_like_device(boxes, {count, S, 4});
   if (count == 0) {
     return out;
   }
-  const at::Tensor boxes_c = boxes.contiguous();
-  const at::Tensor centers_c = centers.has_value() ? centers->contiguous() : at::Tensor();
-  AT_DISPATCH_FLOATING_TYPES(boxes.scalar_type(), "scale_candidates", [&] {
-    const ImageSegments segments =
-        image_segments<scalar_t>(boxes_c, centers_c.defined() ? centers_c.size(0) : -1, stream);
-    const at::Tensor twice_centers = box_centers<scalar_t>(boxes_c, segments, centers_c, stream);
-    launch_scale_candidates<scalar_t>(boxes_c, segments, twice_centers, scales, clip,
-                                      image_height, image_width, out, stream);
-  });
+  const Tensor boxes_c = torch::stable::contiguous(boxes);
+  const Tensor centers_c = centers.has_value() ? torch::stable::contiguous(*centers) : Tensor();
+  // boxes are float32 or float64 (check_candidates_args).
+  const int64_t batch = centers_c.defined() ? centers_c.size(0) : -1;
+  THO_DISPATCH_V2(boxes.scalar_type(), "scale_candidates", AT_WRAP([&] {
+                    const ImageSegments segments = image_segments<scalar_t>(boxes_c, batch, stream);
+                    const Tensor twice_centers =
+                        box_centers<scalar_t>(boxes_c, segments, centers_c, stream);
+                    launch_scale_candidates<scalar_t>(boxes_c, segments, twice_centers, scales,
+                                                      clip, image_height, image_width, out,
+                                                      stream);
+                  }),
+                  AT_EXPAND(AT_FLOATING_TYPES));
   return out;
 }
 
-inline at::Tensor crop_forward(const at::Tensor& input, const at::Tensor& boxes,
-                               at::ArrayRef<double> scales,
-                               const std::optional<at::Tensor>& centers,
-                               at::IntArrayRef output_size, double spatial_scale,
-                               int64_t sampling_ratio, bool aligned, bool clip,
-                               gpu::Stream stream) {
+inline Tensor crop_forward(const Tensor& input, const Tensor& boxes, DoubleArrayRef scales,
+                           const std::optional<Tensor>& centers, IntArrayRef output_size,
+                           double spatial_scale, int64_t sampling_ratio, bool aligned, bool clip,
+                           gpu::Stream stream) {
   const CropShape shape = check_crop_args(input, boxes, scales, centers, output_size,
                                           spatial_scale, sampling_ratio, kCropOp);
   check_floating_dtype(input, "input", kCropOp);
   const int64_t K = boxes.size(0);
   const int64_t S = static_cast<int64_t>(scales.size());
-  at::Tensor output =
-      at::empty({K, S, input.size(1), shape.out_h, shape.out_w}, input.options());
+  Tensor output = empty_like_device(input, {K, S, input.size(1), shape.out_h, shape.out_w});
   if (output.numel() == 0) {
     return output;
   }
-  const at::Tensor boxes_c = boxes.contiguous();
-  const at::Tensor given_centers = centers.has_value() ? centers->contiguous() : at::Tensor();
-  AT_DISPATCH_FLOATING_TYPES_AND2(
-      at::kHalf, at::kBFloat16, input.scalar_type(), "multiscale_roi_crop", [&] {
-        using T = at::opmath_type<scalar_t>;
-        const auto p = crop_params<T>(K, S, input.size(0), input.size(1), input.size(2),
-                                      input.size(3), shape, spatial_scale, sampling_ratio,
-                                      aligned, clip);
-        const ImageSegments segments = image_segments<T>(boxes_c, p.batch, stream);
-        const at::Tensor twice_centers = box_centers<T>(boxes_c, segments, given_centers, stream);
-        launch_crop_forward<scalar_t, T>(input, boxes_c, segments, twice_centers, scales, p,
-                                         output, stream);
-      });
+  const Tensor boxes_c = torch::stable::contiguous(boxes);
+  const Tensor given_centers =
+      centers.has_value() ? torch::stable::contiguous(*centers) : Tensor();
+  SSANET_DISPATCH_FLOATING_TYPES(input.scalar_type(), "multiscale_roi_crop", [&] {
+    using T = opmath_t<scalar_t>;
+    const auto p = crop_params<T>(K, S, input.size(0), input.size(1), input.size(2),
+                                  input.size(3), shape, spatial_scale, sampling_ratio, aligned,
+                                  clip);
+    const ImageSegments segments = image_segments<T>(boxes_c, p.batch, stream);
+    const Tensor twice_centers = box_centers<T>(boxes_c, segments, given_centers, stream);
+    launch_crop_forward<scalar_t>(input, boxes_c, segments, twice_centers, scales, p, output,
+                                  stream);
+  });
   return output;
 }
 
-inline at::Tensor crop_backward(const at::Tensor& grad_output, const at::Tensor& boxes,
-                                at::ArrayRef<double> scales,
-                                const std::optional<at::Tensor>& centers,
-                                at::IntArrayRef output_size, double spatial_scale,
-                                int64_t sampling_ratio, bool aligned, bool clip, int64_t batch,
-                                int64_t channels, int64_t height, int64_t width,
-                                gpu::Stream stream) {
+// deterministic: the gather kernel (a fixed summation order, no atomics) instead of the atomic
+// one; the Python layer passes torch.are_deterministic_algorithms_enabled().
+inline Tensor crop_backward(const Tensor& grad_output, const Tensor& boxes, DoubleArrayRef scales,
+                            const std::optional<Tensor>& centers, IntArrayRef output_size,
+                            double spatial_scale, int64_t sampling_ratio, bool aligned,
+                            bool clip, int64_t batch, int64_t channels, int64_t height,
+                            int64_t width, bool deterministic, gpu::Stream stream) {
   const CropShape shape =
       check_crop_backward_args(grad_output, boxes, scales, centers, output_size, spatial_scale,
                                sampling_ratio, batch, channels, height, width, kCropOp);
   check_floating_dtype(grad_output, "grad_output", kCropOp);
   const int64_t K = boxes.size(0);
   const int64_t S = static_cast<int64_t>(scales.size());
-  const at::ScalarType type = grad_output.scalar_type();
+  const ScalarType type = grad_output.scalar_type();
   if (K == 0 || batch * channels * height * width == 0) {
-    return at::zeros({batch, channels, height, width}, grad_output.options());
+    return zeros_like_device(grad_output, {batch, channels, height, width});
   }
-  const at::Tensor grad_c = grad_output.contiguous();
-  const at::Tensor boxes_c = boxes.contiguous();
-  const at::Tensor given_centers = centers.has_value() ? centers->contiguous() : at::Tensor();
-  at::Tensor grad_input;
-  AT_DISPATCH_FLOATING_TYPES_AND2(
-      at::kHalf, at::kBFloat16, type, "multiscale_roi_crop_backward", [&] {
-        using T = at::opmath_type<scalar_t>;
-        const auto p = crop_params<T>(K, S, batch, channels, height, width, shape, spatial_scale,
-                                      sampling_ratio, aligned, clip);
-        const ImageSegments segments = image_segments<T>(boxes_c, p.batch, stream);
-        const at::Tensor twice_centers = box_centers<T>(boxes_c, segments, given_centers, stream);
-        if (at::globalContext().deterministicAlgorithms()) {
-          grad_input = at::empty({batch, channels, height, width}, grad_output.options());
-          launch_crop_backward_gather<scalar_t, T>(grad_c, boxes_c, segments, twice_centers,
-                                                   scales, p, grad_input, stream);
-          return;
-        }
-        // Atomics add into T: the input's type, or a float32 buffer for float16 / bfloat16.
-        at::Tensor accumulator = at::zeros({batch, channels, height, width},
-                                           grad_output.options().dtype(compute_type(type)));
-        launch_crop_backward_atomic<scalar_t, T>(grad_c, boxes_c, segments, twice_centers,
-                                                 scales, p, accumulator, stream);
-        grad_input = accumulator.scalar_type() == type ? accumulator : accumulator.to(type);
-      });
+  const Tensor grad_c = torch::stable::contiguous(grad_output);
+  const Tensor boxes_c = torch::stable::contiguous(boxes);
+  const Tensor given_centers =
+      centers.has_value() ? torch::stable::contiguous(*centers) : Tensor();
+  Tensor grad_input;
+  SSANET_DISPATCH_FLOATING_TYPES(type, "multiscale_roi_crop_backward", [&] {
+    using T = opmath_t<scalar_t>;
+    const auto p = crop_params<T>(K, S, batch, channels, height, width, shape, spatial_scale,
+                                  sampling_ratio, aligned, clip);
+    const ImageSegments segments = image_segments<T>(boxes_c, p.batch, stream);
+    const Tensor twice_centers = box_centers<T>(boxes_c, segments, given_centers, stream);
+    if (deterministic) {
+      grad_input = empty_like_device(grad_output, {batch, channels, height, width});
+      launch_crop_backward_gather<scalar_t>(grad_c, boxes_c, segments, twice_centers, scales, p,
+                                            grad_input, stream);
+      return;
+    }
+    // Atomics add into T: the input's type, or a float32 buffer for float16 / bfloat16.
+    Tensor accumulator =
+        zeros_like_device(grad_output, {batch, channels, height, width}, compute_type(type));
+    launch_crop_backward_atomic<scalar_t>(grad_c, boxes_c, segments, twice_centers, scales, p,
+                                          accumulator, stream);
+    grad_input = accumulator.scalar_type() == type ? accumulator
+                                                   : torch::stable::to(accumulator, type);
+  });
   return grad_input;
 }
 

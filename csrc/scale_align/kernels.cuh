@@ -5,8 +5,8 @@
 //      [G, T, R, D] in the accumulation type (float32 for float16/bfloat16: the planes are sums
 //      of S inputs, which overflow float16 from about 65504 / S, and the gradient planes carry
 //      the rounding of the result; docs/operators.md section 4 keeps float32 intermediates);
-//   2. the T plane products as one batched GEMM in the accumulation type, through at::bmm
-//      (cuBLAS on a GPU);
+//   2. the T plane products as one batched GEMM in the accumulation type, through ATen's bmm
+//      (cuBLAS on a GPU), called through the dispatcher on the calling thread;
 //   3. align_kernel / correlation_kernel: the inverse DFT fused with max, argmax (within the tie
 //      tolerance, from the norms of phi's and weight's rows) and bias (one thread per (n, c)).
 // The backward runs grad_planes_kernel (the gradient's planes, one-hot for scale_align), the
@@ -17,21 +17,20 @@
 // where the products and the norms run as the same ATen calls on CPU tensors. The loops index
 // in int64 throughout: each thread's DFT (S*S/2 multiply-adds or more) outweighs the divisions
 // that an int32 index would make cheaper.
-
-#include <ATen/Dispatch.h>
-#include <ATen/OpMathType.h>
-#include <ATen/core/Tensor.h>
-#include <ATen/ops/bmm.h>
-#include <ATen/ops/empty.h>
-#include <ATen/ops/linalg_vector_norm.h>
+//
+// TF32 needs no op argument: this code reads no global setting; ATen's CUDA bmm, reached
+// through the dispatcher, decides by itself from torch.backends.cuda.matmul.allow_tf32 /
+// torch.set_float32_matmul_precision, as for any torch.bmm.
 
 #include <optional>
 #include <tuple>
+#include <vector>
 
 #include "common/launch.h"
 #include "common/scale_dft.h"
 #include "common/simulation.h"
 #include "common/strides.h"
+#include "common/stable.h"
 #include "scale_align/arguments.h"
 
 namespace ssanet_ops::scale_align {
@@ -58,8 +57,8 @@ __device__ scale_dft::Twiddles<acc_t> block_twiddles(int64_t S) {
 template <typename scalar_t>
 __global__ void analysis_kernel(const scalar_t* __restrict__ x, Strides4 strides, int64_t R,
                                 int64_t S, int64_t D, int64_t columns, scale_dft::Packing packing,
-                                at::opmath_type<scalar_t>* __restrict__ planes) {
-  using acc_t = at::opmath_type<scalar_t>;
+                                opmath_t<scalar_t>* __restrict__ planes) {
+  using acc_t = opmath_t<scalar_t>;
   const scale_dft::Twiddles<acc_t> tw = block_twiddles<acc_t>(S);
   const int64_t T = scale_dft::plane_count(S);
   for (int64_t index = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; index < columns;
@@ -80,14 +79,14 @@ __global__ void analysis_kernel(const scalar_t* __restrict__ x, Strides4 strides
 // weight_norms [G, C] (contiguous) are the Frobenius norms of the rows of phi and weight, for
 // the tie tolerance.
 template <typename scalar_t>
-__global__ void align_kernel(const at::opmath_type<scalar_t>* __restrict__ products,
-                             const at::opmath_type<scalar_t>* __restrict__ phi_norms,
-                             const at::opmath_type<scalar_t>* __restrict__ weight_norms,
+__global__ void align_kernel(const opmath_t<scalar_t>* __restrict__ products,
+                             const opmath_t<scalar_t>* __restrict__ phi_norms,
+                             const opmath_t<scalar_t>* __restrict__ weight_norms,
                              const scalar_t* __restrict__ bias, int64_t bias_stride_g,
                              int64_t bias_stride_c, int64_t N, int64_t C, int64_t S,
                              int64_t points, scalar_t* __restrict__ logits,
                              int64_t* __restrict__ shift) {
-  using acc_t = at::opmath_type<scalar_t>;
+  using acc_t = opmath_t<scalar_t>;
   const scale_dft::Twiddles<acc_t> tw = block_twiddles<acc_t>(S);
   const int64_t T = scale_dft::plane_count(S);
   for (int64_t index = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; index < points;
@@ -110,10 +109,10 @@ __global__ void align_kernel(const at::opmath_type<scalar_t>* __restrict__ produ
 
 // corr[g, n, c, :] from the products [G, T, N, C].
 template <typename scalar_t>
-__global__ void correlation_kernel(const at::opmath_type<scalar_t>* __restrict__ products,
+__global__ void correlation_kernel(const opmath_t<scalar_t>* __restrict__ products,
                                    int64_t N, int64_t C, int64_t S, int64_t points,
                                    scalar_t* __restrict__ corr) {
-  using acc_t = at::opmath_type<scalar_t>;
+  using acc_t = opmath_t<scalar_t>;
   const scale_dft::Twiddles<acc_t> tw = block_twiddles<acc_t>(S);
   const int64_t T = scale_dft::plane_count(S);
   for (int64_t index = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; index < points;
@@ -137,8 +136,8 @@ template <typename scalar_t>
 __global__ void grad_planes_kernel(const scalar_t* __restrict__ grad, Strides4 strides,
                                    const int64_t* __restrict__ shift, int64_t N, int64_t C,
                                    int64_t S, int64_t points, scale_dft::Packing packing,
-                                   bool conjugate, at::opmath_type<scalar_t>* __restrict__ planes) {
-  using acc_t = at::opmath_type<scalar_t>;
+                                   bool conjugate, opmath_t<scalar_t>* __restrict__ planes) {
+  using acc_t = opmath_t<scalar_t>;
   const scale_dft::Twiddles<acc_t> tw = block_twiddles<acc_t>(S);
   const int64_t T = scale_dft::plane_count(S);
   for (int64_t index = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; index < points;
@@ -164,10 +163,10 @@ __global__ void grad_planes_kernel(const scalar_t* __restrict__ grad, Strides4 s
 
 // out[g, r, :, d] (contiguous [G, R, S, D]) = the inverse DFT of products[g, :, r, d].
 template <typename scalar_t>
-__global__ void synthesis_kernel(const at::opmath_type<scalar_t>* __restrict__ products,
+__global__ void synthesis_kernel(const opmath_t<scalar_t>* __restrict__ products,
                                  int64_t R, int64_t S, int64_t D, int64_t columns,
                                  bool conjugate, scalar_t* __restrict__ out) {
-  using acc_t = at::opmath_type<scalar_t>;
+  using acc_t = opmath_t<scalar_t>;
   const scale_dft::Twiddles<acc_t> tw = block_twiddles<acc_t>(S);
   const int64_t T = scale_dft::plane_count(S);
   for (int64_t index = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; index < columns;
@@ -195,9 +194,9 @@ size_t twiddle_bytes(int64_t S) {
 
 // planes [G, T, R, D] (accumulation type) of x [G, R, S, D].
 template <typename scalar_t>
-void launch_analysis(const at::Tensor& x, scale_dft::Packing packing, at::Tensor& planes,
+void launch_analysis(const Tensor& x, scale_dft::Packing packing, Tensor& planes,
                      gpu::Stream stream) {
-  using acc_t = at::opmath_type<scalar_t>;
+  using acc_t = opmath_t<scalar_t>;
   const int64_t R = x.size(1), S = x.size(2), D = x.size(3);
   const int64_t columns = x.size(0) * R * D;
   const GridStride launch = grid_stride(columns);
@@ -209,10 +208,10 @@ void launch_analysis(const at::Tensor& x, scale_dft::Packing packing, at::Tensor
 // logits and shift [G, N, C] from the products [G*T, N, C] and the row norms [G, N], [G, C];
 // bias [G, C] or undefined.
 template <typename scalar_t>
-void launch_align(const at::Tensor& products, const at::Tensor& phi_norms,
-                  const at::Tensor& weight_norms, const at::Tensor& bias, const Shape& shape,
-                  at::Tensor& logits, at::Tensor& shift, gpu::Stream stream) {
-  using acc_t = at::opmath_type<scalar_t>;
+void launch_align(const Tensor& products, const Tensor& phi_norms, const Tensor& weight_norms,
+                  const Tensor& bias, const Shape& shape, Tensor& logits, Tensor& shift,
+                  gpu::Stream stream) {
+  using acc_t = opmath_t<scalar_t>;
   const int64_t points = logits.numel();
   const bool has_bias = bias.defined();
   const GridStride launch = grid_stride(points);
@@ -227,9 +226,9 @@ void launch_align(const at::Tensor& products, const at::Tensor& phi_norms,
 
 // corr [G, N, C, S] from the products [G*T, N, C].
 template <typename scalar_t>
-void launch_correlation(const at::Tensor& products, const Shape& shape, at::Tensor& corr,
+void launch_correlation(const Tensor& products, const Shape& shape, Tensor& corr,
                         gpu::Stream stream) {
-  using acc_t = at::opmath_type<scalar_t>;
+  using acc_t = opmath_t<scalar_t>;
   const int64_t points = shape.groups * shape.proposals * shape.classes;
   const GridStride launch = grid_stride(points);
   gpu::launch(correlation_kernel<scalar_t>, launch.blocks, launch.threads,
@@ -241,10 +240,10 @@ void launch_correlation(const at::Tensor& products, const Shape& shape, at::Tens
 // planes [G, T, N, C] (accumulation type) of grad [G, N, C, S], or of grad [G, N, C] one-hot at
 // shift [G, N, C] (contiguous) when `shift` is defined.
 template <typename scalar_t>
-void launch_grad_planes(const at::Tensor& grad, const at::Tensor& shift, const Shape& shape,
-                        scale_dft::Packing packing, bool conjugate, at::Tensor& planes,
+void launch_grad_planes(const Tensor& grad, const Tensor& shift, const Shape& shape,
+                        scale_dft::Packing packing, bool conjugate, Tensor& planes,
                         gpu::Stream stream) {
-  using acc_t = at::opmath_type<scalar_t>;
+  using acc_t = opmath_t<scalar_t>;
   const int64_t points = shape.groups * shape.proposals * shape.classes;
   // grad's strides of (g, n, c, shift) in the fields (n, c, h, w).
   const Strides4 strides{grad.stride(0), grad.stride(1), grad.stride(2),
@@ -259,9 +258,8 @@ void launch_grad_planes(const at::Tensor& grad, const at::Tensor& shift, const S
 
 // out [G, R, S, D] (contiguous) from the products [G*T, R, D].
 template <typename scalar_t>
-void launch_synthesis(const at::Tensor& products, bool conjugate, at::Tensor& out,
-                      gpu::Stream stream) {
-  using acc_t = at::opmath_type<scalar_t>;
+void launch_synthesis(const Tensor& products, bool conjugate, Tensor& out, gpu::Stream stream) {
+  using acc_t = opmath_t<scalar_t>;
   const int64_t R = out.size(1), S = out.size(2), D = out.size(3);
   const int64_t columns = out.numel() / S;
   const GridStride launch = grid_stride(columns);
@@ -273,62 +271,71 @@ void launch_synthesis(const at::Tensor& products, bool conjugate, at::Tensor& ou
 // ---- entry points: the ops' schemas, on tensors of the kernels' device ----
 
 // The accumulation dtype of inputs of `dtype`: of the planes and their products.
-inline at::ScalarType accumulation_dtype(at::ScalarType dtype) {
-  return dtype == at::kDouble ? at::kDouble : at::kFloat;
+inline ScalarType accumulation_dtype(ScalarType dtype) {
+  return dtype == ScalarType::Double ? ScalarType::Double : ScalarType::Float;
 }
 
 // [G, T, R, D] planes of x [G, R, S, D], in the accumulation dtype.
-inline at::Tensor analysis(const at::Tensor& x, scale_dft::Packing packing, gpu::Stream stream) {
+inline Tensor analysis(const Tensor& x, scale_dft::Packing packing, gpu::Stream stream) {
   const int64_t T = scale_dft::plane_count(x.size(2));
-  at::Tensor planes = at::empty({x.size(0), T, x.size(1), x.size(3)},
-                                x.options().dtype(accumulation_dtype(x.scalar_type())));
+  Tensor planes = empty_like_device(x, {x.size(0), T, x.size(1), x.size(3)},
+                                    accumulation_dtype(x.scalar_type()));
   if (planes.numel() > 0) {
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "scale_align_dft",
-                                    [&] { launch_analysis<scalar_t>(x, packing, planes, stream); });
+    SSANET_DISPATCH_FLOATING_TYPES(x.scalar_type(), "scale_align_dft",
+                                   [&] { launch_analysis<scalar_t>(x, packing, planes, stream); });
   }
   return planes;
 }
 
-// The T plane products of the forward, [G*T, N, C] in the accumulation dtype, through at::bmm
-// (on a GPU, cuBLAS: TF32 for float32 as torch.backends.cuda.matmul.allow_tf32 says).
-inline at::Tensor forward_products(const at::Tensor& phi4, const at::Tensor& weight4,
-                                   const Shape& shape, gpu::Stream stream) {
+// out = lhs @ rhs, batched ([B, M, K] @ [B, K, P] into [B, M, P]), through ATen's bmm.out.
+inline void bmm_out(Tensor& out, const Tensor& lhs, const Tensor& rhs) {
+  call_aten("aten::bmm", "out", lhs, rhs, out);
+}
+
+// The T plane products of the forward, [G*T, N, C] in the accumulation dtype, through ATen's
+// bmm (on a GPU, cuBLAS: TF32 for float32 as torch.backends.cuda.matmul.allow_tf32 says).
+inline Tensor forward_products(const Tensor& phi4, const Tensor& weight4, const Shape& shape,
+                               gpu::Stream stream) {
   const int64_t batches = shape.groups * shape.planes();
-  const at::Tensor phi_planes = analysis(phi4, scale_dft::kPhiPacking, stream);
-  const at::Tensor weight_planes = analysis(weight4, scale_dft::kWeightPacking, stream);
-  at::Tensor products =
-      at::empty({batches, shape.proposals, shape.classes}, phi_planes.options());
+  const Tensor phi_planes = analysis(phi4, scale_dft::kPhiPacking, stream);
+  const Tensor weight_planes = analysis(weight4, scale_dft::kWeightPacking, stream);
+  Tensor products = empty_like_device(phi_planes, {batches, shape.proposals, shape.classes});
   if (shape.features == 0) {
-    return products.zero_();  // sums over an empty feature axis
+    return torch::stable::zero_(products);  // sums over an empty feature axis
   }
-  at::bmm_out(products, phi_planes.view({batches, shape.proposals, shape.features}),
-              weight_planes.view({batches, shape.classes, shape.features}).transpose(1, 2));
+  bmm_out(products,
+          torch::stable::view(phi_planes, {batches, shape.proposals, shape.features}),
+          torch::stable::transpose(
+              torch::stable::view(weight_planes, {batches, shape.classes, shape.features}), 1,
+              2));
   return products;
 }
 
-// The Frobenius norms [G, R] of the rows x[g, r] of x [G, R, S, D], in the accumulation dtype.
-inline at::Tensor row_norms(const at::Tensor& x) {
-  return at::linalg_vector_norm(x, 2, {2, 3}, /*keepdim=*/false,
-                                accumulation_dtype(x.scalar_type()));
+// The Frobenius norms [G, R] of the rows x[g, r] of x [G, R, S, D], in the accumulation dtype:
+// aten::norm with p = None (2), whose Scalar p the stable ABI cannot pass but None, as
+// torch.linalg.vector_norm(x, 2, (2, 3), dtype=...) computes them.
+inline Tensor row_norms(const Tensor& x) {
+  return call_aten("aten::norm", "ScalarOpt_dim_dtype", x, std::nullopt,
+                   std::vector<int64_t>{2, 3}, /*keepdim=*/false,
+                   accumulation_dtype(x.scalar_type()))[0];
 }
 
-inline std::tuple<at::Tensor, at::Tensor> align(const at::Tensor& phi, const at::Tensor& weight,
-                                                const std::optional<at::Tensor>& bias,
-                                                gpu::Stream stream) {
+inline std::tuple<Tensor, Tensor> align(const Tensor& phi, const Tensor& weight,
+                                        const std::optional<Tensor>& bias, gpu::Stream stream) {
   constexpr const char* op = "scale_align";
   const Shape shape = check_inputs(phi, weight, op);
   check_bias(bias, weight, shape, op);
   check_floating_dtype(phi, "phi", op);
   const int64_t G = shape.groups, N = shape.proposals, C = shape.classes;
-  at::Tensor logits = at::empty({G, N, C}, phi.options());
-  at::Tensor shift = at::empty({G, N, C}, phi.options().dtype(at::kLong));
+  Tensor logits = empty_like_device(phi, {G, N, C});
+  Tensor shift = empty_like_device(phi, {G, N, C}, ScalarType::Long);
   if (logits.numel() > 0) {
-    const at::Tensor phi4 = as_grouped(phi), weight4 = as_grouped(weight);
-    const at::Tensor products = forward_products(phi4, weight4, shape, stream);
-    const at::Tensor phi_norms = row_norms(phi4), weight_norms = row_norms(weight4);
-    const at::Tensor bias_grouped = bias.has_value() ? bias->reshape({G, C}) : at::Tensor();
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, phi.scalar_type(), "scale_align",
-                                    [&] {
+    const Tensor phi4 = as_grouped(phi), weight4 = as_grouped(weight);
+    const Tensor products = forward_products(phi4, weight4, shape, stream);
+    const Tensor phi_norms = row_norms(phi4), weight_norms = row_norms(weight4);
+    const Tensor bias_grouped =
+        bias.has_value() ? torch::stable::reshape(*bias, {G, C}) : Tensor();
+    SSANET_DISPATCH_FLOATING_TYPES(phi.scalar_type(), "scale_align", [&] {
       launch_align<scalar_t>(products, phi_norms, weight_norms, bias_grouped, shape, logits,
                              shift, stream);
     });
@@ -336,18 +343,16 @@ inline std::tuple<at::Tensor, at::Tensor> align(const at::Tensor& phi, const at:
   return {ungroup_like(logits, shape), ungroup_like(shift, shape)};
 }
 
-inline at::Tensor correlation(const at::Tensor& phi, const at::Tensor& weight,
-                              gpu::Stream stream) {
+inline Tensor correlation(const Tensor& phi, const Tensor& weight, gpu::Stream stream) {
   constexpr const char* op = "scale_correlation";
   const Shape shape = check_inputs(phi, weight, op);
   check_floating_dtype(phi, "phi", op);
-  at::Tensor corr =
-      at::empty({shape.groups, shape.proposals, shape.classes, shape.scales}, phi.options());
+  Tensor corr =
+      empty_like_device(phi, {shape.groups, shape.proposals, shape.classes, shape.scales});
   if (corr.numel() > 0) {
-    const at::Tensor products =
+    const Tensor products =
         forward_products(as_grouped(phi), as_grouped(weight), shape, stream);
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, phi.scalar_type(),
-                                    "scale_correlation", [&] {
+    SSANET_DISPATCH_FLOATING_TYPES(phi.scalar_type(), "scale_correlation", [&] {
       launch_correlation<scalar_t>(products, shape, corr, stream);
     });
   }
@@ -358,9 +363,8 @@ inline at::Tensor correlation(const at::Tensor& phi, const at::Tensor& weight,
 // eq. 8), as on the CPU (cpu.cpp, backward_cpu) but over the whole feature axis at once: `shift`
 // for scale_align, none for scale_correlation; `other` is the saved input, weight for d phi and
 // phi for d weight.
-inline at::Tensor backward(const at::Tensor& grad, const std::optional<at::Tensor>& shift,
-                           const at::Tensor& other, bool for_weight, const char* op,
-                           gpu::Stream stream) {
+inline Tensor backward(const Tensor& grad, const std::optional<Tensor>& shift,
+                       const Tensor& other, bool for_weight, const char* op, gpu::Stream stream) {
   const Shape shape = check_grad(grad, shift, other, /*other_is_weight=*/!for_weight, op);
   check_floating_dtype(grad, "grad", op);
   const bool grouped = shape.grouped;
@@ -368,41 +372,40 @@ inline at::Tensor backward(const at::Tensor& grad, const std::optional<at::Tenso
   const int64_t S = shape.scales, D = shape.features, T = shape.planes();
   const int64_t other_rows = for_weight ? N : C;
   const int64_t result_rows = for_weight ? C : N;
-  at::Tensor result = at::empty({G, result_rows, S, D}, grad.options());
+  Tensor result = empty_like_device(grad, {G, result_rows, S, D});
   if (result.numel() == 0) {
-    return grouped ? result : result.squeeze(0);
+    return grouped ? result : torch::stable::squeeze(result, 0);
   }
-  const at::Tensor grad4 = grouped ? grad : grad.unsqueeze(0);
-  const at::Tensor shift4 =
-      shift.has_value() ? (grouped ? *shift : shift->unsqueeze(0)).contiguous() : at::Tensor();
-  const at::TensorOptions accumulation_options =
-      grad.options().dtype(accumulation_dtype(grad.scalar_type()));
-  at::Tensor planes = at::empty({G, T, N, C}, accumulation_options);
+  const Tensor grad4 = grouped ? grad : torch::stable::unsqueeze(grad, 0);
+  const Tensor shift4 =
+      shift.has_value()
+          ? torch::stable::contiguous(grouped ? *shift : torch::stable::unsqueeze(*shift, 0))
+          : Tensor();
+  const ScalarType accumulation = accumulation_dtype(grad.scalar_type());
+  Tensor planes = empty_like_device(grad, {G, T, N, C}, accumulation);
   if (planes.numel() > 0) {
     const scale_dft::Packing packing =
         for_weight ? scale_dft::kWeightPacking : scale_dft::kPhiPacking;
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(),
-                                    "scale_align_grad_planes", [&] {
+    SSANET_DISPATCH_FLOATING_TYPES(grad.scalar_type(), "scale_align_grad_planes", [&] {
       launch_grad_planes<scalar_t>(grad4, shift4, shape, packing, /*conjugate=*/for_weight,
                                    planes, stream);
     });
   }
-  const at::Tensor input_planes = analysis(
+  const Tensor input_planes = analysis(
       as_grouped(other), for_weight ? scale_dft::kPhiPacking : scale_dft::kWeightPacking, stream);
   const int64_t batches = G * T;
-  const at::Tensor lhs = for_weight ? planes.view({batches, N, C}).transpose(1, 2)
-                                    : planes.view({batches, N, C});
-  at::Tensor products = at::empty({batches, result_rows, D}, accumulation_options);
+  const Tensor planes3 = torch::stable::view(planes, {batches, N, C});
+  const Tensor lhs = for_weight ? torch::stable::transpose(planes3, 1, 2) : planes3;
+  Tensor products = empty_like_device(grad, {batches, result_rows, D}, accumulation);
   if (other_rows == 0) {
-    products.zero_();  // a sum over no proposals (d weight with N = 0) or classes
+    torch::stable::zero_(products);  // a sum over no proposals (d weight with N = 0) or classes
   } else {
-    at::bmm_out(products, lhs, input_planes.view({batches, other_rows, D}));
+    bmm_out(products, lhs, torch::stable::view(input_planes, {batches, other_rows, D}));
   }
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(),
-                                  "scale_align_synthesis", [&] {
+  SSANET_DISPATCH_FLOATING_TYPES(grad.scalar_type(), "scale_align_synthesis", [&] {
     launch_synthesis<scalar_t>(products, /*conjugate=*/for_weight, result, stream);
   });
-  return grouped ? result : result.squeeze(0);
+  return grouped ? result : torch::stable::squeeze(result, 0);
 }
 
 }  // namespace ssanet_ops::scale_align
