@@ -15,8 +15,10 @@ CMAKE_BUILD_PARALLEL_LEVEL=--jobs. The builds:
 - cuda-sm90: SSANET_OPS_CUDA=on, TORCH_CUDA_ARCH_LIST=9.0 (one architecture), nvcc from
   CUDACXX (default /usr/local/cuda-13.0/bin/nvcc).
 
-Prints one Markdown table row per build: wall seconds, and the 1-minute load average before
-and after (the machine may be shared: compare numbers taken under similar load). Needs
+Prints one Markdown table row per build: wall seconds; CPU seconds (user + system of every
+process of the build), which depend much less than the wall time on what else the machine runs;
+and the 1-minute load average before and after (on a shared machine, compare wall times taken
+under similar load, e.g. one run right after the other with --rev). Needs
 scikit-build-core, cmake and ninja where pip's build finds them (PATH).
 """
 
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -50,8 +53,10 @@ def export_revision(revision: str, destination: Path) -> Path:
     return destination
 
 
-def timed_build(source: Path, build: str, jobs: int, scratch: Path) -> tuple[float, str]:
-    """Wall seconds of one clean `pip wheel` of `source`; the tail of its log on failure."""
+def timed_build(source: Path, build: str, jobs: int, scratch: Path) -> tuple[float, float, str]:
+    """Wall seconds and CPU seconds (user + system, of every process of the build) of one clean
+    `pip wheel` of `source`, and the line saying what it configured. Exits with the tail of its
+    log when it fails."""
     env = dict(os.environ, CMAKE_BUILD_PARALLEL_LEVEL=str(jobs), **BUILDS[build])
     if build.startswith("cuda"):
         env.setdefault("CUDACXX", DEFAULT_NVCC)
@@ -71,15 +76,20 @@ def timed_build(source: Path, build: str, jobs: int, scratch: Path) -> tuple[flo
         f"build-dir={build_dir}",
         str(source),
     ]
+    cpu_before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     result = subprocess.run(command, env=env, capture_output=True, text=True)
     seconds = time.perf_counter() - start
+    cpu_after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu_seconds = (cpu_after.ru_utime - cpu_before.ru_utime) + (
+        cpu_after.ru_stime - cpu_before.ru_stime
+    )
     if result.returncode != 0:
         tail = (result.stdout + result.stderr)[-4000:]
         raise SystemExit(f"build {build} of {source} failed:\n{tail}")
     log = (result.stdout + result.stderr).splitlines()
-    chosen = [line.strip() for line in log if "ssanet_ops: CUDA kernels" in line]
-    return seconds, chosen[-1] if chosen else ""
+    chosen = [line.strip(" -") for line in log if "ssanet_ops: CUDA kernels" in line]
+    return seconds, cpu_seconds, chosen[-1] if chosen else ""
 
 
 def main() -> None:
@@ -111,14 +121,15 @@ def main() -> None:
             f"{os.cpu_count()} CPUs, niceness {os.nice(0)}",
             flush=True,
         )
-        print("| source | build | wall s | load avg before | load avg after | configured |")
-        print("|---|---|---:|---:|---:|---|", flush=True)
+        print("| source | build | wall s | CPU s | load avg before | load avg after | configured |")
+        print("|---|---|---:|---:|---:|---:|---|", flush=True)
         for build in args.builds:
             before = os.getloadavg()[0]
-            seconds, chosen = timed_build(source, build, args.jobs, scratch)
+            seconds, cpu_seconds, chosen = timed_build(source, build, args.jobs, scratch)
             after = os.getloadavg()[0]
             print(
-                f"| {label} | {build} | {seconds:.0f} | {before:.2f} | {after:.2f} | {chosen} |",
+                f"| {label} | {build} | {seconds:.0f} | {cpu_seconds:.0f} | {before:.2f} "
+                f"| {after:.2f} | {chosen} |",
                 flush=True,
             )
 
