@@ -7,7 +7,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-from torchvision.ops import roi_align
 
 from ._validation import BoxesArg, boxes_as_rois, oriented_pool_geometry, pair, scale_list
 
@@ -128,6 +127,24 @@ def scale_candidates(
     return candidates
 
 
+def _roi_align():
+    """``torchvision.ops.roi_align``, imported on first use: torchvision is an optional
+    dependency (the ``vision`` extra), since each of its releases requires one exact torch and
+    the operators run on any torch >= 2.11 (issue 11)."""
+    try:
+        from torchvision.ops import roi_align
+    except ImportError as error:
+        # Pinned without the local label (+cpu, +cu130), which matches every build of it.
+        release = torch.__version__.split("+")[0]
+        raise ImportError(
+            "ssanet_ops.reference.multiscale_roi_crop needs torchvision (its roi_align), which "
+            f"cannot be imported here ({error}). Install the 'vision' extra of ssanet-ops, or "
+            f"the torchvision release made for your torch {torch.__version__}, with torch pinned "
+            f"so that pip keeps it: pip install torchvision 'torch=={release}'"
+        ) from error
+    return roi_align
+
+
 def multiscale_roi_crop(
     input: torch.Tensor,
     boxes: BoxesArg,
@@ -142,7 +159,8 @@ def multiscale_roi_crop(
     """Reference for :func:`ssanet_ops.multiscale_roi_crop` (docs/operators.md section 2):
     ``torchvision.ops.roi_align`` on the flattened :func:`scale_candidates`, reshaped to
     ``[K, S, C, oh, ow]``. The candidates are computed in float64 for float64 input, else in
-    float32, then handed to roi_align in input's dtype."""
+    float32, then handed to roi_align in input's dtype. Needs torchvision (the ``vision``
+    extra)."""
     compute_dtype = torch.float64 if input.dtype == torch.float64 else torch.float32
     rois = boxes_as_rois(boxes, compute_dtype)
     _, channels, height, width = input.shape
@@ -150,7 +168,7 @@ def multiscale_roi_crop(
     candidates = scale_candidates(rois, scales, image_size, centers, clip)
     count, S = candidates.shape[:2]
     flat = torch.cat([rois[:, :1].repeat_interleave(S, dim=0), candidates.reshape(-1, 4)], dim=1)
-    out = roi_align(
+    out = _roi_align()(
         input,
         flat.to(input.dtype),
         pair(output_size, "output_size"),

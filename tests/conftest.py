@@ -11,11 +11,16 @@ host simulator of the CUDA kernels (ssanet_ops.testing.simulate_cuda) always.
 Every cuda and sim variant carries the marker ``cuda_kernels`` (``-m cuda_kernels`` selects the
 tests that run CUDA kernel code), and the sim variants ``cuda_simulator``. A simulated test of an
 op whose kernels are not simulated yet is reported as skipped.
+
+torchvision is optional (the operators need only torch): tests that compare with its roi_align
+carry ``requires_torchvision`` (marker ``torchvision``) and skip without it; the modules of the
+model layer, which needs it throughout, skip as a whole (``pytest.importorskip``).
 """
 
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 from collections.abc import Iterator
 
 import pytest
@@ -26,6 +31,7 @@ from ssanet_ops.testing import NotSimulatedError, simulate_cuda, simulator_avail
 
 CUDA_AVAILABLE = torch.cuda.is_available() and ssanet_ops.build_info()["cuda"]
 SIMULATOR_BUILT = simulator_available()
+TORCHVISION_INSTALLED = importlib.util.find_spec("torchvision") is not None
 
 _CUDA = pytest.param(
     "cuda",
@@ -48,6 +54,13 @@ def requires_cuda(test):
     """For tests that need a real GPU (two devices at once, CUDA-only APIs)."""
     test = pytest.mark.skipif(not CUDA_AVAILABLE, reason="needs a GPU and the CUDA kernels")(test)
     return pytest.mark.cuda_kernels(test)
+
+
+def requires_torchvision(test):
+    """For tests that compare with torchvision (roi_align, reference.multiscale_roi_crop)."""
+    reason = "needs torchvision (the 'vision' extra)"
+    test = pytest.mark.skipif(not TORCHVISION_INSTALLED, reason=reason)(test)
+    return pytest.mark.torchvision(test)
 
 
 def requires_simulator(test):
@@ -115,6 +128,9 @@ def pytest_configure(config):
     )
     config.addinivalue_line(
         "markers", "cuda_simulator: runs the CUDA kernels in the host simulator"
+    )
+    config.addinivalue_line(
+        "markers", "torchvision: compares with torchvision, skipped where it is not installed"
     )
 
 

@@ -15,6 +15,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+
+# The model layer needs torchvision, an optional dependency (the "train" extra): without it
+# this module is skipped. The imports below need it.
+pytest.importorskip("torchvision", reason="the model layer needs torchvision (the 'train' extra)")
+
 from PIL import Image
 from ssanet import SSANet, save_checkpoint
 from ssanet.ablation import discriminative_parts, localization, plan, report

@@ -7,7 +7,12 @@ import importlib.util
 import json
 from pathlib import Path
 
+import pytest
 import torch
+
+# bench_ops.py needs the "bench" extra: tqdm, and torchvision for its roi_align baseline.
+pytest.importorskip("tqdm", reason="the benchmarks need tqdm (the 'bench' extra)")
+pytest.importorskip("torchvision", reason="the benchmarks need torchvision (the 'bench' extra)")
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 

@@ -18,8 +18,13 @@ from importlib import metadata
 from pathlib import Path
 
 import pytest
-import ssanet
 import torch
+
+# The model layer needs torchvision, an optional dependency (the "train" extra): without it
+# this module is skipped. The imports below need it.
+pytest.importorskip("torchvision", reason="the model layer needs torchvision (the 'train' extra)")
+
+import ssanet
 import torchvision
 from PIL import ImageColor
 from ssanet import cli

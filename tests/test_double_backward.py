@@ -10,6 +10,8 @@ import torch
 import ssanet_ops
 from ssanet_ops import reference
 
+from .conftest import requires_torchvision
+
 
 def distinct(*shape: int) -> torch.Tensor:
     """float64 values with gaps (0.1) far above gradcheck's steps: no ties, no argmax flips."""
@@ -124,6 +126,7 @@ def test_gradient_penalty_of_oriented_pool_matches_reference():
     )
 
 
+@requires_torchvision
 def test_hessian_vector_product_of_the_crop_matches_reference():
     # roi_align (the reference's sampler) has no double backward, but the crop is linear,
     # y = A x: for the loss sum(y^3) the product is H v = A^T (6 (A x) * (A v)), with A applied by

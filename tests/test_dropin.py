@@ -13,6 +13,8 @@ import torch.fx
 import ssanet_ops
 from ssanet_ops import reference
 
+from .conftest import requires_torchvision
+
 SCALES = [0.8, 1.0, 1.25]
 BOXES = torch.tensor([[0, 1.0, 1.2, 5.5, 6.0], [1, 0.2, 0.3, 3.3, 6.6], [1, 4.0, 2.0, 9.5, 8.0]])
 
@@ -91,6 +93,7 @@ def test_each_module_traces_to_one_call(module):
     assert len(leaf_calls(traced)) == 1
 
 
+@requires_torchvision
 def test_fx_feature_extraction_of_a_model_with_the_crop():
     # torchvision's create_feature_extractor is FX-based.
     from torchvision.models.feature_extraction import create_feature_extractor
@@ -127,6 +130,7 @@ def test_cpu_reduced_oriented_pool(dtype):
     torch.testing.assert_close(x.grad.float(), rounded.grad, **reduced_tolerance(dtype))
 
 
+@requires_torchvision
 @pytest.mark.parametrize("dtype", REDUCED)
 @pytest.mark.parametrize("channels", [3, 20])  # plane by plane, and channels-last chunks
 def test_cpu_reduced_multiscale_roi_crop(dtype, channels):
@@ -167,6 +171,7 @@ def test_cpu_reduced_scale_align(dtype):
         torch.testing.assert_close(actual.float(), expected.grad, **tolerance)
 
 
+@requires_torchvision
 def test_cpu_autocast_runs_the_crop_in_float32_and_keeps_the_input_dtype():
     # torchvision's roi_align under CPU (and CUDA) autocast: computed in float32, returned in
     # the input's dtype; a float32 input stays float32.

@@ -11,9 +11,14 @@ import math
 import urllib.error
 
 import pytest
-import ssanet
 import torch
 import torch.nn.functional as F
+
+# The model layer needs torchvision, an optional dependency (the "train" extra): without it
+# this module is skipped. The imports below need it.
+pytest.importorskip("torchvision", reason="the model layer needs torchvision (the 'train' extra)")
+
+import ssanet
 import torchvision
 from ssanet.model import (
     NTS_ANCHOR_LEVELS,

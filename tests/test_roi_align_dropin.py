@@ -17,6 +17,11 @@ import math
 import pytest
 import torch
 import torch.fx
+
+# These are torchvision's tests, against its roi_align: skipped without torchvision (an
+# optional dependency, the "vision" extra).
+pytest.importorskip("torchvision", reason="compares with torchvision (the 'vision' extra)")
+
 from torchvision.models.feature_extraction import get_graph_node_names
 from torchvision.ops import roi_align
 

@@ -10,15 +10,22 @@ import math
 import numpy as np
 import pytest
 import torch
-from torchvision.ops import roi_align
 
 import ssanet_ops
 from ssanet_ops import reference
 from ssanet_ops.testing import simulate_cuda, simulating
 
-from .conftest import requires_cuda, requires_simulator
+from .conftest import requires_cuda, requires_simulator, requires_torchvision
 
 SCALES = ssanet_ops.scale_factors(1.3, 5)
+
+
+def roi_align(*args, **kwargs) -> torch.Tensor:
+    """``torchvision.ops.roi_align``, imported by the tests that use it (requires_torchvision):
+    torchvision is optional."""
+    from torchvision.ops import roi_align
+
+    return roi_align(*args, **kwargs)
 
 
 def random_boxes(batch: int, image_height: float, image_width: float, dtype=torch.float32):
@@ -173,6 +180,7 @@ def assert_anchor_rule(rois, centers=None):
     np.testing.assert_array_equal(eta_y2, expected["eta_y2"])
 
 
+@requires_torchvision
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_issue_box_grows_from_its_first_corner(device, dtype):
     # Issue 9 defect 1: one box alone in its image ties with its own centre on both axes, so
@@ -317,6 +325,7 @@ def crop_and_gradient(fn, x, *args, **kwargs):
 
 # The CPU kernels take one plane at a time below 16 channels, chunks of 64 channels-last from
 # there: 3 channels (images) and 70 (two chunks, the second partial) cover both.
+@requires_torchvision
 @pytest.mark.parametrize("sampling_ratio", [-1, 1, 2])
 @pytest.mark.parametrize("aligned", [True, False])
 @pytest.mark.parametrize("spatial_scale", [1.0, 1 / 32])
@@ -342,6 +351,7 @@ def test_crop_matches_roi_align_composition(
     torch.testing.assert_close(grad, expected_grad, **tolerances(x))
 
 
+@requires_torchvision
 def test_crop_many_channels_and_large_crops(device):
     # Past the channels-last buffers' bounds the CPU kernels go back to planes.
     x = torch.randn(2, 16, 150, 140, device=device)
@@ -354,6 +364,7 @@ def test_crop_many_channels_and_large_crops(device):
     torch.testing.assert_close(grad, expected_grad, **tolerances(x))
 
 
+@requires_torchvision
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_crop_list_boxes_and_custom_centres(device, dtype):
     batch, height, width = 3, 12, 10
@@ -371,6 +382,7 @@ def test_crop_list_boxes_and_custom_centres(device, dtype):
     torch.testing.assert_close(grad, expected_grad, **tolerances(x))
 
 
+@requires_torchvision
 def test_crop_with_one_scale_is_roi_align_on_the_boxes(device):
     x = torch.randn(2, 3, 16, 12, device=device, dtype=torch.float64)
     boxes = random_boxes(2, 16, 12, torch.float64).to(device)
@@ -385,6 +397,7 @@ def test_crop_with_one_scale_is_roi_align_on_the_boxes(device):
         torch.testing.assert_close(grad, expected_grad, **tolerances(x))
 
 
+@requires_torchvision
 def test_crop_image_workload_shape(device):
     # Large candidates shrunk to the output: several samples per cell (adaptive grid).
     x = torch.randn(2, 3, 64, 64, device=device)
@@ -547,6 +560,7 @@ def test_cuda_backward_kernel_follows_the_deterministic_argument(cuda_device):
     torch.testing.assert_close(gathered, atomic, **tolerances(grad))
 
 
+@requires_torchvision
 @requires_cuda
 @pytest.mark.parametrize("deterministic", [True, False])
 def test_cuda_graph_capture(deterministic):
@@ -577,6 +591,7 @@ def test_cuda_graph_capture(deterministic):
     torch.testing.assert_close(x.grad, expected_grad, **tolerances(x))
 
 
+@requires_torchvision
 @pytest.mark.parametrize("deterministic", [True, False])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_cuda_reduced_precision(cuda_device, dtype, deterministic):
@@ -686,6 +701,7 @@ def test_sampling_ratio_above_the_cap_is_refused():
             )
 
 
+@requires_torchvision
 def test_sampling_grid_is_capped(device):
     # A box of 600 x 600 pixels per output cell: roi_align would take 600 x 600 samples; the
     # crop takes MAX_SAMPLING_RATIO per axis, adaptive or explicit, and equals roi_align there.
@@ -700,6 +716,7 @@ def test_sampling_grid_is_capped(device):
     assert not torch.allclose(capped, uncapped, rtol=1e-10, atol=1e-10)
 
 
+@requires_torchvision
 def test_huge_unclipped_box_costs_at_most_the_capped_grid(device):
     # Issue 12 item 9: this box asked for 2e30 / 7 samples per bin and axis (390 s on a 64x64
     # map); capped, it is roi_align's result at the cap: all its samples fall off the map.
@@ -741,6 +758,7 @@ def test_direct_calls_with_overflowing_sizes_raise():
 # ---- NaN gradients (issue 9 defect 8) ----
 
 
+@requires_torchvision
 @pytest.mark.parametrize("deterministic", [True, False])
 def test_nan_gradients_reach_exactly_the_elements_their_cells_read(device, deterministic):
     # A NaN in the output gradient reaches the input elements its cell's samples read with a
@@ -770,6 +788,7 @@ def test_nan_gradients_reach_exactly_the_elements_their_cells_read(device, deter
             torch.testing.assert_close(grad[reach == 0], finite[reach == 0], **tolerances(x))
 
 
+@requires_torchvision
 def test_boxes_in_any_order_of_images(device):
     # The images' boxes are grouped on the device (a stable sort by batch index): boxes given
     # in any order of images crop as the reference does, forward and backward.
@@ -830,6 +849,7 @@ BAD_BOXES = [
 ]
 
 
+@requires_torchvision
 @pytest.mark.parametrize("deterministic", [True, False])
 def test_bad_boxes_give_zeros_and_no_gradient_on_cuda(cuda_device, deterministic):
     # docs/operators.md section 4: on CUDA the ops do not wait for the device to check box

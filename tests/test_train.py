@@ -19,6 +19,11 @@ from pathlib import Path
 
 import pytest
 import torch
+
+# The model layer needs torchvision, an optional dependency (the "train" extra): without it
+# this module is skipped. The imports below need it.
+pytest.importorskip("torchvision", reason="the model layer needs torchvision (the 'train' extra)")
+
 from ssanet import SSANet, load_checkpoint
 from ssanet.cli import main as cli_main
 from ssanet.data import CUBDataset, build_dataset, eval_transform, make_synthetic

@@ -19,6 +19,17 @@ from typing import TYPE_CHECKING
 # imports torch only inside its functions.
 from .predict import Prediction, draw_parts, load_images, picture_grid, predict, write_picture
 
+# The model layer is built on torchvision, an optional dependency of the package (issue 11):
+# say so here rather than at the first model or data import. find_spec locates torchvision
+# without importing it (or torch), so the command line still answers --help at once.
+if importlib.util.find_spec("torchvision") is None:
+    raise ImportError(
+        "ssanet (the model layer, its data and the ssanet command) needs torchvision, which is "
+        "not installed: install the 'train' extra of ssanet-ops, or the torchvision release "
+        "made for your torch, with torch pinned so that pip keeps it: "
+        "pip install torchvision 'torch==<your torch version>'"
+    )
+
 if TYPE_CHECKING:
     from .checkpoint import LoadedCheckpoint, load_checkpoint, save_checkpoint
     from .model import (
