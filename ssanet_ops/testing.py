@@ -167,7 +167,9 @@ def simulate_cuda(int32_index_limit: int | None = None) -> Iterator[None]:
         library = torch.library.Library("ssanet_ops", "IMPL")
         for name in _op_names():
             kernel = _route_to_simulator(name) if name in simulated else _not_simulated(name)
-            library.impl(name, kernel, "CPU")
+            # allow_override: an op whose CPU kernel was registered from Python (torch 2.11
+            # refuses to replace those otherwise).
+            library.impl(name, kernel, "CPU", allow_override=True)
         _active = library
     _depth += 1
     try:
