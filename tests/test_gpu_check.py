@@ -32,13 +32,15 @@ def sanitizer_test_ids() -> list[str]:
     return [line.split("#")[0].strip() for line in lines if line.split("#")[0].strip()]
 
 
-def test_sanitizer_list_names_existing_tests():
+def test_sanitizer_list_names_existing_tests(tmp_path):
     ids = sanitizer_test_ids()
     assert ids and all("cuda" in test_id for test_id in ids)
-    # pytest exits 4 ("not found") on an id that no longer exists.
+    # pytest exits 4 ("not found") on an id that no longer exists. Started outside the source
+    # root, whose ssanet_ops/ would shadow an installed (not editable) package on sys.path.
+    command = [sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider"]
     done = subprocess.run(
-        [sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider", *ids],
-        cwd=REPO,
+        [*command, *(str(REPO / test_id) for test_id in ids)],
+        cwd=tmp_path,
         capture_output=True,
         text=True,
     )
