@@ -8,9 +8,11 @@ Each build is a Python interpreter whose environment has that build of ssanet_op
 Every round runs one process per build, alternating which goes first, and each process times
 the "ssanet_ops" implementation of every full-size workload of benchmarks/cases (forward, and
 forward+backward) on the CPU: the median of --repeats runs after warm-up. The table gives, per
-workload, the median over the rounds for each build and the ratio after / before (below 1:
-the after build is faster). A shared, noisy machine slows both builds alike within a round,
-which is why they alternate rather than run one after the other.
+workload, the median over the rounds for each build, and the ratio after / before of each
+round (the two builds measured one right after the other) as its median and range over the
+rounds (below 1: the after build is faster). A shared, noisy machine slows both builds alike
+within a round, which is why they alternate rather than run one after the other; the range
+shows how much noise is left.
 """
 
 from __future__ import annotations
@@ -94,16 +96,19 @@ def format_report(names: dict, runs: dict, args: argparse.Namespace) -> str:
         )
     lines += [
         "",
-        "| op | size | pass | before ms | after ms | after / before |",
-        "|---|---|---|---:|---:|---:|",
+        "| op | size | pass | before ms | after ms | after / before, median of rounds | range |",
+        "|---|---|---|---:|---:|---:|---|",
     ]
     for workload in workloads:
         before_ms = statistics.median(run["times"][workload] for run in before)
         after_ms = statistics.median(run["times"][workload] for run in after)
+        ratios = [
+            a["times"][workload] / b["times"][workload] for a, b in zip(after, before, strict=True)
+        ]
         op, size, pass_name = workload.split(" | ")
         lines.append(
             f"| {op} | {size} | {pass_name} | {before_ms:.2f} | {after_ms:.2f} | "
-            f"{after_ms / before_ms:.2f} |"
+            f"{statistics.median(ratios):.2f} | {min(ratios):.2f} - {max(ratios):.2f} |"
         )
     return "\n".join(lines) + "\n"
 
