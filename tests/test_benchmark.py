@@ -9,6 +9,7 @@ Small data and one-epoch runs only; each check compares with an independent comp
 from __future__ import annotations
 
 import json
+import math
 import pickle
 from pathlib import Path
 
@@ -22,8 +23,11 @@ from ssanet.cli import main as cli_main
 from ssanet.data import CUBDataset, build_dataset, eval_transform, make_synthetic, synthetic_preset
 from ssanet.data.split import holdout_indices, training_splits
 from ssanet.data.synthetic import _draw, class_attributes, detail_area_fraction
+from ssanet.model.proposals import AnchorLevel, ProposalHead, make_anchors
 from ssanet.train import load_config, train
 from ssanet.warm_start import init_from_checkpoint
+
+import ssanet_ops
 
 from .test_train import FULL_MODEL, IMAGE_SIZE, PLAIN_MODEL, tiny_config
 
@@ -118,12 +122,30 @@ def test_default_preset_keeps_its_parameters():
         synthetic_preset("coarse")
 
 
-def test_fine_config_crops_parts_smaller_than_its_input():
+def test_fine_config_parts_see_more_detail_than_the_global_view():
+    # The paper's mechanism: the backbone's global view is smaller than the input, the parts
+    # are cropped from the full-resolution input, so a part crop holds more pixels per input
+    # pixel than the global view; every anchor's centre lies in the global view (no anchor is
+    # clipped to a sliver along an edge).
     config = load_config("synthetic_fine")
+    model = config["model"]
     assert config["clip_grad_norm"] is None
     assert config["validation"] == "holdout"
-    assert config["model"]["part_size"] < config["transform"]["crop"] <= 80
     assert config["strategies"]["plain"][0]["losses"] == ["final"]
+    assert model["crop_from"] == "image"
+    crop, view = config["transform"]["crop"], model["global_size"]
+    assert view < crop < config["transform"]["resize"][0] + 1
+    levels = [AnchorLevel(**level) for level in model["anchor_levels"]]
+    head = ProposalHead(8, levels)
+    _, map_sizes = head(torch.zeros(1, 8, math.ceil(view / 32), math.ceil(view / 32)))
+    anchors = make_anchors(levels, map_sizes, (view, view))
+    centres = (anchors[:, :2] + anchors[:, 2:]) / 2
+    assert bool(((centres > 0) & (centres < view)).all())
+    # Even the largest scale candidate of the largest anchor, in input pixels, is cropped at
+    # more pixels per input pixel than the global view's.
+    largest_side = (anchors[:, 2:] - anchors[:, :2]).max().item() * crop / view
+    largest_factor = max(ssanet_ops.scale_factors(1.2, model["num_scales"]))
+    assert model["part_size"] / (largest_side * largest_factor) > view / crop
 
 
 def test_discriminative_parts_are_those_classes_vary():
@@ -308,7 +330,7 @@ def test_plan_runs_seeds_and_starts_from_the_plain_run():
         assert job.init_from == (None if job.row == "plain" else f"plain-s{job.seed}")
         assert f"seed={job.seed}" in job.overrides
     other = next(job for job in jobs if job.row == "full_other_features")
-    assert "model.part_features=image" in other.overrides
+    assert "model.crop_from=shared" in other.overrides
     p_row = next(job for job in jobs if job.row == "P")
     config_p = load_config(config, p_row.overrides)
     assert config_p["loss"]["mac_lambda"] == 0

@@ -78,10 +78,11 @@ class Job:
 def plan(config: dict, seeds: int) -> list[Job]:
     """The study's jobs in the order they run: the first seed's plain and full runs first (so
     an interrupted study still has the headline comparison), then the other seeds, then the
-    rows between, then the other ``part_features`` mode."""
-    other = "image" if config["model"].get("part_features", "image") == "shared" else "shared"
+    rows between, then the other ``crop_from`` mode (``part_features`` in older configs)."""
+    key = "part_features" if "part_features" in config["model"] else "crop_from"
+    other = "image" if config["model"].get(key, "image") == "shared" else "shared"
     overrides = dict(ROWS)
-    overrides["full_other_features"] = [f"model.part_features={other}"]
+    overrides["full_other_features"] = [f"model.{key}={other}"]
 
     def job(row: str, seed: int) -> Job:
         parent = None if row == "plain" else f"plain-s{seed}"
@@ -454,7 +455,7 @@ def report(work_dir: Path, out_dir: Path, jobs: list[Job], base: dict) -> dict:
         top1 = [run["accuracy"]["top1"] for run in runs]
         label = runs[0]["label"]
         if row == "full_other_features":
-            label += f" (part_features={runs[0]['overrides'][0].split('=')[1]})"
+            label += f" ({runs[0]['overrides'][0].removeprefix('model.')})"
         rows.append(
             {
                 "row": row,

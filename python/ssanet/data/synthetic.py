@@ -63,8 +63,9 @@ SYNTHETIC_PRESETS: dict[str, dict] = {
     "default": {},
     "fine": {
         "images_per_class": 50,
-        "image_size": 80,
-        "scale_range": (0.45, 0.65),
+        "image_size": 192,
+        "train_fraction": 0.6,
+        "scale_range": (0.2, 0.3),
         "max_rotation": 0.0,
         "upright": True,
         "distractors": 4,
