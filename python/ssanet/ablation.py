@@ -105,8 +105,7 @@ def run_job(spec: dict) -> dict:
     writes ``job.json`` into the run folder and returns it."""
     import torch
 
-    from .evaluate import evaluate_checkpoint
-    from .metrics import DEFAULT_ROTATION_ANGLES
+    from .evaluate import DEFAULT_ROTATION_ANGLES, evaluate_checkpoint
     from .train import LAST_CHECKPOINT, train
 
     torch.set_num_threads(spec["threads"])
