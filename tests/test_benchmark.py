@@ -18,11 +18,12 @@ import pytest
 import torch
 from PIL import Image
 from ssanet import SSANet, save_checkpoint
-from ssanet.ablation import discriminative_parts, localization, plan, report
+from ssanet.ablation import discriminative_parts, localization, plan, report, run_job
 from ssanet.cli import main as cli_main
 from ssanet.data import CUBDataset, build_dataset, eval_transform, make_synthetic, synthetic_preset
 from ssanet.data.split import holdout_indices, training_splits
 from ssanet.data.synthetic import _draw, class_attributes, detail_area_fraction
+from ssanet.evaluate import DEFAULT_ROTATION_ANGLES
 from ssanet.model.proposals import AnchorLevel, ProposalHead, make_anchors
 from ssanet.train import load_config, train
 from ssanet.warm_start import init_from_checkpoint
@@ -335,6 +336,44 @@ def test_plan_runs_seeds_and_starts_from_the_plain_run():
     config_p = load_config(config, p_row.overrides)
     assert config_p["loss"]["mac_lambda"] == 0
     assert config_p["model"]["dsm"] == config_p["model"]["op"] == "none"
+
+
+@pytest.mark.slow
+def test_run_job_trains_evaluates_and_records(fine_root, tmp_path):
+    # One job as the study runs it (in this process): trained, evaluated on the test split
+    # with Table 1's angles (a seeded row), recorded in job.json. Before, run_job imported the
+    # rotation angles from a module that no longer had them: every job failed at once.
+    config = tiny_config(PLAIN_MODEL, strategy="joint", validation="none")
+    config["strategies"]["joint"][0]["epochs"] = 1
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    spec = {
+        "name": "plain-s0",
+        "row": "plain",
+        "seed": 0,
+        "overrides": ["seed=0"],
+        "init_from": None,
+        "config": str(tmp_path / "config.json"),
+        "data": str(fine_root),
+        "run_dir": str(tmp_path / "plain-s0"),
+        "threads": 1,
+    }
+    record = run_job(spec)
+    assert json.loads((tmp_path / "plain-s0" / "job.json").read_text()) == record
+    assert record["epochs"] == 1 and record["localization"] is None
+    assert sorted(float(angle) for angle in record["rotation"]) == sorted(DEFAULT_ROTATION_ANGLES)
+    # The recorded top-1 is that of the selected model on the test split, counted here.
+    best = torch.load(tmp_path / "plain-s0" / "best.pt", weights_only=True)
+    model = SSANet.from_config(best["model_config"])
+    model.load_state_dict(best["model"])
+    model.eval()
+    transform = eval_transform((IMAGE_SIZE + 8, IMAGE_SIZE + 8), IMAGE_SIZE)
+    test_set = CUBDataset(fine_root, "test", transform)
+    with torch.no_grad():
+        correct = sum(
+            model(test_set[i]["image"][None]).logits.argmax().item() == test_set.targets[i]
+            for i in range(len(test_set))
+        )
+    assert record["accuracy"]["top1"] == pytest.approx(correct / len(test_set))
 
 
 def test_report_tabulates_seeds(tmp_path):
