@@ -107,8 +107,10 @@ def test_fine_preset_is_upright_and_has_distractors(fine_root, tmp_path):
             checked += 1
     assert checked >= len(dataset) // 2
     # Distractors: the same image without them differs only off the figure, by spots.
-    options = synthetic_preset("fine", num_classes=4, images_per_class=6, image_size=IMAGE_SIZE + 8)
-    bare = make_synthetic(tmp_path / "bare", **{**options, "distractors": 0}, train_fraction=0.5)
+    options = synthetic_preset(
+        "fine", num_classes=4, images_per_class=6, image_size=IMAGE_SIZE + 8, train_fraction=0.5
+    )
+    bare = make_synthetic(tmp_path / "bare", **{**options, "distractors": 0})
     with_distractors = Image.open(next((fine_root / "images").glob("*/*.jpg")))
     relative = with_distractors.filename.split("/images/")[1]
     without = Image.open(bare / "images" / relative)
