@@ -18,7 +18,14 @@ import pytest
 import torch
 from PIL import Image
 from ssanet import SSANet, save_checkpoint
-from ssanet.ablation import discriminative_parts, localization, plan, report, run_job
+from ssanet.ablation import (
+    _localization_section,
+    discriminative_parts,
+    localization,
+    plan,
+    report,
+    run_job,
+)
 from ssanet.cli import main as cli_main
 from ssanet.data import CUBDataset, build_dataset, eval_transform, make_synthetic, synthetic_preset
 from ssanet.data.split import holdout_indices, training_splits
@@ -376,6 +383,23 @@ def test_run_job_trains_evaluates_and_records(fine_root, tmp_path):
             for i in range(len(test_set))
         )
     assert record["accuracy"]["top1"] == pytest.approx(correct / len(test_set))
+
+
+def test_fig4_table_names_the_other_crop_mode():
+    # The full model and its other crop mode share a method label; Fig. 4's table tells
+    # their rows apart by the override (before, both read "..., seed 0").
+    located = {"parts": ["head"], "unit": "pixels", "proposal_mean": 1.0, "random_mean": 2.0}
+    located |= {"ratio": 0.5, "proposal_per_index": [1.0]}
+    base = {"seed": 0, "label": "ResNet-18(P) + MAC + OP + DSM", "localization": located}
+    by_row = {
+        "full": [{**base, "row": "full", "overrides": ["seed=0"]}],
+        "full_other_features": [
+            {**base, "row": "full_other_features", "overrides": ["model.crop_from=shared"]}
+        ],
+    }
+    rows = [line for line in _localization_section(by_row) if line.startswith("| ResNet")]
+    assert rows[0].startswith("| ResNet-18(P) + MAC + OP + DSM, seed 0 |")
+    assert rows[1].startswith("| ResNet-18(P) + MAC + OP + DSM (crop_from=shared), seed 0 |")
 
 
 def test_report_tabulates_seeds(tmp_path):

@@ -411,6 +411,14 @@ def run_study(
 # The report ---------------------------------------------------------------------------------
 
 
+def _method_label(run: dict) -> str:
+    """A run's Table 3 label; the full model's other crop mode names its override."""
+    label = run["label"]
+    if run["row"] == "full_other_features":
+        label += f" ({run['overrides'][0].removeprefix('model.')})"
+    return label
+
+
 def _mean_std(values: list[float]) -> tuple[float, float | None]:
     mean = sum(values) / len(values)
     if len(values) < 2:
@@ -452,9 +460,7 @@ def report(work_dir: Path, out_dir: Path, jobs: list[Job], base: dict) -> dict:
             continue
         runs = sorted(by_row[row], key=lambda record: record["seed"])
         top1 = [run["accuracy"]["top1"] for run in runs]
-        label = runs[0]["label"]
-        if row == "full_other_features":
-            label += f" ({runs[0]['overrides'][0].removeprefix('model.')})"
+        label = _method_label(runs[0])
         rows.append(
             {
                 "row": row,
@@ -570,7 +576,7 @@ def _localization_section(by_row: dict[str, list[dict]]) -> list[str]:
         value = run["localization"]
         per_index = " / ".join(f"{d:.1f}" for d in value["proposal_per_index"])
         lines.append(
-            f"| {run['label']}, seed {run['seed']} | {value['proposal_mean']:.2f} | "
+            f"| {_method_label(run)}, seed {run['seed']} | {value['proposal_mean']:.2f} | "
             f"{value['random_mean']:.2f} | {value['ratio']:.2f} | {per_index} |"
         )
     return lines
