@@ -31,9 +31,9 @@ Two presets (:data:`SYNTHETIC_PRESETS`, ``ssanet make-synthetic --preset``):
   Table 1 rotates test images only. 192x192 images with figures a fifth to a third of the
   side long, so that, as on CUB (a 448-pixel global view, 224-pixel part crops of a fraction
   of it), the parts can see what the global view cannot: the ``synthetic_fine`` config
-  crops 176x176 inputs, gives the backbone's global view a 96x96 copy (a tail stripe about one
-  pixel wide, the head spot two to three pixels across) and crops the parts from the
-  176-pixel input at 64 pixels, two to three times the global view's resolution. 50 images
+  crops 176x176 inputs, gives the backbone's global view a 64x64 copy (a tail stripe under
+  one pixel wide, the head spot one to two pixels across) and crops the parts from the
+  176-pixel input at 64 pixels, 1.7-2.7 times the global view's resolution. 50 images
   per class: 30 for training (of which the config holds out 30 % for validation) and 20 for
   testing; a run trains in minutes on two CPU cores.
 """
