@@ -9,6 +9,7 @@ Small data and one-epoch runs only; each check compares with an independent comp
 from __future__ import annotations
 
 import json
+import math
 import pickle
 from pathlib import Path
 
@@ -22,13 +23,24 @@ pytest.importorskip("torchvision", reason="the model layer needs torchvision (th
 
 from PIL import Image
 from ssanet import SSANet, save_checkpoint
-from ssanet.ablation import discriminative_parts, localization, plan, report
+from ssanet.ablation import (
+    _localization_section,
+    discriminative_parts,
+    localization,
+    plan,
+    report,
+    run_job,
+)
 from ssanet.cli import main as cli_main
 from ssanet.data import CUBDataset, build_dataset, eval_transform, make_synthetic, synthetic_preset
 from ssanet.data.split import holdout_indices, training_splits
 from ssanet.data.synthetic import _draw, class_attributes, detail_area_fraction
+from ssanet.evaluate import DEFAULT_ROTATION_ANGLES
+from ssanet.model.proposals import AnchorLevel, ProposalHead, make_anchors
 from ssanet.train import load_config, train
 from ssanet.warm_start import init_from_checkpoint
+
+import ssanet_ops
 
 from .test_train import FULL_MODEL, IMAGE_SIZE, PLAIN_MODEL, tiny_config
 
@@ -107,8 +119,10 @@ def test_fine_preset_is_upright_and_has_distractors(fine_root, tmp_path):
             checked += 1
     assert checked >= len(dataset) // 2
     # Distractors: the same image without them differs only off the figure, by spots.
-    options = synthetic_preset("fine", num_classes=4, images_per_class=6, image_size=IMAGE_SIZE + 8)
-    bare = make_synthetic(tmp_path / "bare", **{**options, "distractors": 0}, train_fraction=0.5)
+    options = synthetic_preset(
+        "fine", num_classes=4, images_per_class=6, image_size=IMAGE_SIZE + 8, train_fraction=0.5
+    )
+    bare = make_synthetic(tmp_path / "bare", **{**options, "distractors": 0})
     with_distractors = Image.open(next((fine_root / "images").glob("*/*.jpg")))
     relative = with_distractors.filename.split("/images/")[1]
     without = Image.open(bare / "images" / relative)
@@ -123,12 +137,30 @@ def test_default_preset_keeps_its_parameters():
         synthetic_preset("coarse")
 
 
-def test_fine_config_crops_parts_smaller_than_its_input():
+def test_fine_config_parts_see_more_detail_than_the_global_view():
+    # The paper's mechanism: the backbone's global view is smaller than the input, the parts
+    # are cropped from the full-resolution input, so a part crop holds more pixels per input
+    # pixel than the global view; every anchor's centre lies in the global view (no anchor is
+    # clipped to a sliver along an edge).
     config = load_config("synthetic_fine")
+    model = config["model"]
     assert config["clip_grad_norm"] is None
     assert config["validation"] == "holdout"
-    assert config["model"]["part_size"] < config["transform"]["crop"] <= 80
     assert config["strategies"]["plain"][0]["losses"] == ["final"]
+    assert model["crop_from"] == "image"
+    crop, view = config["transform"]["crop"], model["global_size"]
+    assert view < crop < config["transform"]["resize"][0] + 1
+    levels = [AnchorLevel(**level) for level in model["anchor_levels"]]
+    head = ProposalHead(8, levels)
+    _, map_sizes = head(torch.zeros(1, 8, math.ceil(view / 32), math.ceil(view / 32)))
+    anchors = make_anchors(levels, map_sizes, (view, view))
+    centres = (anchors[:, :2] + anchors[:, 2:]) / 2
+    assert bool(((centres > 0) & (centres < view)).all())
+    # Even the largest scale candidate of the largest anchor, in input pixels, is cropped at
+    # more pixels per input pixel than the global view's.
+    largest_side = (anchors[:, 2:] - anchors[:, :2]).max().item() * crop / view
+    largest_factor = max(ssanet_ops.scale_factors(1.2, model["num_scales"]))
+    assert model["part_size"] / (largest_side * largest_factor) > view / crop
 
 
 def test_discriminative_parts_are_those_classes_vary():
@@ -313,11 +345,66 @@ def test_plan_runs_seeds_and_starts_from_the_plain_run():
         assert job.init_from == (None if job.row == "plain" else f"plain-s{job.seed}")
         assert f"seed={job.seed}" in job.overrides
     other = next(job for job in jobs if job.row == "full_other_features")
-    assert "model.part_features=image" in other.overrides
+    assert "model.crop_from=shared" in other.overrides
     p_row = next(job for job in jobs if job.row == "P")
     config_p = load_config(config, p_row.overrides)
     assert config_p["loss"]["mac_lambda"] == 0
     assert config_p["model"]["dsm"] == config_p["model"]["op"] == "none"
+
+
+@pytest.mark.slow
+def test_run_job_trains_evaluates_and_records(fine_root, tmp_path):
+    # One job as the study runs it (in this process): trained, evaluated on the test split
+    # with Table 1's angles (a seeded row), recorded in job.json. Before, run_job imported the
+    # rotation angles from a module that no longer had them: every job failed at once.
+    config = tiny_config(PLAIN_MODEL, strategy="joint", validation="none")
+    config["strategies"]["joint"][0]["epochs"] = 1
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    spec = {
+        "name": "plain-s0",
+        "row": "plain",
+        "seed": 0,
+        "overrides": ["seed=0"],
+        "init_from": None,
+        "config": str(tmp_path / "config.json"),
+        "data": str(fine_root),
+        "run_dir": str(tmp_path / "plain-s0"),
+        "threads": 1,
+    }
+    record = run_job(spec)
+    assert json.loads((tmp_path / "plain-s0" / "job.json").read_text()) == record
+    assert record["epochs"] == 1 and record["localization"] is None
+    assert sorted(float(angle) for angle in record["rotation"]) == sorted(DEFAULT_ROTATION_ANGLES)
+    # The recorded top-1 is that of the selected model on the test split, counted here.
+    best = torch.load(tmp_path / "plain-s0" / "best.pt", weights_only=True)
+    model = SSANet.from_config(best["model_config"])
+    model.load_state_dict(best["model"])
+    model.eval()
+    transform = eval_transform((IMAGE_SIZE + 8, IMAGE_SIZE + 8), IMAGE_SIZE)
+    test_set = CUBDataset(fine_root, "test", transform)
+    with torch.no_grad():
+        correct = sum(
+            model(test_set[i]["image"][None]).logits.argmax().item() == test_set.targets[i]
+            for i in range(len(test_set))
+        )
+    assert record["accuracy"]["top1"] == pytest.approx(correct / len(test_set))
+
+
+def test_fig4_table_names_the_other_crop_mode():
+    # The full model and its other crop mode share a method label; Fig. 4's table tells
+    # their rows apart by the override (before, both read "..., seed 0").
+    located = {"parts": ["head"], "unit": "pixels", "proposal_mean": 1.0, "random_mean": 2.0}
+    located |= {"ratio": 0.5, "proposal_per_index": [1.0]}
+    base = {"seed": 0, "label": "ResNet-18(P) + MAC + OP + DSM", "localization": located}
+    by_row = {
+        "full": [{**base, "row": "full", "overrides": ["seed=0"]}],
+        "full_other_features": [
+            {**base, "row": "full_other_features", "overrides": ["model.crop_from=shared"]}
+        ],
+    }
+    rows = [line for line in _localization_section(by_row) if line.startswith("| ResNet")]
+    assert rows[0].startswith("| ResNet-18(P) + MAC + OP + DSM, seed 0 |")
+    assert rows[1].startswith("| ResNet-18(P) + MAC + OP + DSM (crop_from=shared), seed 0 |")
 
 
 def test_report_tabulates_seeds(tmp_path):

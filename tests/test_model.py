@@ -368,6 +368,46 @@ def test_ablation_switches(overrides):
         torch.testing.assert_close(output.logits, output.part_logits.sum(1))
 
 
+@pytest.mark.parametrize("crop_from", ["image", "shared"])
+def test_global_view_at_a_lower_resolution(crop_from):
+    # global_size: the backbone's global pass sees the images resized (antialiased) to
+    # global_size; the proposals are its anchors scaled back to the input's pixels; "image"
+    # crops the parts from the full-resolution input, "shared" crops the global view's
+    # stride-16 map at the boxes scaled to it. Checked against a model without global_size
+    # run on the resized images (the same weights) and against crops computed here.
+    torch.manual_seed(0)
+    anchors = (AnchorLevel(32, 12.0, (1.0, 1.5), (0.667, 1.0, 1.5)),)
+    model = tiny(anchor_levels=anchors, crop_from=crop_from, global_size=32, part_size=32).eval()
+    reference = tiny(anchor_levels=anchors, crop_from=crop_from, part_size=32).eval()
+    reference.load_state_dict(model.state_dict())
+    batch = images(2)
+    view = F.interpolate(batch, size=(32, 32), mode="bilinear", antialias=True)
+    with torch.no_grad():
+        output = model(batch)
+        expected = reference(view)
+        torch.testing.assert_close(output.part_boxes, expected.part_boxes * 2)
+        torch.testing.assert_close(output.part_scores, expected.part_scores)
+        rois = torch.cat(
+            [torch.arange(2.0).repeat_interleave(3)[:, None], output.part_boxes.view(-1, 4)], 1
+        )
+        if crop_from == "image":
+            crops = ssanet_ops.multiscale_roi_crop(batch, rois, (32, 32), [1.0])[:, 0]
+        else:
+            stride16 = model.backbone.forward_stride16(view)
+            crops = ssanet_ops.multiscale_roi_crop(
+                stride16, rois, (2, 2), [1.0], spatial_scale=0.5 / 16, sampling_ratio=2
+            )[:, 0]
+        crops = crops if crop_from == "shared" else model.backbone.forward_stride16(crops)
+        features = model.backbone.layer4(crops).mean(dim=(-2, -1)).view(2, 3, -1)
+        torch.testing.assert_close(output.part_features, features)
+        plain = SSANet(5, backbone="resnet18", proposals=False, global_size=32).eval()
+        plain_logits = plain.classifier(plain.backbone(view)[1].mean(dim=(-2, -1)))
+        torch.testing.assert_close(plain(batch).logits, plain_logits)
+    assert SSANet.from_config(model.config).global_size == 32
+    with pytest.raises(ValueError, match="global_size"):
+        tiny(global_size=16)
+
+
 def test_the_former_part_features_keyword_and_configs_still_work():
     with pytest.warns(DeprecationWarning, match="crop_from"):
         model = tiny(part_features="shared")

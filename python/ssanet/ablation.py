@@ -78,10 +78,11 @@ class Job:
 def plan(config: dict, seeds: int) -> list[Job]:
     """The study's jobs in the order they run: the first seed's plain and full runs first (so
     an interrupted study still has the headline comparison), then the other seeds, then the
-    rows between, then the other ``part_features`` mode."""
-    other = "image" if config["model"].get("part_features", "image") == "shared" else "shared"
+    rows between, then the other ``crop_from`` mode (``part_features`` in older configs)."""
+    key = "part_features" if "part_features" in config["model"] else "crop_from"
+    other = "image" if config["model"].get(key, "image") == "shared" else "shared"
     overrides = dict(ROWS)
-    overrides["full_other_features"] = [f"model.part_features={other}"]
+    overrides["full_other_features"] = [f"model.{key}={other}"]
 
     def job(row: str, seed: int) -> Job:
         parent = None if row == "plain" else f"plain-s{seed}"
@@ -104,8 +105,7 @@ def run_job(spec: dict) -> dict:
     writes ``job.json`` into the run folder and returns it."""
     import torch
 
-    from .evaluate import evaluate_checkpoint
-    from .metrics import DEFAULT_ROTATION_ANGLES
+    from .evaluate import DEFAULT_ROTATION_ANGLES, evaluate_checkpoint
     from .train import LAST_CHECKPOINT, train
 
     torch.set_num_threads(spec["threads"])
@@ -411,6 +411,14 @@ def run_study(
 # The report ---------------------------------------------------------------------------------
 
 
+def _method_label(run: dict) -> str:
+    """A run's Table 3 label; the full model's other crop mode names its override."""
+    label = run["label"]
+    if run["row"] == "full_other_features":
+        label += f" ({run['overrides'][0].removeprefix('model.')})"
+    return label
+
+
 def _mean_std(values: list[float]) -> tuple[float, float | None]:
     mean = sum(values) / len(values)
     if len(values) < 2:
@@ -452,9 +460,7 @@ def report(work_dir: Path, out_dir: Path, jobs: list[Job], base: dict) -> dict:
             continue
         runs = sorted(by_row[row], key=lambda record: record["seed"])
         top1 = [run["accuracy"]["top1"] for run in runs]
-        label = runs[0]["label"]
-        if row == "full_other_features":
-            label += f" (part_features={runs[0]['overrides'][0].split('=')[1]})"
+        label = _method_label(runs[0])
         rows.append(
             {
                 "row": row,
@@ -570,7 +576,7 @@ def _localization_section(by_row: dict[str, list[dict]]) -> list[str]:
         value = run["localization"]
         per_index = " / ".join(f"{d:.1f}" for d in value["proposal_per_index"])
         lines.append(
-            f"| {run['label']}, seed {run['seed']} | {value['proposal_mean']:.2f} | "
+            f"| {_method_label(run)}, seed {run['seed']} | {value['proposal_mean']:.2f} | "
             f"{value['random_mean']:.2f} | {value['ratio']:.2f} | {per_index} |"
         )
     return lines

@@ -373,7 +373,7 @@ def _add_training_commands(commands, common: argparse.ArgumentParser) -> None:
         "--images-per-class", type=_int_at_least(1), default=None, help="(default 40, fine 50)"
     )
     synthetic.add_argument(
-        "--image-size", type=_int_at_least(16), default=None, help="square side (128; fine 80)"
+        "--image-size", type=_int_at_least(16), default=None, help="square side (128; fine 192)"
     )
     synthetic.add_argument(
         "--train-fraction", type=float, default=None, help="share of training images (0.5)"

@@ -64,6 +64,7 @@ def _check_arguments(
     op: str,
     dsm_features: str,
     part_size: int,
+    global_size: int | None,
 ) -> None:
     if num_classes < 1 or num_parts < 1 or num_scales < 1:
         raise ValueError(
@@ -83,6 +84,8 @@ def _check_arguments(
         raise ValueError(f"dsm_features must be one of {DSM_FEATURE_MODES}, got {dsm_features!r}")
     if part_size % 32:
         raise ValueError(f"part_size must be a multiple of 32, got {part_size}")
+    if global_size is not None and global_size < 32:
+        raise ValueError(f"global_size must be None or at least 32, got {global_size}")
 
 
 class SSANetOutput(NamedTuple):
@@ -134,6 +137,15 @@ class SSANet(nn.Module):
         anchor_levels: the anchors (default NTS-Net's three levels).
         nms_iou: IoU threshold of the proposals' NMS (NTS-Net: 0.25).
         op_patch_size, op_grid_size: of the oriented pooling (the paper: 3 and 3).
+        global_size: None (the paper: the backbone's global view is the input image itself),
+            or the side of a lower-resolution global view: the images are resized to
+            ``global_size x global_size`` (antialiased) for the backbone's global pass (the
+            plain backbone's logits, the proposals, the shared stride-16 map), while
+            ``crop_from="image"`` crops the parts from the full-resolution input. The paper's
+            parts see a bird's head at a higher resolution than the 448-pixel global view (a
+            224-pixel crop of a fraction of it); on small synthetic images this reproduces that
+            gap (see the ``synthetic_fine`` config). Anchors are then in the global view's
+            pixels; the returned boxes are in the input's.
 
     The images are ``[B, 3, H, W]``, normalized as the backbone expects (ImageNet mean and
     std for torchvision's weights); the paper uses 448x448. Proposals without MAC (Table 3)
@@ -160,10 +172,13 @@ class SSANet(nn.Module):
         op_patch_size: int = 3,
         op_grid_size: int = 3,
         part_features: str | None = None,
+        global_size: int | None = None,
     ) -> None:
         super().__init__()
         crop_from = _crop_from_argument(crop_from, part_features)
-        _check_arguments(num_classes, num_parts, num_scales, dsm, op, dsm_features, part_size)
+        _check_arguments(
+            num_classes, num_parts, num_scales, dsm, op, dsm_features, part_size, global_size
+        )
         anchor_levels = tuple(map(_anchor_level, anchor_levels))
         self.config: dict[str, Any] = {
             "num_classes": num_classes,
@@ -181,8 +196,10 @@ class SSANet(nn.Module):
             "nms_iou": nms_iou,
             "op_patch_size": op_patch_size,
             "op_grid_size": op_grid_size,
+            "global_size": global_size,
         }
         self.backbone = Backbone(backbone, weights)
+        self.global_size = global_size
         self.proposals = proposals
         if not proposals:
             self.classifier = nn.Linear(self.backbone.out_channels, num_classes)
@@ -238,7 +255,8 @@ class SSANet(nn.Module):
     ) -> torch.Tensor:
         """The part network's maps of every candidate: ``[B*K, S, C, part_size/32, ...]``.
 
-        ``rois``: ``[B*K, 5]`` (batch index, x1, y1, x2, y2) in image coordinates.
+        ``rois``: ``[B*K, 5]`` (batch index, x1, y1, x2, y2) in image coordinates;
+        ``stride16``: the shared map of the global view (:meth:`global_view`).
         """
         ops = operators()
         side = self.part_size
@@ -248,12 +266,13 @@ class SSANet(nn.Module):
             maps = self.backbone(crops.flatten(0, 1))[1]
         else:
             # Section 4.1: crop the shared stride-16 map, then only the last stage.
+            view_scale = 1.0 if self.global_size is None else self.global_size / images.shape[-1]
             crops = ops.multiscale_roi_crop(
                 stride16,
                 rois,
                 (side // 16, side // 16),
                 self.scales,
-                spatial_scale=1 / 16,
+                spatial_scale=view_scale / 16,
                 sampling_ratio=2,
             )
             maps = self.backbone.layer4(crops.flatten(0, 1))
@@ -263,15 +282,20 @@ class SSANet(nn.Module):
         """``images [B, 3, H, W]`` -> :class:`SSANetOutput` (paper section 3)."""
         if images.dim() != 4 or images.shape[1] != 3:
             raise ValueError(f"images must be [B, 3, H, W], got {tuple(images.shape)}")
-        stride16, stride32 = self.backbone(images)
+        view = self.global_view(images)
+        stride16, stride32 = self.backbone(view)
         if not self.proposals:
             logits = self.classifier(stride32.mean(dim=(-2, -1)))
             return SSANetOutput(logits, *([None] * (len(SSANetOutput._fields) - 1)))
         batch, _, height, width = images.shape
         ops = operators()
 
-        # Section 3.1: K part proposals per image, [B, K, 4]; part j is the j-th best.
-        part_boxes, part_scores = self.propose(stride32, (height, width))
+        # Section 3.1: K part proposals per image, [B, K, 4]; part j is the j-th best. The
+        # anchors lie in the global view; the boxes are scaled to the input's pixels.
+        part_boxes, part_scores = self.propose(stride32, tuple(view.shape[-2:]))
+        if view is not images:
+            factors = [width / view.shape[-1], height / view.shape[-2]] * 2
+            part_boxes = part_boxes * part_boxes.new_tensor(factors)
         rois = _rois(part_boxes)  # [B*K, 5]
         # Section 3.2: the S scale candidates of every part and their maps [B, K, S, C, h, w].
         candidate_boxes = ops.scale_candidates(rois, self.scales, (height, width))
@@ -303,6 +327,15 @@ class SSANet(nn.Module):
             part_scores=part_scores,
             candidate_boxes=candidate_boxes.view(batch, self.num_parts, len(self.scales), 4),
             aligned_scale=aligned,
+        )
+
+    def global_view(self, images: torch.Tensor) -> torch.Tensor:
+        """The backbone's global input: ``images`` themselves, or resized to ``global_size``."""
+        if self.global_size is None:
+            return images
+        size = (self.global_size, self.global_size)
+        return nn.functional.interpolate(
+            images, size=size, mode="bilinear", align_corners=False, antialias=True
         )
 
     def propose(
