@@ -3,13 +3,13 @@
     python benchmarks/sim_coverage.py            # build, run the simulated tests, write the table
     python benchmarks/sim_coverage.py -- -k oriented_pool   # pytest arguments after --
 
-Builds the simulator's op library (libssanet_ops_sim.so) on its own in build/sim-coverage (CMake option SSANET_OPS_SIM_COVERAGE:
---coverage and AddressSanitizer), runs every test marked cuda_simulator against that build
-(SSANET_OPS_SIM_LIBRARY), reads the counts with gcov and writes, for every csrc/*/kernels.cuh,
-its executable and covered lines, the lines never run, every __global__ kernel with the
-instantiations (dtype, index type) that ran and how often, and every gpu::launch call, to
-benchmarks/results/sim_coverage.md. Needs gcc's gcov and the package installed (the tests import
-it); the installed _C and CPU op library are used as they are.
+Builds the simulator's op library (libssanet_ops_sim.so) on its own in build/sim-coverage (CMake
+option SSANET_OPS_SIM_COVERAGE: --coverage and AddressSanitizer), runs every test marked
+cuda_simulator against that build (SSANET_OPS_SIM_LIBRARY), reads the counts with gcov and
+writes, for every csrc/*/kernels.cuh, its executable and covered lines, the lines never run,
+every __global__ kernel with the instantiations (dtype, index type) that ran and how often, and
+every gpu::launch call, to benchmarks/results/sim_coverage.md. Needs gcc's gcov and the package
+installed (the tests import it); the installed _C and CPU op library are used as they are.
 """
 
 from __future__ import annotations
