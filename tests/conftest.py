@@ -15,12 +15,20 @@ op whose kernels are not simulated yet is reported as skipped.
 torchvision is optional (the operators need only torch): tests that compare with its roi_align
 carry ``requires_torchvision`` (marker ``torchvision``) and skip without it; the modules of the
 model layer, which needs it throughout, skip as a whole (``pytest.importorskip``).
+
+torch.compile's on-disk caches go to a folder of this test session (unless
+TORCHINDUCTOR_CACHE_DIR is set): a graph cached by another build of ssanet_ops may call an op
+with an older schema (README, Troubleshooting).
 """
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import importlib.util
+import os
+import shutil
+import tempfile
 from collections.abc import Iterator
 
 import pytest
@@ -28,6 +36,10 @@ import torch
 
 import ssanet_ops
 from ssanet_ops.testing import NotSimulatedError, simulate_cuda, simulator_available
+
+if "TORCHINDUCTOR_CACHE_DIR" not in os.environ:
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="ssanet-ops-inductor-")
+    atexit.register(shutil.rmtree, os.environ["TORCHINDUCTOR_CACHE_DIR"], ignore_errors=True)
 
 CUDA_AVAILABLE = torch.cuda.is_available() and ssanet_ops.build_info()["cuda"]
 SIMULATOR_BUILT = simulator_available()
