@@ -27,9 +27,10 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+OPS = ("oriented_pool", "multiscale_roi_crop", "scale_align")
 
 
-def run_worker(repeats: int, threads: int) -> None:
+def run_worker(repeats: int, threads: int, ops: list[str]) -> None:
     """Prints {workload: median ms} for the ssanet_ops installed in this interpreter."""
     import torch
 
@@ -46,7 +47,7 @@ def run_worker(repeats: int, threads: int) -> None:
     times = {}
     for module in (oriented_pool, roi_crop, scale_align):
         for case in module.cases(quick=False):
-            if "ssanet_ops" not in case.implementations:
+            if "ssanet_ops" not in case.implementations or case.op not in ops:
                 continue
             inputs = case.make_inputs(device, torch.float32)
             for pass_name in case.passes:
@@ -59,9 +60,9 @@ def run_worker(repeats: int, threads: int) -> None:
     )
 
 
-def measure(python: str, repeats: int, threads: int) -> dict:
+def measure(python: str, repeats: int, threads: int, ops: list[str]) -> dict:
     command = [python, str(Path(__file__).resolve()), "--worker", f"--repeats={repeats}"]
-    command.append(f"--threads={threads}")
+    command += [f"--threads={threads}", "--ops", *ops]
     # From a neutral folder, so the interpreter imports its installed ssanet_ops, not a source
     # tree's copy.
     result = subprocess.run(command, capture_output=True, text=True, cwd="/", check=False)
@@ -120,11 +121,12 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--ops", nargs="+", choices=OPS, default=list(OPS), help="which operators")
     parser.add_argument("--out", type=Path, help="Markdown file to write (default: print only)")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        run_worker(args.repeats, args.threads)
+        run_worker(args.repeats, args.threads, args.ops)
         return
     if not (args.before and args.after):
         parser.error("--before and --after are required")
@@ -134,7 +136,7 @@ def main() -> None:
         order = ("before", "after") if round_index % 2 == 0 else ("after", "before")
         for label in order:
             print(f"round {round_index + 1}/{args.rounds}: {label}", file=sys.stderr, flush=True)
-            runs[label].append(measure(names[label], args.repeats, args.threads))
+            runs[label].append(measure(names[label], args.repeats, args.threads, args.ops))
     report = format_report(names, runs, args)
     print(report)
     if args.out:
