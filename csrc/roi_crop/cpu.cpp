@@ -295,6 +295,49 @@ struct ImageBackwardTables {
   }
 };
 
+// One output plane of a candidate: each output row sums the map rows its samples read into
+// `line` (weighted), then each output cell sums the columns of `line` its samples read; the
+// mean over the samples is the sum times inverse_count. Not inlined: compiled inside the
+// parallel_for callback (with the table building around it), the column loop ran short of
+// registers and reloaded its pointers from the stack on every sample, 17 % slower than before
+// the port to the stable ABI (benchmarks/results/stable_abi_port.md).
+template <typename T>
+[[gnu::noinline]] void crop_plane(const T* __restrict map, int64_t width, const ForwardTables<T>& tables,
+                T inverse_count, int64_t out_h, int64_t out_w, T* __restrict line,
+                T* __restrict out) {
+  const int64_t* __restrict row_begin = tables.rows.begin.data();
+  const int64_t* __restrict row_index = tables.rows.index.data();
+  const T* __restrict row_weight = tables.rows.weight.data();
+  const int64_t* __restrict column_begin = tables.columns.begin.data();
+  const int64_t* __restrict column_index = tables.columns.index.data();
+  const T* __restrict column_weight = tables.columns.weight.data();
+  const int64_t low = tables.column_low;
+  const int64_t span = tables.span();
+  for (int64_t ph = 0; ph < out_h; ++ph) {
+    T* __restrict out_row = out + ph * out_w;
+    const int64_t e0 = row_begin[ph], e1 = row_begin[ph + 1];
+    if (e0 == e1 || span <= 0) {
+      std::fill(out_row, out_row + out_w, T(0));
+      continue;
+    }
+    std::fill(line, line + span, T(0));
+    for (int64_t e = e0; e < e1; ++e) {
+      const T* __restrict source = map + row_index[e] * width + low;
+      const T w = row_weight[e];
+      for (int64_t j = 0; j < span; ++j) {
+        line[j] += w * source[j];
+      }
+    }
+    for (int64_t pw = 0; pw < out_w; ++pw) {
+      T total = 0;
+      for (int64_t f = column_begin[pw]; f < column_begin[pw + 1]; ++f) {
+        total += column_weight[f] * line[column_index[f] - low];
+      }
+      out_row[pw] = total * inverse_count;
+    }
+  }
+}
+
 // Few channels (images): one plane per item. input: contiguous [B, C, H, W].
 template <typename T>
 void crop_forward_planar(const CropParams<T>& p, const Candidates<T>& candidates,
@@ -314,36 +357,9 @@ void crop_forward_planar(const CropParams<T>& p, const Candidates<T>& candidates
         tables.emplace(candidates.grid[n]);
         tables_of = n;
       }
-      const SparseRows<T>& y = tables->rows;
-      const SparseRows<T>& x = tables->columns;
-      const int64_t low = tables->column_low;
-      const int64_t span = tables->span();
-      const T inverse_count = T(1) / candidates.grid[n].count;
       const T* map = input + (candidates.image[n] * p.channels + c) * plane;
-      T* out = output + item * p.cells();
-      for (int64_t ph = 0; ph < p.out_h; ++ph) {
-        T* out_row = out + ph * p.out_w;
-        const int64_t e0 = y.begin[ph], e1 = y.begin[ph + 1];
-        if (e0 == e1 || span <= 0) {
-          std::fill(out_row, out_row + p.out_w, T(0));
-          continue;
-        }
-        std::fill(line.begin(), line.begin() + span, T(0));
-        for (int64_t e = e0; e < e1; ++e) {
-          const T* source = map + y.index[e] * p.width + low;
-          const T w = y.weight[e];
-          for (int64_t j = 0; j < span; ++j) {
-            line[j] += w * source[j];
-          }
-        }
-        for (int64_t pw = 0; pw < p.out_w; ++pw) {
-          T total = 0;
-          for (int64_t f = x.begin[pw]; f < x.begin[pw + 1]; ++f) {
-            total += x.weight[f] * line[x.index[f] - low];
-          }
-          out_row[pw] = total * inverse_count;
-        }
-      }
+      crop_plane(map, p.width, *tables, T(1) / candidates.grid[n].count, p.out_h, p.out_w,
+                 line.data(), output + item * p.cells());
     }
   });
 }
