@@ -124,6 +124,31 @@ inline void check_candidates_args(const Tensor& boxes, DoubleArrayRef scales,
   check_image_size(image_height, image_width, kCandidatesOp);
 }
 
+// What scale_candidates does on every device before its kernel: the checks, the output
+// [K, S, 4] (complete when K = 0), the contiguous boxes and centres, and the number of images
+// (-1 without centres: the batch indices are then bounded by kBatchIndexLimit, and the grouping
+// allocates by the number of boxes, not by the largest index; issue 12 item 8).
+struct CandidatesCall {
+  Tensor out, boxes, centers;
+  int64_t batch;
+};
+
+inline CandidatesCall prepare_candidates(const Tensor& boxes, DoubleArrayRef scales,
+                                         const std::optional<Tensor>& centers,
+                                         double image_height, double image_width) {
+  check_candidates_args(boxes, scales, centers, image_height, image_width);
+  const int64_t S = static_cast<int64_t>(scales.size());
+  CandidatesCall call{empty_like_device(boxes, {boxes.size(0), S, 4}), Tensor(), Tensor(), -1};
+  if (boxes.size(0) > 0) {
+    call.boxes = torch::stable::contiguous(boxes);
+    if (centers.has_value()) {
+      call.centers = torch::stable::contiguous(*centers);
+      call.batch = call.centers.size(0);
+    }
+  }
+  return call;
+}
+
 struct CropShape {
   int64_t out_h, out_w;
 };

@@ -100,22 +100,16 @@ Tensor box_centers(const Tensor& boxes, const ImageSegments& segments, const Ten
 Tensor scale_candidates_cpu(const Tensor& boxes, DoubleArrayRef scales,
                             const std::optional<Tensor>& centers, double image_height,
                             double image_width, bool clip) {
-  check_candidates_args(boxes, scales, centers, image_height, image_width);
+  auto [out, boxes_c, centers_c, batch] =
+      prepare_candidates(boxes, scales, centers, image_height, image_width);
   const int64_t count = boxes.size(0);
   const int64_t S = static_cast<int64_t>(scales.size());
-  Tensor out = empty_like_device(boxes, {count, S, 4});
   if (count == 0) {
     return out;
   }
-  const Tensor boxes_c = torch::stable::contiguous(boxes);
-  const Tensor centers_c = centers.has_value() ? torch::stable::contiguous(*centers) : Tensor();
 
   DISPATCH_CPU_TYPES(boxes.scalar_type(), "scale_candidates_cpu", [&] {
     const scalar_t* box_data = boxes_c.const_data_ptr<scalar_t>();
-    // Without centres the number of images is not known: the batch indices are bounded by
-    // kBatchIndexLimit, and the grouping allocates by the number of boxes, not by the largest
-    // index (issue 12 item 8).
-    const int64_t batch = centers_c.defined() ? centers_c.size(0) : -1;
     check_box_values(box_data, count, batch,
                      centers_c.defined() ? centers_c.const_data_ptr<scalar_t>() : nullptr,
                      centers_c.defined() ? batch : 0, kCandidatesOp);

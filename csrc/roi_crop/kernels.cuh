@@ -410,17 +410,12 @@ void launch_crop_backward_atomic(const Tensor& grad_output, const Tensor& boxes,
 inline Tensor scale_candidates(const Tensor& boxes, DoubleArrayRef scales,
                                const std::optional<Tensor>& centers, double image_height,
                                double image_width, bool clip, gpu::Stream stream) {
-  check_candidates_args(boxes, scales, centers, image_height, image_width);
-  const int64_t count = boxes.size(0);
-  const int64_t S = static_cast<int64_t>(scales.size());
-  Tensor out = empty_like_device(boxes, {count, S, 4});
-  if (count == 0) {
+  auto [out, boxes_c, centers_c, batch] =
+      prepare_candidates(boxes, scales, centers, image_height, image_width);
+  if (boxes.size(0) == 0) {
     return out;
   }
-  const Tensor boxes_c = torch::stable::contiguous(boxes);
-  const Tensor centers_c = centers.has_value() ? torch::stable::contiguous(*centers) : Tensor();
   // boxes are float32 or float64 (check_candidates_args).
-  const int64_t batch = centers_c.defined() ? centers_c.size(0) : -1;
   THO_DISPATCH_V2(boxes.scalar_type(), "scale_candidates", AT_WRAP([&] {
                     const ImageSegments segments = image_segments<scalar_t>(boxes_c, batch, stream);
                     const Tensor twice_centers =
