@@ -176,6 +176,22 @@ def discriminative_parts(num_classes: int) -> list[str]:
     ]
 
 
+def _test_split(loaded, data_root: str | os.PathLike, with_keypoints: bool = False):
+    """The test split of the dataset a checkpoint was trained on, with its evaluation
+    transform (the sizes recorded in the checkpoint)."""
+    from .data import build_dataset, eval_transform
+
+    transform = loaded.extra["transform"]
+    size = lambda value: tuple(value) if isinstance(value, list) else value  # noqa: E731
+    return build_dataset(
+        loaded.extra["dataset"],
+        data_root,
+        False,
+        eval_transform(size(transform["resize"]), size(transform["crop"])),
+        with_keypoints=with_keypoints,
+    )
+
+
 def localization(
     checkpoint: str | os.PathLike,
     data_root: str | os.PathLike,
@@ -196,19 +212,10 @@ def localization(
     from torch.utils.data import DataLoader
 
     from .checkpoint import load_checkpoint
-    from .data import build_dataset, eval_transform
     from .metrics import proposal_keypoint_distance
 
     loaded = load_checkpoint(checkpoint)
-    transform = loaded.extra["transform"]
-    size = lambda value: tuple(value) if isinstance(value, list) else value  # noqa: E731
-    dataset = build_dataset(
-        loaded.extra["dataset"],
-        data_root,
-        False,
-        eval_transform(size(transform["resize"]), size(transform["crop"])),
-        with_keypoints=True,
-    )
+    dataset = _test_split(loaded, data_root, with_keypoints=True)
     parts = parts if parts is not None else discriminative_parts(len(dataset.classes))
     if dataset.part_names is None or not set(parts) <= set(dataset.part_names):
         raise ValueError(f"the data's parts {dataset.part_names} do not include {parts}")
@@ -693,20 +700,12 @@ def prediction_grid(
     import torch
 
     from .checkpoint import load_checkpoint
-    from .data import build_dataset, eval_transform
     from .data.transforms import IMAGENET_MEAN, IMAGENET_STD
     from .predict import draw_parts, picture_grid, write_picture
 
     plain = load_checkpoint(work_dir / "plain-s0" / "best.pt")
     full = load_checkpoint(work_dir / "full-s0" / "best.pt")
-    transform = full.extra["transform"]
-    size = lambda value: tuple(value) if isinstance(value, list) else value  # noqa: E731
-    dataset = build_dataset(
-        full.extra["dataset"],
-        data_root,
-        False,
-        eval_transform(size(transform["resize"]), size(transform["crop"])),
-    )
+    dataset = _test_split(full, data_root)
     classes = len(dataset.classes)
     labels = list(range(0, classes, max(1, classes // count)))[:count]
     picked = [dataset.targets.index(label) for label in labels]
