@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import pickle
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +25,8 @@ pytest.importorskip("torchvision", reason="the model layer needs torchvision (th
 from PIL import Image
 from ssanet import SSANet, save_checkpoint
 from ssanet.ablation import (
+    JOB_FILE,
+    _JobScheduler,
     _localization_section,
     discriminative_parts,
     localization,
@@ -350,6 +353,33 @@ def test_plan_runs_seeds_and_starts_from_the_plain_run():
     config_p = load_config(config, p_row.overrides)
     assert config_p["loss"]["mac_lambda"] == 0
     assert config_p["model"]["dsm"] == config_p["model"]["op"] == "none"
+
+
+def _next_job_within(scheduler, seconds=10.0):
+    """The scheduler's next job, failing (not hanging) if it waits for one that never comes."""
+    taken = {}
+    thread = threading.Thread(target=lambda: taken.update(job=scheduler.next_job()), daemon=True)
+    thread.start()
+    thread.join(seconds)
+    assert not thread.is_alive(), "next_job waits for a plain run that nothing will run"
+    return taken["job"]
+
+
+@pytest.mark.parametrize("plain_done", [True, False])
+def test_only_some_rows_start_from_the_plain_run_done_earlier(tmp_path, plain_done):
+    # `ssanet ablation --only P` in the work folder of an earlier study: the P row starts from
+    # that study's plain-s0 when it finished (it used to wait for it forever), and is skipped
+    # with a reason when it did not.
+    todo = [job for job in plan(load_config("synthetic_fine"), seeds=1) if job.row == "P"]
+    if plain_done:
+        (tmp_path / "plain-s0").mkdir()
+        (tmp_path / "plain-s0" / JOB_FILE).write_text("{}")
+    scheduler = _JobScheduler(todo, {}, tmp_path / "base.json", tmp_path, tmp_path, tmp_path, 1)
+    job = _next_job_within(scheduler)
+    if plain_done:
+        assert job.name == "P-s0" and scheduler.running == {"P-s0"}
+    else:
+        assert job is None and scheduler.failed == {"P-s0"}
 
 
 @pytest.mark.slow

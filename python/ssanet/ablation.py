@@ -276,7 +276,13 @@ class _JobScheduler:
         self.out_dir = out_dir
         self.work_dir = work_dir
         self.threads = threads
-        self.done = {job.name for job in todo if (work_dir / job.name / JOB_FILE).is_file()}
+        self.names = {job.name for job in todo}
+        # With run_study's `only`, a job may start from a plain run outside `todo`: usable
+        # when an earlier study finished it in the same work folder.
+        parents = {job.init_from for job in todo if job.init_from is not None}
+        self.done = {
+            name for name in self.names | parents if (work_dir / name / JOB_FILE).is_file()
+        }
         self.failed: set[str] = set()
         self.running: set[str] = set()
         self.lock = threading.Condition()
@@ -285,7 +291,8 @@ class _JobScheduler:
     def log(self, message: str) -> None:
         elapsed = time.perf_counter() - self.started
         print(
-            f"[{elapsed / 60:5.1f} min, {len(self.done)}/{len(self.todo)} done] {message}",
+            f"[{elapsed / 60:5.1f} min, {len(self.done & self.names)}/{len(self.todo)} done] "
+            f"{message}",
             flush=True,
         )
 
@@ -309,10 +316,11 @@ class _JobScheduler:
                 ]
                 if not pending:
                     return None
-                blocked = [job for job in pending if job.init_from in self.failed]
+                blocked = [job for job in pending if self._parent_missing(job)]
                 for job in blocked:
                     self.failed.add(job.name)
-                    self.log(f"{job.name}: skipped, {job.init_from} failed")
+                    reason = "failed" if job.init_from in self.failed else "is not done here"
+                    self.log(f"{job.name}: skipped, {job.init_from} {reason}")
                 runnable = [
                     job
                     for job in pending
@@ -322,6 +330,12 @@ class _JobScheduler:
                     self.running.add(runnable[0].name)
                     return runnable[0]
                 self.lock.wait()
+
+    def _parent_missing(self, job: Job) -> bool:
+        """Whether the plain run ``job`` starts from failed, or is neither done nor to run."""
+        if job.init_from is None or job.init_from in self.done:
+            return False
+        return job.init_from in self.failed or job.init_from not in self.names
 
     def run_job(self, job: Job) -> None:
         """Runs ``job`` in its own process (``python -m ssanet.ablation SPEC``), then
