@@ -305,8 +305,9 @@ class _JobScheduler:
 
     def next_job(self) -> Job | None:
         """The first pending job that starts from nothing or from a done plain run, marked
-        running; None when no job is pending. Jobs whose plain run failed are skipped (marked
-        failed); while every pending job waits for a running one, waits for a job to finish."""
+        running; None when no job is pending. Jobs whose plain run failed, or is neither done
+        nor in the study, are skipped (marked failed); while every pending job waits for a
+        running one, waits for a job to finish."""
         with self.lock:
             while True:
                 pending = [
@@ -321,10 +322,10 @@ class _JobScheduler:
                     self.failed.add(job.name)
                     reason = "failed" if job.init_from in self.failed else "is not done here"
                     self.log(f"{job.name}: skipped, {job.init_from} {reason}")
+                if blocked:
+                    continue  # they may have been the last pending jobs: nothing to wait for
                 runnable = [
-                    job
-                    for job in pending
-                    if job not in blocked and (job.init_from is None or job.init_from in self.done)
+                    job for job in pending if job.init_from is None or job.init_from in self.done
                 ]
                 if runnable:
                     self.running.add(runnable[0].name)
