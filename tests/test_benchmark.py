@@ -144,7 +144,8 @@ def test_fine_config_parts_see_more_detail_than_the_global_view():
     # The paper's mechanism: the backbone's global view is smaller than the input, the parts
     # are cropped from the full-resolution input, so a part crop holds more pixels per input
     # pixel than the global view; every anchor's centre lies in the global view (no anchor is
-    # clipped to a sliver along an edge).
+    # clipped to a sliver along an edge), on a grid fine enough that K proposals are a choice
+    # (on the 64-pixel view's 2x2 stride-32 map, K = 4 proposals were always its quadrants).
     config = load_config("synthetic_fine")
     model = config["model"]
     assert config["clip_grad_norm"] is None
@@ -155,10 +156,12 @@ def test_fine_config_parts_see_more_detail_than_the_global_view():
     assert view < crop < config["transform"]["resize"][0] + 1
     levels = [AnchorLevel(**level) for level in model["anchor_levels"]]
     head = ProposalHead(8, levels)
-    _, map_sizes = head(torch.zeros(1, 8, math.ceil(view / 32), math.ceil(view / 32)))
+    cells = math.ceil(view / levels[0].stride)
+    _, map_sizes = head(torch.zeros(1, 8, cells, cells))
     anchors = make_anchors(levels, map_sizes, (view, view))
     centres = (anchors[:, :2] + anchors[:, 2:]) / 2
     assert bool(((centres > 0) & (centres < view)).all())
+    assert len(centres.unique(dim=0)) >= 4 * model["num_parts"]
     # Even the largest scale candidate of the largest anchor, in input pixels, is cropped at
     # more pixels per input pixel than the global view's.
     largest_side = (anchors[:, 2:] - anchors[:, :2]).max().item() * crop / view

@@ -408,6 +408,37 @@ def test_global_view_at_a_lower_resolution(crop_from):
         tiny(global_size=16)
 
 
+def test_anchor_level_of_stride_16_scores_the_stride_16_map():
+    # A first anchor level of stride 16 puts the anchors on the backbone's stride-16 map (4x4
+    # cells on a 64-pixel view instead of 2x2): the head scores that map, the anchors are
+    # NTS-Net's on the finer grid (nts_net_anchors, one at a time), and the proposals are the
+    # NMS / top-K of those scores, scaled from the global view to the input.
+    torch.manual_seed(0)
+    levels = (
+        AnchorLevel(16, 12.0, (1.0, 1.5), (0.667, 1.0, 1.5)),
+        AnchorLevel(32, 24.0, (1.0,), (1.0,)),
+    )
+    model = tiny(anchor_levels=levels, global_size=32).eval()
+    batch = images(2)
+    view = F.interpolate(batch, size=(32, 32), mode="bilinear", antialias=True)
+    with torch.no_grad():
+        output = model(batch)
+        stride16 = model.backbone.forward_stride16(view)
+        scores, map_sizes = model.proposal_head(stride16)
+    assert model.proposal_head.reduce.in_channels == model.backbone.stride16_channels
+    assert map_sizes == [(2, 2), (1, 1)]
+    anchors = nts_net_anchors(levels, (32, 32))
+    assert scores.shape == (2, len(anchors)) == (2, 2 * 2 * 6 + 1)
+    _, expected_scores, indices = select_proposals(anchors, scores, 3, 0.25, (32, 32))
+    torch.testing.assert_close(output.part_boxes, anchors[indices] * 2)
+    torch.testing.assert_close(output.part_scores, expected_scores)
+    assert SSANet.from_config(model.config).propose_on_stride16
+    with pytest.raises(ValueError, match="level 0 must have stride 16 or 32"):
+        ProposalHead(8, (AnchorLevel(8, 4.0, (1.0,), (1.0,)),))
+    with pytest.raises(ValueError, match="level 1 must have stride 32"):
+        ProposalHead(8, (levels[0], AnchorLevel(64, 24.0, (1.0,), (1.0,))))
+
+
 def test_the_former_part_features_keyword_and_configs_still_work():
     with pytest.warns(DeprecationWarning, match="crop_from"):
         model = tiny(part_features="shared")

@@ -370,13 +370,16 @@ def _add_training_commands(commands, common: argparse.ArgumentParser) -> None:
     )
     synthetic.add_argument("--num-classes", type=_int_at_least(1), default=None, help="1..30 (10)")
     synthetic.add_argument(
-        "--images-per-class", type=_int_at_least(1), default=None, help="(default 40, fine 50)"
+        "--images-per-class", type=_int_at_least(1), default=None, help="(default 40, fine 100)"
     )
     synthetic.add_argument(
         "--image-size", type=_int_at_least(16), default=None, help="square side (128; fine 192)"
     )
     synthetic.add_argument(
-        "--train-fraction", type=float, default=None, help="share of training images (0.5)"
+        "--train-fraction",
+        type=float,
+        default=None,
+        help="share of training images (0.5; fine 0.7)",
     )
     synthetic.add_argument("--seed", type=int, default=0)
     synthetic.add_argument(

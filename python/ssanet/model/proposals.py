@@ -43,9 +43,13 @@ NTS_ANCHOR_LEVELS = (
 class ProposalHead(nn.Module):
     """NTS-Net's navigator: a score for every anchor of every level.
 
-    Level 0 is the backbone's stride-32 map after a 3x3 convolution; every further level halves
-    the previous one with a stride-2 3x3 convolution (strides 32, 64, 128, ...). A 1x1
-    convolution per level gives one score per anchor of each cell.
+    Level 0 is a backbone map after a 3x3 convolution: the stride-32 map (NTS-Net's), or the
+    stride-16 map for a level 0 of stride 16 (a grid twice as fine, for global views so small
+    that the stride-32 map has only a few cells: the ``synthetic_fine`` config's 64-pixel view
+    has a 2x2 one, on which K = 4 proposals can only be its four quadrants). Every further
+    level halves the previous one with a stride-2 3x3 convolution (strides 32, 64, 128, ...
+    or 16, 32, 64, ...). A 1x1 convolution per level gives one score per anchor of each cell.
+    ``in_channels``: the channels of level 0's map.
     """
 
     def __init__(
@@ -57,11 +61,16 @@ class ProposalHead(nn.Module):
         super().__init__()
         if not levels:
             raise ValueError("anchor levels must not be empty")
+        if levels[0].stride not in (16, 32):
+            raise ValueError(
+                "anchor level 0 must have stride 16 or 32 (the backbone's stride-16 or "
+                f"stride-32 map); got {levels[0].stride}"
+            )
         for index, level in enumerate(levels):
-            if level.stride != 32 * 2**index:
+            if level.stride != levels[0].stride * 2**index:
                 raise ValueError(
-                    f"anchor level {index} must have stride {32 * 2**index} (level 0 is the "
-                    f"backbone's stride-32 map, each next level halves it); got {level.stride}"
+                    f"anchor level {index} must have stride {levels[0].stride * 2**index} "
+                    f"(each level halves the previous one); got {level.stride}"
                 )
         self.levels = tuple(levels)
         self.reduce = nn.Conv2d(in_channels, hidden_channels, 3, padding=1)
@@ -76,7 +85,7 @@ class ProposalHead(nn.Module):
     def forward(self, features: torch.Tensor) -> tuple[torch.Tensor, list[tuple[int, int]]]:
         """Scores ``[B, A]`` of the anchors of :func:`make_anchors`, and the map size per level.
 
-        ``features``: the backbone's stride-32 map ``[B, C, h, w]``.
+        ``features``: the backbone's map of level 0's stride ``[B, C, h, w]``.
         """
         hidden = torch.relu(self.reduce(features))
         scores, sizes = [], []

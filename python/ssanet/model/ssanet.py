@@ -134,7 +134,8 @@ class SSANet(nn.Module):
         dsm_features: "pooled" (global average of each candidate's map, D = channels) or
             "flatten" (the whole map, D = h*w*channels, as in the paper's figure 3).
         part_size: side of the part crops fed to the part network (the paper: 224).
-        anchor_levels: the anchors (default NTS-Net's three levels).
+        anchor_levels: the anchors (default NTS-Net's three levels; level 0 of stride 32,
+            or 16 for a finer grid on the stride-16 map, see :class:`ProposalHead`).
         nms_iou: IoU threshold of the proposals' NMS (NTS-Net: 0.25).
         op_patch_size, op_grid_size: of the oriented pooling (the paper: 3 and 3).
         global_size: None (the paper: the backbone's global view is the input image itself),
@@ -221,7 +222,10 @@ class SSANet(nn.Module):
             self.scales = ssanet_ops.scale_factors(config["scale_alpha"], config["num_scales"])
         self.original_scale = (len(self.scales) - 1) // 2  # m0, factor 1 (docs/operators.md s. 3)
         self.dsm_features = config["dsm_features"]
-        self.proposal_head = ProposalHead(channels, self.anchor_levels)
+        # Level 0 of stride 16 scores the stride-16 map (a finer grid on a small global view).
+        self.propose_on_stride16 = self.anchor_levels[0].stride == 16
+        head_channels = self.backbone.stride16_channels if self.propose_on_stride16 else channels
+        self.proposal_head = ProposalHead(head_channels, self.anchor_levels)
         self.part_classifier = nn.Linear(channels, num_classes)  # FC of eq. 1, shared by parts
         self.dsm = None
         if config["dsm"] != "none":
@@ -292,7 +296,8 @@ class SSANet(nn.Module):
 
         # Section 3.1: K part proposals per image, [B, K, 4]; part j is the j-th best. The
         # anchors lie in the global view; the boxes are scaled to the input's pixels.
-        part_boxes, part_scores = self.propose(stride32, tuple(view.shape[-2:]))
+        proposal_map = stride16 if self.propose_on_stride16 else stride32
+        part_boxes, part_scores = self.propose(proposal_map, tuple(view.shape[-2:]))
         if view is not images:
             factors = [width / view.shape[-1], height / view.shape[-2]] * 2
             part_boxes = part_boxes * part_boxes.new_tensor(factors)
@@ -339,12 +344,13 @@ class SSANet(nn.Module):
         )
 
     def propose(
-        self, stride32: torch.Tensor, image_size: tuple[int, int]
+        self, features: torch.Tensor, image_size: tuple[int, int]
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Section 3.1: score every anchor, one NMS, top-K: ``part_boxes [B, K, 4]`` and their
-        ``part_scores [B, K]``."""
-        anchor_scores, map_sizes = self.proposal_head(stride32)
-        anchors = make_anchors(self.anchor_levels, map_sizes, image_size, stride32.device)
+        ``part_scores [B, K]``. ``features``: the backbone's map of the first anchor level's
+        stride (stride 32, or 16)."""
+        anchor_scores, map_sizes = self.proposal_head(features)
+        anchors = make_anchors(self.anchor_levels, map_sizes, image_size, features.device)
         part_boxes, part_scores, _ = select_proposals(
             anchors, anchor_scores, self.num_parts, self.nms_iou, image_size
         )
