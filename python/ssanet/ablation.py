@@ -433,6 +433,14 @@ def run_study(
 # The report ---------------------------------------------------------------------------------
 
 
+def _threads_text(records: dict[str, dict]) -> str:
+    """The torch threads the runs used, as the report's header says them."""
+    counts = sorted({record["threads"] for record in records.values() if "threads" in record})
+    if not counts:
+        return "the torch threads not recorded"
+    return " or ".join(str(count) for count in counts) + " torch thread(s) per run"
+
+
 def _method_label(run: dict) -> str:
     """A run's Table 3 label; the full model's other crop mode names its override."""
     label = run["label"]
@@ -506,8 +514,9 @@ def report(work_dir: Path, out_dir: Path, jobs: list[Job], base: dict) -> dict:
         "",
         "Written by `ssanet ablation --train` (see `ssanet.ablation`); test split, each run's "
         "`best.pt` as its validation split selected it. Top-1 in %, mean ± sample standard "
-        "deviation over seeds; training time per run in seconds (one torch thread, two runs "
-        "at a time on the 2-core CPU).",
+        "deviation over seeds; training time per run in seconds, with "
+        f"{_threads_text(records)} (how many runs shared the machine is the study's to "
+        "say: it changes the times).",
         "",
         "## Table 3",
         "",
