@@ -296,9 +296,9 @@ struct ImageBackwardTables {
 // registers and reloaded its pointers from the stack on every sample, 17 % slower than before
 // the port to the stable ABI (benchmarks/results/stable_abi_port.md).
 template <typename T>
-[[gnu::noinline]] void crop_plane(const T* __restrict map, int64_t width, const ForwardTables<T>& tables,
-                T inverse_count, int64_t out_h, int64_t out_w, T* __restrict line,
-                T* __restrict out) {
+[[gnu::noinline]] void crop_plane(const T* __restrict map, int64_t width,
+                                  const ForwardTables<T>& tables, T inverse_count, int64_t out_h,
+                                  int64_t out_w, T* __restrict line, T* __restrict out) {
   const int64_t* __restrict row_begin = tables.rows.begin.data();
   const int64_t* __restrict row_index = tables.rows.index.data();
   const T* __restrict row_weight = tables.rows.weight.data();
