@@ -30,6 +30,7 @@ from ssanet.ablation import (
     _localization_section,
     discriminative_parts,
     localization,
+    localization_floor,
     plan,
     report,
     run_job,
@@ -338,6 +339,32 @@ def test_localization_measures_distance_to_discriminative_keypoints(
     assert result["images"] == len(dataset)
 
 
+def test_localization_floor_is_a_head_that_ranks_anchors_by_distance(fine_root):
+    # The ideal proposal head scores each anchor by minus its distance to the nearest
+    # discriminative keypoint: its first proposal is, in every image, the anchor nearest a
+    # keypoint (numpy over all the model's anchors), the later ones are no nearer, and they
+    # lie nearer than random boxes of their sizes.
+    config = load_config(tiny_config(FULL_MODEL))
+    floor = localization_floor(config, fine_root, random_draws=20)
+    transform = eval_transform((IMAGE_SIZE + 8, IMAGE_SIZE + 8), IMAGE_SIZE)
+    dataset = build_dataset("synthetic", fine_root, False, transform, with_keypoints=True)
+    columns = [dataset.part_names.index(part) for part in floor["parts"]]
+    levels = SSANet(num_classes=4, **FULL_MODEL).anchor_levels  # strides 32 and 64: 2x2, 1x1
+    anchors = make_anchors(levels, [(2, 2), (1, 1)], (IMAGE_SIZE, IMAGE_SIZE)).numpy()
+    centres = (anchors[:, :2] + anchors[:, 2:]) / 2
+    nearest = []
+    for index in range(len(dataset)):
+        sample = dataset[index]
+        visible = sample["keypoints_visible"][columns].numpy().astype(bool)
+        keypoints = sample["keypoints"][columns].numpy()[visible]
+        distances = np.linalg.norm(centres[:, None, :] - keypoints[None, :, :], axis=-1)
+        nearest.append(distances.min())
+    assert floor["proposal_per_index"][0] == pytest.approx(np.mean(nearest), rel=1e-5)
+    assert floor["proposal_per_index"] == sorted(floor["proposal_per_index"])
+    assert floor["proposal_mean"] < floor["random_mean"]
+    assert floor["ratio"] == pytest.approx(floor["proposal_mean"] / floor["random_mean"])
+
+
 def test_plan_runs_seeds_and_starts_from_the_plain_run():
     config = load_config("synthetic_fine")
     jobs = plan(config, seeds=3)
@@ -438,6 +465,10 @@ def test_fig4_table_names_the_other_crop_mode():
     rows = [line for line in _localization_section(by_row) if line.startswith("| ResNet")]
     assert rows[0].startswith("| ResNet-18(P) + MAC + OP + DSM, seed 0 |")
     assert rows[1].startswith("| ResNet-18(P) + MAC + OP + DSM (crop_from=shared), seed 0 |")
+    # The ideal head's row (localization_floor), when the study measured it, comes last.
+    floor = {**located, "proposal_mean": 0.6, "ratio": 0.3, "proposal_per_index": [0.6]}
+    rows = [line for line in _localization_section(by_row, floor) if line.startswith("| ")]
+    assert rows[-1] == "| ideal proposal head (the anchors' floor) | 0.60 | 2.00 | 0.30 | 0.6 |"
 
 
 def test_report_tabulates_seeds(tmp_path):

@@ -24,7 +24,9 @@ be rerun after an interruption. After every finished run the report is rewritten
 Fig. 4's statistic (:func:`localization`): the mean distance from each proposal's centre to
 the nearest visible keypoint of a discriminative part (on the synthetic data the parts whose
 look differs between classes: the head, the tail, the wing when the classes vary it), against
-the same for random boxes of the same sizes placed uniformly inside the image.
+the same for random boxes of the same sizes placed uniformly inside the image; and
+(:func:`localization_floor`) the same for an ideal proposal head on the config's anchors, about
+the lowest value a learned one could reach.
 """
 
 from __future__ import annotations
@@ -45,7 +47,7 @@ from typing import Any
 
 # torch is imported where it is used: ``ssanet --help`` reads this module's options at once.
 
-__all__ = ["ROWS", "Job", "localization", "plan", "report", "run_study"]
+__all__ = ["ROWS", "Job", "localization", "localization_floor", "plan", "report", "run_study"]
 
 # Table 3's rows: (key, overrides of the base config). "other_features" is filled in by plan().
 ROWS: tuple[tuple[str, list[str]], ...] = (
@@ -59,6 +61,7 @@ ROWS: tuple[tuple[str, list[str]], ...] = (
 )
 SEEDED_ROWS = ("plain", "full")  # the rows run with every seed
 JOB_FILE = "job.json"
+FLOOR_FILE = "localization_floor.json"  # the work folder's localization_floor() of the config
 
 
 @dataclass
@@ -176,15 +179,15 @@ def discriminative_parts(num_classes: int) -> list[str]:
     ]
 
 
-def _test_split(loaded, data_root: str | os.PathLike, with_keypoints: bool = False):
-    """The test split of the dataset a checkpoint was trained on, with its evaluation
-    transform (the sizes recorded in the checkpoint)."""
+def _test_split(settings: dict, data_root: str | os.PathLike, with_keypoints: bool = False):
+    """The test split of ``settings["dataset"]`` with the evaluation transform of
+    ``settings["transform"]``'s sizes (a config, or a checkpoint's ``extra``)."""
     from .data import build_dataset, eval_transform
 
-    transform = loaded.extra["transform"]
+    transform = settings["transform"]
     size = lambda value: tuple(value) if isinstance(value, list) else value  # noqa: E731
     return build_dataset(
-        loaded.extra["dataset"],
+        settings["dataset"],
         data_root,
         False,
         eval_transform(size(transform["resize"]), size(transform["crop"])),
@@ -209,13 +212,75 @@ def localization(
     Returns the two means, their ratio, the per-proposal means and the parts used.
     """
     import torch
-    from torch.utils.data import DataLoader
 
     from .checkpoint import load_checkpoint
-    from .metrics import proposal_keypoint_distance
 
     loaded = load_checkpoint(checkpoint)
-    dataset = _test_split(loaded, data_root, with_keypoints=True)
+    dataset = _test_split(loaded.extra, data_root, with_keypoints=True)
+
+    def propose(images, keypoints, visible):
+        with torch.no_grad():
+            return loaded.model(images).part_boxes.float()  # [B, K, 4]
+
+    result = _keypoint_distances(dataset, propose, parts, random_draws, seed, batch_size)
+    return {**result, "unit": f"pixels of the {loaded.image_size}x{loaded.image_size} input"}
+
+
+def localization_floor(
+    config: dict,
+    data_root: str | os.PathLike,
+    parts: list[str] | None = None,
+    random_draws: int = 10,
+    seed: int = 0,
+    batch_size: int = 32,
+) -> dict[str, Any]:
+    """:func:`localization` of an ideal proposal head for ``config``'s anchors: one whose score
+    for every anchor is minus the distance from its centre to the nearest discriminative
+    keypoint, its top K then chosen by the model's own NMS and ranking
+    (:func:`~ssanet.model.proposals.select_proposals`). No training: about the lowest Fig. 4
+    statistic that the config's anchor grid, K and NMS threshold allow a learned head to reach
+    (not exactly: NMS is greedy, so a head that skipped the nearest anchor could keep two near
+    ones it suppresses). The paper's claim is a ratio of at most 0.5 to random boxes."""
+    import torch
+
+    from .metrics import proposal_keypoint_distance
+    from .model import SSANet
+    from .model.proposals import make_anchors, select_proposals
+
+    dataset = _test_split(config, data_root, with_keypoints=True)
+    model = SSANet(**{**config["model"], "weights": None, "num_classes": len(dataset.classes)})
+    image = dataset[0]["image"][None]
+    with torch.no_grad():
+        view = model.global_view(image)
+        stride16, stride32 = model.backbone(view)
+        _, map_sizes = model.proposal_head(stride16 if model.propose_on_stride16 else stride32)
+    height, width = image.shape[-2:]
+    factors = torch.tensor([width / view.shape[-1], height / view.shape[-2]] * 2)
+    anchors = make_anchors(model.anchor_levels, map_sizes, tuple(view.shape[-2:])) * factors
+
+    def propose(images, keypoints, visible):
+        every = anchors[None].expand(len(images), -1, -1)
+        distance = proposal_keypoint_distance(every, keypoints, visible).nan_to_num(0.0)
+        boxes, _, _ = select_proposals(
+            anchors, -distance, model.num_parts, model.nms_iou, (height, width)
+        )
+        return boxes
+
+    result = _keypoint_distances(dataset, propose, parts, random_draws, seed, batch_size)
+    return {**result, "unit": f"pixels of the {width}x{height} input"}
+
+
+def _keypoint_distances(
+    dataset, propose, parts: list[str] | None, random_draws: int, seed: int, batch_size: int
+) -> dict[str, Any]:
+    """Fig. 4's statistic of the boxes ``propose(images, keypoints, visible) -> [B, K, 4]``
+    gives for the batches of ``dataset``, against random boxes of the same sizes (see
+    :func:`localization`)."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    from .metrics import proposal_keypoint_distance
+
     parts = parts if parts is not None else discriminative_parts(len(dataset.classes))
     if dataset.part_names is None or not set(parts) <= set(dataset.part_names):
         raise ValueError(f"the data's parts {dataset.part_names} do not include {parts}")
@@ -225,10 +290,9 @@ def localization(
     for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False):
         images = batch["image"]
         height, width = images.shape[-2:]
-        with torch.no_grad():
-            boxes = loaded.model(images).part_boxes.float()  # [B, K, 4]
         keypoints = batch["keypoints"][:, columns]
         visible = batch["keypoints_visible"][:, columns]
+        boxes = propose(images, keypoints, visible)
         proposal_distances.append(proposal_keypoint_distance(boxes, keypoints, visible))
         sides = (boxes[..., 2:] - boxes[..., :2]).clamp(min=0)
         limits = torch.tensor([width, height], dtype=torch.float32)
@@ -245,7 +309,6 @@ def localization(
         "ratio": proposals.nanmean().item() / randoms.nanmean().item(),
         "proposal_per_index": proposals.nanmean(dim=0).tolist(),
         "random_per_index": randoms.nanmean(dim=0).tolist(),
-        "unit": f"pixels of the {loaded.image_size}x{loaded.image_size} input",
         "images": int(proposals.isfinite().any(dim=1).sum()),
     }
 
@@ -414,6 +477,9 @@ def run_study(
     todo = [job for job in plan(base, seeds) if only is None or job.row in only]
     config_path = work_dir / "base_config.json"
     config_path.write_text(json.dumps(base, indent=2) + "\n")
+    # No training: a few seconds; the report reads it after every run.
+    floor = localization_floor(base, data_root)
+    (work_dir / FLOOR_FILE).write_text(json.dumps(floor, indent=2) + "\n")
     scheduler = _JobScheduler(todo, base, config_path, data_root, out_dir, work_dir, threads)
     scheduler.log(f"{len(todo)} runs, {len(scheduler.done)} already done; {jobs} at a time")
     workers = [threading.Thread(target=scheduler.worker) for _ in range(jobs)]
@@ -508,7 +574,9 @@ def report(work_dir: Path, out_dir: Path, jobs: list[Job], base: dict) -> dict:
                 },
             }
         )
-    result = {"rows": rows, "runs": records, "base_config": base}
+    floor_path = work_dir / FLOOR_FILE
+    floor = json.loads(floor_path.read_text()) if floor_path.is_file() else None
+    result = {"rows": rows, "runs": records, "base_config": base, "localization_floor": floor}
     lines = [
         "# Ablation (Table 3), rotation (Table 1), reduced input (Table 2), localization (Fig. 4)",
         "",
@@ -536,10 +604,10 @@ def report(work_dir: Path, out_dir: Path, jobs: list[Job], base: dict) -> dict:
             + " |"
         )
     lines += _robustness_sections(by_row)
-    lines += _localization_section(by_row)
+    lines += _localization_section(by_row, floor)
     (out_dir / "ablation.md").write_text("\n".join(lines) + "\n")
     (out_dir / "ablation.json").write_text(json.dumps(result, indent=2) + "\n")
-    _plots(rows, by_row, out_dir)
+    _plots(rows, by_row, out_dir, floor)
     return result
 
 
@@ -583,7 +651,7 @@ def _robustness_sections(by_row: dict[str, list[dict]]) -> list[str]:
     return lines
 
 
-def _localization_section(by_row: dict[str, list[dict]]) -> list[str]:
+def _localization_section(by_row: dict[str, list[dict]], floor: dict | None = None) -> list[str]:
     located = [
         (row, run)
         for row, _ in ROWS
@@ -610,10 +678,23 @@ def _localization_section(by_row: dict[str, list[dict]]) -> list[str]:
             f"| {_method_label(run)}, seed {run['seed']} | {value['proposal_mean']:.2f} | "
             f"{value['random_mean']:.2f} | {value['ratio']:.2f} | {per_index} |"
         )
+    if floor is not None:
+        per_index = " / ".join(f"{d:.1f}" for d in floor["proposal_per_index"])
+        lines += [
+            f"| ideal proposal head (the anchors' floor) | {floor['proposal_mean']:.2f} | "
+            f"{floor['random_mean']:.2f} | {floor['ratio']:.2f} | {per_index} |",
+            "",
+            "The last row is no model: a proposal head that scores every anchor by minus its "
+            "distance to the nearest discriminative keypoint, its top K chosen by the model's "
+            "NMS (`ssanet.ablation.localization_floor`): about the lowest ratio these anchors, "
+            "K and NMS threshold allow a learned head.",
+        ]
     return lines
 
 
-def _plots(rows: list[dict], by_row: dict[str, list[dict]], out_dir: Path) -> None:
+def _plots(
+    rows: list[dict], by_row: dict[str, list[dict]], out_dir: Path, floor: dict | None
+) -> None:
     if rows:
         _plot_ablation(rows, out_dir)
     compared = [row for row in ("plain", "full") if row in by_row]
@@ -622,7 +703,7 @@ def _plots(rows: list[dict], by_row: dict[str, list[dict]], out_dir: Path) -> No
         _plot_reduced_input(by_row, compared, out_dir)
     located = [run for row, _ in ROWS for run in by_row.get(row, []) if run.get("localization")]
     if located:
-        _plot_localization(located, out_dir)
+        _plot_localization(located, out_dir, floor)
 
 
 def _plot_ablation(rows: list[dict], out_dir: Path) -> None:
@@ -684,8 +765,9 @@ def _plot_reduced_input(by_row: dict[str, list[dict]], compared: list[str], out_
     figure.savefig(out_dir / "reduced_input.png")
 
 
-def _plot_localization(located: list[dict], out_dir: Path) -> None:
-    """Fig. 4: each run's mean proposal-to-keypoint distance beside the random boxes'."""
+def _plot_localization(located: list[dict], out_dir: Path, floor: dict | None) -> None:
+    """Fig. 4: each run's mean proposal-to-keypoint distance beside the random boxes', and the
+    ideal proposal head's (:func:`localization_floor`) as a line."""
     figure = _figure(max(6.0, 0.9 * len(located) + 2), 4.5)
     axis = figure.add_subplot()
     names = [f"{run['row']} s{run['seed']}" for run in located]
@@ -702,6 +784,14 @@ def _plot_localization(located: list[dict], out_dir: Path) -> None:
         0.4,
         label="random boxes of the same sizes",
     )
+    if floor is not None:
+        axis.axhline(
+            floor["proposal_mean"],
+            color="black",
+            linestyle="--",
+            linewidth=1,
+            label=f"ideal proposal head (ratio {floor['ratio']:.2f})",
+        )
     axis.set_xticks(list(positions), names, rotation=30, ha="right", fontsize="small")
     highest = max(
         max(run["localization"]["proposal_mean"], run["localization"]["random_mean"])
@@ -729,7 +819,7 @@ def prediction_grid(
 
     plain = load_checkpoint(work_dir / "plain-s0" / "best.pt")
     full = load_checkpoint(work_dir / "full-s0" / "best.pt")
-    dataset = _test_split(full, data_root)
+    dataset = _test_split(full.extra, data_root)
     classes = len(dataset.classes)
     labels = list(range(0, classes, max(1, classes // count)))[:count]
     picked = [dataset.targets.index(label) for label in labels]
