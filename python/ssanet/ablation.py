@@ -477,9 +477,10 @@ def run_study(
     todo = [job for job in plan(base, seeds) if only is None or job.row in only]
     config_path = work_dir / "base_config.json"
     config_path.write_text(json.dumps(base, indent=2) + "\n")
-    # No training: a few seconds; the report reads it after every run.
-    floor = localization_floor(base, data_root)
-    (work_dir / FLOOR_FILE).write_text(json.dumps(floor, indent=2) + "\n")
+    if base["model"].get("proposals", True):
+        # No training: a few seconds; the report reads it after every run.
+        floor = localization_floor(base, data_root)
+        (work_dir / FLOOR_FILE).write_text(json.dumps(floor, indent=2) + "\n")
     scheduler = _JobScheduler(todo, base, config_path, data_root, out_dir, work_dir, threads)
     scheduler.log(f"{len(todo)} runs, {len(scheduler.done)} already done; {jobs} at a time")
     workers = [threading.Thread(target=scheduler.worker) for _ in range(jobs)]
