@@ -23,7 +23,7 @@ class CudaContext {
  private:
   static cudaStream_t current_stream(int32_t device_index) {
     void* stream = nullptr;
-    STABLE_TORCH_ERROR_CODE_CHECK(aoti_torch_get_current_cuda_stream(device_index, &stream));
+    SSANET_SHIM_CHECK(aoti_torch_get_current_cuda_stream(device_index, &stream));
     return static_cast<cudaStream_t>(stream);
   }
 

@@ -14,6 +14,10 @@
 #include <torch/headeronly/util/BFloat16.h>
 #include <torch/headeronly/util/Half.h>
 #include <torch/headeronly/util/HeaderOnlyArrayRef.h>
+#include <torch/headeronly/util/shim_utils.h>
+#if __has_include(<torch/csrc/stable/macros.h>)
+#include <torch/csrc/stable/macros.h>
+#endif
 
 #include <algorithm>
 #include <array>
@@ -53,6 +57,21 @@ template <typename scalar_t>
 using opmath_t = typename OpMath<scalar_t>::type;
 
 // ---- error messages ----
+
+// Checks the return code of a call into torch's C shim, and throws a std::runtime_error when it
+// failed. torch >= 2.13's STABLE_TORCH_ERROR_CODE_CHECK carries the failed call's own message
+// (it finds the shim function that returns it at run time, so it still builds for 2.11);
+// torch 2.11's and 2.12's headers have only TORCH_ERROR_CODE_CHECK, which names the call.
+#ifdef STABLE_TORCH_ERROR_CODE_CHECK
+#define SSANET_SHIM_CHECK(call) STABLE_TORCH_ERROR_CODE_CHECK(call)
+#else
+#define SSANET_SHIM_CHECK(call) TORCH_ERROR_CODE_CHECK(call)
+#endif
+
+// Whether two size lists are equal (HeaderOnlyArrayRef's operator== arrives with torch 2.13).
+inline bool same_sizes(IntArrayRef a, IntArrayRef b) {
+  return std::equal(a.begin(), a.end(), b.begin(), b.end());
+}
 
 template <typename T>
 std::ostream& operator<<(std::ostream& stream, torch::headeronly::HeaderOnlyArrayRef<T> values) {
@@ -128,7 +147,7 @@ std::array<Tensor, kOutputs> call_aten(const char* op, const char* overload,
                                        const Args&... args) {
   std::array<StableIValue, std::max(sizeof...(Args), kOutputs)> stack{
       torch::stable::detail::from(args)...};
-  STABLE_TORCH_ERROR_CODE_CHECK(
+  SSANET_SHIM_CHECK(
       torch_call_dispatcher(op, overload, stack.data(), TORCH_ABI_VERSION));
   std::array<Tensor, kOutputs> results;
   for (size_t i = 0; i < kOutputs; ++i) {

@@ -187,7 +187,7 @@ inline CropShape check_crop_backward_args(const Tensor& grad_output, const Tenso
   check_centers(centers, boxes, batch, op);
   const int64_t expected[5] = {boxes.size(0), static_cast<int64_t>(scales.size()), channels,
                                output_size[0], output_size[1]};
-  SSANET_CHECK(grad_output.sizes() == IntArrayRef(expected), op,
+  SSANET_CHECK(same_sizes(grad_output.sizes(), IntArrayRef(expected)), op,
                ": grad_output must have shape ", IntArrayRef(expected), ", got ",
                grad_output.sizes());
   SSANET_CHECK(std::isfinite(spatial_scale) && spatial_scale > 0, op,

@@ -383,13 +383,13 @@ ForwardProducts forward_products(const Tensor& phi, const Tensor& weight, const 
     const AtenTensorHandle lhs = phi_planes.operand(task, width);
     const AtenTensorHandle rhs = weight_planes.operand(task, width);  // [batches, width, C]
     if (first == chunking.begin(chunking.first_chunk(task))) {  // the task's first chunk
-      STABLE_TORCH_ERROR_CODE_CHECK(aoti_torch_cpu_bmm_out(task_partials[task].get(), lhs, rhs));
+      SSANET_SHIM_CHECK(aoti_torch_cpu_bmm_out(task_partials[task].get(), lhs, rhs));
       return;
     }
     // Not baddbmm (beta = 1): its CPU function copies its input to its output through the
     // dispatcher, and on a worker thread, which is not in the caller's inference mode, that
     // copy refuses the inference tensors the caller allocated.
-    STABLE_TORCH_ERROR_CODE_CHECK(aoti_torch_cpu_bmm_out(task_latest[task].get(), lhs, rhs));
+    SSANET_SHIM_CHECK(aoti_torch_cpu_bmm_out(task_latest[task].get(), lhs, rhs));
     scalar_t* __restrict sums = partials_data + task * products_size;
     const scalar_t* __restrict product = latest_data + task * products_size;
     for (int64_t i = 0; i < products_size; ++i) {
@@ -633,7 +633,7 @@ Tensor backward_cpu(const Tensor& grad, const std::optional<Tensor>& shift, cons
         analysis<scalar_t>(other_input, first, width,
                            for_weight ? scale_dft::kPhiPacking : scale_dft::kWeightPacking, tw,
                            input_planes.data(task), /*squares=*/nullptr);
-        STABLE_TORCH_ERROR_CODE_CHECK(aoti_torch_cpu_bmm_out(
+        SSANET_SHIM_CHECK(aoti_torch_cpu_bmm_out(
             products.operand(task, width), lhs.get(), input_planes.operand(task, width)));
         synthesis(products.data(task), G, result_rows, width, /*conjugate=*/for_weight, tw,
                   result_data, D, first);
