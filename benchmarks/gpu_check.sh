@@ -17,8 +17,10 @@
 # the start, under `timeout`. Time a step leaves unused goes to the later ones, and a slow step
 # never takes their share. The caps add up to 525 s; the summary and the archive take at most
 # 15 s more: the check ends within 540 s, the build included, 60 s inside 600 s.
-# pytest runs with pytest-timeout: 30 s for one test, and no new test after the step's time
-# less 20 s, so a slow or hung test costs neither tests.xml nor the sanitizer's error summary.
+# The build for one architecture without the simulator takes about 90 CPU seconds, 15 for its
+# largest file. pytest runs with pytest-timeout: 60 s for one test, and no new test after the
+# step's time less 20 s, so a slow or hung test costs neither tests.xml nor a sanitizer's error
+# summary.
 #
 # The commit: `git describe` of the tree; where the tree arrived without .git, the stamp that
 # `--stamp` wrote (.gpu_check_stamp.json, git-ignored: copy it along), checked against the tree.
@@ -59,8 +61,8 @@ if [ -n "$archive_dir" ]; then
 fi
 
 # name:cap, in seconds, in the order the steps run.
-plan=(facts:30 build:130 import:15 kernels:35 tests:80 memcheck:45 racecheck:40 synccheck:30
-  initcheck:55 bench-ops:40 bench-model:25)
+plan=(facts:25 build:100 import:15 kernels:30 tests:130 memcheck:40 racecheck:35 synccheck:30
+  initcheck:50 bench-ops:45 bench-model:25)
 finish_cap=15  # the summary (10 s) and the archive (5 s)
 budget=$finish_cap
 for entry in "${plan[@]}"; do budget=$(( budget + ${entry#*:} )); done
@@ -240,15 +242,16 @@ fi
 cd "$repo" || exit 1
 mapfile -t smoke < <(sed -e 's/#.*//' -e 's/[[:space:]]*$//' -e '/^$/d' benchmarks/sanitizer_tests.txt)
 pytest=("$python" -m pytest -q -p no:cacheprovider)
-# pytest-timeout's limits within `left` (ignored, with a warning, without it); steps that run
-# pytest begin with at least 30 s.
+# pytest-timeout's limits within `left` (ignored, with a warning, where it is missing): 60 s a
+# test, no new test in the last 20 s. A step that runs pytest begins with at least 25 s left;
+# each has a cap of 30 s or more, which leaves room when the step before it ran to its deadline.
 pytest_limits() {
-  echo -o timeout=30 -o timeout_method=signal -o session_timeout=$(( left - 20 ))
+  echo -o timeout=60 -o timeout_method=signal -o session_timeout=$(( left - 20 ))
 }
 
 # The sanitizer list without a sanitizer, recording the CUDA kernels it launches (the summary
 # checks that it launches every kernel of csrc/).
-if begin_step kernels 30; then
+if begin_step kernels 25; then
   # shellcheck disable=SC2046  # pytest_limits prints separate words
   run_capped kernels "$logs/kernels.log" env \
     PYTHONPATH="$repo/benchmarks${PYTHONPATH:+:$PYTHONPATH}" \
@@ -259,7 +262,7 @@ fi
 
 # The CUDA tests on the GPU: those marked cuda_kernels, less the simulator's variants (marked
 # cuda_simulator; CI runs them).
-if begin_step tests 30; then
+if begin_step tests 25; then
   # shellcheck disable=SC2046
   run_capped tests "$logs/tests.log" "${pytest[@]}" $(pytest_limits) -rfE \
     --junitxml="$out/tests.xml" -m "cuda_kernels and not cuda_simulator"
@@ -275,7 +278,7 @@ fi
 # sees an access past a tensor's end and initcheck a read of memory no one wrote.
 refused=""
 for tool in memcheck racecheck synccheck initcheck; do
-  begin_step "$tool" 30 || continue
+  begin_step "$tool" 25 || continue
   if [ -z "$sanitizer" ]; then
     record "$tool" failed 0 "" "compute-sanitizer not found"
     continue
