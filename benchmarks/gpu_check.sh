@@ -109,7 +109,7 @@ step_pid=""
 run_capped() {
   local name=$1 log=$2 t0
   shift 2
-  echo "[gpu_check] $name (at most ${left} s): $*" | tee "$log" >&2
+  echo "[gpu_check] $name (at most ${left} s): $(printf '%q ' "$@")" | tee "$log" >&2
   t0=$(date +%s)
   timeout --signal=INT --kill-after=5 $(( left - 5 )) "$@" >> "$log" 2>&1 &
   step_pid=$!

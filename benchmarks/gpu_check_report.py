@@ -455,15 +455,15 @@ def write_summary(out: Path, repo: Path) -> int:
             if not counts["passed"]:
                 problems.append("no CUDA test passed")
 
-    tools = [tool for tool in SANITIZER_TOOLS if ran(tool)]
+    logs = {tool: out / "logs" / f"sanitizer-{tool}.log" for tool in SANITIZER_TOOLS}
+    tools = [tool for tool in SANITIZER_TOOLS if ran(tool) and logs[tool].exists()]
     if tools or ran("kernels"):
         lines += ["", f"## compute-sanitizer on the tests in {SANITIZER_LIST}", ""]
     if tools:
         lines += ["| tool | errors | first findings | log |", "|---|---:|---|---|"]
     for tool in tools:
-        log = out / "logs" / f"sanitizer-{tool}.log"
-        errors = sanitizer_errors(log)
-        findings = "; ".join(sanitizer_findings(log)).replace("|", "/")
+        errors = sanitizer_errors(logs[tool])
+        findings = "; ".join(sanitizer_findings(logs[tool])).replace("|", "/")
         shown = "no summary" if errors is None else errors
         lines.append(f"| {tool} | {shown} | {findings} | logs/sanitizer-{tool}.log |")
         if errors is None:

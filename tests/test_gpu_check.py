@@ -252,6 +252,8 @@ def test_summary_reports_failures_sanitizer_errors_and_missed_targets(tmp_path, 
     )
     (out / "logs" / "sanitizer-memcheck.log").write_text("========= ERROR SUMMARY: 3 errors\n")
     (out / "logs" / "sanitizer-racecheck.log").write_text("========= ERROR SUMMARY: 0 errors\n")
+    # Stopped at its deadline, before compute-sanitizer could count.
+    (out / "logs" / "sanitizer-synccheck.log").write_text("========= COMPUTE-SANITIZER\n")
     (out / "logs" / "sanitizer-initcheck.log").write_text(
         "========= Uninitialized __global__ memory read of size 4 bytes\n"
         "=========     at void at::native::reduce_kernel<512, 1>(float *)+0x1a0\n"
