@@ -1,39 +1,73 @@
 #!/usr/bin/env bash
-# The one-call GPU check (README, "GPU check"):
+# The GPU check in one command (README, "GPU check"):
 #
-#     benchmarks/gpu_check.sh OUT_DIR
+#     benchmarks/gpu_check.sh [--archive DIR] OUT_DIR   # on the GPU machine
+#     benchmarks/gpu_check.sh --stamp                   # where git is, before copying the tree
 #
 # On a Linux machine with an NVIDIA GPU, nvcc and a CUDA build of torch already installed, and no
-# network: builds ssanet_ops for this GPU's architecture only into the current Python environment,
-# runs the CUDA tests, compute-sanitizer (memcheck, racecheck, synccheck) on the short list of
-# tests in benchmarks/sanitizer_tests.txt, and the operator and model benchmarks, and writes the
-# logs, the tables and summary.md into OUT_DIR.
+# network: builds ssanet_ops for this GPU's architecture only (CUDA library, no simulator) into
+# the environment of $PYTHON, runs the CUDA tests, compute-sanitizer (memcheck, racecheck,
+# synccheck, initcheck) on the few tests of benchmarks/sanitizer_tests.txt, and the operator and
+# model benchmarks, and writes the logs, the tables and summary.md into OUT_DIR. With --archive
+# DIR it then packs OUT_DIR into DIR/gpu_check.tar.gz and copies summary.md beside it: two
+# files, for machines that return only a few. The summary is printed last.
 #
-# Every step runs under `timeout`; the whole check keeps to GPU_CHECK_BUDGET_S (460 s: under
-# 8 minutes on an H100 or H200). A failed step is recorded and the next one runs, except that
-# nothing runs on a failed build (an older installed build would be tested instead).
-# Exit status: 0 everything passed (every test, no sanitizer error, every kernel launched by the
-# sanitizer list, every benchmark target met), 1 something failed, 2 no usable GPU (nothing was
-# built or run), 64 wrong usage.
+# Budget, made for a machine that runs one command for at most 600 s: each step has a cap (the
+# `plan` below) and must end by the sum of the caps up to and including its own, counted from
+# the start, under `timeout`. Time a step leaves unused goes to the later ones, and a slow step
+# never takes their share. The caps add up to 525 s; the summary and the archive take at most
+# 15 s more: the check ends within 540 s, the build included, 60 s inside 600 s.
+# The build for one architecture without the simulator takes about 90 CPU seconds, 15 for its
+# largest file. pytest runs with pytest-timeout: 60 s for one test, and no new test after the
+# step's time less 20 s, so a slow or hung test costs neither tests.xml nor a sanitizer's error
+# summary.
 #
-# Environment: PYTHON (default python3, the environment that has torch), GPU_CHECK_BUDGET_S,
-# GPU_CHECK_STEPS (the steps to run, default all: build kernels tests memcheck racecheck
-# synccheck bench-ops bench-model), GPU_CHECK_WHEELHOUSE (a folder of wheels to install missing
-# Python packages from, offline).
+# The commit: `git describe` of the tree; where the tree arrived without .git, the stamp that
+# `--stamp` wrote (.gpu_check_stamp.json, git-ignored: copy it along), checked against the tree.
+#
+# Exit status: 0 everything that ran passed (every test, no sanitizer error, every kernel
+# launched by the sanitizer list, every benchmark target met), 1 something failed, 2 no usable
+# GPU (nothing was built or run), 64 wrong usage. compute-sanitizer refusing the device
+# ("Device not supported", as on gVisor-based machines) is reported, not a failure.
+#
+# Environment: PYTHON (default python3, the environment that has torch), GPU_CHECK_STEPS (the
+# steps to run, default all: build import kernels tests memcheck racecheck synccheck initcheck
+# bench-ops bench-model).
 set -uo pipefail
 
-if [ $# -ne 1 ] || [ -z "$1" ]; then
-  echo "usage: $0 OUT_DIR" >&2
+repo=$(cd "$(dirname "$0")/.." && pwd)
+python=${PYTHON:-python3}
+report="$repo/benchmarks/gpu_check_report.py"
+usage="usage: $0 [--archive DIR] OUT_DIR, or $0 --stamp"
+
+if [ "${1:-}" = --stamp ] && [ $# -eq 1 ]; then
+  exec "$python" "$report" stamp "$repo"
+fi
+archive_dir=""
+if [ "${1:-}" = --archive ] && [ $# -eq 3 ] && [ -n "$2" ]; then
+  archive_dir=$2
+  shift 2
+fi
+if [ $# -ne 1 ] || [ -z "$1" ] || [[ "$1" == -* ]]; then
+  echo "$usage" >&2
   exit 64
 fi
-repo=$(cd "$(dirname "$0")/.." && pwd)
 mkdir -p "$1/logs" || exit 64
 out=$(cd "$1" && pwd)
 logs="$out/logs"
-python=${PYTHON:-python3}
-budget=${GPU_CHECK_BUDGET_S:-460}
-selected=" ${GPU_CHECK_STEPS:-build kernels tests memcheck racecheck synccheck bench-ops bench-model} "
-report="$repo/benchmarks/gpu_check_report.py"
+if [ -n "$archive_dir" ]; then
+  mkdir -p "$archive_dir" || exit 64
+  archive_dir=$(cd "$archive_dir" && pwd)
+fi
+
+# name:cap, in seconds, in the order the steps run.
+plan=(facts:25 build:100 import:15 kernels:30 tests:130 memcheck:40 racecheck:35 synccheck:30
+  initcheck:50 bench-ops:45 bench-model:25)
+finish_cap=15  # the summary (10 s) and the archive (5 s)
+budget=$finish_cap
+for entry in "${plan[@]}"; do budget=$(( budget + ${entry#*:} )); done
+all_steps="build import kernels tests memcheck racecheck synccheck initcheck bench-ops bench-model"
+selected=" ${GPU_CHECK_STEPS:-$all_steps} facts "
 start=$(date +%s)
 # pip: no version check (no network), and installs into a system Python's environment too
 # (PEP 668), for machines whose torch is installed there.
@@ -41,70 +75,69 @@ export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_BREAK_SYSTEM_PACKAGES=1 PYTHONUNBUFFE
 export GPU_CHECK_START="$start" GPU_CHECK_BUDGET_S="$budget"
 # A previous check's files in OUT_DIR go (the benchmark tables are overwritten, and the summary
 # reads only those written after this start).
-rm -f "$out"/{summary.md,facts.json,build_info.json,tests.xml,tests_selection.txt} \
-  "$out/kernels_launched.txt" "$logs"/*.log
+rm -f "$out"/{summary.md,facts.json,build_info.json,tests.xml,kernels_launched.txt} "$logs"/*.log
 printf 'step\tstatus\tseconds\tlog\tnote\n' > "$out/steps.tsv"
-
-# The steps in order, NAME:CAP:FLOOR. A step runs for at most CAP seconds and never into the
-# FLOOR seconds kept for each later step, so the whole check ends within the budget however long
-# one step takes; a step left with less than its own floor is skipped.
-plan=(build:240:0 kernels:60:15 tests:120:30 memcheck:90:25 racecheck:60:20 synccheck:60:20
-  bench-ops:90:25 bench-model:90:25)
-
-# Ctrl-C stops the running step too: timeout passes the TERM on to the step's process group.
-step_pid=""
-trap '[ -n "$step_pid" ] && kill -TERM "$step_pid" 2> /dev/null; echo "[gpu_check] interrupted" >&2; exit 130' INT TERM
 
 record() {  # NAME STATUS SECONDS LOG NOTE
   printf '%s\t%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "${4#"$out"/}" "$5" >> "$out/steps.tsv"
 }
 
-# run_step NAME LOG COMMAND...: COMMAND's stdout and stderr go to LOG; its outcome to steps.tsv.
-run_step() {
-  local name=$1 log=$2 cap=0 floor=0 later=0 found=0 entry step step_cap step_floor
-  shift 2
+# begin_step NAME [LEAST]: sets `left`, the seconds until NAME's deadline; records and returns
+# 1 when NAME is not selected or has less than LEAST seconds left (default 10).
+begin_step() {
+  local entry deadline=$start
   for entry in "${plan[@]}"; do
-    IFS=: read -r step step_cap step_floor <<< "$entry"
-    if (( found )); then
-      later=$(( later + step_floor ))
-    elif [ "$step" = "$name" ]; then
-      found=1 cap=$step_cap floor=$step_floor
-    fi
+    deadline=$(( deadline + ${entry#*:} ))
+    [ "${entry%%:*}" = "$1" ] && break
   done
-  if [[ "$selected" != *" $name "* ]]; then
-    record "$name" "not selected" 0 "" "GPU_CHECK_STEPS leaves it out"
-    return 0
-  fi
-  local left=$(( start + budget - $(date +%s) - later ))
-  (( cap > left )) && cap=$left
-  if (( cap < floor || cap < 5 )); then
-    record "$name" skipped 0 "" "no time left in the ${budget} s budget"
+  if [[ "$selected" != *" $1 "* ]]; then
+    record "$1" "not selected" 0 "" "GPU_CHECK_STEPS leaves it out"
     return 1
   fi
-  echo "[gpu_check] $name (at most ${cap} s): $*" | tee "$log" >&2
-  local t0 rc
+  left=$(( deadline - $(date +%s) ))
+  if (( left < ${2:-10} )); then
+    record "$1" skipped 0 "" "no time left"
+    return 1
+  fi
+}
+
+# run_capped NAME LOG COMMAND...: COMMAND, its output to LOG, within `left`; sets `rc` and
+# `seconds`. `timeout` sends SIGINT to the command's process group (pytest then still writes its
+# report, pip stops cmake and nvcc) and SIGKILL 5 s later. In the background, so that the trap
+# below can stop it.
+step_pid=""
+run_capped() {
+  local name=$1 log=$2 t0
+  shift 2
+  echo "[gpu_check] $name (at most ${left} s): $(printf '%q ' "$@")" | tee "$log" >&2
   t0=$(date +%s)
-  # timeout signals the command's whole process group (pip's cmake and nvcc, pytest under
-  # compute-sanitizer), and kills it 5 s later if it is still there. In the background, so that
-  # the trap below can stop it.
-  timeout --kill-after=5 "$cap" "$@" >> "$log" 2>&1 &
+  timeout --signal=INT --kill-after=5 $(( left - 5 )) "$@" >> "$log" 2>&1 &
   step_pid=$!
   wait "$step_pid"
   rc=$?
   step_pid=""
-  local seconds=$(( $(date +%s) - t0 ))
-  if (( rc == 124 || rc == 137 )); then
-    record "$name" timeout "$seconds" "$log" "stopped after its ${cap} s"
-  elif (( rc != 0 )); then
-    record "$name" failed "$seconds" "$log" "exit status $rc"
-  else
-    record "$name" ok "$seconds" "$log" ""
-  fi
+  seconds=$(( $(date +%s) - t0 ))
   echo "[gpu_check] $name: exit status $rc after ${seconds} s" >&2
+}
+
+record_outcome() {  # NAME LOG: from `rc` and `seconds`
+  if (( rc == 124 || rc == 137 )); then
+    record "$1" timeout "$seconds" "$2" "stopped at its deadline"
+  elif (( rc != 0 )); then
+    record "$1" failed "$seconds" "$2" "exit status $rc"
+  else
+    record "$1" ok "$seconds" "$2" ""
+  fi
+}
+
+run_step() {  # NAME LOG COMMAND...: returns 1 unless COMMAND ran and succeeded
+  begin_step "$1" || return 1
+  run_capped "$@"
+  record_outcome "$1" "$2"
   return "$rc"
 }
 
-skip_rest() {  # NOTE: records every remaining step as skipped
+skip_rest() {  # NOTE: records every step not recorded yet as skipped
   local entry step
   for entry in "${plan[@]}"; do
     step=${entry%%:*}
@@ -112,10 +145,46 @@ skip_rest() {  # NOTE: records every remaining step as skipped
   done
 }
 
-summarise() {
-  "$python" "$report" summary "$out" "$repo"
-  exit $?
+# finish [STATUS]: the summary (unless STATUS, the exit status, is given because it was written
+# already), then the archive; prints the summary last and exits with the summary's status.
+finish() {
+  local status=${1:-} file
+  trap - INT TERM
+  if [ -z "$status" ]; then
+    timeout 10 "$python" "$report" summary "$out" "$repo" > /dev/null
+    status=$?
+  fi
+  [ -f "$out/summary.md" ] || printf '# GPU check: no summary (exit status %s)\n' "$status" \
+    > "$out/summary.md"
+  if [ -n "$archive_dir" ]; then
+    # A log too large for the archive (a machine returns files of at most 16 MiB) keeps its
+    # first 1 MiB and last 4 MiB.
+    while IFS= read -r -d '' file; do
+      { head -c 1M "$file"; printf '\n[gpu_check: cut here]\n'; tail -c 4M "$file"; } > "$file.cut"
+      mv "$file.cut" "$file"
+    done < <(find "$logs" -type f -size +8M -print0)
+    file=$(mktemp)
+    timeout 5 tar -czf "$file" --exclude=./gpu_check.tar.gz -C "$out" . && chmod 644 "$file" \
+      && mv "$file" "$archive_dir/gpu_check.tar.gz"
+    [ "$out" = "$archive_dir" ] || cp "$out/summary.md" "$archive_dir/summary.md"
+    echo "[gpu_check] $(du -h "$archive_dir/gpu_check.tar.gz" | cut -f1) archive of $out:" \
+      "$archive_dir/gpu_check.tar.gz, and summary.md beside it" >&2
+  fi
+  echo
+  cat "$out/summary.md"
+  exit "$status"
 }
+
+# Ctrl-C or SIGTERM stops the running step too (timeout passes the TERM on to the step's
+# process group), then the summary and the archive are written.
+# shellcheck disable=SC2329  # the trap calls it
+interrupted() {
+  [ -n "$step_pid" ] && kill -TERM "$step_pid" 2> /dev/null
+  echo "[gpu_check] interrupted" >&2
+  skip_rest interrupted
+  finish
+}
+trap interrupted INT TERM
 
 # nvcc and compute-sanitizer: on PATH, else in CUDACXX's, CUDA_HOME's, CUDA_PATH's or
 # /usr/local/cuda's bin.
@@ -136,76 +205,100 @@ sanitizer=$(find_cuda_tool compute-sanitizer) || sanitizer=""
 export GPU_CHECK_NVCC GPU_CHECK_SANITIZER="$sanitizer"
 
 if ! command -v "$python" > /dev/null; then
-  printf '# GPU check: STOPPED\n\n%s\n' "No Python interpreter '$python' (set PYTHON)." \
-    | tee "$out/summary.md"
-  exit 2
+  printf '# GPU check: STOPPED before the build\n\nNo Python interpreter %s (set PYTHON).\n' \
+    "$python" > "$out/summary.md"
+  finish 2
 fi
 
-# The GPU, the versions, the missing tools; prints the GPU's architecture ("9.0"), or says why
-# there is no usable GPU and exits 2.
-if ! arch=$("$python" "$report" facts "$out" "$repo" 2> "$logs/facts.log"); then
+# The GPU, its architecture, the machine, the versions, the commit; exits 2, saying why, when
+# there is no usable GPU.
+if ! run_step facts "$logs/facts.log" "$python" "$report" facts "$out" "$repo"; then
   cat "$logs/facts.log" >&2
-  summarise
+  finish
 fi
+fact() {  # KEY: a value of facts.json
+  "$python" -c 'import json, sys; print(json.load(open(sys.argv[1]))[sys.argv[2]])' \
+    "$out/facts.json" "$1"
+}
 
-# Python packages the steps need and the environment lacks, from a local folder of wheels.
-missing=$("$python" -c 'import json, sys; print(" ".join(json.load(open(sys.argv[1]))["missing_python_packages"]))' "$out/facts.json")
-if [ -n "$missing" ] && [ -n "${GPU_CHECK_WHEELHOUSE:-}" ]; then
-  # shellcheck disable=SC2086  # one word per package
-  "$python" -m pip install --no-index --find-links "$GPU_CHECK_WHEELHOUSE" $missing \
-    > "$logs/wheelhouse.log" 2>&1 || echo "[gpu_check] installing $missing failed" >&2
-fi
-
-# The package, built for this GPU only against the installed torch, editable as in the README
-# (the tests import it from the source tree), without build isolation or any index.
-if ! run_step build "$logs/build.log" env SSANET_OPS_CUDA=on TORCH_CUDA_ARCH_LIST="$arch" \
+# The package, editable as in the README (the tests import it from the source tree), built
+# against the installed torch without build isolation or any index, for this GPU's
+# architecture only and without the simulator (CI tests that).
+if ! run_step build "$logs/build.log" env SSANET_OPS_CUDA=on SSANET_OPS_SIM=off \
+  TORCH_CUDA_ARCH_LIST="$(fact gpu_arch)" ${GPU_CHECK_NVCC:+CUDACXX="$GPU_CHECK_NVCC"} \
   CMAKE_BUILD_PARALLEL_LEVEL="$(nproc)" "$python" -m pip install -v --no-build-isolation \
-  --no-deps --no-index -e "$repo"; then
-  if [[ "$selected" == *" build "* ]]; then
-    skip_rest "the build failed"
-    summarise
-  fi
+  --no-deps --no-index -e "$repo" && [[ "$selected" == *" build "* ]]; then
+  skip_rest "the build failed"
+  finish
 fi
 # How the imported package was built (CUDA kernels, architectures), from outside the source tree.
-(cd / && "$python" -c 'import json, ssanet_ops; print(json.dumps(ssanet_ops.build_info()))') \
-  > "$out/build_info.json" 2>> "$logs/build.log" || rm -f "$out/build_info.json"
+if ! run_step import "$logs/import.log" env -C / "$python" -c \
+  'import json, sys, ssanet_ops; json.dump(ssanet_ops.build_info(), open(sys.argv[1], "w"))' \
+  "$out/build_info.json" && [[ "$selected" == *" import "* ]]; then
+  skip_rest "ssanet_ops does not import"
+  finish
+fi
 
 cd "$repo" || exit 1
 mapfile -t smoke < <(sed -e 's/#.*//' -e 's/[[:space:]]*$//' -e '/^$/d' benchmarks/sanitizer_tests.txt)
 pytest=("$python" -m pytest -q -p no:cacheprovider)
+# pytest-timeout's limits within `left` (ignored, with a warning, where it is missing): 60 s a
+# test, no new test in the last 20 s. A step that runs pytest begins with at least 25 s left;
+# each has a cap of 30 s or more, which leaves room when the step before it ran to its deadline.
+pytest_limits() {
+  echo -o timeout=60 -o timeout_method=signal -o session_timeout=$(( left - 20 ))
+}
 
 # The sanitizer list without a sanitizer, recording the CUDA kernels it launches (the summary
 # checks that it launches every kernel of csrc/).
-run_step kernels "$logs/kernels.log" env PYTHONPATH="$repo/benchmarks${PYTHONPATH:+:$PYTHONPATH}" \
-  GPU_CHECK_KERNELS_FILE="$out/kernels_launched.txt" "${pytest[@]}" -p gpu_check_kernels \
-  "${smoke[@]}"
+if begin_step kernels 25; then
+  # shellcheck disable=SC2046  # pytest_limits prints separate words
+  run_capped kernels "$logs/kernels.log" env \
+    PYTHONPATH="$repo/benchmarks${PYTHONPATH:+:$PYTHONPATH}" \
+    GPU_CHECK_KERNELS_FILE="$out/kernels_launched.txt" "${pytest[@]}" $(pytest_limits) \
+    -p gpu_check_kernels "${smoke[@]}"
+  record_outcome kernels "$logs/kernels.log"
+fi
 
 # The CUDA tests on the GPU: those marked cuda_kernels, less the simulator's variants (marked
-# cuda_simulator; CI runs them); in a tree without these markers, every test with "cuda" in its id.
-markers=$("${pytest[@]}" --markers 2> /dev/null)
-if [[ "$markers" == *"@pytest.mark.cuda_simulator"* ]]; then
-  select=(-m "cuda_kernels and not cuda_simulator")
-elif [[ "$markers" == *"@pytest.mark.cuda_kernels"* ]]; then
-  select=(-m cuda_kernels)
-else
-  select=(-k cuda)
+# cuda_simulator; CI runs them).
+if begin_step tests 25; then
+  # shellcheck disable=SC2046
+  run_capped tests "$logs/tests.log" "${pytest[@]}" $(pytest_limits) -rfE \
+    --junitxml="$out/tests.xml" -m "cuda_kernels and not cuda_simulator"
+  record_outcome tests "$logs/tests.log"
 fi
-printf '%s "%s"\n' "${select[@]}" > "$out/tests_selection.txt"
-run_step tests "$logs/tests.log" "${pytest[@]}" -rfE --junitxml="$out/tests.xml" "${select[@]}"
 
 # compute-sanitizer checks only this package's kernels (their mangled names hold "ssanet_ops"):
-# ATen's and cuBLAS's run unchecked, which keeps each run short. CUDA API errors are not its
-# to report: torch probes the driver with calls that may fail, and a failed launch of ours
+# ATen's and cuBLAS's run unchecked, which keeps each run short. initcheck checks them all: it
+# must see the writes of every kernel to know which memory is initialised, and a read of an
+# output element our kernels left unwritten happens in torch's kernels. CUDA API errors are not
+# its to report: torch probes the driver with calls that may fail, and a failed launch of ours
 # fails its test. Without the caching allocator every tensor is its own allocation, so memcheck
-# sees an access past a tensor's end.
-for tool in memcheck racecheck synccheck; do
+# sees an access past a tensor's end and initcheck a read of memory no one wrote.
+refused=""
+for tool in memcheck racecheck synccheck initcheck; do
+  begin_step "$tool" 25 || continue
   if [ -z "$sanitizer" ]; then
-    [[ "$selected" == *" $tool "* ]] && record "$tool" failed 0 "" "compute-sanitizer not found"
+    record "$tool" failed 0 "" "compute-sanitizer not found"
+    continue
+  elif [ -n "$refused" ]; then
+    record "$tool" unsupported 0 "" "$refused"
     continue
   fi
-  run_step "$tool" "$logs/sanitizer-$tool.log" env PYTORCH_NO_CUDA_MEMORY_CACHING=1 \
-    "$sanitizer" --tool "$tool" --kernel-name kns=ssanet_ops --report-api-errors no \
-    --error-exitcode 86 "${pytest[@]}" "${smoke[@]}"
+  filter=(--kernel-name kns=ssanet_ops)
+  [ "$tool" = initcheck ] && filter=()
+  log="$logs/sanitizer-$tool.log"
+  # shellcheck disable=SC2046
+  run_capped "$tool" "$log" env PYTORCH_NO_CUDA_MEMORY_CACHING=1 "$sanitizer" --tool "$tool" \
+    "${filter[@]}" --report-api-errors no --error-exitcode 86 \
+    "${pytest[@]}" $(pytest_limits) "${smoke[@]}"
+  if grep -q "Device not supported" "$log"; then
+    refused="compute-sanitizer: Device not supported"
+    record "$tool" unsupported "$seconds" "$log" "$refused"
+  else
+    record_outcome "$tool" "$log"
+  fi
 done
 
 # The benchmarks at full size on the GPU; the model at batch 1 (the latency targets) without
@@ -215,4 +308,4 @@ run_step bench-ops "$logs/bench_ops.log" "$python" benchmarks/bench_ops.py --dev
 run_step bench-model "$logs/bench_model.log" "$python" benchmarks/bench_model.py --device cuda \
   --batch-sizes 1 --compile off --output-dir "$out"
 
-summarise
+finish

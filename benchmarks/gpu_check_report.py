@@ -1,13 +1,17 @@
-"""The facts and the one-page summary of the GPU check (benchmarks/gpu_check.sh).
+"""The facts, the commit stamp and the one-page summary of the GPU check (benchmarks/gpu_check.sh).
 
     python benchmarks/gpu_check_report.py facts OUT_DIR REPO
-        Writes OUT_DIR/facts.json (the GPU, driver, torch, CUDA, nvcc and compute-sanitizer
-        versions, the Python packages the check needs and lacks) and prints the GPU's
-        architecture ("9.0"); exits 2, saying why, when there is no usable GPU.
+        Writes OUT_DIR/facts.json (the GPU and its architecture, the machine, the driver, torch,
+        CUDA, nvcc, compute-sanitizer and pytest-timeout versions, the commit, the Python
+        packages the check needs and lacks); exits 2, saying why, when there is no usable GPU.
+    python benchmarks/gpu_check_report.py stamp REPO
+        Writes REPO/.gpu_check_stamp.json: the commit (`git describe --always --dirty`) and a
+        digest of every file git would copy (tracked, and untracked but not ignored), so that a
+        copy of the tree without .git still names its commit, and says when the stamp is stale.
     python benchmarks/gpu_check_report.py summary OUT_DIR REPO
         Writes OUT_DIR/summary.md from what the check left in OUT_DIR and prints it; exits 0
-        when everything passed, 1 when something failed, 2 when the check stopped for lack of
-        a GPU.
+        when everything that ran passed, 1 when something failed, 2 when the check stopped
+        before building (no usable GPU).
 
 Only `facts` imports torch: the summary is written even where torch is broken.
 """
@@ -15,6 +19,8 @@ Only `facts` imports torch: the summary is written even where torch is broken.
 from __future__ import annotations
 
 import datetime
+import hashlib
+import importlib.metadata
 import importlib.util
 import json
 import os
@@ -30,14 +36,16 @@ from pathlib import Path
 # Import names of the packages the steps use (the build, pytest, the benchmarks).
 NEEDED_PYTHON_PACKAGES = {
     "pytest": "pytest",
+    "pytest_timeout": "pytest-timeout",
     "numpy": "numpy",
     "tqdm": "tqdm",
     "torchvision": "torchvision",
     "PIL": "pillow",
     "scikit_build_core": "scikit-build-core",
 }
-SANITIZER_TOOLS = ("memcheck", "racecheck", "synccheck")
+SANITIZER_TOOLS = ("memcheck", "racecheck", "synccheck", "initcheck")
 SANITIZER_LIST = "benchmarks/sanitizer_tests.txt"
+STAMP = ".gpu_check_stamp.json"
 
 
 def command_output(command: list[str]) -> str | None:
@@ -58,15 +66,87 @@ def tool_version(path: str) -> str | None:
     return match.group(1) if match else None
 
 
+def git_output(repo: Path, *arguments: str) -> str | None:
+    """git's output in `repo`, or None where `repo` is not the top of a git work tree (a copy
+    of the tree without .git, or one inside another repository)."""
+    top = command_output(["git", "-C", str(repo), "rev-parse", "--show-toplevel"])
+    if top is None or Path(top).resolve() != repo.resolve():
+        return None
+    return command_output(["git", "-C", str(repo), *arguments])
+
+
+def file_digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+
+
+def write_stamp(repo: Path) -> int:
+    describe = git_output(repo, "describe", "--always", "--dirty")
+    listing = git_output(repo, "ls-files", "--cached", "--others", "--exclude-standard")
+    if describe is None or listing is None:
+        print(f"gpu_check: {repo} is not the top of a git work tree", file=sys.stderr)
+        return 1
+    paths = sorted({path for path in listing.splitlines() if (repo / path).is_file()})
+    stamp = {
+        "commit": describe,
+        "written": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "files": {path: file_digest(repo / path) for path in paths},
+    }
+    (repo / STAMP).write_text(json.dumps(stamp, indent=0) + "\n")
+    print(f"{repo / STAMP}: {describe}, {len(paths)} files")
+    return 0
+
+
+def commit_of(repo: Path) -> str:
+    """The tree's commit: git's where .git is, else the stamp's, said to be stale when the tree
+    has changed since the stamp was written."""
+    describe = git_output(repo, "describe", "--always", "--dirty")
+    if describe is not None:
+        return describe
+    path = repo / STAMP
+    if not path.exists():
+        return f"unknown (no .git, and no {STAMP}: see `benchmarks/gpu_check.sh --stamp`)"
+    stamp = json.loads(path.read_text())
+    changed = [
+        name
+        for name, digest in stamp["files"].items()
+        if not (repo / name).is_file() or file_digest(repo / name) != digest
+    ]
+    if not changed:
+        return f"{stamp['commit']} (from {STAMP} of {stamp['written']}; the tree matches it)"
+    return (
+        f"{stamp['commit']}, but STALE: {len(changed)} files changed since {STAMP} was written "
+        f"({stamp['written']}), {', '.join(changed[:3])}"
+    )
+
+
+def runtime_of(kernel_release: str) -> str:
+    """The sandbox a machine's kernel release suggests: gVisor reports the fixed release 4.4.0;
+    the Firecracker-based machines' kernels carry "-fc-" (6.18.44-fc-v310-gpu)."""
+    if kernel_release == "4.4.0":
+        return "gVisor"
+    return "Firecracker" if "-fc-" in kernel_release else "unknown"
+
+
+def package_version(name: str) -> str | None:
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
 def gather_facts(repo: Path) -> dict:
     """Everything the summary reports about the machine; facts["stop"] is None when a GPU is
     usable, else the reason there is none."""
     facts: dict = {
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "python": platform.python_version(),
-        "commit": command_output(["git", "-C", str(repo), "describe", "--always", "--dirty"]),
+        "commit": commit_of(repo),
+        "kernel": platform.release(),
+        "runtime": runtime_of(platform.release()),
+        "cpus": os.cpu_count(),
         "nvcc": tool_version(os.environ.get("GPU_CHECK_NVCC", "")),
         "compute_sanitizer": tool_version(os.environ.get("GPU_CHECK_SANITIZER", "")),
+        "pytest_timeout": package_version("pytest-timeout"),
         "missing_python_packages": [
             wheel
             for module, wheel in NEEDED_PYTHON_PACKAGES.items()
@@ -102,6 +182,7 @@ def gather_facts(repo: Path) -> dict:
         properties = torch.cuda.get_device_properties(0)
         facts["gpu"] = torch.cuda.get_device_name(0)
         facts["gpu_slug"] = device_slug(torch.device("cuda", 0))
+        # The build's TORCH_CUDA_ARCH_LIST: this GPU's architecture only.
         facts["gpu_arch"] = f"{major}.{minor}"
         facts["gpu_memory_gib"] = round(properties.total_memory / 2**30, 1)
         facts["gpu_count"] = torch.cuda.device_count()
@@ -114,7 +195,6 @@ def write_facts(out: Path, repo: Path) -> int:
     if facts["stop"]:
         print(f"gpu_check: {facts['stop']}; stopping.", file=sys.stderr)
         return 2
-    print(facts["gpu_arch"])
     return 0
 
 
@@ -133,6 +213,8 @@ def junit_counts(path: Path) -> dict | None:
         return None
     counts = {"passed": 0, "failed": 0, "errors": 0, "skipped": 0, "failing": []}
     for case in ElementTree.parse(path).iter("testcase"):
+        if case.get("name") is None:  # the test pytest was in when a signal stopped it
+            continue
         outcome = "passed"
         for child in case:
             if child.tag == "failure":
@@ -230,33 +312,60 @@ def target_rows(ops: dict | None, model: dict | None) -> list[tuple[str, str, st
     return rows
 
 
-def stopped_summary(facts: dict) -> str:
+def machine_line(facts: dict) -> str:
     return (
-        "# GPU check: STOPPED, no usable GPU\n\n"
-        f"- {facts.get('date', '')}, commit {facts.get('commit')}\n"
-        f"- {facts['stop']}\n"
-        f"- torch {facts.get('torch')} (CUDA {facts.get('torch_cuda')}), "
-        f"Python {facts.get('python')}, nvcc {facts.get('nvcc')}, "
-        f"compute-sanitizer {facts.get('compute_sanitizer')}\n\n"
-        "Nothing was built, tested or timed.\n"
+        f"- machine: kernel {facts.get('kernel')} ({facts.get('runtime')}), "
+        f"{facts.get('cpus')} CPUs; nvidia-smi: {facts.get('nvidia_smi')}"
     )
 
 
+def versions_line(facts: dict) -> str:
+    return (
+        f"- torch {facts.get('torch')} (CUDA {facts.get('torch_cuda')}), "
+        f"Python {facts.get('python')}, nvcc {facts.get('nvcc')}, "
+        f"compute-sanitizer {facts.get('compute_sanitizer')}, "
+        f"pytest-timeout {facts.get('pytest_timeout')}"
+    )
+
+
+def stopped_summary(facts: dict) -> str:
+    lines = ["# GPU check: STOPPED before the build", ""]
+    if "date" in facts:
+        lines.append(f"- {facts['date']}, commit {facts['commit']}")
+    lines.append(f"- {facts['stop']}")
+    if "date" in facts:
+        lines += [machine_line(facts), versions_line(facts)]
+    return "\n".join(lines) + "\n\nNothing was built, tested or timed.\n"
+
+
 def sanitizer_findings(log: Path, limit: int = 3) -> list[str]:
-    """The first `limit` findings compute-sanitizer reported in `log`."""
+    """The first `limit` findings compute-sanitizer reported in `log`, each with the place it
+    names first (the kernel, for memcheck and initcheck)."""
     if not log.exists():
         return []
-    findings = [
-        line.removeprefix("=========").strip()
-        for line in log.read_text(errors="replace").splitlines()
-        if re.match(r"=+ (Invalid|Error|Race|Barrier|Program hit|Uninitialized|Malloc)", line)
-    ]
+    findings: list[str] = []
+    expects_place = False
+    for line in log.read_text(errors="replace").splitlines():
+        if re.match(r"=+ (Invalid|Error|Race|Barrier|Program hit|Uninitialized|Malloc)", line):
+            findings.append(line.lstrip("=").strip())
+            expects_place = True
+        elif expects_place and (place := re.match(r"=+\s+at (.+)", line)):
+            findings[-1] += f", at {place.group(1)[:160]}"
+            expects_place = False
     return findings[:limit]
+
+
+TESTS_SELECTION = '-m "cuda_kernels and not cuda_simulator"'
+# pytest-timeout's message when a step's time limit stopped pytest between two tests.
+SESSION_TIMEOUT = "session-timeout:"
 
 
 def write_summary(out: Path, repo: Path) -> int:
     facts_path = out / "facts.json"
-    facts = json.loads(facts_path.read_text()) if facts_path.exists() else {"stop": "no facts"}
+    if facts_path.exists():
+        facts = json.loads(facts_path.read_text())
+    else:
+        facts = {"stop": "the facts step did not finish (logs/facts.log)"}
     if facts["stop"]:
         text = stopped_summary(facts)
         (out / "summary.md").write_text(text)
@@ -270,25 +379,40 @@ def write_summary(out: Path, repo: Path) -> int:
     def ran(name: str) -> bool:
         return status.get(name) in ("ok", "failed", "timeout")
 
-    problems = [
-        f"step {step['step']}: {step['status']} ({step['note']})"
-        for step in steps
-        if step["status"] in ("failed", "timeout")
-    ]
+    problems = []
+    for step in steps:
+        if step["status"] not in ("failed", "timeout"):
+            continue
+        log = out / step["log"] if step["log"] else None
+        if log and log.is_file() and SESSION_TIMEOUT in log.read_text(errors="replace"):
+            note = "its time limit stopped pytest before the last test"
+        else:
+            note = step["note"]
+        problems.append(f"step {step['step']}: {step['status']} ({note})")
     skipped: dict[str, list[str]] = {}
     for step in steps:
         if step["status"] == "skipped":
             skipped.setdefault(step["note"], []).append(step["step"])
     problems += [f"skipped: {', '.join(names)} ({note})" for note, names in skipped.items()]
+    # What this machine could not check: reported, not failures.
+    not_checked = []
+    refused = [step for step in steps if step["status"] == "unsupported"]
+    if refused:
+        not_checked.append(
+            f"{', '.join(step['step'] for step in refused)}: compute-sanitizer refused this GPU "
+            f"({refused[0]['note']}), as on the gVisor-based machines"
+        )
+    if facts["pytest_timeout"] is None:
+        not_checked.append("no per-test time limit: pytest-timeout is not installed")
     lines = [
         "",  # the title, once the verdict is known
         "",
         f"- {facts['date']}, commit {facts['commit']}, {round(time.time() - start)} s "
         f"(budget {os.environ.get('GPU_CHECK_BUDGET_S', '?')} s)",
         f"- GPU: {facts['gpu']}, compute capability {facts['gpu_arch']}, "
-        f"{facts['gpu_memory_gib']} GiB; nvidia-smi: {facts['nvidia_smi']}",
-        f"- torch {facts['torch']} (CUDA {facts['torch_cuda']}), Python {facts['python']}, "
-        f"nvcc {facts['nvcc']}, compute-sanitizer {facts['compute_sanitizer']}",
+        f"{facts['gpu_memory_gib']} GiB",
+        machine_line(facts),
+        versions_line(facts),
     ]
     build_path = out / "build_info.json"
     if ran("build") and status["build"] != "ok":
@@ -313,10 +437,8 @@ def write_summary(out: Path, repo: Path) -> int:
     ]
 
     if ran("tests"):
-        selection_path = out / "tests_selection.txt"
-        selection = selection_path.read_text().strip() if selection_path.exists() else "?"
         counts = junit_counts(out / "tests.xml")
-        lines += ["", f"## CUDA tests (`pytest {selection}`)", ""]
+        lines += ["", f"## CUDA tests (`pytest {TESTS_SELECTION}`)", ""]
         if counts is None:
             lines.append("No results (tests.xml missing).")
             problems.append("no CUDA test results")
@@ -333,15 +455,15 @@ def write_summary(out: Path, repo: Path) -> int:
             if not counts["passed"]:
                 problems.append("no CUDA test passed")
 
-    tools = [tool for tool in SANITIZER_TOOLS if ran(tool)]
+    logs = {tool: out / "logs" / f"sanitizer-{tool}.log" for tool in SANITIZER_TOOLS}
+    tools = [tool for tool in SANITIZER_TOOLS if ran(tool) and logs[tool].exists()]
     if tools or ran("kernels"):
         lines += ["", f"## compute-sanitizer on the tests in {SANITIZER_LIST}", ""]
     if tools:
         lines += ["| tool | errors | first findings | log |", "|---|---:|---|---|"]
     for tool in tools:
-        log = out / "logs" / f"sanitizer-{tool}.log"
-        errors = sanitizer_errors(log)
-        findings = "; ".join(sanitizer_findings(log)).replace("|", "/")
+        errors = sanitizer_errors(logs[tool])
+        findings = "; ".join(sanitizer_findings(logs[tool])).replace("|", "/")
         shown = "no summary" if errors is None else errors
         lines.append(f"| {tool} | {shown} | {findings} | logs/sanitizer-{tool}.log |")
         if errors is None:
@@ -379,12 +501,16 @@ def write_summary(out: Path, repo: Path) -> int:
                 problems.append(f"target not met: {name}")
 
     verdict = "PASS" if not problems else f"FAIL ({len(problems)} problems)"
+    if not_checked:
+        verdict += ", with parts not checked here"
     if "not selected" in status.values():
         chosen = [step["step"] for step in steps if step["status"] != "not selected"]
         verdict += f", steps run: {', '.join(chosen) or 'none'} (GPU_CHECK_STEPS)"
     lines[0] = f"# GPU check on {facts['gpu']}: {verdict}"
     if problems:
         lines += ["", "## Problems", ""] + [f"- {problem}" for problem in problems]
+    if not_checked:
+        lines += ["", "## Not checked on this machine", ""] + [f"- {item}" for item in not_checked]
     text = "\n".join(lines) + "\n"
     (out / "summary.md").write_text(text)
     print(text)
@@ -392,6 +518,8 @@ def write_summary(out: Path, repo: Path) -> int:
 
 
 def main(argv: list[str]) -> int:
+    if argv[:1] == ["stamp"] and len(argv) == 2:
+        return write_stamp(Path(argv[1]))
     if len(argv) != 3 or argv[0] not in ("facts", "summary"):
         print(__doc__, file=sys.stderr)
         return 64
