@@ -77,15 +77,12 @@ def _temporary_path(path: Path, pid: str) -> Path:
     return path.with_name(f".{path.name}.{pid}.tmp")
 
 
-def remove_leftover_temporaries(path: str | os.PathLike) -> list[Path]:
+def remove_leftover_temporaries(path: str | os.PathLike) -> None:
     """Deletes the temporary files that :func:`atomic_save` of `path` left behind when its
-    process was killed mid-save (the rename never happened, so they hold nothing that counts);
-    returns their paths."""
+    process was killed mid-save (the rename never happened, so they hold nothing that counts)."""
     path = Path(path)
-    leftovers = sorted(path.parent.glob(_temporary_path(path, "*").name))
-    for leftover in leftovers:
+    for leftover in path.parent.glob(_temporary_path(path, "*").name):
         leftover.unlink(missing_ok=True)
-    return leftovers
 
 
 def contents_checksum(contents: dict) -> str:
