@@ -13,8 +13,11 @@ import importlib.util
 import json
 import math
 import os
+import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -25,6 +28,7 @@ import torch
 pytest.importorskip("torchvision", reason="the model layer needs torchvision (the 'train' extra)")
 
 from ssanet import SSANet, load_checkpoint
+from ssanet.checkpoint import contents_checksum
 from ssanet.cli import main as cli_main
 from ssanet.data import CUBDataset, build_dataset, eval_transform, make_synthetic
 from ssanet.evaluate import ablation_table, evaluate_checkpoint, method_label
@@ -36,6 +40,7 @@ from ssanet.train import (
     stage_parameter_groups,
     train,
 )
+from ssanet.warm_start import init_from_checkpoint
 from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
@@ -612,3 +617,247 @@ def test_resume_refuses_a_different_config(plain_run):
     changed = tiny_config(PLAIN_MODEL, strategy="joint", batch_size=5)
     with pytest.raises(ValueError, match="batch_size"):
         train(changed, None, plain_run, resume=True, progress=False)
+
+
+# Kills and damaged files --------------------------------------------------------------------
+
+# Runs `ssanet train` (argv[3:]) and SIGKILLs it, at once, right after the argv[2]-th time it
+# passes the boundary argv[1] of an epoch's end: "log row" (log.csv's row written),
+# "temporary best.pt" / "temporary last.pt" (the checkpoint's temporary file written, not yet
+# renamed), "renamed best.pt" / "renamed last.pt" (the checkpoint in place). The real code
+# runs; the wrappers only count the calls.
+KILL_DRIVER = """
+import os, signal, sys
+import torch
+from ssanet import cli, run_log
+
+boundary, occurrence, passed = sys.argv[1], int(sys.argv[2]), 0
+
+def kill_after(function, boundary_of):
+    def wrapper(*args, **kwargs):
+        global passed
+        result = function(*args, **kwargs)
+        if boundary_of(*args) == boundary:
+            passed += 1
+            if passed == occurrence:
+                os.kill(os.getpid(), signal.SIGKILL)
+        return result
+    return wrapper
+
+def temporary(contents, path, *rest):
+    name = os.path.basename(str(path))  # ".best.pt.<pid>.tmp"
+    return "temporary " + name[1:].split(".tmp")[0].rsplit(".", 1)[0]
+
+run_log.RunLog.epoch = kill_after(run_log.RunLog.epoch, lambda *args: "log row")
+torch.save = kill_after(torch.save, temporary)
+os.replace = kill_after(
+    os.replace, lambda source, target, *rest: "renamed " + os.path.basename(str(target))
+)
+sys.exit(cli.main(sys.argv[3:]))
+"""
+KILL_RUN_EPOCHS = 2
+
+
+def kill_run_config() -> dict:
+    # Without validation every epoch is the best: best.pt is written at every epoch's end.
+    config = tiny_config(PLAIN_MODEL, strategy="joint", validation="none")
+    config["strategies"]["joint"][0]["epochs"] = KILL_RUN_EPOCHS
+    return config
+
+
+def run_train_cli(arguments: list, cwd: Path, kill_at: tuple[str, int]):
+    """``ssanet train ARGUMENTS --threads 1 --quiet`` in a subprocess, killed at `kill_at`."""
+    command = [sys.executable, "-c", KILL_DRIVER, *map(str, kill_at), "train", *map(str, arguments)]
+    environment = {
+        key: value for key, value in os.environ.items() if key != "SSANET_MAX_STAGE_EPOCHS"
+    }
+    # From cwd: the repository root's ssanet_ops/ folder must not shadow the installed one.
+    return subprocess.run(
+        [*command, "--threads", "1", "--quiet"],
+        capture_output=True,
+        text=True,
+        env={**environment, "OMP_NUM_THREADS": "1"},
+        timeout=300,
+        cwd=cwd,
+    )
+
+
+def resume_cli(run_dir: Path, capsys) -> tuple[int, list[str]]:
+    """``ssanet train --resume RUN_DIR`` in this process: exit status, stderr's lines."""
+    capsys.readouterr()
+    status = cli_main(["train", "--resume", str(run_dir), "--quiet"])
+    return status, capsys.readouterr().err.splitlines()
+
+
+# Each save boundary of an epoch's end, in turn: (boundary, its occurrence in the process). The
+# first run dies in its first epoch, before any last.pt; its original command starts it again
+# and dies in epoch 2 once its log row is written; each resume then redoes epoch 2 and dies one
+# boundary further, the last one after last.pt is in place.
+KILL_SEQUENCE = [
+    ("temporary last.pt", 1),
+    ("log row", KILL_RUN_EPOCHS),
+    ("temporary best.pt", 1),
+    ("renamed best.pt", 1),
+    ("temporary last.pt", 1),
+    ("renamed last.pt", 1),
+]
+
+
+@pytest.mark.slow
+def test_a_kill_at_each_save_boundary_resumes_to_the_same_run(data_root, tmp_path, capsys):
+    config_path = tmp_path / "config.json"
+    config_path.write_text(json.dumps(kill_run_config()))
+    uninterrupted, run_dir = tmp_path / "uninterrupted", tmp_path / "run"
+    train(kill_run_config(), data_root, uninterrupted, progress=False)
+    expected_rows = read_log(uninterrupted)
+    for row in expected_rows:
+        row.pop("epoch_time_s")
+
+    original = ["--config", config_path, "--data", data_root, "--out", run_dir]
+    for step, kill_at in enumerate(KILL_SEQUENCE):
+        # What a user does after a kill: resume, or rerun the original command without last.pt.
+        arguments = ["--resume", run_dir] if (run_dir / "last.pt").exists() else original
+        killed = run_train_cli(arguments, tmp_path, kill_at)
+        assert killed.returncode == -signal.SIGKILL, (kill_at, killed.stderr[-3000:])
+        if step == 0:
+            assert not (run_dir / "last.pt").exists()
+            continue
+        # What last.pt counts as done is in the log and in best.pt already.
+        done = torch.load(run_dir / "last.pt", weights_only=True)["epoch"]
+        rows = read_log(run_dir)[:done]
+        for row in rows:
+            row.pop("epoch_time_s")
+        assert rows == expected_rows[:done], kill_at
+        assert torch.load(run_dir / "best.pt", weights_only=True)["epoch"] >= done, kill_at
+    assert resume_cli(run_dir, capsys)[0] == 0
+
+    for name in ("last.pt", "best.pt"):
+        expected = torch.load(uninterrupted / name, weights_only=True)
+        actual = torch.load(run_dir / name, weights_only=True)
+        assert actual["epoch"] == expected["epoch"] == KILL_RUN_EPOCHS, name
+        assert_equal_nested(expected["model"], actual["model"])
+        assert_equal_nested(expected.get("training"), actual.get("training"))
+    rows = read_log(run_dir)
+    for row in rows:
+        row.pop("epoch_time_s")
+    assert rows == expected_rows
+    # The temporary files of the killed saves were removed.
+    assert [path.name for path in run_dir.iterdir() if path.name.endswith(".tmp")] == []
+
+
+@pytest.fixture(scope="module")
+def stopped_run(data_root, tmp_path_factory) -> Path:
+    """A joint run of the plain network stopped after the first of its two epochs."""
+    run_dir = tmp_path_factory.mktemp("runs") / "stopped"
+    train(kill_run_config(), data_root, run_dir, stop_after_epochs=1, progress=False)
+    return run_dir
+
+
+def copy_run(run_dir: Path, tmp_path: Path) -> Path:
+    copy = tmp_path / run_dir.name
+    shutil.copytree(run_dir, copy)
+    return copy
+
+
+def test_leftover_temporary_files_are_removed(stopped_run, tmp_path, capsys):
+    run_dir = copy_run(stopped_run, tmp_path)
+    leftovers = [run_dir / ".last.pt.4242.tmp", run_dir / ".best.pt.4243.tmp"]
+    for path in leftovers:
+        path.write_bytes(b"half a checkpoint")
+    assert resume_cli(run_dir, capsys)[0] == 0
+    assert not any(path.exists() for path in leftovers)
+
+
+def write_into_a_weight(path: Path, name: str) -> None:
+    """Overwrites bytes in the middle of the stored values of the tensor `name` of the file."""
+    weight = torch.load(path, weights_only=True)["model"][name]
+    stored, data = path.read_bytes(), weight.contiguous().numpy().tobytes()
+    start = stored.find(data)
+    assert start >= 0 and stored.find(data, start + 1) < 0  # the tensor's bytes, once
+    middle = start + len(data) // 2
+    path.write_bytes(stored[:middle] + bytes(range(256)) * 4 + stored[middle + 1024 :])
+
+
+@pytest.mark.parametrize("damage", ["truncated", "empty", "bytes in a weight"])
+def test_a_damaged_last_checkpoint_is_named_on_resume(stopped_run, tmp_path, capsys, damage):
+    run_dir = copy_run(stopped_run, tmp_path)
+    last = run_dir / "last.pt"
+    if damage == "truncated":
+        last.write_bytes(last.read_bytes()[:100])
+    elif damage == "empty":
+        last.write_bytes(b"")
+    else:
+        write_into_a_weight(last, "classifier.weight")
+        # torch.load reads it without complaint: only the checksum tells.
+        torch.load(last, weights_only=True)
+    status, lines = resume_cli(run_dir, capsys)
+    assert status == 2 and len(lines) == 1, lines
+    assert f"cannot resume: {last}" in lines[0]
+    if damage == "bytes in a weight":
+        assert "do not match the checksum recorded" in lines[0]
+    # The way forward: best.pt (epoch 1) is intact.
+    assert f"{run_dir / 'best.pt'} (epoch 1) is intact" in lines[0]
+
+
+def test_checksums_catch_damage_and_spare_older_files(stopped_run, tmp_path, capsys):
+    run_dir = copy_run(stopped_run, tmp_path)
+    contents = torch.load(run_dir / "best.pt", weights_only=True)
+    assert contents["checksum"] == contents_checksum(contents)
+    # One value changed by the smallest step: another checksum.
+    changed = {**contents, "model": dict(contents["model"])}
+    weight = changed["model"]["classifier.weight"].clone()
+    weight.view(-1)[0] = torch.nextafter(weight.view(-1)[0], torch.tensor(math.inf))
+    changed["model"]["classifier.weight"] = weight
+    assert contents_checksum(changed) != contents["checksum"]
+    # Every reader of a checkpoint checks it.
+    write_into_a_weight(run_dir / "best.pt", "classifier.weight")
+    with pytest.raises(ValueError, match=f"{run_dir / 'best.pt'} is damaged"):
+        load_checkpoint(run_dir / "best.pt")
+    with pytest.raises(ValueError, match=f"init_from: {run_dir / 'best.pt'} is damaged"):
+        init_from_checkpoint(SSANet(NUM_CLASSES, **PLAIN_MODEL), run_dir / "best.pt")
+    # A last.pt written before checksums existed resumes.
+    old = torch.load(run_dir / "last.pt", weights_only=True)
+    del old["checksum"]
+    torch.save(old, run_dir / "last.pt")
+    assert resume_cli(run_dir, capsys)[0] == 0
+    assert torch.load(run_dir / "last.pt", weights_only=True)["epoch"] == 2
+
+
+def test_a_half_written_log_row_is_rewritten_on_resume(stopped_run, tmp_path, capsys):
+    run_dir = copy_run(stopped_run, tmp_path)
+    log = run_dir / "log.csv"
+    complete = read_log(run_dir)
+    text = log.read_text()
+    last_row = text.rstrip("\r\n").rsplit("\n", 1)[1]
+    log.write_text(text[: text.rindex(last_row) + len(last_row) // 2])  # a kill mid-write
+    assert resume_cli(run_dir, capsys)[0] == 0
+    rows = read_log(run_dir)
+    assert [row["epoch"] for row in rows] == ["1", "2"]
+    assert rows[0] == complete[0]
+
+
+def test_sigterm_stops_training_cleanly(data_root, tmp_path):
+    config_path = tmp_path / "config.json"
+    config = kill_run_config()
+    config["strategies"]["joint"][0]["epochs"] = 50  # still running when the signal comes
+    config_path.write_text(json.dumps(config))
+    run_dir = tmp_path / "run"
+    command = [sys.executable, "-m", "ssanet.cli", "train", "--config", str(config_path)]
+    command += ["--data", str(data_root), "--out", str(run_dir), "--threads", "1", "--quiet"]
+    process = subprocess.Popen(
+        command,
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        text=True,
+        cwd=tmp_path,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    try:
+        while not (run_dir / "log.csv").exists() and process.poll() is None:
+            time.sleep(0.01)
+        process.send_signal(signal.SIGTERM)
+        stderr = process.communicate(timeout=120)[1]
+    finally:
+        process.kill()
+    assert process.returncode == 130, stderr[-3000:]
+    assert stderr.strip().splitlines() == ["ssanet train: interrupted"]

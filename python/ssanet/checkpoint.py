@@ -3,7 +3,11 @@
 - The model file: the architecture (``SSANet.config``), the weights and the class names in one
   file that loads with ``torch.load(weights_only=True)`` (:func:`save_checkpoint`,
   :func:`load_checkpoint`). Every save is atomic: a temporary file beside the target, synced to
-  disk, then renamed over it, so a crash leaves the previous file whole.
+  disk, then renamed over it, so a crash leaves the previous file whole (and at worst the
+  temporary file, which :func:`remove_leftover_temporaries` deletes). Every file records the
+  SHA-256 of its contents (``"checksum"``, :func:`contents_checksum`), which loading checks:
+  a file damaged after it was written is refused by name instead of training on. Files written
+  before the checksum existed load unchecked.
 - A training run's checkpoints: ``last.pt`` (every epoch) and ``best.pt`` (best validation
   score) in the run folder; ``last.pt`` also holds the :class:`TrainingState` (stage, epoch,
   optimizer, scheduler, gradient scaler and every random state) that resuming needs
@@ -13,6 +17,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import math
 import os
 import random
@@ -28,17 +33,22 @@ from .model import SSANet
 __all__ = [
     "BEST_CHECKPOINT",
     "LAST_CHECKPOINT",
+    "CHECKSUM_KEY",
     "LoadedCheckpoint",
     "TrainingState",
     "atomic_save",
+    "contents_checksum",
     "load_checkpoint",
     "load_training_state",
+    "remove_leftover_temporaries",
     "save_checkpoint",
     "save_training_state",
+    "verify_checksum",
 ]
 
 LAST_CHECKPOINT = "last.pt"
 BEST_CHECKPOINT = "best.pt"
+CHECKSUM_KEY = "checksum"  # "sha256:<hex digest>" of every other entry of the file
 
 
 class LoadedCheckpoint(NamedTuple):
@@ -52,7 +62,7 @@ def atomic_save(contents: Any, path: str | os.PathLike) -> None:
     """``torch.save(contents, path)`` into a temporary file beside ``path``, synced to disk,
     then renamed over ``path``: a crash leaves the previous file whole."""
     path = Path(path)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    temporary = _temporary_path(path, str(os.getpid()))
     try:
         torch.save(contents, temporary)
         with open(temporary, "rb") as file:
@@ -61,6 +71,55 @@ def atomic_save(contents: Any, path: str | os.PathLike) -> None:
     finally:
         if temporary.exists():
             temporary.unlink()
+
+
+def _temporary_path(path: Path, pid: str) -> Path:
+    return path.with_name(f".{path.name}.{pid}.tmp")
+
+
+def remove_leftover_temporaries(path: str | os.PathLike) -> None:
+    """Deletes the temporary files that :func:`atomic_save` of `path` left behind when its
+    process was killed mid-save (the rename never happened, so they hold nothing that counts)."""
+    path = Path(path)
+    for leftover in path.parent.glob(_temporary_path(path, "*").name):
+        leftover.unlink(missing_ok=True)
+
+
+def contents_checksum(contents: dict) -> str:
+    """``"sha256:<hex>"`` of a checkpoint's contents, every entry but :data:`CHECKSUM_KEY`:
+    each tensor's dtype, shape and bytes, every other value's type and ``repr``, walked in
+    order. The value is the same before ``torch.save`` and after ``torch.load``, on any device."""
+    digest = hashlib.sha256()
+    _hash_value(digest, {key: value for key, value in contents.items() if key != CHECKSUM_KEY})
+    return f"sha256:{digest.hexdigest()}"
+
+
+def _hash_value(digest, value: Any) -> None:
+    if isinstance(value, torch.Tensor):
+        tensor = value.detach().cpu().contiguous()
+        digest.update(f"tensor {tensor.dtype} {list(tensor.shape)};".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy())
+    elif isinstance(value, dict):  # dict and OrderedDict alike: pickling keeps their order
+        digest.update(f"dict {len(value)};".encode())
+        for key, item in value.items():
+            _hash_value(digest, key)
+            _hash_value(digest, item)
+    elif isinstance(value, list | tuple):
+        digest.update(f"sequence {len(value)};".encode())
+        for item in value:
+            _hash_value(digest, item)
+    else:  # numbers, strings, None, torch.dtype: the types weights_only loads
+        digest.update(f"{type(value).__name__} {value!r};".encode())
+
+
+def verify_checksum(path: str | os.PathLike, contents: dict) -> None:
+    """Raises ValueError naming `path` when `contents` (as loaded from it) do not match the
+    checksum recorded in them; contents without one (older files) pass."""
+    recorded = contents.get(CHECKSUM_KEY)
+    if recorded is not None and recorded != contents_checksum(contents):
+        raise ValueError(
+            f"{path} is damaged: its contents do not match the checksum recorded when it was saved"
+        )
 
 
 def save_checkpoint(
@@ -87,6 +146,7 @@ def save_checkpoint(
         "image_size": image_size,
         **extra,
     }
+    contents[CHECKSUM_KEY] = contents_checksum(contents)
     atomic_save(contents, path)
 
 
@@ -95,8 +155,23 @@ def load_checkpoint(
 ) -> LoadedCheckpoint:
     """Rebuilds the model of a :func:`save_checkpoint` file, with its weights, in eval mode.
 
-    A missing file raises FileNotFoundError; a file that is not such a checkpoint, ValueError.
+    A missing file raises FileNotFoundError; a file that is not such a checkpoint, or whose
+    contents do not match their checksum, ValueError.
     """
+    contents = _read_checkpoint(path)
+    model = SSANet.from_config(contents.pop("model_config"))
+    model.load_state_dict(contents.pop("model"))
+    model.to(map_location).eval()
+    class_names = contents.pop("class_names", None)
+    if class_names is None:
+        class_names = [f"class {index}" for index in range(model.config["num_classes"])]
+    image_size = contents.pop("image_size", 448)
+    return LoadedCheckpoint(model, list(class_names), int(image_size), contents)
+
+
+def _read_checkpoint(path: str | os.PathLike) -> dict:
+    """A :func:`save_checkpoint` file's contents, on the CPU, checksum checked, without the
+    checksum; the errors of :func:`load_checkpoint`."""
     if os.path.isdir(path):
         raise IsADirectoryError(f"checkpoint {path} is a folder: name the file (e.g. best.pt)")
     if not os.path.isfile(path):
@@ -110,9 +185,9 @@ def load_checkpoint(
         # Not torch's message (dropped from the chain too): it advises weights_only=False,
         # which would run any code the file holds.
         raise ValueError(
-            f"{path} is not an SSANet checkpoint: torch.load(weights_only=True) cannot read it "
-            f"({_failure_reason(error)}); expected a file written by ssanet.save_checkpoint or "
-            "ssanet train"
+            f"{path} is not an SSANet checkpoint, or is damaged: torch.load(weights_only=True) "
+            f"cannot read it ({_failure_reason(error)}); expected a file written by "
+            "ssanet.save_checkpoint or ssanet train"
         ) from None
     if not isinstance(contents, dict):
         kind = type(contents).__name__
@@ -120,15 +195,10 @@ def load_checkpoint(
     missing = {"model_config", "model"} - set(contents)
     if missing:
         raise ValueError(f"{path} is not an SSANet checkpoint: it lacks {sorted(missing)}")
+    verify_checksum(path, contents)
     contents = dict(contents)
-    model = SSANet.from_config(contents.pop("model_config"))
-    model.load_state_dict(contents.pop("model"))
-    model.to(map_location).eval()
-    class_names = contents.pop("class_names", None)
-    if class_names is None:
-        class_names = [f"class {index}" for index in range(model.config["num_classes"])]
-    image_size = contents.pop("image_size", 448)
-    return LoadedCheckpoint(model, list(class_names), int(image_size), contents)
+    contents.pop(CHECKSUM_KEY, None)
+    return contents
 
 
 def _failure_reason(error: Exception) -> str:
@@ -230,11 +300,16 @@ def save_training_state(
     save_checkpoint(path, model, **extra, training=training)
 
 
-def load_training_state(path: str | os.PathLike, model: SSANet) -> TrainingState:
-    """Loads the weights of a :func:`save_training_state` file into `model` and returns its
-    :class:`TrainingState`."""
-    contents = torch.load(path, map_location="cpu", weights_only=True)
-    model.load_state_dict(contents["model"])
-    training = contents["training"]
+def load_training_state(path: str | os.PathLike, model: SSANet) -> tuple[TrainingState, dict]:
+    """Loads the weights of a :func:`save_training_state` file into `model`; returns its
+    :class:`TrainingState` and the file's other entries (e.g. ``"metrics"``, the epoch's log
+    row). The errors of :func:`load_checkpoint`, and ValueError for a file without a training
+    state."""
+    contents = _read_checkpoint(path)
+    if "training" not in contents:
+        raise ValueError(f"{path} holds no training state: it is not the last.pt of a run")
+    model.load_state_dict(contents.pop("model"))
+    training = contents.pop("training")
     fields = {field.name for field in dataclasses.fields(TrainingState)}
-    return TrainingState(**{key: value for key, value in training.items() if key in fields})
+    state = TrainingState(**{key: value for key, value in training.items() if key in fields})
+    return state, contents

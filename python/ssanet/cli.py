@@ -16,9 +16,12 @@ and the model are imported after the arguments are parsed, so ``--help`` answers
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import signal
 import sys
+import threading
 from importlib import metadata
 from pathlib import Path
 
@@ -203,6 +206,25 @@ def _stage_epoch_caps(config, overrides: list[str], cap: int) -> list[str]:
     return caps
 
 
+@contextlib.contextmanager
+def _sigterm_interrupts():
+    """Within it, SIGTERM (what batch systems and preemptible machines send before killing)
+    stops like Ctrl-C: a KeyboardInterrupt, so the run ends cleanly with a message. Python
+    handles signals in the main thread only; elsewhere SIGTERM keeps its handler."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signal_number, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def train_command(args: argparse.Namespace) -> int:
     _set_threads(args.threads)
     device = None if args.device is None else _device(args.device)
@@ -233,16 +255,17 @@ def train_command(args: argparse.Namespace) -> int:
     if cap is not None:
         args.overrides += _stage_epoch_caps(args.config, args.overrides, cap)
         print(f"ssanet train: every stage capped at {cap} epoch(s) (a trial run)", file=sys.stderr)
-    summary = train(
-        args.config,
-        args.data,
-        run_dir,
-        resume=resume,
-        overrides=args.overrides,
-        stop_after_epochs=args.stop_after,
-        device=device,
-        progress=not args.quiet,
-    )
+    with _sigterm_interrupts():
+        summary = train(
+            args.config,
+            args.data,
+            run_dir,
+            resume=resume,
+            overrides=args.overrides,
+            stop_after_epochs=args.stop_after,
+            device=device,
+            progress=not args.quiet,
+        )
     if int(os.environ.get("RANK", "0")) == 0:
         print(json.dumps(summary, indent=2))
     return 0

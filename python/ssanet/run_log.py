@@ -41,16 +41,20 @@ LOG_FIELDS = (
 class RunLog:
     """The CSV log, the TensorBoard scalars and the curves' plot of a run (main process)."""
 
-    def __init__(self, run_dir: Path, use_tensorboard: bool, resume_epoch: int) -> None:
+    def __init__(
+        self,
+        run_dir: Path,
+        use_tensorboard: bool,
+        resume_epoch: int,
+        resume_row: dict | None = None,
+    ) -> None:
+        """`resume_epoch`: the epochs the run's last.pt has done (0: a new run, whose log
+        starts empty); `resume_row`: that epoch's row as last.pt recorded it."""
         self.path = run_dir / LOG_FILE
         self.plot_path = run_dir / PLOT_FILE
         self.rows: list[dict] = []
         if resume_epoch > 0:
-            # Rows written after the checkpoint (an interrupted epoch) are dropped.
-            with open(self.path, newline="") as file:
-                self.rows = [
-                    row for row in csv.DictReader(file) if int(row["epoch"]) <= resume_epoch
-                ]
+            self.rows = self._resumed_rows(resume_epoch, resume_row)
         self._rewrite()
         self.writer = None
         if use_tensorboard:
@@ -65,6 +69,23 @@ class RunLog:
                 )
             else:
                 self.writer = SummaryWriter(str(run_dir / "tensorboard"), purge_step=resume_epoch)
+
+    def _resumed_rows(self, resume_epoch: int, resume_row: dict | None) -> list[dict]:
+        """The rows of the epochs up to `resume_epoch`. Rows of later epochs (written before
+        a kill let last.pt record them; resuming redoes those epochs) and a half-written row
+        (a kill mid-write: fields missing) are dropped; the last epoch's row is the one last.pt
+        recorded, when it has one, which also restores a row a kill kept from the file."""
+        rows = []
+        if self.path.is_file():
+            with open(self.path, newline="") as file:
+                for row in csv.DictReader(file):
+                    complete = None not in row and None not in row.values()
+                    if complete and row["epoch"].isdigit() and int(row["epoch"]) <= resume_epoch:
+                        rows.append(row)
+        if resume_row is not None:
+            rows = [row for row in rows if int(row["epoch"]) < resume_epoch]
+            rows.append(_csv_row(resume_row))
+        return rows
 
     def _rewrite(self) -> None:
         temporary = self.path.with_name(self.path.name + ".tmp")
@@ -82,9 +103,12 @@ class RunLog:
         """Appends an epoch's row (the CSV, TensorBoard, the plot); with `print_summary`, a
         line on stderr too."""
         row = {field: row.get(field, "") for field in LOG_FIELDS}
-        self.rows.append({key: "" if value is None else value for key, value in row.items()})
+        self.rows.append(_csv_row(row))
         with open(self.path, "a", newline="") as file:
             csv.DictWriter(file, fieldnames=LOG_FIELDS).writerow(self.rows[-1])
+            # On disk before the epoch's checkpoints, which count the epoch as done.
+            file.flush()
+            os.fsync(file.fileno())
         if self.writer is not None:
             for key, value in row.items():
                 if key not in ("epoch", "stage") and isinstance(value, int | float):
@@ -118,6 +142,11 @@ class RunLog:
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
+
+
+def _csv_row(row: dict) -> dict:
+    """A log row as the CSV holds it: every field, "" where a value is missing."""
+    return {field: "" if row.get(field) is None else row[field] for field in LOG_FIELDS}
 
 
 class EpochTotals:

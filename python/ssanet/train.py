@@ -5,7 +5,7 @@ see ``python/ssanet/configs/`` and :mod:`ssanet.config`) and writes into its run
 
 - ``config.json``: the resolved config, the data root and the number of processes;
 - ``last.pt`` (every epoch) and ``best.pt`` (best validation top-1 of the final logits), both
-  written atomically and loadable with ``torch.load(weights_only=True)`` and
+  written atomically, with a checksum, and loadable with ``torch.load(weights_only=True)`` and
   :func:`ssanet.load_checkpoint` (:mod:`ssanet.checkpoint`);
 - ``log.csv`` (one row per epoch), ``tensorboard/`` (scalars, when the ``tensorboard`` package is
   installed) and ``training_curves.png`` (:mod:`ssanet.run_log`).
@@ -13,6 +13,13 @@ see ``python/ssanet/configs/`` and :mod:`ssanet.config`) and writes into its run
 ``train(..., resume=True)`` continues a run from ``last.pt`` exactly: the model, the optimizer,
 the learning-rate scheduler, the gradient scaler, the stage and epoch, and the random states
 (torch, CUDA, numpy, python and the data loader's generator, one set per process).
+
+A run survives a kill at any instant: an epoch ends by writing its log row, then ``best.pt``
+(when it is a new best), then ``last.pt``, so whatever ``last.pt`` counts as done is already in
+the log and in ``best.pt``; a resume redoes, exactly, an epoch that got further than
+``last.pt`` (dropping its row, rewriting ``best.pt``), and deletes the temporary files of an
+interrupted save. A run killed before its first ``last.pt`` has nothing to resume: its original
+command starts it again.
 
 Stages (config ``strategies``): each trains the parameters of the modules it names (the others
 are frozen, their batch-norm statistics too), with SGD with momentum, its learning rate (times
@@ -49,8 +56,10 @@ from .checkpoint import (
     BEST_CHECKPOINT,
     LAST_CHECKPOINT,
     TrainingState,
+    load_checkpoint,
     load_scheduler_state,
     load_training_state,
+    remove_leftover_temporaries,
     rng_state,
     save_checkpoint,
     save_training_state,
@@ -197,12 +206,16 @@ class Trainer:
         if self.config["init_from"] is not None:
             init_from_checkpoint(self.model, self.config["init_from"])
 
-    def _resume(self) -> TrainingState:
+    def _resume(self) -> tuple[TrainingState, dict | None]:
         """Loads last.pt: the weights and the scaler here, the counters into ``self.state``;
         returns the states the first stage to run restores (optimizer, scheduler: None when
-        the checkpoint's stage had finished; this process's random states)."""
+        the checkpoint's stage had finished; this process's random states), and the log row
+        last.pt recorded."""
         path = self.run_dir / LAST_CHECKPOINT
-        loaded = load_training_state(path, self.model)
+        try:
+            loaded, contents = load_training_state(path, self.model)
+        except ValueError as error:
+            raise ValueError(f"cannot resume: {error}; {self._damaged_advice()}") from None
         if len(loaded.rng) != self.context.world_size:
             raise ValueError(
                 f"{path} was written by {len(loaded.rng)} processes; resume it with as many "
@@ -218,7 +231,18 @@ class Trainer:
             self.state.stage_position += 1
             self.state.stage_epoch = 0
             resumed.optimizer = resumed.scheduler = None
-        return resumed
+        return resumed, contents.get("metrics")
+
+    def _damaged_advice(self) -> str:
+        """What to do when last.pt cannot be read: best.pt's weights, when they load, and a
+        fresh start."""
+        best = self.run_dir / BEST_CHECKPOINT
+        restart = "to train again, rerun the run's original command with another --out"
+        try:
+            epoch = load_checkpoint(best).extra.get("epoch", "?")
+        except (OSError, ValueError, RuntimeError):
+            return restart
+        return f"{best} (epoch {epoch}) is intact and can be evaluated or used; {restart}"
 
     def _metadata(self) -> dict:
         return {
@@ -230,11 +254,15 @@ class Trainer:
         }
 
     def run(self, resume: bool, stop_after_epochs: int | None = None) -> dict:
-        resumed = self._resume() if resume else None
+        resumed, resume_row = self._resume() if resume else (None, None)
         if not resume:
             self._start_run()
         if self.context.is_main:
-            self.log = RunLog(self.run_dir, self.config["tensorboard"], self.state.epoch)
+            for name in (LAST_CHECKPOINT, BEST_CHECKPOINT):
+                remove_leftover_temporaries(self.run_dir / name)
+            self.log = RunLog(
+                self.run_dir, self.config["tensorboard"], self.state.epoch, resume_row
+            )
         epochs_run = 0
         try:
             while self.state.stage_position < len(self.stages):
@@ -359,7 +387,7 @@ class Trainer:
             bar.set_postfix(loss=f"{value:.4f}")
 
     def _end_epoch(self, stage: dict, optimizer, scheduler, row: dict, start: float) -> None:
-        """Validate, track the best, checkpoint, log."""
+        """Validate, track the best, log and checkpoint."""
         if not math.isfinite(row["train_loss"]):
             raise FloatingPointError(
                 f"the training loss became non-finite in epoch {self.state.epoch + 1} (stage "
@@ -385,9 +413,7 @@ class Trainer:
             **(validation or {}),
         }
         is_best = self._track_best(validation)
-        self._checkpoint(stage, optimizer, scheduler, row, is_best)
-        if self.log is not None:
-            self.log.epoch(row, print_summary=self.progress)
+        self._commit_epoch(stage, optimizer, scheduler, row, is_best)
 
     def _track_best(self, validation: dict | None) -> bool:
         """Whether this epoch's model is the best so far (updating the record if so)."""
@@ -410,10 +436,13 @@ class Trainer:
 
         return tqdm(iterable, desc=description, leave=False, dynamic_ncols=True)
 
-    def _checkpoint(self, stage: dict, optimizer, scheduler, row: dict, is_best: bool) -> None:
+    def _commit_epoch(self, stage: dict, optimizer, scheduler, row: dict, is_best: bool) -> None:
+        """The log row, then best.pt (a new best), then last.pt: a kill between two of these
+        leaves files ahead of last.pt, which a resume redoes; never last.pt ahead of them."""
         rng = all_gather(self.context, rng_state(self.loader_generator))
         if not self.context.is_main:
             return
+        self.log.epoch(row, print_summary=self.progress)
         epoch_record = {key: value for key, value in row.items() if value is not None}
         extra = {**self._metadata(), "epoch": self.state.epoch, "metrics": epoch_record}
         state = dataclasses.replace(
@@ -423,9 +452,9 @@ class Trainer:
             scaler=self.scaler.state_dict(),
             rng=rng,
         )
-        save_training_state(self.run_dir / LAST_CHECKPOINT, self.model, state, stage, **extra)
         if is_best:
             save_checkpoint(self.run_dir / BEST_CHECKPOINT, self.model, **extra)
+        save_training_state(self.run_dir / LAST_CHECKPOINT, self.model, state, stage, **extra)
 
     def _summary(self, stopped: bool) -> dict:
         best = self.state.best_score
@@ -470,9 +499,13 @@ def train(
     """
     run_dir = Path(run_dir)
     if resume:
-        for required in (CONFIG_FILE, LAST_CHECKPOINT):
-            if not (run_dir / required).is_file():
-                raise FileNotFoundError(f"cannot resume: {run_dir / required} does not exist")
+        if not (run_dir / CONFIG_FILE).is_file():
+            raise FileNotFoundError(f"cannot resume: {run_dir / CONFIG_FILE} does not exist")
+        if not (run_dir / LAST_CHECKPOINT).is_file():
+            raise FileNotFoundError(
+                f"cannot resume: {run_dir / LAST_CHECKPOINT} does not exist (a run stopped "
+                "before its first epoch ended has nothing to resume: rerun its original command)"
+            )
         config, stored_root = run_config(run_dir, config, overrides)
         data_root = data_root if data_root is not None else stored_root
     else:

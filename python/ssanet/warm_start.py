@@ -14,6 +14,7 @@ import os
 
 import torch
 
+from .checkpoint import verify_checksum
 from .model import SSANet
 
 __all__ = ["init_from_checkpoint"]
@@ -26,13 +27,18 @@ def init_from_checkpoint(model: SSANet, path: str | os.PathLike) -> list[str]:
     match. Returns the names of the modules copied.
 
     Raises FileNotFoundError for a missing file and ValueError when the file is no SSANet
-    checkpoint or its backbone is another architecture.
+    checkpoint, is damaged (its checksum does not match) or its backbone is another
+    architecture.
     """
     if not os.path.isfile(path):
         raise FileNotFoundError(f"init_from: checkpoint {path} does not exist")
     contents = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(contents, dict) or not {"model", "model_config"} <= set(contents):
         raise ValueError(f"init_from: {path} is not an SSANet checkpoint (no model, model_config)")
+    try:
+        verify_checksum(path, contents)
+    except ValueError as error:
+        raise ValueError(f"init_from: {error}") from None
     source = contents["model_config"]
     if source["backbone"] != model.config["backbone"]:
         raise ValueError(
