@@ -15,7 +15,8 @@ _C = _extension.load()
 
 # The registrations need the schemas that loading _C defines.
 from . import _autocast, _autograd, _fake, nn, reference, testing  # noqa: E402, F401  (registers autocast, autograd and fake kernels)
-from ._roi_crop import BATCH_INDEX_LIMIT, MAX_SAMPLING_RATIO, check_boxes  # noqa: E402
+from ._roi_crop import BATCH_INDEX_LIMIT, check_boxes  # noqa: E402
+from ._validation import MAX_SAMPLING_RATIO  # noqa: E402
 from .ops import (  # noqa: E402
     multiscale_roi_crop,
     oriented_pool,

@@ -6,6 +6,9 @@ custom ops, which torch.compile and torch.export keep whole in the graph (their 
 need only the tensor's length); the values are read and checked when the op runs, then the C++
 op is called. The crop's backward and double backward are the same pair of ops again
 (``_autograd.py``: the backward of the crop is its transpose, whose backward is the crop).
+
+The tensor lives on the CPU (``_validation.scale_tensor``): the factors reach the kernels by
+value, so a CUDA op reads them without waiting for the device.
 """
 
 from __future__ import annotations
@@ -13,6 +16,14 @@ from __future__ import annotations
 import torch
 
 from ._validation import scale_list
+
+# The ops of this module: they only read the scales and call the C++ ops, so
+# ssanet_ops.testing.simulate_cuda() keeps them and routes the C++ ops they call.
+OPS = (
+    "_scale_candidates_tensor_scales",
+    "_multiscale_roi_crop_tensor_scales",
+    "_multiscale_roi_crop_backward_tensor_scales",
+)
 
 
 @torch.library.custom_op("ssanet_ops::_scale_candidates_tensor_scales", mutates_args=())

@@ -10,7 +10,8 @@ from __future__ import annotations
 import math
 import numbers
 import operator
-from collections.abc import Sequence
+import os
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -23,7 +24,23 @@ MAX_GRID_SIZE = 256
 # The CUDA kernels take the factors by value (csrc/roi_crop/roi_crop.h).
 MAX_SCALES = 64
 
+# The most samples per bin and axis (csrc/common/bilinear.h, kMaxSamplingRatio): an explicit
+# sampling_ratio above it is refused, and roi_align's adaptive grid, ceil(box size / output
+# size), is capped at it, so that a box costs at most MAX_SAMPLING_RATIO**2 samples per output
+# cell. The crop equals roi_align below the cap; a box reaches it only when it spans more than
+# MAX_SAMPLING_RATIO map pixels per output cell on an axis.
+MAX_SAMPLING_RATIO = 512
+
+# The largest S of scale_correlation and scale_align (csrc/scale_align/arguments.h, kMaxScales).
+MAX_ALIGN_SCALES = 2048
+
 BoxesArg = torch.Tensor | Sequence[torch.Tensor]
+
+
+class InvalidArgumentError(ValueError, RuntimeError):
+    """An argument value out of its range that the kernels check, or used to: a ValueError, as
+    docs/operators.md section 4 promises, and a RuntimeError, as the kernels raise it when
+    ``torch.ops.ssanet_ops.*`` is called directly (and as these checks raised before)."""
 
 
 # ---- Generic checks ----
@@ -265,9 +282,13 @@ def scale_list(scales: Sequence[float] | torch.Tensor) -> list[float]:
 
 
 def scale_tensor(scales: torch.Tensor) -> torch.Tensor:
-    """A tensor of scale factors checked for what can be checked without reading it (its shape
-    and dtype), so that torch.compile traces it without a graph break; the kernels read and
-    check its values when they run (``_tensor_scales.py``)."""
+    """A tensor of scale factors checked for what can be checked without reading it (its
+    device, shape and dtype), so that torch.compile traces it without a graph break; the ops
+    read and check its values when they run (``_tensor_scales.py``).
+
+    It must be on the CPU: the kernels take the factors by value (at most MAX_SCALES of them),
+    so reading them from a GPU would make the op wait for the device, which the ops never do
+    (docs/operators.md section 4: CUDA graph capture)."""
     if scales.dim() != 1 or not 1 <= scales.shape[0] <= MAX_SCALES:
         raise ValueError(
             f"scales must be a 1-d tensor of 1 to {MAX_SCALES} factors, got shape "
@@ -275,6 +296,12 @@ def scale_tensor(scales: torch.Tensor) -> torch.Tensor:
         )
     if scales.dtype == torch.bool or scales.is_complex():
         raise TypeError(f"scales must hold real numbers, got {scales.dtype}")
+    if scales.device.type != "cpu":
+        raise ValueError(
+            f"scales must be a sequence or a CPU tensor, got a tensor on {scales.device}: the "
+            "kernels take the factors by value, and reading them from the device would wait "
+            "for it; keep them on the CPU (they may scale CUDA boxes)"
+        )
     return scales
 
 
@@ -377,6 +404,33 @@ def scale_candidates_arguments(
     return rois, scale_argument(scales), centers, image_height, image_width, bool(clip)
 
 
+# The messages of the CPU kernels' checks of box values (csrc/roi_crop/arguments.h,
+# report_box_errors): the kernels raise RuntimeErrors, the public functions ValueErrors.
+_BOX_VALUE_MESSAGES = (
+    ": boxes must have finite coordinates",
+    ": the batch index of each box",
+    ": centers must be finite",
+)
+
+
+def call_checking_box_values(op: Callable, *arguments):
+    """``op(*arguments)``, with the box-value errors of the CPU kernels (a non-finite box or
+    centre, a batch index out of range) raised as :class:`InvalidArgumentError`
+    (docs/operators.md section 4). The values are checked in the kernel, not here: a check in
+    Python would read them, a graph break under torch.compile, whose graphs call the kernels
+    directly and so raise their RuntimeError."""
+    if torch.compiler.is_compiling():
+        return op(*arguments)
+    try:
+        return op(*arguments)
+    except RuntimeError as error:
+        if isinstance(error, ValueError) or not any(
+            message in str(error) for message in _BOX_VALUE_MESSAGES
+        ):
+            raise
+        raise InvalidArgumentError(str(error)) from None
+
+
 def _check_crop_devices(input: torch.Tensor, boxes: BoxesArg, centers: torch.Tensor | None) -> None:
     if isinstance(boxes, (list, tuple)) and len(boxes) != input.shape[0]:
         raise ValueError(
@@ -441,7 +495,13 @@ def crop_settings(
     spatial_scale = float(spatial_scale)
     if not math.isfinite(spatial_scale) or spatial_scale <= 0:
         raise ValueError(f"spatial_scale must be positive and finite, got {spatial_scale}")
-    return (out_h, out_w), spatial_scale, as_int(sampling_ratio, "sampling_ratio")
+    sampling_ratio = as_int(sampling_ratio, "sampling_ratio")
+    if sampling_ratio > MAX_SAMPLING_RATIO:
+        raise InvalidArgumentError(
+            f"sampling_ratio must be at most {MAX_SAMPLING_RATIO} (samples per bin and axis; "
+            f"<= 0 takes roi_align's adaptive grid, capped at the same bound), got {sampling_ratio}"
+        )
+    return (out_h, out_w), spatial_scale, sampling_ratio
 
 
 # ---- scale_correlation / scale_align (docs/operators.md section 3) ----
@@ -461,6 +521,31 @@ def autocast_dtype(tensor: torch.Tensor) -> torch.dtype:
     ):
         return torch.get_autocast_dtype(device_type)
     return tensor.dtype
+
+
+# The values of CUBLAS_WORKSPACE_CONFIG that torch's deterministic mode accepts for cuBLAS
+# (at::Context::checkCuBLASConfigDeterministic).
+DETERMINISTIC_CUBLAS_CONFIGS = (":4096:8", ":16:8")
+
+
+def check_cublas_determinism(device: torch.device, op: str) -> None:
+    """Raises, naming CUBLAS_WORKSPACE_CONFIG, where torch's deterministic mode would refuse the
+    cuBLAS products of scale_correlation and scale_align on CUDA (docs/operators.md section
+    4): ``torch.use_deterministic_algorithms(True)`` without ``warn_only`` and without a
+    deterministic cuBLAS workspace. Torch raises there too, from inside the kernel, where the
+    headers of torch 2.11 and 2.12 lose its message (common/stable.h, SSANET_SHIM_CHECK)."""
+    if (
+        device.type == "cuda"
+        and torch.are_deterministic_algorithms_enabled()
+        and not torch.is_deterministic_algorithms_warn_only_enabled()
+        and os.environ.get("CUBLAS_WORKSPACE_CONFIG") not in DETERMINISTIC_CUBLAS_CONFIGS
+    ):
+        raise RuntimeError(
+            f"{op}: torch.use_deterministic_algorithms(True) needs the environment variable "
+            f"CUBLAS_WORKSPACE_CONFIG={DETERMINISTIC_CUBLAS_CONFIGS[0]} (or "
+            f"{DETERMINISTIC_CUBLAS_CONFIGS[1]}) for the op's cuBLAS products on CUDA; set it "
+            "before the process first uses cuBLAS, or pass warn_only=True"
+        )
 
 
 def _check_scale_align_shapes(phi: torch.Tensor, weight: torch.Tensor) -> None:
@@ -488,6 +573,11 @@ def _check_scale_align_shapes(phi: torch.Tensor, weight: torch.Tensor) -> None:
         )
     if phi.shape[-2] < 1:
         raise ValueError("the scale dimension S must be at least 1")
+    if phi.shape[-2] > MAX_ALIGN_SCALES:
+        raise InvalidArgumentError(
+            f"the scale dimension S of phi and weight must be at most {MAX_ALIGN_SCALES}, "
+            f"got {phi.shape[-2]}"
+        )
 
 
 def _check_bias(bias: torch.Tensor | None, weight: torch.Tensor) -> None:

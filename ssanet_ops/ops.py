@@ -16,6 +16,8 @@ import torch.fx
 from . import _tensor_scales
 from ._validation import (
     BoxesArg,
+    call_checking_box_values,
+    check_cublas_determinism,
     check_scale_align_inputs,
     multiscale_roi_crop_arguments,
     oriented_pool_arguments,
@@ -93,22 +95,26 @@ def scale_candidates(
         boxes: ``[K, 5]`` rows (batch_index, x1, y1, x2, y2), or a list of ``[K_b, 4]`` tensors,
             one per image, as ``torchvision.ops.roi_align`` takes them. Computed in float64 for
             float64 boxes, else in float32. CPU or CUDA.
-        scales: S positive factors (a sequence, numpy array or tensor), e.g.
+        scales: S positive factors (a sequence, numpy array or CPU tensor), e.g.
             ``scale_factors(alpha, S)``. A tensor is read when the op runs, so torch.compile
-            keeps it in the graph.
+            keeps it in the graph; a GPU tensor is refused (reading it would wait for the
+            device).
         image_size: (height, width) of the image, the bounds of ``clip``.
-        centers: ``[B, 2]`` (x, y) per image, the point candidates grow towards. Default: for
-            each image, the mean of the centres of its boxes.
+        centers: ``[B, 2]`` (x, y) per image, the point candidates grow towards, finite.
+            Default: for each image, the mean of the centres of its boxes.
         clip: clip every candidate to ``[0, width] x [0, height]``.
 
     Returns:
         ``[K, S, 4]`` candidate boxes (x1, y1, x2, y2). Not differentiable (boxes get no
         gradient, as in roi_align).
+
+    Bad boxes and centres raise a ValueError on the CPU; on CUDA their candidates are zeros, as
+    for :func:`multiscale_roi_crop`.
     """
     arguments = scale_candidates_arguments(boxes, scales, image_size, centers, clip)
     if isinstance(arguments[1], torch.Tensor):
-        return _tensor_scales.scale_candidates_tensor_scales(*arguments)
-    return torch.ops.ssanet_ops.scale_candidates(*arguments)
+        return call_checking_box_values(_tensor_scales.scale_candidates_tensor_scales, *arguments)
+    return call_checking_box_values(torch.ops.ssanet_ops.scale_candidates, *arguments)
 
 
 def multiscale_roi_crop(
@@ -138,9 +144,10 @@ def multiscale_roi_crop(
             B ``[K_b, 4]`` tensors, as ``roi_align`` takes them; on ``input``'s device. Any real
             dtype: they are computed in float64 for float64 input, else in float32.
         output_size: (oh, ow) of every crop, or one int for both.
-        scales: S positive factors (a sequence, numpy array or tensor), e.g.
+        scales: S positive factors (a sequence, numpy array or CPU tensor), e.g.
             ``scale_factors(alpha, S)``. A tensor is read when the op runs, so torch.compile
-            keeps it in the graph.
+            keeps it in the graph; a GPU tensor is refused (reading it would wait for the
+            device).
         centers: ``[B, 2]`` (x, y) per image; default: each image's mean box centre.
         spatial_scale: map coordinates per image coordinate (1/32 for a stride-32 feature map).
         sampling_ratio: samples per output cell and axis, at most ``MAX_SAMPLING_RATIO``
@@ -155,16 +162,19 @@ def multiscale_roi_crop(
         ``torch.are_deterministic_algorithms_enabled()``, which selects a gather kernel with a
         fixed summation order.
 
-    Bad boxes (a non-finite coordinate, a batch index out of ``[0, B)``) raise on the CPU; on
-    CUDA, which never waits for the device, their candidates are zeros and get no gradient.
-    :func:`ssanet_ops.check_boxes` checks on demand.
+    Bad boxes (a non-finite coordinate, a batch index out of ``[0, B)``) and non-finite
+    centres raise a ValueError on the CPU; on CUDA, which never waits for the device, the
+    candidates of such a box (of every box of an image whose centre is not finite) are zeros
+    and get no gradient. :func:`ssanet_ops.check_boxes` checks on demand.
     """
     arguments = multiscale_roi_crop_arguments(
         input, boxes, output_size, scales, centers, spatial_scale, sampling_ratio, aligned, clip
     )
     if isinstance(arguments[2], torch.Tensor):
-        return _tensor_scales.multiscale_roi_crop_tensor_scales(*arguments)
-    return torch.ops.ssanet_ops.multiscale_roi_crop(*arguments)
+        return call_checking_box_values(
+            _tensor_scales.multiscale_roi_crop_tensor_scales, *arguments
+        )
+    return call_checking_box_values(torch.ops.ssanet_ops.multiscale_roi_crop, *arguments)
 
 
 def scale_correlation(phi: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -187,9 +197,12 @@ def scale_correlation(phi: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     their planes and products in float32). Under autocast the op behaves like a linear layer:
     the inputs are cast to the autocast dtype of their device type. On CUDA the plane products
     run on cuBLAS (``torch.bmm``): TF32 for float32 when ``torch.backends.cuda.matmul.allow_tf32``
-    is on. S is at most 2048.
+    is on; under ``torch.use_deterministic_algorithms(True)`` they need
+    ``CUBLAS_WORKSPACE_CONFIG=:4096:8`` (or ``:16:8``) in the environment and raise naming it
+    otherwise (docs/operators.md section 4). S is at most 2048.
     """
     check_scale_align_inputs(phi, weight)
+    check_cublas_determinism(phi.device, "scale_correlation")
     return torch.ops.ssanet_ops.scale_correlation(phi, weight)
 
 
@@ -216,6 +229,7 @@ def scale_align(
     Dtypes, autocast and the CUDA products as for :func:`scale_correlation`.
     """
     check_scale_align_inputs(phi, weight, bias)
+    check_cublas_determinism(phi.device, "scale_align")
     return torch.ops.ssanet_ops.scale_align(phi, weight, bias)
 
 

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 
 import torch
 
-from . import _extension
+from . import _extension, _tensor_scales
 
 SIM_NAMESPACE = "ssanet_ops_sim"
 
@@ -43,6 +43,12 @@ def _op_names() -> list[str]:
         for name in torch._C._dispatch_get_all_op_names()
         if name.startswith("ssanet_ops::")
     )
+
+
+def _kernel_ops() -> list[str]:
+    """The ops simulate_cuda() routes: all but those written in Python on top of other ops
+    (the tensor-scales ops), which keep their CPU kernels and reach the simulated ones."""
+    return [name for name in _op_names() if name not in _tensor_scales.OPS]
 
 
 def simulator_available() -> bool:
@@ -146,9 +152,9 @@ def simulate_cuda(int32_index_limit: int | None = None) -> Iterator[None]:
     kernels in the host simulator instead of its CPU kernels: forward and backward (through the
     same autograd), every dtype the CUDA kernels take (float16 and bfloat16 included), the
     deterministic or the atomic backward as ``torch.are_deterministic_algorithms_enabled()``
-    says. Launches run synchronously, blocks and threads in a shuffled order (set
-    ``SSANET_OPS_SIM_SEED`` to fix it). An op whose kernels are not simulated raises
-    :class:`NotSimulatedError`.
+    says, scales given as a list or as a tensor. Launches run synchronously, blocks and threads
+    in a shuffled order (set ``SSANET_OPS_SIM_SEED`` to fix it). An op whose kernels are not
+    simulated raises :class:`NotSimulatedError`.
 
     The routing is a dispatcher registration, so it holds for every thread of the process
     while the block runs. Blocks nest.
@@ -165,7 +171,7 @@ def simulate_cuda(int32_index_limit: int | None = None) -> Iterator[None]:
     if _depth == 0:
         simulated = set(simulated_ops())
         library = torch.library.Library("ssanet_ops", "IMPL")
-        for name in _op_names():
+        for name in _kernel_ops():
             kernel = _route_to_simulator(name) if name in simulated else _not_simulated(name)
             # allow_override: an op whose CPU kernel was registered from Python (torch 2.11
             # refuses to replace those otherwise).

@@ -73,9 +73,9 @@ def tolerances(x: torch.Tensor) -> dict:
     if x.dtype == torch.float64:
         return {"rtol": 1e-10, "atol": 1e-10}
     if runs_cuda_kernels(x.device):
-        # The CUDA kernels contract a*b + c into FMAs (as roi_align's own CUDA kernel does),
-        # which moves a sample by an ulp of its coordinate, 1.5e-5 at 150 pixels, and sum in
-        # other orders; in float32 that shows in the fifth digit.
+        # The CUDA kernels contract the weighted sums' a*b + c into FMAs (not the sample
+        # positions: common/bilinear.h), and sum in other orders; in float32 that shows in the
+        # fifth digit.
         return {"rtol": 1e-4, "atol": 1e-4}
     return {"rtol": 1e-5, "atol": 1e-5}
 
@@ -397,6 +397,101 @@ def test_crop_with_one_scale_is_roi_align_on_the_boxes(device):
         torch.testing.assert_close(grad, expected_grad, **tolerances(x))
 
 
+def boxes_sampling_at(
+    targets: tuple[float, ...], out_size: int, grid: int, spatial_scale: float, aligned: bool
+) -> torch.Tensor:
+    """[K, 5] square boxes of image 0 whose sample (p, i) of output p, in exact arithmetic,
+    sits on a target map coordinate (on both axes), for every p and i and a few bin lengths.
+    In float32 a sample lands within an ulp of its target, on either side as the roundings
+    fall."""
+    offset = 0.5 if aligned else 0.0
+    rows = []
+    for target in targets:
+        for bin_length in (0.3, 0.7, 1 / 3, 1.1):
+            for p in range(out_size):
+                for i in range(grid):
+                    start = target - (p + (i + 0.5) / grid) * bin_length
+                    low = (start + offset) / spatial_scale
+                    high = low + out_size * bin_length / spatial_scale
+                    rows.append([0, low, low, high, high])
+    return torch.tensor(rows)
+
+
+@requires_torchvision
+@pytest.mark.parametrize("aligned", [True, False])
+@pytest.mark.parametrize("spatial_scale", [0.25, 0.1, 1 / 3])
+def test_samples_on_the_edges_of_the_map_count_as_in_roi_align(cuda_target, spatial_scale, aligned):
+    # Issue 20 part 5: roi_align counts a sample at y (and x) when -1 <= y <= H and reads 0
+    # otherwise, and clamps [-1, 0] and [H - 1, H] to the border. On a map of ones the crop is
+    # the share of the samples that count, so a sample rounded to the other side of -1 or H
+    # shows as a jump of 0.2 or more (a row or column of at most 5 samples). The samples are
+    # placed on -1, 0, H - 1 and H; their positions are computed without contraction on both
+    # devices (common/bilinear.h), so the CPU kernels, the CUDA kernels and roi_align (on the
+    # CPU) count the same samples, forward and backward (both CUDA backwards). Each box crops
+    # its own image of ones, so that its gradient is that image's, and float32 sums stay far
+    # below the jump.
+    size = 4
+
+    def crop_and_gradient_of_sum(crop, boxes, out_size, settings, device):
+        boxes = boxes.clone()
+        boxes[:, 0] = torch.arange(boxes.shape[0])
+        x = torch.ones(boxes.shape[0], 1, size, size, device=device, requires_grad=True)
+        out = crop(x, boxes.to(device), out_size, **settings)
+        (grad,) = torch.autograd.grad(out.sum(), x)
+        return out.detach().cpu().reshape(-1, out_size, out_size), grad.cpu()
+
+    def ssanet_crop(x, boxes, out_size, **settings):
+        return ssanet_ops.multiscale_roi_crop(x, boxes, out_size, [1.0], clip=False, **settings)
+
+    for out_size, grid in ((3, 2), (7, 5)):
+        targets = (-1.0, 0.0, size - 1.0, float(size))
+        boxes = boxes_sampling_at(targets, out_size, grid, spatial_scale, aligned)
+        settings = {"spatial_scale": spatial_scale, "sampling_ratio": grid, "aligned": aligned}
+        expected = crop_and_gradient_of_sum(roi_align, boxes, out_size, settings, "cpu")
+        results = {"cpu": crop_and_gradient_of_sum(ssanet_crop, boxes, out_size, settings, "cpu")}
+        for deterministic in (True, False):
+            with cuda_target, deterministic_algorithms(deterministic):
+                results[f"cuda, deterministic={deterministic}"] = crop_and_gradient_of_sum(
+                    ssanet_crop, boxes, out_size, settings, cuda_target.device
+                )
+        for name, (out, grad) in results.items():
+            message = f"{name}, output size {out_size}, grid {grid}"
+            torch.testing.assert_close(
+                out,
+                expected[0],
+                rtol=0,
+                atol=1e-6,
+                msg=lambda m, message=message: f"{message}: {m}",
+            )
+            # A sample row or column counted on one side only moves some element by 0.05 or
+            # more; float32 rounding of the gradients (up to about 25) stays below 2e-4.
+            torch.testing.assert_close(
+                grad,
+                expected[1],
+                rtol=0,
+                atol=1e-3,
+                msg=lambda m, message=message: f"{message}: {m}",
+            )
+
+
+@requires_torchvision
+def test_issue_sample_one_ulp_past_the_map(cuda_target):
+    # Issue 20 part 5: contracted into an FMA, this box's last row of samples came out at
+    # y = 1.0 exactly on CUDA, where the CPU and roi_align get 1.0000001 > H = 1 and drop it:
+    # the CUDA output was 0.4 instead of 0.2.
+    x = torch.ones(1, 1, 1, 1)
+    boxes = torch.tensor([[0, 3.0, 0.4, 3.0, 4.0]])
+    settings = {"spatial_scale": 0.25, "sampling_ratio": 5, "aligned": False}
+    expected = roi_align(x, boxes, 7, **settings)
+    out = ssanet_ops.multiscale_roi_crop(x, boxes, 7, [1.0], clip=False, **settings)
+    with cuda_target:
+        cuda_out = ssanet_ops.multiscale_roi_crop(
+            x.to(cuda_target.device), boxes.to(cuda_target.device), 7, [1.0], clip=False, **settings
+        )
+    torch.testing.assert_close(out[:, 0], expected, rtol=0, atol=1e-6)
+    torch.testing.assert_close(cuda_out.cpu()[:, 0], expected, rtol=0, atol=1e-6)
+
+
 @requires_torchvision
 def test_crop_image_workload_shape(device):
     # Large candidates shrunk to the output: several samples per cell (adaptive grid).
@@ -592,6 +687,43 @@ def test_cuda_graph_capture(deterministic):
 
 
 @requires_torchvision
+@requires_cuda
+def test_cuda_graph_capture_with_a_tensor_of_scales():
+    # Issue 20: a CPU tensor of scales is read on the host, without waiting for the device, so
+    # the crop with CUDA tensors is captured, forward and backward; a CUDA tensor of scales is
+    # refused with a ValueError before anything is read or launched.
+    x = torch.randn(2, 3, 16, 18, device="cuda", requires_grad=True)
+    boxes = random_boxes(2, 16, 18).cuda()
+    scales = torch.tensor(SCALES)
+    grad_output = torch.randn(boxes.shape[0], len(SCALES), 3, 5, 5, device="cuda")
+    with pytest.raises(ValueError, match="scales must be a sequence or a CPU tensor"):
+        ssanet_ops.multiscale_roi_crop(x, boxes, 5, scales.cuda())
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(2):
+            ssanet_ops.multiscale_roi_crop(x, boxes, 5, scales).backward(grad_output)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    x.grad = None
+    with torch.cuda.graph(graph):
+        out = ssanet_ops.multiscale_roi_crop(x, boxes, 5, scales)
+        out.backward(grad_output)
+        candidates = ssanet_ops.scale_candidates(boxes, scales, (16, 18))
+    x.data.copy_(torch.randn_like(x))
+    graph.replay()
+    torch.cuda.synchronize()
+    expected_x = x.detach().clone().requires_grad_()
+    expected_out = reference.multiscale_roi_crop(expected_x, boxes, 5, SCALES)
+    (expected_grad,) = torch.autograd.grad(expected_out, expected_x, grad_output)
+    torch.testing.assert_close(out, expected_out, **tolerances(x))
+    torch.testing.assert_close(x.grad, expected_grad, **tolerances(x))
+    torch.testing.assert_close(
+        candidates, reference.scale_candidates(boxes, SCALES, (16, 18)), rtol=0, atol=0
+    )
+
+
+@requires_torchvision
 @pytest.mark.parametrize("deterministic", [True, False])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_cuda_reduced_precision(cuda_device, dtype, deterministic):
@@ -680,8 +812,15 @@ def test_sampling_ratio_above_the_cap_is_refused():
     boxes = torch.tensor([[0, 1.0, 1.0, 5.0, 5.0]])
     cap = ssanet_ops.MAX_SAMPLING_RATIO
     for ratio in (cap + 1, 2**62):
-        with pytest.raises(RuntimeError, match=rf"sampling_ratio must be at most {cap}"):
+        # docs/operators.md section 4: a ValueError, checked before any kernel (issue 20).
+        with pytest.raises(ValueError, match=rf"sampling_ratio must be at most {cap}"):
             crop_error(x, boxes, sampling_ratio=ratio)
+        with pytest.raises(ValueError, match=rf"sampling_ratio must be at most {cap}"):
+            ssanet_ops.nn.MultiScaleRoICrop(3, SCALES, sampling_ratio=ratio)
+        with pytest.raises(RuntimeError, match=rf"sampling_ratio must be at most {cap}"):
+            torch.ops.ssanet_ops.multiscale_roi_crop(
+                x, boxes, [1.0], None, [3, 3], 1.0, ratio, True, True
+            )
         with pytest.raises(RuntimeError, match=rf"sampling_ratio must be at most {cap}"):
             torch.ops.ssanet_ops._multiscale_roi_crop_backward(
                 torch.zeros(1, 1, 2, 3, 3),
@@ -817,22 +956,47 @@ def crop_error(x, boxes, **kwargs):
     return ssanet_ops.multiscale_roi_crop(x, boxes, **kwargs)
 
 
+# docs/operators.md section 4: the public functions raise a ValueError for bad box and centre
+# values on the CPU (issue 20; the kernels' RuntimeError when torch.ops is called directly), for
+# scales as a list or as a tensor.
+SCALE_ARGUMENTS = [pytest.param(SCALES, id="list"), pytest.param(torch.tensor(SCALES), id="tensor")]
+
+
+@pytest.mark.parametrize("scales", SCALE_ARGUMENTS)
 @pytest.mark.parametrize("bad", [math.nan, math.inf])
-def test_non_finite_boxes_raise_on_the_cpu(bad):
+def test_non_finite_boxes_raise_on_the_cpu(bad, scales):
     x = torch.randn(2, 3, 8, 8)
     boxes = torch.tensor([[0, 1.0, 1.0, 5.0, bad]])
-    with pytest.raises(RuntimeError, match="finite"):
-        crop_error(x, boxes)
-    with pytest.raises(RuntimeError, match="finite"):
-        ssanet_ops.scale_candidates(boxes, SCALES, (8, 8))
+    message = "boxes must have finite coordinates"
+    with pytest.raises(ValueError, match="multiscale_roi_crop: " + message):
+        crop_error(x, boxes, scales=scales)
+    with pytest.raises(ValueError, match="scale_candidates: " + message):
+        ssanet_ops.scale_candidates(boxes, scales, (8, 8))
+    with pytest.raises(RuntimeError, match=message):
+        torch.ops.ssanet_ops.scale_candidates(boxes, SCALES, None, 8.0, 8.0, True)
 
 
+@pytest.mark.parametrize("scales", SCALE_ARGUMENTS)
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
+def test_non_finite_centres_raise_on_the_cpu(bad, scales):
+    x = torch.randn(2, 3, 8, 8)
+    boxes = torch.tensor([[0, 1.0, 1.0, 5.0, 5.0]])
+    centers = torch.tensor([[4.0, 4.0], [bad, 4.0]])
+    with pytest.raises(ValueError, match="multiscale_roi_crop: centers must be finite"):
+        crop_error(x, boxes, scales=scales, centers=centers)
+    with pytest.raises(ValueError, match="scale_candidates: centers must be finite"):
+        ssanet_ops.scale_candidates(boxes, scales, (8, 8), centers)
+
+
+@pytest.mark.parametrize("scales", SCALE_ARGUMENTS)
 @pytest.mark.parametrize("index", [2.0, -1.0, 0.5, math.nan])
-def test_batch_index_out_of_range_raises_on_the_cpu(index):
+def test_batch_index_out_of_range_raises_on_the_cpu(index, scales):
     x = torch.randn(2, 3, 8, 8)
     boxes = torch.tensor([[index, 1.0, 1.0, 5.0, 5.0]])
-    with pytest.raises(RuntimeError, match=r"batch index.*\[0, 2\)"):
-        crop_error(x, boxes)
+    with pytest.raises(ValueError, match=r"batch index.*\[0, 2\)"):
+        crop_error(x, boxes, scales=scales)
+    with pytest.raises(ValueError, match=r"batch index.*\[0, 2\)"):
+        ssanet_ops.scale_candidates(boxes, scales, (8, 8), torch.zeros(2, 2))
 
 
 # Boxes that check_box refuses: a non-finite coordinate, or a batch index that is out of
@@ -878,6 +1042,63 @@ def test_bad_boxes_give_zeros_and_no_gradient_on_cuda(cuda_device, deterministic
     assert torch.equal(candidates[is_bad], torch.zeros_like(candidates[is_bad]))
 
 
+@requires_torchvision
+@pytest.mark.parametrize("deterministic", [True, False])
+@pytest.mark.parametrize("axis", [0, 1])
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
+def test_non_finite_centre_gives_its_image_zeros_on_cuda(cuda_device, bad, axis, deterministic):
+    # docs/operators.md section 4 (issue 20): on CUDA the given centres are not checked either;
+    # the boxes of an image whose centre is not finite get zero candidates and no gradient, like
+    # bad boxes, and the other images are untouched. (A NaN centre picked corner 3 as psi where
+    # the reference picks corner 0: a plausible but arbitrary box.) The CPU raises
+    # (test_non_finite_centres_raise_on_the_cpu).
+    device = cuda_device
+    x = torch.randn(3, 2, 12, 12, device=device)
+    boxes = random_boxes(3, 12, 12)
+    boxes = boxes[torch.randperm(boxes.shape[0])].to(device)
+    finite_centers = (torch.rand(3, 2) * 12).to(device)
+    centers = finite_centers.clone()
+    centers[1, axis] = bad
+    in_bad_image = boxes[:, 0] == 1
+    candidates = ssanet_ops.scale_candidates(boxes, SCALES, (12, 12), centers)
+    assert torch.equal(candidates[in_bad_image], torch.zeros_like(candidates[in_bad_image]))
+    expected_candidates = reference.scale_candidates(
+        boxes[~in_bad_image], SCALES, (12, 12), finite_centers
+    )
+    torch.testing.assert_close(candidates[~in_bad_image], expected_candidates, rtol=0, atol=0)
+    with deterministic_algorithms(deterministic):
+        out, grad = crop_and_gradient(
+            ssanet_ops.multiscale_roi_crop, x, boxes, 4, SCALES, centers=centers
+        )
+    grad_output = torch.randn(out.shape, generator=torch.Generator().manual_seed(1)).to(out)
+    x_ = x.detach().requires_grad_()
+    expected_out = reference.multiscale_roi_crop(
+        x_, boxes[~in_bad_image], 4, SCALES, centers=finite_centers
+    )
+    (expected_grad,) = torch.autograd.grad(expected_out, x_, grad_output[~in_bad_image])
+    assert torch.equal(out[in_bad_image], torch.zeros_like(out[in_bad_image]))
+    torch.testing.assert_close(out[~in_bad_image], expected_out, **tolerances(x))
+    torch.testing.assert_close(grad, expected_grad, **tolerances(x))
+
+
+def test_check_boxes_checks_centres(device):
+    good = random_boxes(2, 8, 8).to(device)
+    centers = torch.rand(2, 2, device=device) * 8
+    ssanet_ops.check_boxes(good, centers=centers)
+    ssanet_ops.check_boxes(good, 2, centers)
+    ssanet_ops.check_boxes(as_list(good, 2), centers=centers)
+    for bad in (math.nan, math.inf, -math.inf):
+        bad_centers = centers.clone()
+        bad_centers[1, 1] = bad
+        with pytest.raises(ValueError, match=r"centers\[1\] is not finite"):
+            ssanet_ops.check_boxes(good, centers=bad_centers)
+    # The centres give the number of images: one row, so image 1's boxes are out of range.
+    with pytest.raises(ValueError, match=r"batch index must be a whole number in \[0, 1\)"):
+        ssanet_ops.check_boxes(good, centers=centers[:1])
+    with pytest.raises(ValueError, match=r"centers must be a \[3, 2\] tensor"):
+        ssanet_ops.check_boxes(good, 3, centers)
+
+
 def test_check_boxes(device):
     good = random_boxes(2, 8, 8).to(device)
     ssanet_ops.check_boxes(good, 2)
@@ -916,7 +1137,7 @@ def test_scale_candidates_allocate_by_the_boxes_not_the_batch_index(device):
         atol=0,
     )
     if not runs_cuda_kernels(device):
-        with pytest.raises(RuntimeError, match=r"batch index.*\[0, 2\^31\)"):
+        with pytest.raises(ValueError, match=r"batch index.*\[0, 2\^31\)"):
             ssanet_ops.scale_candidates(far + torch.tensor([1.0, 0, 0, 0, 0]), SCALES, (8, 8))
 
 
@@ -934,14 +1155,78 @@ def test_bad_scales_raise():
         )
 
 
-def test_scales_as_a_tensor():
-    x = torch.randn(1, 3, 8, 8)
-    boxes = torch.tensor([[0, 1.0, 1.0, 5.0, 5.0]])
+def test_scales_as_a_tensor(device):
+    # The same kernels as with a list, on every device (issue 20: simulate_cuda() refused the
+    # tensor-scales ops), forward and backward, candidates and crops.
+    x = torch.randn(2, 3, 8, 8, device=device)
+    boxes = random_boxes(2, 8, 8).to(device)
+    for deterministic in (True, False):
+        with deterministic_algorithms(deterministic):
+            out, grad = crop_and_gradient(
+                ssanet_ops.multiscale_roi_crop, x, boxes, 3, torch.tensor(SCALES)
+            )
+            expected_out, expected_grad = crop_and_gradient(
+                ssanet_ops.multiscale_roi_crop, x, boxes, 3, SCALES
+            )
+        torch.testing.assert_close(out, expected_out, rtol=0, atol=0)
+        # The atomic backward sums in the order the threads arrive.
+        exact = deterministic or not runs_cuda_kernels(device)
+        torch.testing.assert_close(
+            grad, expected_grad, **({"rtol": 0, "atol": 0} if exact else tolerances(x))
+        )
     torch.testing.assert_close(
-        crop_error(x, boxes, scales=torch.tensor(SCALES)), crop_error(x, boxes), rtol=0, atol=0
+        ssanet_ops.scale_candidates(boxes, torch.tensor(SCALES), (8, 8)),
+        ssanet_ops.scale_candidates(boxes, SCALES, (8, 8)),
+        rtol=0,
+        atol=0,
     )
     with pytest.raises(ValueError, match=r"scales must be a 1-d tensor"):
-        crop_error(x, boxes, scales=torch.ones(2, 2))
+        crop_error(x, boxes, scales=torch.ones(2, 2, device=device))
+
+
+@requires_simulator
+def test_simulate_cuda_runs_tensor_scales_on_the_cuda_kernels():
+    # Issue 20: the tensor-scales ops (Python ops calling the C++ ones) raised
+    # NotSimulatedError inside simulate_cuda(), which the test hook reports as a skip, so it is
+    # caught and failed here. Now they run the simulated kernels (as the profiler records), and
+    # give what the simulated kernels give with a list.
+    x = torch.randn(2, 3, 9, 8, requires_grad=True)
+    boxes = random_boxes(2, 9, 8)
+    grad_output = torch.randn(boxes.shape[0], len(SCALES), 3, 3, 3)
+
+    def crop_gradient_and_candidates(scales):
+        out = ssanet_ops.multiscale_roi_crop(x, boxes, 3, scales)
+        (grad,) = torch.autograd.grad(out, x, grad_output)
+        return out, grad, ssanet_ops.scale_candidates(boxes, scales, (9, 8))
+
+    refused = None
+    with simulate_cuda(), deterministic_algorithms(True):  # a backward that repeats to the bit
+        try:
+            with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as run:
+                simulated = crop_gradient_and_candidates(torch.tensor(SCALES))
+        except NotImplementedError as error:
+            refused = str(error)
+        simulated_with_list = crop_gradient_and_candidates(SCALES)
+    assert refused is None, refused
+    kernels = {f"ssanet_ops_sim::{name}" for name in ("multiscale_roi_crop", "scale_candidates")}
+    kernels.add("ssanet_ops_sim::_multiscale_roi_crop_backward")
+    assert kernels <= {event.name for event in run.events()}
+    for actual, expected in zip(simulated, simulated_with_list, strict=True):
+        torch.testing.assert_close(actual, expected, rtol=0, atol=0)
+
+
+def test_scales_on_another_device_than_the_cpu_are_refused():
+    # Issue 20: a CUDA tensor of scales was read with .tolist(), a synchronisation in the forward
+    # and the backward (no CUDA graph capture). The factors reach the kernels by value, so a
+    # tensor of them must be on the CPU; another device is refused before any read (meta
+    # stands in for CUDA here: reading it would fail).
+    x = torch.randn(1, 3, 8, 8)
+    boxes = torch.tensor([[0, 1.0, 1.0, 5.0, 5.0]])
+    scales = torch.tensor(SCALES, device="meta")
+    with pytest.raises(ValueError, match=r"scales must be a sequence or a CPU tensor.*meta"):
+        crop_error(x, boxes, scales=scales)
+    with pytest.raises(ValueError, match=r"scales must be a sequence or a CPU tensor.*meta"):
+        ssanet_ops.scale_candidates(boxes, scales, (8, 8))
 
 
 def test_scale_candidates_argument_errors():
@@ -952,11 +1237,11 @@ def test_scale_candidates_argument_errors():
         ssanet_ops.scale_candidates(boxes, SCALES, 8)
     with pytest.raises(ValueError, match=r"centers must be a \[B, 2\]"):
         ssanet_ops.scale_candidates(boxes, SCALES, (8, 8), torch.zeros(1, 3))
-    with pytest.raises(RuntimeError, match=r"batch index.*\[0, 1\)"):
+    with pytest.raises(ValueError, match=r"batch index.*\[0, 1\)"):
         ssanet_ops.scale_candidates(
             boxes + torch.tensor([1.0, 0, 0, 0, 0]), SCALES, (8, 8), torch.zeros(1, 2)
         )
-    with pytest.raises(RuntimeError, match="centers must be finite"):
+    with pytest.raises(ValueError, match="centers must be finite"):
         ssanet_ops.scale_candidates(boxes, SCALES, (8, 8), torch.full((1, 2), math.nan))
 
 

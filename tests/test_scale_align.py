@@ -4,12 +4,14 @@ module."""
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import torch
 
 import ssanet_ops
-from ssanet_ops import reference
+from ssanet_ops import _validation, reference
 from ssanet_ops.nn import ScaleAlign
 from ssanet_ops.testing import simulating
 
@@ -519,6 +521,88 @@ def test_direct_calls_refuse_sizes_that_overflow():
         rtol=1e-4,
         atol=0,
     )
+
+
+def test_too_many_scales_raise_a_value_error():
+    # docs/operators.md section 4 (issue 20): S is a shape, checked before any kernel, so the
+    # public functions raise a ValueError (also a RuntimeError, as the kernels raise it).
+    long = torch.zeros(1).expand(1, MAX_SCALES + 1, 1)
+    for function in (ssanet_ops.scale_correlation, ssanet_ops.scale_align):
+        with pytest.raises(ValueError, match=f"S of phi and weight must be at most {MAX_SCALES}"):
+            function(long, long)
+
+
+# ---- deterministic mode on CUDA (issue 20) ----
+
+
+@pytest.fixture
+def deterministic_mode():
+    """Sets torch.use_deterministic_algorithms for the test: call it with (enabled, warn_only)."""
+    before = (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+    )
+    yield lambda enabled, warn_only=False: torch.use_deterministic_algorithms(
+        enabled, warn_only=warn_only
+    )
+    torch.use_deterministic_algorithms(before[0], warn_only=before[1])
+
+
+def test_deterministic_mode_names_cublas_workspace_config(monkeypatch, deterministic_mode):
+    # In deterministic mode torch refuses cuBLAS, which the CUDA products use, unless
+    # CUBLAS_WORKSPACE_CONFIG is :4096:8 or :16:8; the ops say so before the kernel, where
+    # torch 2.11's stable ABI would lose torch's message. Checked here on the device alone.
+    check = _validation.check_cublas_determinism
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    deterministic_mode(True)
+    with pytest.raises(RuntimeError, match="scale_align: .*CUBLAS_WORKSPACE_CONFIG=:4096:8"):
+        check(cuda, "scale_align")
+    check(cpu, "scale_align")
+    monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", ":4096:2")  # not one torch accepts
+    with pytest.raises(RuntimeError, match="CUBLAS_WORKSPACE_CONFIG"):
+        check(cuda, "scale_align")
+    for config in (":4096:8", ":16:8"):
+        monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", config)
+        check(cuda, "scale_align")
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG")
+    deterministic_mode(True, warn_only=True)  # torch warns, and runs
+    check(cuda, "scale_align")
+    deterministic_mode(False)
+    check(cuda, "scale_align")
+
+
+def test_deterministic_mode_on_the_cpu_needs_no_cublas_config(monkeypatch, deterministic_mode):
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    phi, weight, _ = make_inputs(5)
+    deterministic_mode(True)
+    logits, shift = ssanet_ops.scale_align(phi, weight)
+    expected_logits, expected_shift = reference.scale_align(phi, weight)
+    torch.testing.assert_close(logits, expected_logits)
+    assert torch.equal(shift, expected_shift)
+
+
+@requires_cuda
+def test_deterministic_mode_on_cuda(deterministic_mode):
+    # With a deterministic cuBLAS workspace the ops run and repeat to the bit; without one they
+    # raise, naming the variable, in the forward (the backward's products need the same).
+    phi, weight, bias = make_inputs(5, dtype=torch.float32, device="cuda", bias=True)
+    deterministic_mode(True)
+    if os.environ.get("CUBLAS_WORKSPACE_CONFIG") not in (":4096:8", ":16:8"):
+        for call in (
+            lambda: ssanet_ops.scale_align(phi, weight, bias),
+            lambda: ssanet_ops.scale_correlation(phi, weight),
+        ):
+            with pytest.raises(RuntimeError, match="CUBLAS_WORKSPACE_CONFIG=:4096:8"):
+                call()
+        return
+    runs = []
+    for _ in range(2):
+        logits, shift = ssanet_ops.scale_align(phi, weight, bias)
+        grads = torch.autograd.grad(logits, (phi, weight, bias), torch.ones_like(logits))
+        runs.append((logits, shift, *grads))
+    for first, second in zip(*runs, strict=True):
+        assert torch.equal(first, second)
 
 
 # ---- autocast ----

@@ -27,9 +27,13 @@ struct AxisGrid {
   int64_t outputs;  // oh or ow
   int64_t size;     // H or W of the map
 
-  // The same expression, in the same order, as roi_align's kernels.
+  // The same expression, in the same order, as roi_align's CPU kernel, and with its roundings
+  // on every device: p * bin is rounded on its own, not contracted with the addition into an
+  // FMA (nvcc's default, and the simulator's), which would move a sample by an ulp and could
+  // take it across -1 or `size`, where axis_tap's rule jumps (issue 20). The second product is
+  // divided before it is added, so it cannot be contracted.
   SSANET_HOST_DEVICE T sample(int64_t p, int64_t i) const {
-    return start + static_cast<T>(p) * bin +
+    return start + unfused_product(static_cast<T>(p), bin) +
            (static_cast<T>(i) + T(0.5)) * bin / static_cast<T>(grid);
   }
 };
@@ -61,16 +65,17 @@ SSANET_HOST_DEVICE int64_t adaptive_grid(T length, int64_t outputs) {
   return static_cast<T>(whole) < ratio ? whole + 1 : whole;
 }
 
-// The sample grid of `box` (image coordinates) on a height x width map, as roi_align builds it.
+// The sample grid of `box` (image coordinates) on a height x width map, as roi_align builds it
+// (its products rounded on their own, as in AxisGrid::sample).
 template <typename T>
 SSANET_HOST_DEVICE RoiGrid<T> roi_grid(const Box<T>& box, T spatial_scale, bool aligned,
                                        int64_t sampling_ratio, int64_t out_h, int64_t out_w,
                                        int64_t height, int64_t width) {
   const T offset = aligned ? T(0.5) : T(0);
-  const T start_x = box.x1 * spatial_scale - offset;
-  const T start_y = box.y1 * spatial_scale - offset;
-  T length_x = (box.x2 * spatial_scale - offset) - start_x;
-  T length_y = (box.y2 * spatial_scale - offset) - start_y;
+  const T start_x = unfused_product(box.x1, spatial_scale) - offset;
+  const T start_y = unfused_product(box.y1, spatial_scale) - offset;
+  T length_x = (unfused_product(box.x2, spatial_scale) - offset) - start_x;
+  T length_y = (unfused_product(box.y2, spatial_scale) - offset) - start_y;
   if (!aligned) {  // roi_align's legacy mode forces boxes to at least 1x1
     length_x = length_x > T(1) ? length_x : T(1);
     length_y = length_y > T(1) ? length_y : T(1);

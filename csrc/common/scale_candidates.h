@@ -68,14 +68,21 @@ SSANET_HOST_DEVICE int check_center(const T* centers, int64_t b) {
   return is_finite(centers[2 * b]) && is_finite(centers[2 * b + 1]) ? 0 : kCenterNotFinite;
 }
 
-// The key that groups box k by image: its batch index, or kNoImage when check_box fails. On
-// CUDA, where box values are not checked (docs/operators.md section 4: no host synchronisation), a box
-// without an image has zero candidates and passes no gradient.
+// The key that groups box k by image: its batch index, or kNoImage when check_box fails or
+// its image's given centre (centers: [B, 2], or nullptr without centres) is not finite. On
+// CUDA, where box values are not checked (docs/operators.md section 4: no host
+// synchronisation), a box without an image has zero candidates and passes no gradient, as a
+// bad centre would otherwise pick arbitrary anchor corners.
 constexpr int64_t kNoImage = -1;
 
 template <typename T>
-SSANET_HOST_DEVICE int64_t image_key(const T* boxes, int64_t k, int64_t batch) {
-  return check_box(boxes, k, batch) == 0 ? static_cast<int64_t>(boxes[5 * k]) : kNoImage;
+SSANET_HOST_DEVICE int64_t image_key(const T* boxes, const T* centers, int64_t k,
+                                     int64_t batch) {
+  if (check_box(boxes, k, batch) != 0) {
+    return kNoImage;
+  }
+  const int64_t b = static_cast<int64_t>(boxes[5 * k]);
+  return centers != nullptr && check_center(centers, b) != 0 ? kNoImage : b;
 }
 
 // Where the boxes of image b begin among the keys sorted in ascending order (sorted: `count`

@@ -55,7 +55,8 @@ void check_box_values(const T* boxes, int64_t count, int64_t batch, const T* cen
   report_box_errors(errors, batch, op);
 }
 
-// The boxes grouped by image (batch < 0: B not known), once check_box_values has passed.
+// The boxes grouped by image (batch < 0: B not known), once check_box_values has passed: every
+// box has an image and every given centre is finite, so image_key needs no centres.
 template <typename T>
 ImageSegments image_segments(const Tensor& boxes, int64_t batch) {
   const int64_t count = boxes.size(0);
@@ -63,7 +64,7 @@ ImageSegments image_segments(const Tensor& boxes, int64_t batch) {
   const T* box_data = boxes.const_data_ptr<T>();
   int64_t* key_data = keys.mutable_data_ptr<int64_t>();
   for (int64_t k = 0; k < count; ++k) {
-    key_data[k] = image_key(box_data, k, batch);
+    key_data[k] = image_key(box_data, static_cast<const T*>(nullptr), k, batch);
   }
   ImageSegments segments = sort_by_image(keys);
   if (batch >= 0) {

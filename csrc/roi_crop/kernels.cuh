@@ -15,7 +15,8 @@
 //
 // Nothing here waits for the device (docs/operators.md section 4), so the ops can be captured in a CUDA
 // graph: box values are not checked; a box whose image_key is kNoImage (a non-finite
-// coordinate, a batch index out of range) has zero candidates and passes no gradient.
+// coordinate, a batch index out of range, a non-finite given centre of its image) has zero
+// candidates and passes no gradient.
 // ssanet_ops.check_boxes checks them on demand.
 
 #include <optional>
@@ -70,12 +71,13 @@ __device__ __forceinline__ void add_weighted(T* target, T value, T wy, T wx) {
 
 // ---- kernels ----
 
+// centers: the given centres, or nullptr.
 template <typename T, typename index_t>
-__global__ void image_keys_kernel(const T* __restrict__ boxes, index_t count, int64_t batch,
-                                  int64_t* __restrict__ keys) {
+__global__ void image_keys_kernel(const T* __restrict__ boxes, const T* __restrict__ centers,
+                                  index_t count, int64_t batch, int64_t* __restrict__ keys) {
   for (index_t k = blockIdx.x * blockDim.x + threadIdx.x; k < count;
        k += gridDim.x * blockDim.x) {
-    keys[k] = image_key(boxes, k, batch);
+    keys[k] = image_key(boxes, centers, k, batch);
   }
 }
 
@@ -286,16 +288,20 @@ ScaleList<T> scale_list(DoubleArrayRef scales) {
 }
 
 // The boxes grouped by image; batch < 0: B not known (scale_candidates without centres).
+// centers: the given centres (undefined without): a box whose image's centre is not finite has
+// no image.
 template <typename T>
-ImageSegments image_segments(const Tensor& boxes, int64_t batch, gpu::Stream stream) {
+ImageSegments image_segments(const Tensor& boxes, const Tensor& centers, int64_t batch,
+                             gpu::Stream stream) {
   const int64_t count = boxes.size(0);
   Tensor keys = empty_like_device(boxes, {count}, ScalarType::Long);
   const GridStride launch = grid_stride(count);
   with_index_type(launch, [&](auto index_type) {
     using index_t = decltype(index_type);
     gpu::launch(image_keys_kernel<T, index_t>, launch.blocks, launch.threads, 0, stream,
-                boxes.const_data_ptr<T>(), static_cast<index_t>(count), batch,
-                keys.mutable_data_ptr<int64_t>());
+                boxes.const_data_ptr<T>(),
+                centers.defined() ? centers.const_data_ptr<T>() : nullptr,
+                static_cast<index_t>(count), batch, keys.mutable_data_ptr<int64_t>());
   });
   ImageSegments segments = sort_by_image(keys);
   if (batch >= 0) {
@@ -417,7 +423,8 @@ inline Tensor scale_candidates(const Tensor& boxes, DoubleArrayRef scales,
   }
   // boxes are float32 or float64 (check_candidates_args).
   THO_DISPATCH_V2(boxes.scalar_type(), "scale_candidates", AT_WRAP([&] {
-                    const ImageSegments segments = image_segments<scalar_t>(boxes_c, batch, stream);
+                    const ImageSegments segments =
+                        image_segments<scalar_t>(boxes_c, centers_c, batch, stream);
                     const Tensor twice_centers =
                         box_centers<scalar_t>(boxes_c, segments, centers_c, stream);
                     launch_scale_candidates<scalar_t>(boxes_c, segments, twice_centers, scales,
@@ -449,7 +456,8 @@ inline Tensor crop_forward(const Tensor& input, const Tensor& boxes, DoubleArray
     const auto p = crop_params<T>(K, S, input.size(0), input.size(1), input.size(2),
                                   input.size(3), shape, spatial_scale, sampling_ratio, aligned,
                                   clip);
-    const ImageSegments segments = image_segments<T>(boxes_c, p.batch, stream);
+    const ImageSegments segments =
+        image_segments<T>(boxes_c, given_centers, p.batch, stream);
     const Tensor twice_centers = box_centers<T>(boxes_c, segments, given_centers, stream);
     launch_crop_forward<scalar_t>(input, boxes_c, segments, twice_centers, scales, p, output,
                                   stream);
@@ -483,7 +491,8 @@ inline Tensor crop_backward(const Tensor& grad_output, const Tensor& boxes, Doub
     using T = opmath_t<scalar_t>;
     const auto p = crop_params<T>(K, S, batch, channels, height, width, shape, spatial_scale,
                                   sampling_ratio, aligned, clip);
-    const ImageSegments segments = image_segments<T>(boxes_c, p.batch, stream);
+    const ImageSegments segments =
+        image_segments<T>(boxes_c, given_centers, p.batch, stream);
     const Tensor twice_centers = box_centers<T>(boxes_c, segments, given_centers, stream);
     if (deterministic) {
       grad_input = empty_like_device(grad_output, {batch, channels, height, width});
