@@ -37,7 +37,9 @@ __all__ = [
     "save_training_state",
 ]
 
+#: A run folder's checkpoint of its last epoch (with the training state ``--resume`` restores).
 LAST_CHECKPOINT = "last.pt"
+#: A run folder's checkpoint of the epoch its validation selected.
 BEST_CHECKPOINT = "best.pt"
 
 

@@ -28,7 +28,7 @@ vary it), against the same for random boxes of the same sizes placed uniformly i
 and (:func:`ssanet.metrics.localization_floor`) the same for an ideal proposal head on the
 config's anchors, about the lowest value a learned one could reach. Both are in
 :mod:`ssanet.metrics`, the plots in :mod:`ssanet.plots`, the command line
-(``add_study_arguments``, ``study_command``) in :mod:`ssanet.cli`.
+(``add_study_arguments``, ``study_command``) in ``ssanet.cli``.
 
 The modules: :mod:`~ssanet.ablation.planning` (the rows and the jobs),
 :mod:`~ssanet.ablation.scheduling` (running the jobs, each in its own process:

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 __all__ = ["FLOOR_FILE", "JOB_FILE", "ROWS", "SEEDED_ROWS", "Job", "plan"]
 
-# Table 3's rows: (key, overrides of the base config). "other_features" is filled in by plan().
+#: Table 3's rows: (key, overrides of the base config). "other_features" is filled in by plan().
 ROWS: tuple[tuple[str, list[str]], ...] = (
     ("plain", ["model.proposals=false", "strategy=plain"]),
     ("P", ["model.dsm=none", "model.op=none", "loss.mac_lambda=0"]),
@@ -16,9 +16,10 @@ ROWS: tuple[tuple[str, list[str]], ...] = (
     ("full", []),
     ("full_other_features", []),
 )
-SEEDED_ROWS = ("plain", "full")  # the rows run with every seed
+SEEDED_ROWS = ("plain", "full")  #: the rows run with every seed
+#: A finished run's record in its folder: written last, so a run with it is done.
 JOB_FILE = "job.json"
-FLOOR_FILE = "localization_floor.json"  # the work folder's localization_floor() of the config
+FLOOR_FILE = "localization_floor.json"  #: the work folder's localization_floor() of the config
 
 
 @dataclass

@@ -20,6 +20,7 @@ from .transforms import (
     train_transform,
 )
 
+#: The dataset names :func:`build_dataset` takes.
 DATASETS = ("cub", "cars", "aircraft", "synthetic")
 
 __all__ = [
