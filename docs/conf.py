@@ -30,15 +30,17 @@ source_suffix = {".md": "markdown"}
 root_doc = "index"
 exclude_patterns = ["_build", "README.md"]
 myst_heading_anchors = 3
-# Headings give the pages' titles; the Markdown of the repository uses backquotes freely.
-suppress_warnings = ["myst.header"]
 
 html_theme = "furo"
 html_title = "ssanet_ops"
 html_static_path: list[str] = []
 
 # autodoc: every name of a module's __all__, with its signature in the text it documents.
-autodoc_default_options = {"members": True, "undoc-members": True}
+autodoc_default_options = {
+    "members": True,
+    "undoc-members": True,
+    "exclude-members": "extra_repr",  # torch.nn.Module's printing hook
+}
 autodoc_member_order = "bysource"
 autodoc_typehints = "signature"
 autodoc_preserve_defaults = True

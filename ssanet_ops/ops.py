@@ -181,7 +181,8 @@ def multiscale_roi_crop(
 
     >>> images = torch.randn(2, 3, 448, 448, requires_grad=True)
     >>> boxes = torch.tensor([[0, 40.0, 60.0, 200.0, 220.0], [1, 10.0, 10.0, 150.0, 300.0]])
-    >>> crops = ssanet_ops.multiscale_roi_crop(images, boxes, 224, [0.64, 0.8, 1.0, 1.25, 1.5625])
+    >>> scales = ssanet_ops.scale_factors(1.25, 5)  # [0.64, 0.8, 1.0, 1.25, 1.5625]
+    >>> crops = ssanet_ops.multiscale_roi_crop(images, boxes, 224, scales)
     >>> crops.shape
     torch.Size([2, 5, 3, 224, 224])
     >>> crops.sum().backward()

@@ -178,7 +178,8 @@ def plot_keypoint_distance(
     unit: str = "pixels",
 ) -> Path:
     """Fig. 4: grouped bars of the mean distance per proposal index, one group member per
-    method: ``{method: [K distances]}`` (from :func:`ssanet.metrics.mean_proposal_keypoint_distance`)."""
+    method: ``{method: [K distances]}`` (from
+    :func:`ssanet.metrics.mean_proposal_keypoint_distance`)."""
     figure = _figure()
     axis = figure.add_subplot()
     methods = list(results)
