@@ -184,3 +184,24 @@ def test_getting_started_repeats_the_readme_quick_start():
     page = (ROOT / "docs" / "getting-started.md").read_text()
     repeated = _quick_start(page, "<!-- ci: skip: the quick start itself", "\n```\n")
     assert len(readme) == 2 and repeated == readme
+
+
+# The site's check of public names (docs/_ext/public_names.py) -------------------------------
+
+
+def test_site_check_reports_an_undocumented_public_name(monkeypatch):
+    # The check sphinx-build -W fails on: every name of ssanet_ops's public modules counts as
+    # documented under its own name or, for a function, class or module, under any name of
+    # the same object; a name left off is reported.
+    monkeypatch.syspath_prepend(str(ROOT / "docs" / "_ext"))
+    public_names = pytest.importorskip("public_names", reason="needs sphinx (docs/requirements)")
+    documented = {"ssanet_ops": "module", "ssanet_ops.ops.oriented_pool": "function"}
+    missing = public_names.undocumented(documented, ["ssanet_ops"])
+    assert "ssanet_ops.oriented_pool" not in missing  # the same function, documented in ops
+    assert "ssanet_ops.ops.oriented_pool" not in missing
+    assert {"ssanet_ops.scale_align", "ssanet_ops.nn.ScaleAlign"} <= set(missing)
+    assert "ssanet_ops.MAX_SAMPLING_RATIO" in missing
+    documented["ssanet_ops.MAX_SAMPLING_RATIO"] = "data"
+    assert "ssanet_ops.MAX_SAMPLING_RATIO" not in public_names.undocumented(
+        documented, ["ssanet_ops"]
+    )
