@@ -47,6 +47,10 @@ def build_info() -> dict:
     ``cuda_compiler``; ``cuda_simulator`` (whether the host simulator of the CUDA kernels,
     ``ssanet_ops.testing.simulate_cuda``, is built); and the file names of the op libraries
     (``cpu_library``, ``cuda_library``, ``simulator_library``; None where not built).
+
+    >>> info = ssanet_ops.build_info()
+    >>> info["version"] == ssanet_ops.__version__, info["target_torch_version"]
+    (True, '2.11')
     """
     info = dict(_C.build_info())
     info["cuda_simulator"] = info["simulator_library"] is not None

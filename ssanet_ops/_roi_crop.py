@@ -43,6 +43,12 @@ def check_boxes(
 
     Every coordinate must be finite, and every batch index a whole number in
     ``[0, batch_size)``. Synchronises with the device once per tensor.
+
+    >>> ssanet_ops.check_boxes(torch.tensor([[0, 1.0, 2.0, 30.0, 40.0]]), batch_size=2)
+    >>> ssanet_ops.check_boxes(torch.tensor([[2, 1.0, 2.0, 30.0, 40.0]]), batch_size=2)
+    Traceback (most recent call last):
+    ...
+    ValueError: boxes[0, 0] = 2.0: the batch index must be a whole number in [0, 2)
     """
     if batch_size is not None and (
         isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 0

@@ -82,7 +82,16 @@ def as_int(value: object, name: str) -> int:
 
 def pair(value: int | Sequence[int], name: str) -> tuple[int, int]:
     """An integral number or a pair of them (a sequence or 1-d array) as a pair of ints;
-    anything else raises naming `name`."""
+    anything else raises naming `name`.
+
+    >>> from ssanet_ops.utils import pair
+    >>> pair(7, "output_size"), pair([7, 5], "output_size")
+    ((7, 7), (7, 5))
+    >>> pair(7.5, "output_size")
+    Traceback (most recent call last):
+    ...
+    TypeError: output_size must be an int or a pair of ints, got 7.5
+    """
     single = integral(value)
     if single is not None:
         return single, single

@@ -19,6 +19,10 @@ class OrientedPool(nn.Module):
 
     See :func:`ssanet_ops.oriented_pool` for the arguments; they are checked here, except
     that the grid fits the input, which needs its size.
+
+    >>> pool = ssanet_ops.nn.OrientedPool(patch_size=3, grid_size=3)
+    >>> pool(torch.randn(8, 512, 7, 7)).shape
+    torch.Size([8, 4, 13824])
     """
 
     def __init__(
@@ -46,6 +50,15 @@ class MultiScaleRoICrop(nn.Module):
 
     See :func:`ssanet_ops.multiscale_roi_crop` for the arguments, checked here;
     ``forward(input, boxes, centers=None)`` takes the per-call ones.
+
+    Example: the crops of five scale candidates from a shared stride-32 feature map.
+
+    >>> crop = ssanet_ops.nn.MultiScaleRoICrop(7, ssanet_ops.scale_factors(1.25, 5),
+    ...                                        spatial_scale=1 / 32, sampling_ratio=2)
+    >>> features = torch.randn(2, 1024, 14, 14)
+    >>> boxes = torch.tensor([[0, 40.0, 60.0, 200.0, 220.0], [1, 10.0, 10.0, 150.0, 300.0]])
+    >>> crop(features, boxes).shape
+    torch.Size([2, 5, 1024, 7, 7])
     """
 
     def __init__(
@@ -119,6 +132,13 @@ class ScaleAlign(nn.Module):
     weight is drawn from N(0, sigma^2) with ``sigma^2 = 1 / (S * D * v_S)``, where ``v_S`` is
     the variance of the maximum of S independent standard normals: the logits then have unit
     variance at the start. The bias starts at zero.
+
+    Example: one filter bank per part index (K = 4 parts), 5 scales, 200 classes.
+
+    >>> head = ssanet_ops.nn.ScaleAlign(in_features=512, num_classes=200, num_scales=5, groups=4)
+    >>> logits, shift = head(torch.randn(4, 96, 5, 512))
+    >>> logits.shape, shift.shape
+    (torch.Size([4, 96, 200]), torch.Size([4, 96, 200]))
     """
 
     def __init__(

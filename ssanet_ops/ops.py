@@ -57,6 +57,15 @@ def oriented_pool(
     Returns:
         ``[B, 4, G*L]`` with ``L = C*h*w``: orientation 0 is ``[p_0, ..., p_{G-1}]``, 1 is
         ``[q_0, ..., q_{G-1}]``, 2 and 3 the same in reverse order of patches.
+
+    Example: the paper's 7x7 part maps, 3x3 patches on a 3x3 grid (stride 2).
+
+    >>> parts = torch.randn(8, 512, 7, 7, requires_grad=True)
+    >>> pooled = ssanet_ops.oriented_pool(parts)
+    >>> pooled.shape
+    torch.Size([8, 4, 13824])
+    >>> pooled.sum().backward()
+    >>> torch.testing.assert_close(pooled, ssanet_ops.reference.oriented_pool(parts))
     """
     patch, grid, resolved_stride = oriented_pool_arguments(x, patch_size, grid_size, stride)
     out, _ = torch.ops.ssanet_ops.oriented_pool(x, patch, grid, resolved_stride)
@@ -70,7 +79,7 @@ def scale_factors(alpha: float, S: int) -> list[float]:
     """The paper's S scale factors ``[alpha^-(S//2), ..., alpha^-1, 1, alpha, ..., alpha^(S//2)]``
     (section 3.2: S odd, the original in the middle, (S-1)/2 shrunk and (S-1)/2 expanded).
 
-    >>> scale_factors(2.0, 5)
+    >>> ssanet_ops.scale_factors(2.0, 5)
     [0.25, 0.5, 1.0, 2.0, 4.0]
     """
     return power_factors(alpha, S)
@@ -110,6 +119,15 @@ def scale_candidates(
 
     Bad boxes and centres raise a ValueError on the CPU; on CUDA their candidates are zeros, as
     for :func:`multiscale_roi_crop`.
+
+    Example: one box alone in its image (its centre is the image's centre of boxes, so the
+    first corner is the one kept fixed), twice its size and half of it.
+
+    >>> boxes = torch.tensor([[0, 100.0, 100.0, 200.0, 150.0]])
+    >>> ssanet_ops.scale_candidates(boxes, [0.5, 1.0, 2.0], image_size=(448, 448))
+    tensor([[[100., 100., 150., 125.],
+             [100., 100., 200., 150.],
+             [100., 100., 300., 200.]]])
     """
     arguments = scale_candidates_arguments(boxes, scales, image_size, centers, clip)
     if isinstance(arguments[1], torch.Tensor):
@@ -166,6 +184,16 @@ def multiscale_roi_crop(
     centres raise a ValueError on the CPU; on CUDA, which never waits for the device, the
     candidates of such a box (of every box of an image whose centre is not finite) are zeros
     and get no gradient. :func:`ssanet_ops.check_boxes` checks on demand.
+
+    Example: five scale candidates of each of two boxes, cropped at 224x224 from the images.
+
+    >>> images = torch.randn(2, 3, 448, 448, requires_grad=True)
+    >>> boxes = torch.tensor([[0, 40.0, 60.0, 200.0, 220.0], [1, 10.0, 10.0, 150.0, 300.0]])
+    >>> scales = ssanet_ops.scale_factors(1.25, 5)  # [0.64, 0.8, 1.0, 1.25, 1.5625]
+    >>> crops = ssanet_ops.multiscale_roi_crop(images, boxes, 224, scales)
+    >>> crops.shape
+    torch.Size([2, 5, 3, 224, 224])
+    >>> crops.sum().backward()
     """
     arguments = multiscale_roi_crop_arguments(
         input, boxes, output_size, scales, centers, spatial_scale, sampling_ratio, aligned, clip
@@ -200,6 +228,15 @@ def scale_correlation(phi: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     is on; under ``torch.use_deterministic_algorithms(True)`` they need
     ``CUBLAS_WORKSPACE_CONFIG=:4096:8`` (or ``:16:8``) in the environment and raise naming it
     otherwise (docs/operators.md section 4). S is at most 2048.
+
+    Example: 96 proposals' 5 scale candidates against 200 classes' filters.
+
+    >>> phi, weight = torch.randn(96, 5, 512), torch.randn(200, 5, 512)
+    >>> corr = ssanet_ops.scale_correlation(phi, weight)
+    >>> corr.shape
+    torch.Size([96, 200, 5])
+    >>> direct = ssanet_ops.reference.scale_correlation(phi, weight)  # the direct form
+    >>> torch.testing.assert_close(corr, direct, atol=1e-4, rtol=1e-4)  # sums of 2560 products
     """
     check_scale_align_inputs(phi, weight)
     check_cublas_determinism(phi.device, "scale_correlation")
@@ -227,6 +264,16 @@ def scale_align(
         ``(logits, shift)``: ``[N, C]`` (``[G, N, C]``) in the inputs' dtype, and int64.
 
     Dtypes, autocast and the CUDA products as for :func:`scale_correlation`.
+
+    Example: the K = 4 parts of a batch in one call, each with its own filter bank.
+
+    >>> phi = torch.randn(4, 96, 5, 512, requires_grad=True)
+    >>> weight, bias = torch.randn(4, 200, 5, 512), torch.zeros(4, 200)
+    >>> logits, shift = ssanet_ops.scale_align(phi, weight, bias)
+    >>> logits.shape, shift.dtype
+    (torch.Size([4, 96, 200]), torch.int64)
+    >>> logits.logsumexp(dim=-1).sum().backward()  # through the winning shifts only
+    >>> aligned = (2 - shift) % 5  # the candidate aligned with the filters' original scale
     """
     check_scale_align_inputs(phi, weight, bias)
     check_cublas_determinism(phi.device, "scale_align")

@@ -33,6 +33,16 @@ def oriented_pool(
     All G*G patches are gathered at once with one advanced index, then reduced with
     ``max(dim).values``, whose gradient goes to the first maximal element, the contract's tie rule
     (``amax`` would split it between tied elements).
+
+    Example: 1x1 patches on a 3x3 grid of a 3x3 map: the rows' maxima, the columns', and both
+    reversed.
+
+    >>> x = torch.arange(9.0).reshape(1, 1, 3, 3)
+    >>> ssanet_ops.reference.oriented_pool(x, patch_size=1, grid_size=3)
+    tensor([[[2., 5., 8.],
+             [6., 7., 8.],
+             [8., 5., 2.],
+             [8., 7., 6.]]])
     """
     (patch_h, patch_w), grid, (stride_h, stride_w) = oriented_pool_geometry(
         x.shape, patch_size, grid_size, stride
@@ -78,6 +88,11 @@ def scale_candidates(
     The anchor corners by docs/operators.md section 2's rule, per axis in float64: psi's x is x1
     when ``x1 + x2 <= 2*cx``, eta's x is x1 when ``x1 + x2 >= 2*cx`` (likewise for y); then every
     candidate at once by broadcasting boxes [K, 1] against factors [S].
+
+    >>> boxes = torch.tensor([[0, 40.0, 60.0, 200.0, 220.0], [0, 250.0, 100.0, 400.0, 300.0]])
+    >>> scales = ssanet_ops.scale_factors(1.25, 5)
+    >>> expected = ssanet_ops.reference.scale_candidates(boxes, scales, (448, 448))
+    >>> torch.testing.assert_close(ssanet_ops.scale_candidates(boxes, scales, (448, 448)), expected)
     """
     rois = boxes_as_rois(boxes)
     index = rois[:, 0].long()
@@ -160,7 +175,18 @@ def multiscale_roi_crop(
     ``torchvision.ops.roi_align`` on the flattened :func:`scale_candidates`, reshaped to
     ``[K, S, C, oh, ow]``. The candidates are computed in float64 for float64 input, else in
     float32, then handed to roi_align in input's dtype. Needs torchvision (the ``vision``
-    extra)."""
+    extra).
+
+    >>> import torchvision  # the reference is torchvision.ops.roi_align on the candidates
+    >>> features = torch.randn(2, 64, 14, 14)
+    >>> boxes = torch.tensor([[0, 40.0, 60.0, 200.0, 220.0], [1, 10.0, 10.0, 150.0, 300.0]])
+    >>> options = {"scales": [0.8, 1.0, 1.25], "spatial_scale": 1 / 32, "sampling_ratio": 2}
+    >>> expected = ssanet_ops.reference.multiscale_roi_crop(features, boxes, 7, **options)
+    >>> expected.shape
+    torch.Size([2, 3, 64, 7, 7])
+    >>> crops = ssanet_ops.multiscale_roi_crop(features, boxes, 7, **options)
+    >>> torch.testing.assert_close(crops, expected)
+    """
     compute_dtype = torch.float64 if input.dtype == torch.float64 else torch.float32
     rois = boxes_as_rois(boxes, compute_dtype)
     _, channels, height, width = input.shape
@@ -182,7 +208,15 @@ def multiscale_roi_crop(
 def scale_correlation(phi: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """Reference for :func:`ssanet_ops.scale_correlation` (docs/operators.md section 3, eq. 7),
     in the direct form: ``corr[.., n, c, r] = <torch.roll(phi[.., n], r, dims=0), weight[.., c]>``,
-    since the rolled phi holds ``phi[(j - r) mod S]`` at scale j. ``[G?, N, C, S]``."""
+    since the rolled phi holds ``phi[(j - r) mod S]`` at scale j. ``[G?, N, C, S]``.
+
+    Example: a proposal seen at its first scale only: shift r reads the filter's scale r.
+
+    >>> phi = torch.tensor([[[1.0], [0.0], [0.0]]])  # N = 1 proposal, S = 3 scales, D = 1
+    >>> weight = torch.tensor([[[1.0], [2.0], [3.0]]])  # C = 1 class
+    >>> ssanet_ops.reference.scale_correlation(phi, weight)
+    tensor([[[1., 2., 3.]]])
+    """
     scales = phi.shape[-2]
     return torch.stack(
         [
@@ -197,7 +231,13 @@ def scale_correlation_fft(phi: torch.Tensor, weight: torch.Tensor) -> torch.Tens
     """:func:`scale_correlation` in the Fourier form of docs/operators.md section 3:
     ``irfft(sum over d of conj(rfft(phi)) * rfft(weight), n=S)`` with the FFTs over the scale
     axis. ``[G?, N, C, S]``. torch.fft has no bfloat16 and takes float16 only at power-of-two
-    sizes, so reduced-precision inputs run in float32 and the result is cast back."""
+    sizes, so reduced-precision inputs run in float32 and the result is cast back.
+
+    >>> phi, weight = torch.randn(8, 5, 64), torch.randn(10, 5, 64)
+    >>> fourier = ssanet_ops.reference.scale_correlation_fft(phi, weight)
+    >>> direct = ssanet_ops.reference.scale_correlation(phi, weight)
+    >>> torch.testing.assert_close(fourier, direct, atol=1e-4, rtol=1e-4)  # float32 sums of 320
+    """
     if phi.dtype in (torch.float16, torch.bfloat16):
         return scale_correlation_fft(phi.float(), weight.float()).to(phi.dtype)
     scales = phi.shape[-2]
@@ -237,12 +277,25 @@ def scale_align(
     phi: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Reference for :func:`ssanet_ops.scale_align` (docs/operators.md section 3), on the direct
-    form :func:`scale_correlation`: ``(logits [G?, N, C], shift [G?, N, C])``."""
+    form :func:`scale_correlation`: ``(logits [G?, N, C], shift [G?, N, C])``.
+
+    >>> phi = torch.tensor([[[1.0], [0.0], [0.0]]])  # as in scale_correlation's example
+    >>> weight = torch.tensor([[[1.0], [2.0], [3.0]]])
+    >>> ssanet_ops.reference.scale_align(phi, weight, bias=torch.tensor([0.5]))
+    (tensor([[3.5000]]), tensor([[2]]))
+    """
     return _align(scale_correlation(phi, weight), phi, weight, bias)
 
 
 def scale_align_fft(
     phi: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """:func:`scale_align` on the Fourier form :func:`scale_correlation_fft`."""
+    """:func:`scale_align` on the Fourier form :func:`scale_correlation_fft`.
+
+    >>> phi = torch.tensor([[[1.0], [0.0], [0.0]]])  # as in scale_correlation's example
+    >>> weight = torch.tensor([[[1.0], [2.0], [3.0]]])
+    >>> logits, shift = ssanet_ops.reference.scale_align_fft(phi, weight)
+    >>> shift
+    tensor([[2]])
+    """
     return _align(scale_correlation_fft(phi, weight), phi, weight, bias)

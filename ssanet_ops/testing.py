@@ -18,11 +18,23 @@ import torch
 
 from . import _extension, _tensor_scales
 
+__all__ = [
+    "NotSimulatedError",
+    "simulate_cuda",
+    "simulated_ops",
+    "simulating",
+    "simulator_available",
+]
+
 SIM_NAMESPACE = "ssanet_ops_sim"
 
 
 class NotSimulatedError(NotImplementedError):
-    """An op called inside :func:`simulate_cuda` whose CUDA kernels are not simulated yet."""
+    """An op called inside :func:`simulate_cuda` whose CUDA kernels are not simulated yet.
+
+    >>> issubclass(ssanet_ops.testing.NotSimulatedError, NotImplementedError)
+    True
+    """
 
 
 _simulator = None  # the Simulator once its library is loaded
@@ -33,7 +45,15 @@ _sim_names: set[str] = set()  # the ops defined in ssanet_ops_sim
 
 
 def simulating() -> bool:
-    """Whether a :func:`simulate_cuda` block is active."""
+    """Whether a :func:`simulate_cuda` block is active.
+
+    >>> from ssanet_ops.testing import simulate_cuda, simulating
+    >>> simulating()
+    False
+    >>> with simulate_cuda():
+    ...     simulating()
+    True
+    """
     return _depth > 0
 
 
@@ -53,7 +73,11 @@ def _kernel_ops() -> list[str]:
 
 def simulator_available() -> bool:
     """Whether :func:`simulate_cuda` can run: the simulator is built, or
-    ``SSANET_OPS_SIM_LIBRARY`` names a build of it (benchmarks/sim_coverage.py's)."""
+    ``SSANET_OPS_SIM_LIBRARY`` names a build of it (benchmarks/sim_coverage.py's).
+
+    >>> ssanet_ops.testing.simulator_available()
+    True
+    """
     return _extension.simulator_built() or bool(os.environ.get("SSANET_OPS_SIM_LIBRARY"))
 
 
@@ -118,7 +142,11 @@ def load_simulator() -> Simulator:
 
 
 def simulated_ops() -> list[str]:
-    """The ssanet_ops ops whose CUDA kernels the simulator runs."""
+    """The ssanet_ops ops whose CUDA kernels the simulator runs (their backward ops included).
+
+    >>> [name for name in ssanet_ops.testing.simulated_ops() if not name.startswith("_")]
+    ['multiscale_roi_crop', 'oriented_pool', 'scale_align', 'scale_candidates', 'scale_correlation']
+    """
     load_simulator()
     return [
         name
@@ -162,6 +190,15 @@ def simulate_cuda(int32_index_limit: int | None = None) -> Iterator[None]:
     Args:
         int32_index_limit: the largest index a launch may form in int32 (``2**31 - 1``, as on
             a GPU, when None). A small limit runs the int64-indexed kernels on small tensors.
+
+    Example: the CUDA kernels' float16 code on the CPU, forward and backward.
+
+    >>> from ssanet_ops.testing import simulate_cuda
+    >>> x = torch.randn(2, 8, 7, 7, dtype=torch.float16, requires_grad=True)
+    >>> with simulate_cuda():
+    ...     simulated = ssanet_ops.oriented_pool(x)
+    ...     simulated.float().sum().backward()
+    >>> torch.testing.assert_close(simulated, ssanet_ops.reference.oriented_pool(x))
     """
     global _active, _depth
     simulator = load_simulator()

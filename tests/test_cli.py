@@ -516,9 +516,11 @@ def test_readme_activates_the_virtualenv_before_its_commands():
 
 
 def test_readme_ssanet_commands_parse():
-    # Every `ssanet ...` command of the README (those CI skips too) is valid for this parser;
-    # a command continued over lines (a trailing backslash) is read whole.
-    text = re.sub(r"\\\n\s*", " ", README.read_text())
+    # Every `ssanet ...` command of the README and the documentation's pages (those CI skips
+    # too) is valid for this parser; a command continued over lines (a trailing backslash) is
+    # read whole.
+    pages = [README, *sorted((REPOSITORY / "docs").rglob("*.md"))]
+    text = re.sub(r"\\\n\s*", " ", "\n".join(page.read_text() for page in pages))
     commands = re.findall(r"^(?:torchrun .*? -m ssanet\.cli|ssanet) (.*?)(?:\s+#.*)?$", text, re.M)
     assert len(commands) >= 8
     parser = cli.build_parser()

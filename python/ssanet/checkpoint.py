@@ -46,7 +46,9 @@ __all__ = [
     "verify_checksum",
 ]
 
+#: A run folder's checkpoint of its last epoch (with the training state ``--resume`` restores).
 LAST_CHECKPOINT = "last.pt"
+#: A run folder's checkpoint of the epoch its validation selected.
 BEST_CHECKPOINT = "best.pt"
 CHECKSUM_KEY = "checksum"  # "sha256:<hex digest>" of every other entry of the file
 

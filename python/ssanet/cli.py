@@ -308,8 +308,6 @@ def ablation_command(args: argparse.Namespace) -> int:
     from .evaluate import ablation_table
 
     if args.train is not None:
-        from .ablation import train_command as study_command
-
         return study_command(args)
     if not args.runs:
         raise CommandError("ablation: give RUN_DIRs to tabulate, or --train CONFIG")
@@ -318,6 +316,67 @@ def ablation_command(args: argparse.Namespace) -> int:
     for row in table["rows"]:
         print(f"{row['top1']:.4f}  {row['method']}")
     print(f"wrote {args.out / 'ablation.md'}, {args.out / 'ablation.json'}", file=sys.stderr)
+    return 0
+
+
+# The ablation study (ablation --train) ------------------------------------------------------
+
+
+def add_study_arguments(parser: argparse.ArgumentParser) -> None:
+    """The ``ssanet ablation --train`` options (the study); see
+    :func:`ssanet.ablation.run_study`."""
+    from .ablation import ROWS
+
+    parser.add_argument(
+        "--train",
+        default=None,
+        metavar="CONFIG",
+        help="train and evaluate the whole study with this config (e.g. synthetic_fine) "
+        "instead of tabulating RUN_DIRs; needs --data",
+    )
+    parser.add_argument(
+        "--work", type=Path, default=None, help="with --train: the runs' folder (OUT/work)"
+    )
+    parser.add_argument("--seeds", type=int, default=3, help="with --train: seeds (3)")
+    parser.add_argument("--jobs", type=int, default=2, help="with --train: runs at once (2)")
+    parser.add_argument(
+        "--threads", type=int, default=1, help="with --train: torch threads per run (1)"
+    )
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="with --train: change the base config (repeatable)",
+    )
+    parser.add_argument(
+        "--only",
+        nargs="+",
+        default=None,
+        help=f"with --train: only these rows {[r for r, _ in ROWS]}",
+    )
+
+
+def study_command(args: argparse.Namespace) -> int:
+    """``ssanet ablation --train CONFIG``: the whole study (:func:`ssanet.ablation.run_study`)."""
+    from .ablation import run_study
+
+    if args.data is None:
+        raise CommandError("ablation --train needs --data")
+    if args.runs:
+        raise CommandError("ablation: give either RUN_DIRs or --train, not both")
+    run_study(
+        args.train,
+        args.data,
+        args.out,
+        args.work if args.work is not None else args.out / "work",
+        seeds=args.seeds,
+        jobs=args.jobs,
+        threads=args.threads,
+        overrides=args.overrides,
+        only=args.only,
+    )
     return 0
 
 
@@ -497,9 +556,7 @@ def _add_training_commands(commands, common: argparse.ArgumentParser) -> None:
     )
     ablation.add_argument("--device", default=None, help="default: cuda if it works, else cpu")
     ablation.add_argument("--quiet", action="store_true")
-    from .ablation import add_train_arguments
-
-    add_train_arguments(ablation)
+    add_study_arguments(ablation)
     ablation.set_defaults(run=ablation_command)
 
 

@@ -32,13 +32,16 @@ __all__ = [
     "write_run_config",
 ]
 
+#: The configs shipped in ``python/ssanet/configs/``, by name.
 BUILTIN_CONFIGS = ("cub", "cars", "aircraft", "synthetic", "synthetic_fine")
+#: The loss terms a stage can train on.
 LOSS_TERMS = ("final", "dsm", "op", "mac", "rank")
-# The modules a stage can name (attributes of SSANet); "classifier" exists only without
-# proposals (the plain backbone), the others only with them.
+#: The modules a stage can name (attributes of SSANet); "classifier" exists only without
+#: proposals (the plain backbone), the others only with them.
 MODULE_NAMES = ("backbone", "proposal_head", "part_classifier", "dsm", "op", "classifier")
+#: The config's mixed-precision settings.
 AMP_MODES = ("auto", "off", "bf16", "fp16")
-# A run folder's record of its config, data root and number of processes.
+#: A run folder's record of its config, data root and number of processes.
 CONFIG_FILE = "config.json"
 
 # Top-level keys: their default (None: required, or derived) and what they must be.

@@ -39,10 +39,11 @@ __all__ = [
     "method_label",
 ]
 
+#: An evaluation's results in its output folder.
 RESULTS_FILE = "results.json"
 # Table 2 of the paper: 300x300 inside 448x448; other input sizes keep the ratio.
 REDUCED_RATIO = 300 / 448
-# Table 1's angles are not given in the paper; 0 is the "original input" column.
+#: Table 1's angles are not given in the paper; 0 is the "original input" column.
 DEFAULT_ROTATION_ANGLES = (0.0, 15.0, 30.0, 45.0, 90.0, 180.0)
 
 

@@ -2,7 +2,9 @@
 
 - Accuracy: top-1, top-5 and mean per-class accuracy (:func:`classification_metrics`).
 - Fig. 4: the distance from each of the K proposals' centres to the nearest visible ground-truth
-  keypoint, averaged over the images per proposal index (:func:`proposal_keypoint_distance`).
+  keypoint, averaged over the images per proposal index (:func:`proposal_keypoint_distance`);
+  over a checkpoint's test split against random boxes of the same sizes (:func:`localization`),
+  and the same for an ideal proposal head on a config's anchors (:func:`localization_floor`).
 
 The protocols that produce the logits (Tables 1 and 2: rotated and reduced test images) are
 :func:`ssanet.evaluate.evaluate_model`; the plots are in :mod:`ssanet.plots`.
@@ -10,10 +12,16 @@ The protocols that produce the logits (Tables 1 and 2: rotated and reduced test 
 
 from __future__ import annotations
 
+import os
+from typing import Any
+
 import torch
 
 __all__ = [
     "classification_metrics",
+    "discriminative_parts",
+    "localization",
+    "localization_floor",
     "mean_class_accuracy",
     "mean_proposal_keypoint_distance",
     "proposal_keypoint_distance",
@@ -110,3 +118,135 @@ def mean_proposal_keypoint_distance(
     """``[K]``: :func:`proposal_keypoint_distance` averaged over the images, per proposal index
     (images with no visible keypoint left out), as plotted in Fig. 4."""
     return proposal_keypoint_distance(boxes, keypoints, visible).nanmean(dim=0)
+
+
+# Fig. 4 over a test split (the ablation study's statistic) ----------------------------------
+
+
+def discriminative_parts(num_classes: int) -> list[str]:
+    """The synthetic parts whose look differs between the first ``num_classes`` classes."""
+    from .data.synthetic import class_attributes
+
+    attributes = list(zip(*(class_attributes(label) for label in range(num_classes)), strict=True))
+    return [
+        part
+        for part, values in zip(("head", "tail", "wing"), attributes, strict=True)
+        if len(set(values)) > 1
+    ]
+
+
+def localization(
+    checkpoint: str | os.PathLike,
+    data_root: str | os.PathLike,
+    parts: list[str] | None = None,
+    random_draws: int = 10,
+    seed: int = 0,
+    batch_size: int = 32,
+) -> dict[str, Any]:
+    """Fig. 4's statistic for a checkpoint with proposals, on the test split of CUB-layout data.
+
+    For every test image and proposal: the distance (pixels of the model input) from the
+    proposal's centre to the nearest visible keypoint among ``parts`` (default: the
+    discriminative parts of the synthetic classes, :func:`discriminative_parts`); and the same
+    for ``random_draws`` boxes of the proposal's size, each placed uniformly inside the image.
+    Returns the two means, their ratio, the per-proposal means and the parts used.
+    """
+    import torch
+
+    from .checkpoint import load_checkpoint
+    from .data import config_test_split
+
+    loaded = load_checkpoint(checkpoint)
+    dataset = config_test_split(loaded.extra, data_root, with_keypoints=True)
+
+    def propose(images, keypoints, visible):
+        with torch.no_grad():
+            return loaded.model(images).part_boxes.float()  # [B, K, 4]
+
+    result = _keypoint_distances(dataset, propose, parts, random_draws, seed, batch_size)
+    return {**result, "unit": f"pixels of the {loaded.image_size}x{loaded.image_size} input"}
+
+
+def localization_floor(
+    config: dict,
+    data_root: str | os.PathLike,
+    parts: list[str] | None = None,
+    random_draws: int = 10,
+    seed: int = 0,
+    batch_size: int = 32,
+) -> dict[str, Any]:
+    """:func:`localization` of an ideal proposal head for ``config``'s anchors: one whose score
+    for every anchor is minus the distance from its centre to the nearest discriminative
+    keypoint, its top K then chosen by the model's own NMS and ranking
+    (:func:`~ssanet.model.proposals.select_proposals`). No training: about the lowest Fig. 4
+    statistic that the config's anchor grid, K and NMS threshold allow a learned head to reach
+    (not exactly: NMS is greedy, so a head that skipped the nearest anchor could keep two near
+    ones it suppresses). The paper's claim is a ratio of at most 0.5 to random boxes."""
+    import torch
+
+    from .data import config_test_split
+    from .model import SSANet
+    from .model.proposals import make_anchors, select_proposals
+
+    dataset = config_test_split(config, data_root, with_keypoints=True)
+    model = SSANet(**{**config["model"], "weights": None, "num_classes": len(dataset.classes)})
+    image = dataset[0]["image"][None]
+    with torch.no_grad():
+        view = model.global_view(image)
+        stride16, stride32 = model.backbone(view)
+        _, map_sizes = model.proposal_head(stride16 if model.propose_on_stride16 else stride32)
+    height, width = image.shape[-2:]
+    factors = torch.tensor([width / view.shape[-1], height / view.shape[-2]] * 2)
+    anchors = make_anchors(model.anchor_levels, map_sizes, tuple(view.shape[-2:])) * factors
+
+    def propose(images, keypoints, visible):
+        every = anchors[None].expand(len(images), -1, -1)
+        distance = proposal_keypoint_distance(every, keypoints, visible).nan_to_num(0.0)
+        boxes, _, _ = select_proposals(
+            anchors, -distance, model.num_parts, model.nms_iou, (height, width)
+        )
+        return boxes
+
+    result = _keypoint_distances(dataset, propose, parts, random_draws, seed, batch_size)
+    return {**result, "unit": f"pixels of the {width}x{height} input"}
+
+
+def _keypoint_distances(
+    dataset, propose, parts: list[str] | None, random_draws: int, seed: int, batch_size: int
+) -> dict[str, Any]:
+    """Fig. 4's statistic of the boxes ``propose(images, keypoints, visible) -> [B, K, 4]``
+    gives for the batches of ``dataset``, against random boxes of the same sizes (see
+    :func:`localization`)."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    parts = parts if parts is not None else discriminative_parts(len(dataset.classes))
+    if dataset.part_names is None or not set(parts) <= set(dataset.part_names):
+        raise ValueError(f"the data's parts {dataset.part_names} do not include {parts}")
+    columns = [dataset.part_names.index(part) for part in parts]
+    generator = torch.Generator().manual_seed(seed)
+    proposal_distances, random_distances = [], []
+    for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False):
+        images = batch["image"]
+        height, width = images.shape[-2:]
+        keypoints = batch["keypoints"][:, columns]
+        visible = batch["keypoints_visible"][:, columns]
+        boxes = propose(images, keypoints, visible)
+        proposal_distances.append(proposal_keypoint_distance(boxes, keypoints, visible))
+        sides = (boxes[..., 2:] - boxes[..., :2]).clamp(min=0)
+        limits = torch.tensor([width, height], dtype=torch.float32)
+        for _ in range(random_draws):
+            corner = torch.rand(sides.shape, generator=generator) * (limits - sides).clamp(min=0)
+            random_boxes = torch.cat([corner, corner + sides], dim=-1)
+            random_distances.append(proposal_keypoint_distance(random_boxes, keypoints, visible))
+    proposals = torch.cat(proposal_distances)  # [N, K]
+    randoms = torch.cat(random_distances)
+    return {
+        "parts": parts,
+        "proposal_mean": proposals.nanmean().item(),
+        "random_mean": randoms.nanmean().item(),
+        "ratio": proposals.nanmean().item() / randoms.nanmean().item(),
+        "proposal_per_index": proposals.nanmean(dim=0).tolist(),
+        "random_per_index": randoms.nanmean(dim=0).tolist(),
+        "images": int(proposals.isfinite().any(dim=1).sum()),
+    }

@@ -1,6 +1,7 @@
 """Plots of training runs and evaluations (matplotlib, Agg, PNG files): training curves,
 accuracy bars (Tables 2 and 3), accuracy against rotation angle (Table 1), distance per proposal
-(Fig. 4). Each function draws on its own Figure (no pyplot, no global state, no display)."""
+(Fig. 4), and the same four from the job records of the ablation study (:mod:`ssanet.ablation`).
+Each function draws on its own Figure (no pyplot, no global state, no display)."""
 
 from __future__ import annotations
 
@@ -9,22 +10,26 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 __all__ = [
+    "plot_ablation_rows",
     "plot_accuracy_bars",
     "plot_keypoint_distance",
+    "plot_localization_runs",
+    "plot_reduced_input_runs",
     "plot_rotation_robustness",
+    "plot_rotation_runs",
     "plot_training_curves",
     "rotation_robustness_figure",
     "training_curves_figure",
 ]
 
 
-def _figure(width: float = 6.0, height: float = 4.0):
+def _figure(width: float = 6.0, height: float = 4.0, layout: str | None = "constrained"):
     # A Figure with its own Agg canvas: no pyplot, no global state, no display needed.
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     # Constrained layout keeps labels, legends placed outside the axes and titles in view.
-    figure = Figure(figsize=(width, height), dpi=100, layout="constrained")
+    figure = Figure(figsize=(width, height), dpi=100, layout=layout)
     FigureCanvasAgg(figure)
     return figure
 
@@ -173,7 +178,8 @@ def plot_keypoint_distance(
     unit: str = "pixels",
 ) -> Path:
     """Fig. 4: grouped bars of the mean distance per proposal index, one group member per
-    method: ``{method: [K distances]}`` (from :func:`mean_proposal_keypoint_distance`)."""
+    method: ``{method: [K distances]}`` (from
+    :func:`ssanet.metrics.mean_proposal_keypoint_distance`)."""
     figure = _figure()
     axis = figure.add_subplot()
     methods = list(results)
@@ -187,4 +193,118 @@ def plot_keypoint_distance(
     axis.set_ylabel(f"mean distance ({unit})")
     axis.set_title(title)
     axis.legend(loc="best")
+    return _save(figure, path)
+
+
+# The ablation study's plots (:func:`ssanet.ablation.report`): each takes the job records of
+# the study's runs. Laid out by tight_layout, as they were first drawn.
+
+
+def _mean(values: Sequence[float]) -> float:
+    return sum(values) / len(values)
+
+
+def plot_ablation_rows(rows: Sequence[Mapping], path: str | os.PathLike) -> Path:
+    """Table 3 of :func:`ssanet.ablation.report`: each row's mean test top-1 with the seeds'
+    standard deviation (``rows``: the report's ``"rows"``). Returns the PNG's path."""
+    figure = _figure(max(6.0, 1.3 * len(rows)), 4.5, layout=None)
+    axis = figure.add_subplot()
+    means = [100 * row["top1_mean"] for row in rows]
+    errors = [100 * (row["top1_std"] or 0.0) for row in rows]
+    bars = axis.bar(range(len(rows)), means, yerr=errors, capsize=4, color="tab:blue")
+    axis.bar_label(bars, fmt="%.1f", fontsize="small", padding=2)
+    names = [row["method"].replace(" + ", "\n+ ").replace(" (", "\n(") for row in rows]
+    axis.set_xticks(range(len(rows)), names, fontsize="x-small")
+    axis.set_ylim(0, 100)
+    axis.set_ylabel("test top-1 (%)")
+    axis.set_title("Table 3: ablation (error bars: std over seeds)")
+    figure.tight_layout()
+    return _save(figure, path)
+
+
+def plot_rotation_runs(runs: Mapping[str, Sequence[Mapping]], path: str | os.PathLike) -> Path:
+    """Table 1 of :func:`ssanet.ablation.report`: top-1 against the test images' rotation, mean
+    over seeds, one line per row of the study (``runs``: each row's job records). Returns the
+    PNG's path."""
+    figure = _figure(layout=None)
+    axis = figure.add_subplot()
+    for row_runs in runs.values():
+        angles = list(row_runs[0]["rotation"])
+        values = [100 * _mean([run["rotation"][a]["top1"] for run in row_runs]) for a in angles]
+        axis.plot([float(a) for a in angles], values, marker="o", label=row_runs[0]["label"])
+    axis.set_ylim(0, 100)  # from 0: a truncated axis exaggerates the drop
+    axis.set_xlabel("rotation of the test images (degrees)")
+    axis.set_ylabel("test top-1 (%), mean over seeds")
+    axis.set_title("Table 1: rotation")
+    axis.legend(loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=2, fontsize="small")
+    figure.tight_layout()
+    return _save(figure, path)
+
+
+def plot_reduced_input_runs(runs: Mapping[str, Sequence[Mapping]], path: str | os.PathLike) -> Path:
+    """Table 2 of :func:`ssanet.ablation.report`: top-1 on the original and the reduced, padded
+    test images, mean over seeds, one pair of bars per row of the study (``runs``: each row's
+    job records). Returns the PNG's path."""
+    figure = _figure(layout=None)
+    axis = figure.add_subplot()
+    width = 0.38
+    for offset, row_runs in enumerate(runs.values()):
+        values = [
+            100 * _mean([run["reduced_input"][key]["top1"] for run in row_runs])
+            for key in ("original", "reduced")
+        ]
+        bars = axis.bar(
+            [x + (offset - 0.5) * width for x in (0, 1)], values, width, label=row_runs[0]["label"]
+        )
+        axis.bar_label(bars, fmt="%.1f", fontsize="small")
+    axis.set_xticks([0, 1], ["original", "reduced and padded"])
+    axis.set_ylim(0, 100)
+    axis.set_ylabel("test top-1 (%), mean over seeds")
+    axis.set_title("Table 2: reduced input")
+    axis.legend(loc="upper right", fontsize="small")
+    figure.tight_layout()
+    return _save(figure, path)
+
+
+def plot_localization_runs(
+    located: Sequence[Mapping], path: str | os.PathLike, floor: Mapping | None = None
+) -> Path:
+    """Fig. 4 of :func:`ssanet.ablation.report`: each run's mean proposal-to-keypoint distance
+    (:func:`ssanet.metrics.localization`, in its job record) beside the random boxes', and the
+    ideal proposal head's (``floor``, :func:`ssanet.metrics.localization_floor`) as a line.
+    Returns the PNG's path."""
+    figure = _figure(max(6.0, 0.9 * len(located) + 2), 4.5, layout=None)
+    axis = figure.add_subplot()
+    names = [f"{run['row']} s{run['seed']}" for run in located]
+    positions = range(len(located))
+    axis.bar(
+        [p - 0.2 for p in positions],
+        [run["localization"]["proposal_mean"] for run in located],
+        0.4,
+        label="proposals",
+    )
+    axis.bar(
+        [p + 0.2 for p in positions],
+        [run["localization"]["random_mean"] for run in located],
+        0.4,
+        label="random boxes of the same sizes",
+    )
+    if floor is not None:
+        axis.axhline(
+            floor["proposal_mean"],
+            color="black",
+            linestyle="--",
+            linewidth=1,
+            label=f"ideal proposal head (ratio {floor['ratio']:.2f})",
+        )
+    axis.set_xticks(list(positions), names, rotation=30, ha="right", fontsize="small")
+    highest = max(
+        max(run["localization"]["proposal_mean"], run["localization"]["random_mean"])
+        for run in located
+    )
+    axis.set_ylim(0, 1.35 * highest)  # room for the legend above the bars
+    axis.set_ylabel(f"mean distance ({located[0]['localization']['unit']})")
+    axis.set_title("Fig. 4: to the nearest discriminative keypoint")
+    axis.legend(loc="upper right", fontsize="small")
+    figure.tight_layout()
     return _save(figure, path)

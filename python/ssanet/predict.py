@@ -26,9 +26,9 @@ __all__ = [
     "write_picture",
 ]
 
-# One colour per part index (part j = the j-th best proposal); cycled beyond eight parts.
+#: One colour per part index (part j = the j-th best proposal); cycled beyond eight parts.
 PART_COLORS = ("lime", "orange", "deepskyblue", "magenta", "yellow", "red", "cyan", "white")
-# File name endings write_picture knows, and the encoder of each.
+#: File name endings write_picture knows, and the encoder of each.
 PICTURE_FORMATS = {".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg"}
 # Pictures are drawn at least this large on their long side, so that boxes, part numbers and
 # scores stay readable on the small images of the synthetic data (96 pixels).

@@ -18,8 +18,11 @@ from .plots import plot_training_curves
 
 __all__ = ["LOG_FILE", "LOG_FIELDS", "PLOT_FILE", "EpochTotals", "RunLog"]
 
+#: The run folder's CSV log, one row per epoch.
 LOG_FILE = "log.csv"
+#: The run folder's plot of the losses and accuracies per epoch.
 PLOT_FILE = "training_curves.png"
+#: The columns of the CSV log.
 LOG_FIELDS = (
     "epoch",
     "stage",

@@ -13,12 +13,14 @@ from .synthetic import SYNTHETIC_PRESETS, make_synthetic, synthetic_preset
 from .transforms import (
     PRESETS,
     Rotate,
+    config_transform,
     eval_transform,
     paper_transform,
     reduced_input,
     train_transform,
 )
 
+#: The dataset names :func:`build_dataset` takes.
 DATASETS = ("cub", "cars", "aircraft", "synthetic")
 
 __all__ = [
@@ -32,6 +34,7 @@ __all__ = [
     "FineGrainedDataset",
     "Rotate",
     "build_dataset",
+    "config_test_split",
     "eval_transform",
     "make_synthetic",
     "paper_transform",
@@ -66,3 +69,12 @@ def build_dataset(
     return AircraftDataset(
         root, "trainval" if train else "test", transform=transform, with_box=with_box
     )
+
+
+def config_test_split(
+    settings: dict, root: str | os.PathLike, with_keypoints: bool = False
+) -> FineGrainedDataset:
+    """The test split of ``settings["dataset"]`` under ``root``, in the evaluation transform of
+    ``settings["transform"]`` (a training config, or a checkpoint's ``extra``)."""
+    transform = config_transform(settings["transform"], train=False)
+    return build_dataset(settings["dataset"], root, False, transform, with_keypoints=with_keypoints)

@@ -17,8 +17,8 @@ from .base import FineGrainedDataset
 
 __all__ = ["VALIDATION_MODES", "Subset", "holdout_indices", "training_splits"]
 
-# "test": validate on the test split (no held-out images); "holdout": on a held-out share of
-# the training split; "none": no validation (best.pt is the last model).
+#: "test": validate on the test split (no held-out images); "holdout": on a held-out share of
+#: the training split; "none": no validation (best.pt is the last model).
 VALIDATION_MODES = ("holdout", "test", "none")
 
 

@@ -66,7 +66,7 @@ TAIL_PATTERNS = ("plain", "striped")
 WING_MARKS = ("plain", "spotted", "barred")
 MAX_CLASSES = len(HEAD_COLORS) * len(TAIL_PATTERNS) * len(WING_MARKS)
 MARKER = "synthetic.json"
-# Keyword arguments of make_synthetic per preset (see the module docstring).
+#: Keyword arguments of make_synthetic per preset (see the module docstring).
 SYNTHETIC_PRESETS: dict[str, dict] = {
     "default": {},
     "fine": {

@@ -18,10 +18,10 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 Size = int | tuple[int, int]
 
-# Section 4.1. Cars: "the scale size is set to 512 and the crop size is set to 448"; Aircraft:
-# "we resize the input images into 448 straightly"; CUB: "resize then crop 448", the scale not
-# given, so Cars' 512 is used. Resizes are to a square, as in NTS-Net (which SSANet builds on):
-# the whole object stays inside the crop. The synthetic data is drawn at 128x128.
+#: Section 4.1. Cars: "the scale size is set to 512 and the crop size is set to 448"; Aircraft:
+#: "we resize the input images into 448 straightly"; CUB: "resize then crop 448", the scale not
+#: given, so Cars' 512 is used. Resizes are to a square, as in NTS-Net (which SSANet builds on):
+#: the whole object stays inside the crop. The synthetic data is drawn at 128x128.
 PRESETS: dict[str, dict[str, Size | None]] = {
     "cub": {"resize": (512, 512), "crop": 448},
     "cars": {"resize": (512, 512), "crop": 448},

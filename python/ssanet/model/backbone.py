@@ -16,6 +16,7 @@ from torch import nn
 
 __all__ = ["Backbone", "load_backbone_weights", "RESNET_NAMES"]
 
+#: The torchvision ResNets a backbone can be.
 RESNET_NAMES = (
     "resnet18",
     "resnet34",

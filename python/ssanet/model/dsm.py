@@ -26,8 +26,8 @@ from .operators import operators
 
 __all__ = ["DSM_MODES", "DiscriminativeScaleMining"]
 
-# "align": the paper's DSM. "fixed": shift 0 only, y = sum_n w_n . phi_n (Table 5, DSM(fixed)).
-# "single": one scale, the proposal itself (S = 1, Table 5's single-scale variant).
+#: "align": the paper's DSM. "fixed": shift 0 only, y = sum_n w_n . phi_n (Table 5, DSM(fixed)).
+#: "single": one scale, the proposal itself (S = 1, Table 5's single-scale variant).
 DSM_MODES = ("align", "fixed", "single")
 
 

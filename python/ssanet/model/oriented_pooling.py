@@ -19,6 +19,7 @@ from .operators import operators
 
 __all__ = ["GroupedLinear", "OrientedPoolClassifier", "PartPoolingHead", "POOLING_MODES"]
 
+#: The OP head's pooling: the paper's oriented pooling, or global average or max pooling (Table 4).
 POOLING_MODES = ("oriented", "gap", "gmp")
 
 

@@ -32,7 +32,7 @@ class AnchorLevel:
         return len(self.scales) * len(self.aspect_ratios)
 
 
-# NTS-Net's settings (its anchors.py): three levels on a 448x448 input, 1614 anchors in all.
+#: NTS-Net's settings (its anchors.py): three levels on a 448x448 input, 1614 anchors in all.
 NTS_ANCHOR_LEVELS = (
     AnchorLevel(32, 48.0, (2 ** (1 / 3), 2 ** (2 / 3)), (0.667, 1.0, 1.5)),
     AnchorLevel(64, 96.0, (2 ** (1 / 3), 2 ** (2 / 3)), (0.667, 1.0, 1.5)),
