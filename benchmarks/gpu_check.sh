@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU check in one command (README, "GPU check"):
+# The GPU check in one command (docs/testing.md, "GPU check"):
 #
 #     benchmarks/gpu_check.sh [--archive DIR] OUT_DIR   # on the GPU machine
 #     benchmarks/gpu_check.sh --stamp                   # where git is, before copying the tree

@@ -50,7 +50,8 @@ __all__ = [
 LAST_CHECKPOINT = "last.pt"
 #: A run folder's checkpoint of the epoch its validation selected.
 BEST_CHECKPOINT = "best.pt"
-CHECKSUM_KEY = "checksum"  # "sha256:<hex digest>" of every other entry of the file
+#: The entry holding ``"sha256:<hex digest>"`` of every other entry of a checkpoint file.
+CHECKSUM_KEY = "checksum"
 
 
 class LoadedCheckpoint(NamedTuple):
