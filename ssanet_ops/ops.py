@@ -14,11 +14,10 @@ import torch
 import torch.fx
 
 from . import _tensor_scales
+from ._scale_align_arguments import check_cublas_determinism, check_scale_align_inputs
 from ._validation import (
     BoxesArg,
     call_checking_box_values,
-    check_cublas_determinism,
-    check_scale_align_inputs,
     multiscale_roi_crop_arguments,
     oriented_pool_arguments,
     power_factors,

@@ -254,7 +254,8 @@ def _align(
     # tol = 8 * S * eps * ||phi[n]|| * ||weight[c]|| absorbs the rounding that the Fourier form
     # leaves on exact ties; when nothing compares so (a NaN maximum or tolerance), the first
     # maximum (max(dim) propagates NaN). The bias is added after: it takes no part in the argmax.
-    # The logits are corr at that shift, so the gradient goes to it alone (eq. 8).
+    # The logits are the maximum, and their gradient that of corr at the shift (eq. 8): the two
+    # differ by less than tol, a constant to autograd.
     scales = phi.shape[-2]
     # float16/bfloat16 accumulate in float32 (docs/operators.md section 3).
     dtype = torch.float32 if corr.dtype in (torch.float16, torch.bfloat16) else corr.dtype
@@ -267,7 +268,9 @@ def _align(
         tied = corr >= (best - tolerance).unsqueeze(-1)
         # argmax of a 0/1 tensor is its first 1.
         shift = torch.where(tied.any(dim=-1), tied.byte().argmax(dim=-1), first)
-    logits = corr.gather(-1, shift.unsqueeze(-1)).squeeze(-1)
+    at_shift = corr.gather(-1, shift.unsqueeze(-1)).squeeze(-1)
+    # torch.where, not best - at_shift alone: an infinite maximum at the shift stays infinite.
+    logits = at_shift + torch.where(at_shift == best, 0, best - at_shift).detach()
     if bias is not None:
         logits = logits + bias.unsqueeze(-2)
     return logits, shift

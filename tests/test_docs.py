@@ -31,14 +31,6 @@ PAGES = [
 HAS_TORCHVISION = importlib.util.find_spec("torchvision") is not None
 HAS_CUDA = torch.cuda.is_available()
 README_MAX_LINES = 250
-# The README's scale_align example (moved to docs/ops.md) compares scale_align's logits with
-# the maximum of scale_correlation's; on near-ties the kernels' tie rule picks another shift
-# than the maximum (issue 23 item 7), which the kernel change of "The first GPU run must
-# succeed" (part 4) fixes.
-KNOWN_FAILURES = {
-    "corr.amax(dim=-1) + head.bias": "scale_align's logits are the tie rule's shift, not the "
-    "maximum of scale_correlation, on near-ties (issue 23 item 7; fixed by the logits change)"
-}
 
 
 def _skip_reason(code: str) -> str | None:
@@ -69,12 +61,7 @@ def _python_blocks() -> list:
             line = text.count("\n", 0, match.start()) + 1
             name = f"{page.relative_to(ROOT)}:{line}"
             code = match.group(1)
-            marks = [
-                pytest.mark.xfail(strict=False, reason=reason)
-                for needle, reason in KNOWN_FAILURES.items()
-                if needle in code
-            ]
-            blocks.append(pytest.param(name, code, id=name, marks=marks))
+            blocks.append(pytest.param(name, code, id=name))
     return blocks
 
 

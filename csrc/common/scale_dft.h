@@ -243,10 +243,12 @@ SSANET_HOST_DEVICE acc_t tie_tolerance(int64_t S, acc_t phi_norm, acc_t weight_n
   return acc_t(8) * static_cast<acc_t>(S) * epsilon<acc_t>() * phi_norm * weight_norm;
 }
 
-// The forward epilogue of scale_align for one (n, c) (docs/operators.md section 3): from its T products
-// K(p), the shift, which it returns, and the response at that shift, into `value` (the bias is
-// the caller's: the shift is the argmax of corr alone, issue 12). The shift is the lowest r with
-// corr[r] >= max - tolerance; when nothing compares so (a NaN maximum or tolerance), the first
+// The forward epilogue of scale_align for one (n, c) (docs/operators.md section 3): from its T
+// products K(p), the maximum response into `value` and the shift, which it returns (the bias is
+// the caller's: neither depends on it, issue 12). The value is the maximum as computed, whatever
+// the shift: the tolerance only decides which of the shifts tied with the maximum is reported
+// (the lowest r with corr[r] >= max - tolerance) and carries the gradient, never the logit
+// (issue 20). When nothing compares so (a NaN maximum or tolerance), the shift is the first
 // maximum, as torch.max gives it (a NaN propagates).
 template <typename acc_t, typename Products>
 SSANET_HOST_DEVICE int64_t align_point(const Products& K, const Twiddles<acc_t>& tw,
@@ -265,16 +267,14 @@ SSANET_HOST_DEVICE int64_t align_point(const Products& K, const Twiddles<acc_t>&
       best_shift = r;
     }
   }
-  // The responses are recomputed: the same arithmetic as above, and any difference a compiler's
-  // contraction might make is a rounding, far below the tolerance.
+  value = best;
+  // The responses below the best are recomputed: the same arithmetic as above, and any
+  // difference a compiler's contraction might make is a rounding, far below the tolerance.
   for (int64_t r = 0; r < best_shift; ++r) {
-    const acc_t response = corr(r);
-    if (response >= best - tolerance) {
-      value = response;
+    if (corr(r) >= best - tolerance) {
       return r;
     }
   }
-  value = best;
   return best_shift;
 }
 

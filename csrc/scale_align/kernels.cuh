@@ -6,7 +6,8 @@
 //      of S inputs, which overflow float16 from about 65504 / S, and the gradient planes carry
 //      the rounding of the result; docs/operators.md section 4 keeps float32 intermediates);
 //   2. the T plane products as one batched GEMM in the accumulation type, through ATen's bmm
-//      (cuBLAS on a GPU), called through the dispatcher on the calling thread;
+//      (cuBLAS on a GPU), called through the dispatcher on the calling thread, split over
+//      chunks of the feature axis whose partial products a reduction adds up (issue 20);
 //   3. align_kernel / correlation_kernel: the inverse DFT fused with max, argmax (within the tie
 //      tolerance, from the norms of phi's and weight's rows) and bias (one thread per (n, c)).
 // The backward runs grad_planes_kernel (the gradient's planes, one-hot for scale_align), the
@@ -22,6 +23,7 @@
 // through the dispatcher, decides by itself from torch.backends.cuda.matmul.allow_tf32 /
 // torch.set_float32_matmul_precision, as for any torch.bmm.
 
+#include <algorithm>
 #include <optional>
 #include <tuple>
 #include <vector>
@@ -52,25 +54,32 @@ __device__ scale_dft::Twiddles<acc_t> block_twiddles(int64_t S) {
 
 // ---- kernels ----
 
-// planes[g, p, r, d] of x[g, r, :, d] for x [G, R, S, D] of any strides, whose strides of
-// (g, r, s, d) are those that common/strides.h names (n, c, h, w).
+// planes[g, p, k, r, e] of x[g, r, :, k * W + e] for x [G, R, S, D] of any strides, whose
+// strides of (g, r, s, d) are those that common/strides.h names (n, c, h, w): the feature axis
+// cut into K chunks of W columns, zero past D (K = 1, W = D: planes [G, T, R, D]).
 template <typename scalar_t>
 __global__ void analysis_kernel(const scalar_t* __restrict__ x, Strides4 strides, int64_t R,
-                                int64_t S, int64_t D, int64_t columns, scale_dft::Packing packing,
+                                int64_t S, int64_t D, int64_t K, int64_t W, int64_t columns,
+                                scale_dft::Packing packing,
                                 opmath_t<scalar_t>* __restrict__ planes) {
   using acc_t = opmath_t<scalar_t>;
   const scale_dft::Twiddles<acc_t> tw = block_twiddles<acc_t>(S);
   const int64_t T = scale_dft::plane_count(S);
   for (int64_t index = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; index < columns;
        index += int64_t{gridDim.x} * blockDim.x) {
-    // index = (g * R + r) * D + d: consecutive threads read and write consecutive d.
-    const int64_t d = index % D;
-    const int64_t row = index / D;
-    const int64_t g = row / R, r = row % R;
-    const scalar_t* source = x + g * strides.n + r * strides.c + d * strides.w;
-    acc_t* target = planes + (g * T * R + r) * D + d;
-    const auto column = [&](int64_t j) { return static_cast<acc_t>(source[j * strides.h]); };
-    const auto out = [&](int64_t p, acc_t value) { target[p * R * D] = value; };
+    // index = ((g * K + k) * R + r) * W + e: consecutive threads read and write consecutive d.
+    const int64_t e = index % W;
+    const int64_t r = (index / W) % R;
+    const int64_t k = (index / (W * R)) % K;
+    const int64_t g = index / (W * R * K);
+    const int64_t d = k * W + e;
+    const bool inside = d < D;
+    const scalar_t* source = x + g * strides.n + r * strides.c + (inside ? d : 0) * strides.w;
+    acc_t* target = planes + ((g * T * K + k) * R + r) * W + e;
+    const auto column = [&](int64_t j) {
+      return inside ? static_cast<acc_t>(source[j * strides.h]) : acc_t(0);
+    };
+    const auto out = [&](int64_t p, acc_t value) { target[p * K * R * W] = value; };
     scale_dft::planes<acc_t>(packing, /*conjugate=*/false, column, tw, out);
   }
 }
@@ -192,17 +201,17 @@ size_t twiddle_bytes(int64_t S) {
   return static_cast<size_t>(2 * S) * sizeof(acc_t);
 }
 
-// planes [G, T, R, D] (accumulation type) of x [G, R, S, D].
+// planes [G, T, K, R, W] (accumulation type) of x [G, R, S, D] in K chunks of W columns.
 template <typename scalar_t>
-void launch_analysis(const Tensor& x, scale_dft::Packing packing, Tensor& planes,
-                     gpu::Stream stream) {
+void launch_analysis(const Tensor& x, scale_dft::Packing packing, int64_t K, int64_t W,
+                     Tensor& planes, gpu::Stream stream) {
   using acc_t = opmath_t<scalar_t>;
   const int64_t R = x.size(1), S = x.size(2), D = x.size(3);
-  const int64_t columns = x.size(0) * R * D;
+  const int64_t columns = x.size(0) * K * R * W;
   const GridStride launch = grid_stride(columns);
   gpu::launch(analysis_kernel<scalar_t>, launch.blocks, launch.threads, twiddle_bytes<acc_t>(S),
-              stream, x.const_data_ptr<scalar_t>(), strides_of(x), R, S, D, columns, packing,
-              planes.mutable_data_ptr<acc_t>());
+              stream, x.const_data_ptr<scalar_t>(), strides_of(x), R, S, D, K, W, columns,
+              packing, planes.mutable_data_ptr<acc_t>());
 }
 
 // logits and shift [G, N, C] from the products [G*T, N, C] and the row norms [G, N], [G, C];
@@ -275,14 +284,17 @@ inline ScalarType accumulation_dtype(ScalarType dtype) {
   return dtype == ScalarType::Double ? ScalarType::Double : ScalarType::Float;
 }
 
-// [G, T, R, D] planes of x [G, R, S, D], in the accumulation dtype.
-inline Tensor analysis(const Tensor& x, scale_dft::Packing packing, gpu::Stream stream) {
+// The planes of x [G, R, S, D] in the accumulation dtype, its feature axis in K chunks of W
+// columns (zero past D) as [G * T * K, R, W]; [G * T, R, D] when K = 1 and W = D.
+inline Tensor analysis(const Tensor& x, scale_dft::Packing packing, int64_t K, int64_t W,
+                       gpu::Stream stream) {
   const int64_t T = scale_dft::plane_count(x.size(2));
-  Tensor planes = empty_like_device(x, {x.size(0), T, x.size(1), x.size(3)},
+  Tensor planes = empty_like_device(x, {x.size(0) * T * K, x.size(1), W},
                                     accumulation_dtype(x.scalar_type()));
   if (planes.numel() > 0) {
-    SSANET_DISPATCH_FLOATING_TYPES(x.scalar_type(), "scale_align_dft",
-                                   [&] { launch_analysis<scalar_t>(x, packing, planes, stream); });
+    SSANET_DISPATCH_FLOATING_TYPES(x.scalar_type(), "scale_align_dft", [&] {
+      launch_analysis<scalar_t>(x, packing, K, W, planes, stream);
+    });
   }
   return planes;
 }
@@ -292,23 +304,48 @@ inline void bmm_out(Tensor& out, const Tensor& lhs, const Tensor& rhs) {
   call_aten("aten::bmm", "out", lhs, rhs, out);
 }
 
+// Columns per chunk of the forward's products: a GEMM adds the terms of its inner dimension
+// one after another, so its rounding grows with D (at D = 100,352 in the simulator's bmm, 15
+// times that of torch.fft in float64, issue 20); chunks of this width, whose partial products a reduction adds up, keep
+// it near that of one chunk (the CPU kernels' chunks do the same, cpu.cpp).
+constexpr int64_t kProductChunkWidth = 256;
+
+// The number of chunks K of the forward's products: D / kProductChunkWidth, rounded up, but no
+// more than keeps the partial products [G*T*K, N, C] within the planes' memory.
+inline int64_t product_chunks(const Shape& shape) {
+  const int64_t N = shape.proposals, C = shape.classes, D = shape.features;
+  const int64_t wanted = (D + kProductChunkWidth - 1) / kProductChunkWidth;
+  const int64_t within_planes = (N + C) * D / std::max<int64_t>(N * C, 1);
+  return std::max<int64_t>(1, std::min(wanted, within_planes));
+}
+
 // The T plane products of the forward, [G*T, N, C] in the accumulation dtype, through ATen's
-// bmm (on a GPU, cuBLAS: TF32 for float32 as torch.backends.cuda.matmul.allow_tf32 says).
+// bmm (on a GPU, cuBLAS: TF32 for float32 as torch.backends.cuda.matmul.allow_tf32 says) over
+// K chunks of the feature axis at once, then ATen's sum over the chunks.
 inline Tensor forward_products(const Tensor& phi4, const Tensor& weight4, const Shape& shape,
                                gpu::Stream stream) {
+  const int64_t N = shape.proposals, C = shape.classes, D = shape.features;
   const int64_t batches = shape.groups * shape.planes();
-  const Tensor phi_planes = analysis(phi4, scale_dft::kPhiPacking, stream);
-  const Tensor weight_planes = analysis(weight4, scale_dft::kWeightPacking, stream);
-  Tensor products = empty_like_device(phi_planes, {batches, shape.proposals, shape.classes});
-  if (shape.features == 0) {
-    return torch::stable::zero_(products);  // sums over an empty feature axis
+  if (D == 0) {  // sums over an empty feature axis
+    Tensor products =
+        empty_like_device(phi4, {batches, N, C}, accumulation_dtype(phi4.scalar_type()));
+    return torch::stable::zero_(products);
   }
-  bmm_out(products,
-          torch::stable::view(phi_planes, {batches, shape.proposals, shape.features}),
-          torch::stable::transpose(
-              torch::stable::view(weight_planes, {batches, shape.classes, shape.features}), 1,
-              2));
-  return products;
+  const int64_t wanted_chunks = product_chunks(shape);
+  const int64_t W = (D + wanted_chunks - 1) / wanted_chunks;
+  const int64_t K = (D + W - 1) / W;  // no chunk wholly past D
+  const Tensor phi_planes = analysis(phi4, scale_dft::kPhiPacking, K, W, stream);
+  const Tensor weight_planes = analysis(weight4, scale_dft::kWeightPacking, K, W, stream);
+  Tensor partials = empty_like_device(phi_planes, {batches * K, N, C});
+  bmm_out(partials, phi_planes, torch::stable::transpose(weight_planes, 1, 2));
+  if (K == 1) {
+    return partials;
+  }
+  // sum.dim_IntList's dim is an optional list (int[1]?), passed as such through the stable ABI.
+  const std::optional<std::vector<int64_t>> chunk_dim = std::vector<int64_t>{1};
+  return call_aten("aten::sum", "dim_IntList",
+                   torch::stable::view(partials, {batches, K, N, C}), chunk_dim,
+                   /*keepdim=*/false, std::nullopt)[0];
 }
 
 // The Frobenius norms [G, R] of the rows x[g, r] of x [G, R, S, D], in the accumulation dtype:
@@ -391,8 +428,9 @@ inline Tensor backward(const Tensor& grad, const std::optional<Tensor>& shift,
                                    planes, stream);
     });
   }
-  const Tensor input_planes = analysis(
-      as_grouped(other), for_weight ? scale_dft::kPhiPacking : scale_dft::kWeightPacking, stream);
+  const Tensor input_planes =
+      analysis(as_grouped(other), for_weight ? scale_dft::kPhiPacking : scale_dft::kWeightPacking,
+               /*K=*/1, D, stream);
   const int64_t batches = G * T;
   const Tensor planes3 = torch::stable::view(planes, {batches, N, C});
   const Tensor lhs = for_weight ? torch::stable::transpose(planes3, 1, 2) : planes3;
