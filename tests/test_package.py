@@ -282,6 +282,25 @@ def test_simulate_cuda_routes_cpu_calls_and_restores_them():
 
 
 @requires_simulator
+def test_simulate_cuda_replaces_the_cpu_kernels_without_a_warning(tmp_path):
+    # In a fresh interpreter: the dispatcher warns about an override once per process (torch
+    # 2.13 does, beside which CI's CPU-only step runs this).
+    code = (
+        "import warnings\n"
+        "import ssanet_ops\n"
+        "from ssanet_ops.testing import simulate_cuda\n"
+        "warnings.simplefilter('error')\n"
+        "with simulate_cuda():\n"
+        "    pass\n"
+        "print('quiet')\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, check=False
+    )
+    assert done.returncode == 0 and done.stdout == "quiet\n", done.stderr
+
+
+@requires_simulator
 def test_ops_without_simulated_kernels_raise_inside_simulate_cuda():
     with torch.library._scoped_library("ssanet_ops", "FRAGMENT") as library:
         library.define("_only_on_cpu(Tensor x) -> Tensor")
