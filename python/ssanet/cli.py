@@ -1,6 +1,7 @@
 """The ``ssanet`` command line.
 
 ssanet predict --checkpoint CKPT IMAGE... [--topk 5] [--draw OUT.png|OUT.jpg [--candidates]]
+               [--overwrite]
 ssanet make-synthetic OUT [--preset default|fine] [--num-classes 10] [--images-per-class 40]
 ssanet train --config CONFIG --data ROOT --out RUN_DIR [--set KEY=VALUE ...]
 ssanet train --resume RUN_DIR [--data ROOT]
@@ -324,6 +325,8 @@ def eval_command(args: argparse.Namespace) -> int:
 
 
 def ablation_command(args: argparse.Namespace) -> int:
+    if args.data is not None:
+        _require_folder(args.data, "--data")
     from .evaluate import ablation_table
 
     if args.train is not None:
