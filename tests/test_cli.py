@@ -335,6 +335,28 @@ def test_a_bug_is_one_line_with_exit_status_1_and_its_traceback_with_debug(
         cli.main([*map(str, arguments), "--debug"])
 
 
+def test_a_missing_package_and_memory_are_the_users_to_fix(
+    monkeypatch, tmp_path, checkpoint, data_root, capsys
+):
+    # tqdm (the progress bar of eval) not installed: the extra that has it is named.
+    monkeypatch.setitem(sys.modules, "tqdm", None)
+    arguments = ["eval", "--checkpoint", checkpoint, "--data", data_root, "--out", tmp_path / "e"]
+    result = run_in_process(arguments, capsys)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert "tqdm" in result.stderr and "'train' extra" in result.stderr
+
+    # Out of memory: torch's first line, and what to change.
+    def too_large(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB\nstatistics")
+
+    monkeypatch.setattr(sys.modules["ssanet.predict"], "load_images", too_large)
+    result = run_in_process(
+        ["predict", "--checkpoint", checkpoint, sample_images(data_root)[0]], capsys
+    )
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert "Tried to allocate 2 GiB (a smaller --batch-size" in result.stderr
+
+
 def test_a_failed_weights_download_is_one_line(monkeypatch, tmp_path, data_root, capsys):
     # Offline (simulated: a machine with internet would download the weights), the message
     # says where to put the file, in one line: it was an 88-line traceback (issue 23).

@@ -567,9 +567,13 @@ def _is_users_to_fix(error: Exception) -> bool:
     """Whether `error` is a mistake the user can fix: the library raises ValueError for bad
     input and OSError for missing or unwritable files and failed downloads, each naming the
     file or setting; an ImportError is a missing (or mismatched) optional dependency, unless
-    it is one of this package's own modules. Anything else is a bug."""
+    it is one of this package's own modules; torch's OutOfMemoryError asks for a smaller batch
+    or images. Anything else is a bug."""
     if isinstance(error, ImportError):
         return (error.name or "").partition(".")[0] not in ("ssanet", "ssanet_ops")
+    # By name: torch may not be imported (and needs not be, to tell).
+    if type(error).__name__ == "OutOfMemoryError":
+        return True
     return isinstance(error, CommandError | ValueError | OSError)
 
 
@@ -578,6 +582,10 @@ def _message(error: Exception) -> str:
     # to a user.
     if isinstance(error, OSError) and error.strerror and error.filename:
         return f"{error.strerror}: {error.filename}"
+    if type(error).__name__ == "OutOfMemoryError":
+        # torch's message runs over several lines of allocator statistics.
+        first_line = str(error).strip().splitlines()[0]
+        return f"{first_line} (a smaller --batch-size or --set batch_size=N needs less memory)"
     if isinstance(error, ModuleNotFoundError) and error.name:
         return f"{error}: install it (the 'train' extra of ssanet-ops lists what ssanet needs)"
     # One line: a message of several (torch's often are) is joined.
