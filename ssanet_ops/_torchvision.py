@@ -35,9 +35,10 @@ def _torch_version() -> str:
 def install_command() -> str:
     """The pip command that adds the torchvision made for the installed torch and keeps it.
 
-    torch is pinned to its release without the local label (``==2.13.0`` matches the installed
-    2.13.0+cpu, and no other index has that label); a labelled torch came from PyTorch's own
-    index, where its torchvision is too (PyPI's is a CUDA build).
+    torch is pinned to its release without the local label: ``==2.13.0`` matches the installed
+    2.13.0+cpu, which PyPI, with no labelled builds, would not. A labelled torch came from
+    PyTorch's index for that label, where the torchvision built for it is (PyPI's is a CUDA
+    build).
     """
     release, _, label = _torch_version().partition("+")
     command = f"pip install torchvision 'torch=={release}'"
