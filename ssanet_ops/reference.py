@@ -131,10 +131,13 @@ def scale_candidates(
 def _roi_align():
     """``torchvision.ops.roi_align``, imported on first use: torchvision is an optional
     dependency (the ``vision`` extra), since each of its releases requires one exact torch and
-    the operators run on any torch >= 2.11 (issue 11)."""
-    import_torchvision("ssanet_ops.reference.multiscale_roi_crop (its roi_align)", "vision")
-    from torchvision.ops import roi_align
-
+    the operators run on any torch >= 2.11 (issue 11). Where it cannot be imported, the error
+    says why in one line (missing, or not the build made for this torch)."""
+    try:
+        from torchvision.ops import roi_align
+    except Exception:
+        import_torchvision("ssanet_ops.reference.multiscale_roi_crop (its roi_align)", "vision")
+        raise
     return roi_align
 
 
