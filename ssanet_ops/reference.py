@@ -8,6 +8,7 @@ from collections.abc import Sequence
 
 import torch
 
+from ._torchvision import import_torchvision
 from ._validation import BoxesArg, boxes_as_rois, oriented_pool_geometry, pair, scale_list
 
 __all__ = [
@@ -145,18 +146,13 @@ def scale_candidates(
 def _roi_align():
     """``torchvision.ops.roi_align``, imported on first use: torchvision is an optional
     dependency (the ``vision`` extra), since each of its releases requires one exact torch and
-    the operators run on any torch >= 2.11 (issue 11)."""
+    the operators run on any torch >= 2.11 (issue 11). Where it cannot be imported, the error
+    says why in one line (missing, or not the build made for this torch)."""
     try:
         from torchvision.ops import roi_align
-    except ImportError as error:
-        # Pinned without the local label (+cpu, +cu130), which matches every build of it.
-        release = torch.__version__.split("+")[0]
-        raise ImportError(
-            "ssanet_ops.reference.multiscale_roi_crop needs torchvision (its roi_align), which "
-            f"cannot be imported here ({error}). Install the 'vision' extra of ssanet-ops, or "
-            f"the torchvision release made for your torch {torch.__version__}, with torch pinned "
-            f"so that pip keeps it: pip install torchvision 'torch=={release}'"
-        ) from error
+    except Exception:
+        import_torchvision("ssanet_ops.reference.multiscale_roi_crop (its roi_align)", "vision")
+        raise
     return roi_align
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import warnings
 from collections.abc import Iterator
 
 import torch
@@ -208,11 +209,15 @@ def simulate_cuda(int32_index_limit: int | None = None) -> Iterator[None]:
     if _depth == 0:
         simulated = set(simulated_ops())
         library = torch.library.Library("ssanet_ops", "IMPL")
-        for name in _kernel_ops():
-            kernel = _route_to_simulator(name) if name in simulated else _not_simulated(name)
-            # allow_override: an op whose CPU kernel was registered from Python (torch 2.11
-            # refuses to replace those otherwise).
-            library.impl(name, kernel, "CPU", allow_override=True)
+        with warnings.catch_warnings():
+            # Replacing the CPU kernels is the point: not worth the dispatcher's warning, which
+            # some torch releases (2.13) give on the first override of a process.
+            warnings.filterwarnings("ignore", "Warning only once for all operators", UserWarning)
+            for name in _kernel_ops():
+                kernel = _route_to_simulator(name) if name in simulated else _not_simulated(name)
+                # allow_override: an op whose CPU kernel was registered from Python (torch
+                # 2.11 refuses to replace those otherwise).
+                library.impl(name, kernel, "CPU", allow_override=True)
         _active = library
     _depth += 1
     try:

@@ -14,7 +14,12 @@ op whose kernels are not simulated yet is reported as skipped.
 
 torchvision is optional (the operators need only torch): tests that compare with its roi_align
 carry ``requires_torchvision`` (marker ``torchvision``) and skip without it; the modules of the
-model layer, which needs it throughout, skip as a whole (``pytest.importorskip``).
+model layer, which needs it throughout, skip as a whole (``pytest.importorskip`` of
+``ssanet._vision``, whose ImportError says why in one line). A torchvision that is installed
+but is not the build made for this torch (PyPI's CUDA build beside a CPU-only torch) counts as
+missing, the reason saying so.
+
+Skipped tests are summed up in one line per reason (``-rs`` lists them one by one).
 
 torch.compile's on-disk caches go to a folder of this test session (unless
 TORCHINDUCTOR_CACHE_DIR is set): a graph cached by another build of ssanet_ops may call an op
@@ -25,16 +30,18 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import importlib.util
+import functools
 import os
 import shutil
 import tempfile
+from collections import Counter
 from collections.abc import Iterator
 
 import pytest
 import torch
 
 import ssanet_ops
+from ssanet_ops._torchvision import torchvision_problem
 from ssanet_ops.testing import NotSimulatedError, simulate_cuda, simulator_available
 
 if "TORCHINDUCTOR_CACHE_DIR" not in os.environ:
@@ -43,7 +50,6 @@ if "TORCHINDUCTOR_CACHE_DIR" not in os.environ:
 
 CUDA_AVAILABLE = torch.cuda.is_available() and ssanet_ops.build_info()["cuda"]
 SIMULATOR_BUILT = simulator_available()
-TORCHVISION_INSTALLED = importlib.util.find_spec("torchvision") is not None
 
 _CUDA = pytest.param(
     "cuda",
@@ -68,10 +74,15 @@ def requires_cuda(test):
     return pytest.mark.cuda_kernels(test)
 
 
+@functools.cache
+def torchvision_missing() -> str | None:
+    """Why torchvision cannot be used here, or None; it is imported on the first call."""
+    return torchvision_problem()
+
+
 def requires_torchvision(test):
-    """For tests that compare with torchvision (roi_align, reference.multiscale_roi_crop)."""
-    reason = "needs torchvision (the 'vision' extra)"
-    test = pytest.mark.skipif(not TORCHVISION_INSTALLED, reason=reason)(test)
+    """For tests that compare with torchvision (roi_align, reference.multiscale_roi_crop):
+    skipped where it cannot be used (pytest_runtest_setup)."""
     return pytest.mark.torchvision(test)
 
 
@@ -146,6 +157,13 @@ def pytest_configure(config):
     )
 
 
+def pytest_runtest_setup(item):
+    if item.get_closest_marker("torchvision") is not None:
+        problem = torchvision_missing()
+        if problem is not None:
+            pytest.skip(f"needs torchvision (the 'vision' extra): {problem}")
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
     outcome = yield
@@ -163,6 +181,7 @@ def pytest_runtest_makereport(item, call):
 
 
 def pytest_terminal_summary(terminalreporter):
+    _summarize_skips(terminalreporter)
     counts = {}
     for outcome in ("passed", "failed", "skipped", "error"):
         nodes = {
@@ -175,3 +194,18 @@ def pytest_terminal_summary(terminalreporter):
     if counts:
         listed = ", ".join(f"{count} {outcome}" for outcome, count in counts.items())
         terminalreporter.write_line(f"simulated CUDA tests: {listed}")
+
+
+def _summarize_skips(terminalreporter) -> None:
+    """One line per reason, with the number of tests skipped for it: where there is no GPU,
+    the GPU-only tests alone would fill a screen with ``-rs``'s line per test."""
+    if "s" in terminalreporter.reportchars:  # -rs asked for the lines one by one
+        return
+    reasons = Counter()
+    for report in terminalreporter.stats.get("skipped", []):
+        if isinstance(report.longrepr, tuple):
+            reasons[report.longrepr[2].removeprefix("Skipped: ")] += 1
+    if reasons:
+        terminalreporter.section("skipped, by reason", sep="-")
+        for reason, count in reasons.most_common():
+            terminalreporter.write_line(f"{count:5d} {reason}")

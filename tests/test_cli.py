@@ -14,19 +14,23 @@ import re
 import shlex
 import subprocess
 import sys
+import urllib.error
+import warnings
 from importlib import metadata
 from pathlib import Path
 
 import pytest
 import torch
 
-# The model layer needs torchvision, an optional dependency (the "train" extra): without it
-# this module is skipped. The imports below need it.
-pytest.importorskip("torchvision", reason="the model layer needs torchvision (the 'train' extra)")
+# The model layer needs torchvision, an optional dependency (the "train" extra): without it,
+# or beside a torch it was not made for, this module is skipped, with ssanet's one-line reason.
+# The imports below need it.
+pytest.importorskip("ssanet._vision", exc_type=ImportError)
 
+import numpy as np
 import ssanet
 import torchvision
-from PIL import ImageColor
+from PIL import Image, ImageColor
 from ssanet import cli
 from ssanet.data import make_synthetic
 from ssanet.predict import MIN_LONG_SIDE, PART_COLORS
@@ -61,7 +65,7 @@ def run(*arguments, cwd: Path, env: dict | None = None) -> subprocess.CompletedP
 def checkpoint(tmp_path_factory) -> Path:
     torch.manual_seed(0)
     model = ssanet.SSANet(
-        len(CLASS_NAMES), backbone="resnet18", weights=None, part_features="shared"
+        len(CLASS_NAMES), backbone="resnet18", weights=None, crop_from="shared"
     ).eval()
     path = tmp_path_factory.mktemp("model") / "model.pt"
     transform = {"resize": [IMAGE_SIZE, IMAGE_SIZE], "crop": None}
@@ -117,6 +121,19 @@ def not_an_image(folder: Path) -> Path:
     return path
 
 
+def binary_config(folder: Path) -> Path:
+    # A checkpoint given as the config: not UTF-8 text.
+    path = folder / "corrupt.pt"
+    path.write_bytes(pickle.dumps(list(range(300))))
+    return path
+
+
+def earlier_picture(folder: Path) -> Path:
+    path = folder / "parts.png"
+    path.write_bytes(b"an earlier picture")
+    return path
+
+
 def non_empty_folder(folder: Path) -> Path:
     (folder / "out").mkdir()
     (folder / "out" / "mine.txt").write_text("keep me\n")
@@ -161,6 +178,14 @@ MISTAKES = {
         lambda d, c, i: ["predict", "--checkpoint", c, not_an_image(d)],
         ["photo.jpg is not an image"],
     ),
+    "folder as an image": (
+        lambda d, c, i: ["predict", "--checkpoint", c, d],
+        ["argument IMAGE: ", "is a folder: name the file"],
+    ),
+    "picture of an earlier run": (
+        lambda d, c, i: ["predict", "--checkpoint", c, i, "--draw", earlier_picture(d)],
+        ["argument --draw", "parts.png exists", "--overwrite"],
+    ),
     "unknown picture format": (
         lambda d, c, i: ["predict", "--checkpoint", c, i, "--draw", d / "parts.gif"],
         ["argument --draw", ".png, .jpg"],
@@ -175,7 +200,22 @@ MISTAKES = {
     ),
     "eval on a missing dataset": (
         lambda d, c, i: ["eval", "--checkpoint", c, "--data", d / "nowhere", "--out", d / "e"],
-        ["nowhere"],
+        ["argument --data: folder", "nowhere does not exist"],
+    ),
+    "train on a missing dataset": (
+        lambda d, c, i: ["train", "--config", "synthetic", "--data", d / "nowhere", "--out", d],
+        ["argument --data: folder", "nowhere does not exist"],
+    ),
+    "train with a checkpoint as its config": (
+        lambda d, c, i: ["train", "--config", binary_config(d), "--data", d, "--out", d / "r"],
+        ["config file", "corrupt.pt is not a JSON text file"],
+    ),
+    "train with a crop that is no size": (
+        lambda d, c, i: (
+            ["train", "--config", "synthetic", "--data", d, "--out", d / "run"]
+            + ["--set", "transform.crop=abc"]
+        ),
+        ["config 'transform.crop' must be a positive integer", "'abc'"],
     ),
     "train without --out": (
         lambda d, c, i: ["train", "--config", "synthetic", "--data", d],
@@ -272,18 +312,97 @@ def test_debug_shows_the_traceback(tmp_path, checkpoint):
         "predict", "--checkpoint", tmp_path / "missing.pt", "x.jpg", "--debug", cwd=tmp_path
     )
     assert result.returncode != 0
-    assert "Traceback" in result.stderr and "FileNotFoundError" in result.stderr
+    assert "Traceback" in result.stderr and "missing.pt does not exist" in result.stderr
 
 
-def test_a_bug_keeps_its_traceback(monkeypatch, tmp_path, checkpoint, data_root, capsys):
-    # What the library does not raise for bad input (here a TypeError) is a bug: not hidden.
+def test_a_bug_is_one_line_with_exit_status_1_and_its_traceback_with_debug(
+    monkeypatch, tmp_path, checkpoint, data_root, capsys
+):
+    # What the library does not raise for bad input (here a TypeError) is a bug: one line that
+    # says so, a status other than a mistake's, and the traceback with --debug.
     def broken(*args, **kwargs):
-        raise TypeError("a bug")
+        raise TypeError("a bug\nwith a second line")
 
     # The module: the attribute ssanet.predict is the function of that name.
     monkeypatch.setattr(sys.modules["ssanet.predict"], "load_images", broken)
+    arguments = ["predict", "--checkpoint", checkpoint, sample_images(data_root)[0]]
+    result = run_in_process(arguments, capsys)
+    assert result.returncode == 1 and result.stdout == ""
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert result.stderr.startswith("ssanet predict: unexpected error: TypeError: a bug (")
+    assert "--debug" in result.stderr
     with pytest.raises(TypeError, match="a bug"):
-        cli.main(["predict", "--checkpoint", str(checkpoint), str(sample_images(data_root)[0])])
+        cli.main([*map(str, arguments), "--debug"])
+
+
+def test_a_missing_package_and_memory_are_the_users_to_fix(
+    monkeypatch, tmp_path, checkpoint, data_root, capsys
+):
+    # tqdm (the progress bar of eval) not installed: the extra that has it is named.
+    monkeypatch.setitem(sys.modules, "tqdm", None)
+    arguments = ["eval", "--checkpoint", checkpoint, "--data", data_root, "--out", tmp_path / "e"]
+    result = run_in_process(arguments, capsys)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert "tqdm" in result.stderr and "'train' extra" in result.stderr
+
+    # Out of memory: torch's first line, and what to change.
+    def too_large(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB\nstatistics")
+
+    monkeypatch.setattr(sys.modules["ssanet.predict"], "load_images", too_large)
+    result = run_in_process(
+        ["predict", "--checkpoint", checkpoint, sample_images(data_root)[0]], capsys
+    )
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert "Tried to allocate 2 GiB (a smaller --batch-size" in result.stderr
+
+
+def test_a_failed_weights_download_is_one_line(monkeypatch, tmp_path, data_root, capsys):
+    # Offline (simulated: a machine with internet would download the weights), the message
+    # says where to put the file, in one line: it was an 88-line traceback (issue 23).
+    def offline(self, *args, **kwargs):
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setattr(torchvision.models.ResNet18_Weights, "get_state_dict", offline)
+    arguments = ["train", "--config", "synthetic", "--data", data_root, "--out", tmp_path / "r"]
+    result = run_in_process([*arguments, "--set", "model.weights=IMAGENET1K_V1", "--quiet"], capsys)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+    assert "could not download" in result.stderr
+    assert re.search(r"--set model\.weights=/path/to/resnet18-[0-9a-f]+\.pth", result.stderr)
+
+
+def test_a_checkpoint_without_its_dataset_names_the_flag(tmp_path, data_root, capsys):
+    model = ssanet.SSANet(len(CLASS_NAMES), backbone="resnet18", weights=None)
+    path = tmp_path / "anonymous.pt"
+    ssanet.save_checkpoint(path, model, CLASS_NAMES, IMAGE_SIZE)
+    result = run_in_process(["eval", "--checkpoint", path, "--data", data_root], capsys)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert "does not say which dataset" in result.stderr and "--dataset" in result.stderr
+    assert "dataset=" not in result.stderr.replace("dataset= in Python", "")
+
+
+def test_a_missing_file_is_reported_before_torch_is_imported(tmp_path, checkpoint):
+    # torch and torchvision take seconds to import: a mistake that needs neither is reported
+    # without them.
+    cases = [
+        ["predict", "--checkpoint", str(tmp_path / "missing.pt"), "x.jpg"],
+        ["predict", "--checkpoint", str(checkpoint), str(tmp_path / "missing.jpg")],
+        ["eval", "--checkpoint", str(checkpoint), "--data", str(tmp_path / "nowhere")],
+        ["train", "--config", "synthetic", "--data", str(tmp_path / "nowhere"), "--out", "r"],
+    ]
+    code = (
+        "import sys\n"
+        "from ssanet import cli\n"
+        f"statuses = [cli.main(arguments) for arguments in {cases!r}]\n"
+        "imported = [name for name in ('torch', 'torchvision') if name in sys.modules]\n"
+        "print(statuses, imported)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, check=True
+    )
+    assert result.stdout.strip() == f"{[2] * len(cases)} []", result.stderr
+    assert result.stderr.count("does not exist") == len(cases), result.stderr
 
 
 # Item 3: --version, a fast --help, --overwrite ------------------------------------------------
@@ -378,6 +497,12 @@ def test_a_bad_trial_setting_is_named(tmp_path, data_root, capsys, monkeypatch):
 # Item 4: the pictures -------------------------------------------------------------------------
 
 
+def read_picture(path: Path) -> torch.Tensor:
+    """A picture file as ``uint8 [3, H, W]``, decoded with PIL."""
+    with Image.open(path) as image:
+        return torch.from_numpy(np.asarray(image.convert("RGB")).copy()).permute(2, 0, 1)
+
+
 def rgb(name: str) -> torch.Tensor:
     return torch.tensor(ImageColor.getrgb(name), dtype=torch.uint8)
 
@@ -445,7 +570,7 @@ def test_predict_draws_one_labelled_panel_per_image(tmp_path, checkpoint, data_r
     result = run(*command, "--device", "cpu", "--topk", "2", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines()[::3] == [str(path) for path in images]
-    drawn = torchvision.io.decode_png(torchvision.io.read_file(str(out)))
+    drawn = read_picture(out)
 
     # The same, in this process: each panel is captioned with its file name and the top class.
     loaded = ssanet.load_checkpoint(checkpoint)
@@ -479,8 +604,25 @@ def test_predict_writes_jpeg_for_jpg(tmp_path, checkpoint, data_root):
     command = ["predict", "--checkpoint", checkpoint, sample_images(data_root)[0], "--draw", out]
     assert run(*command, "--device", "cpu", cwd=tmp_path).returncode == 0
     assert out.read_bytes()[:3] == b"\xff\xd8\xff"  # the JPEG marker, not PNG's
-    picture = torchvision.io.decode_jpeg(torchvision.io.read_file(str(out)))
+    picture = read_picture(out)
     assert picture.shape[0] == 3 and picture.shape[2] == MIN_LONG_SIDE
+
+
+def test_pictures_are_read_and_written_with_pil(tmp_path, data_root):
+    # torchvision 0.29 deprecates its image decoding and encoding (a DeprecationWarning, an
+    # error here), which the command used.
+    images = sample_images(data_root)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        normalized, pixels = ssanet.load_images(images, 40)
+        ssanet.write_picture(pixels[0], tmp_path / "first.png")
+    for path, resized in zip(images, pixels, strict=True):
+        expected = TF.resize(read_picture(path), [40, 40], antialias=True)
+        assert torch.equal(resized, expected)
+    mean = torch.tensor([0.485, 0.456, 0.406])[:, None, None]
+    std = torch.tensor([0.229, 0.224, 0.225])[:, None, None]
+    torch.testing.assert_close(normalized, (pixels / 255 - mean) / std)
+    assert torch.equal(read_picture(tmp_path / "first.png"), pixels[0])  # PNG: lossless
 
 
 def test_write_picture_refuses_unknown_endings(tmp_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
@@ -15,7 +16,7 @@ import ssanet_ops
 from ssanet_ops import _extension
 from ssanet_ops.testing import NotSimulatedError, simulate_cuda
 
-from .conftest import requires_simulator
+from .conftest import CUDA_AVAILABLE, requires_simulator
 
 
 def _major_minor(version: str) -> tuple[int, int]:
@@ -282,6 +283,25 @@ def test_simulate_cuda_routes_cpu_calls_and_restores_them():
 
 
 @requires_simulator
+def test_simulate_cuda_replaces_the_cpu_kernels_without_a_warning(tmp_path):
+    # In a fresh interpreter: the dispatcher warns about an override once per process (torch
+    # 2.13 does, beside which CI's CPU-only step runs this).
+    code = (
+        "import warnings\n"
+        "import ssanet_ops\n"
+        "from ssanet_ops.testing import simulate_cuda\n"
+        "warnings.simplefilter('error')\n"
+        "with simulate_cuda():\n"
+        "    pass\n"
+        "print('quiet')\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, check=False
+    )
+    assert done.returncode == 0 and done.stdout == "quiet\n", done.stderr
+
+
+@requires_simulator
 def test_ops_without_simulated_kernels_raise_inside_simulate_cuda():
     with torch.library._scoped_library("ssanet_ops", "FRAGMENT") as library:
         library.define("_only_on_cpu(Tensor x) -> Tensor")
@@ -291,3 +311,31 @@ def test_ops_without_simulated_kernels_raise_inside_simulate_cuda():
         with simulate_cuda(), pytest.raises(NotSimulatedError, match="not simulated yet"):
             torch.ops.ssanet_ops._only_on_cpu(x)
         torch.testing.assert_close(torch.ops.ssanet_ops._only_on_cpu(x), x + 1)
+
+
+@pytest.mark.skipif(CUDA_AVAILABLE, reason="with a GPU, the GPU tests run instead of skipping")
+def test_skipped_tests_are_summed_up_one_line_per_reason():
+    # Without a GPU, the GPU tests of one file skip at many places for one reason: one line,
+    # with their number, not one line per place (issue 23: 87 lines buried the summary).
+    repository = Path(__file__).resolve().parents[1]
+    done = subprocess.run(
+        [
+            str(Path(sys.executable).parent / "pytest"),
+            "tests/test_oriented_pool.py",
+            "-m",
+            "cuda_kernels and not cuda_simulator",
+            "-p",
+            "no:cacheprovider",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=repository,  # the project's pytest settings
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout[-2000:]
+    skipped = int(re.search(r"(\d+) skipped", done.stdout.splitlines()[-1]).group(1))
+    assert skipped > 1
+    assert not [line for line in done.stdout.splitlines() if line.startswith("SKIPPED")]
+    section = done.stdout.split("skipped, by reason")[1].splitlines()[1:]
+    reasons = [line for line in section if line.strip()]
+    assert reasons[0].split() == [str(skipped), *"needs a GPU and the CUDA kernels".split()]

@@ -23,9 +23,10 @@ from pathlib import Path
 import pytest
 import torch
 
-# The model layer needs torchvision, an optional dependency (the "train" extra): without it
-# this module is skipped. The imports below need it.
-pytest.importorskip("torchvision", reason="the model layer needs torchvision (the 'train' extra)")
+# The model layer needs torchvision, an optional dependency (the "train" extra): without it,
+# or beside a torch it was not made for, this module is skipped, with ssanet's one-line reason.
+# The imports below need it.
+pytest.importorskip("ssanet._vision", exc_type=ImportError)
 
 from ssanet import SSANet, load_checkpoint
 from ssanet.checkpoint import contents_checksum

@@ -4,8 +4,11 @@
 mining, oriented pooling) from ``ssanet_ops`` and torchvision; ``ssanet.predict`` and the
 ``ssanet`` command line run it.
 
-The names below load on first use (PEP 562), so that ``import ssanet`` does not import torch:
-the ``ssanet`` command answers ``--help`` and argument mistakes at once.
+The names below load on first use (PEP 562), so that ``import ssanet`` does not import torch
+or torchvision: the ``ssanet`` command answers ``--help``, ``--version`` and argument mistakes
+at once, with or without torchvision (an optional dependency, the ``train`` extra). The model
+layer and its data, which need torchvision, say in one line when it is missing or not the build
+made for the installed torch (``ssanet._vision``).
 """
 
 from __future__ import annotations
@@ -18,17 +21,6 @@ from typing import TYPE_CHECKING
 # system would otherwise bind here (``ssanet.predict`` must be the function). The module
 # imports torch only inside its functions.
 from .predict import Prediction, draw_parts, load_images, picture_grid, predict, write_picture
-
-# The model layer is built on torchvision, an optional dependency of the package (issue 11):
-# say so here rather than at the first model or data import. find_spec locates torchvision
-# without importing it (or torch), so the command line still answers --help at once.
-if importlib.util.find_spec("torchvision") is None:
-    raise ImportError(
-        "ssanet (the model layer, its data and the ssanet command) needs torchvision, which is "
-        "not installed: install the 'train' extra of ssanet-ops, or the torchvision release "
-        "made for your torch, with torch pinned so that pip keeps it: "
-        "pip install torchvision 'torch==<your torch version>'"
-    )
 
 if TYPE_CHECKING:
     from .checkpoint import LoadedCheckpoint, load_checkpoint, save_checkpoint

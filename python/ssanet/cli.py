@@ -1,6 +1,7 @@
 """The ``ssanet`` command line.
 
 ssanet predict --checkpoint CKPT IMAGE... [--topk 5] [--draw OUT.png|OUT.jpg [--candidates]]
+               [--overwrite]
 ssanet make-synthetic OUT [--preset default|fine] [--num-classes 10] [--images-per-class 40]
 ssanet train --config CONFIG --data ROOT --out RUN_DIR [--set KEY=VALUE ...]
 ssanet train --resume RUN_DIR [--data ROOT]
@@ -8,9 +9,12 @@ ssanet eval --checkpoint CKPT --data ROOT [--out DIR] [--overwrite]
 ssanet ablation RUN_DIR... --out DIR [--data ROOT]
 ssanet ablation --train CONFIG --data ROOT --out DIR [--seeds 3] [--jobs 2] [--threads 1]
 
-A user's mistake (a missing file, a bad value, a device this machine lacks) ends in one line
-naming the argument and what to do, with exit status 2; ``--debug`` shows the traceback. torch
-and the model are imported after the arguments are parsed, so ``--help`` answers at once.
+A user's mistake (a missing file, a bad value, a device this machine lacks, a missing or
+mismatched torchvision, a download that fails offline) ends in one line naming the argument
+and what to do, with exit status 2; anything else is a bug, reported in one line with exit
+status 1; ``--debug`` shows the traceback of either. torch and the model are imported after the
+arguments are parsed and the files they name are found, so ``--help``, ``--version`` and a
+missing file answer at once, without torchvision too.
 """
 
 from __future__ import annotations
@@ -30,7 +34,13 @@ from .predict import PICTURE_FORMATS
 # The environment variable that caps every training stage at this many epochs (a trial run;
 # CI runs the README's training commands with it). --max-stage-epochs takes precedence.
 MAX_STAGE_EPOCHS_ENV = "SSANET_MAX_STAGE_EPOCHS"
-USAGE_ERROR = 2  # argparse's exit status for a bad command line
+USAGE_ERROR = 2  # argparse's exit status for a bad command line; also a user's mistake
+BUG = 1  # an error the package did not expect: its traceback is wanted (--debug)
+EXIT_STATUSES = (
+    "exit status: 0 done; 2 a mistake in the command line, its files or the environment, "
+    "said in one line; 1 an unexpected error (a bug: rerun with --debug for its traceback); "
+    "130 interrupted"
+)
 
 
 class CommandError(Exception):
@@ -68,6 +78,31 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str):
         self.exit(USAGE_ERROR, f"{self.prog}: error: {message}\n(see {self.prog} --help)\n")
+
+
+# Checks of the files named (before torch is imported) -----------------------------------------
+
+
+def _require_file(path: Path, flag: str) -> None:
+    if path.is_dir():
+        raise CommandError(f"argument {flag}: {path} is a folder: name the file")
+    if not path.is_file():
+        raise CommandError(f"argument {flag}: {path} does not exist")
+
+
+def _require_folder(path: Path, flag: str) -> None:
+    if not path.exists():
+        raise CommandError(f"argument {flag}: folder {path} does not exist")
+    if not path.is_dir():
+        raise CommandError(f"argument {flag}: {path} is a file, not a folder")
+
+
+def _require_new_picture(path: Path | None, overwrite: bool) -> None:
+    if path is not None and path.exists() and not overwrite:
+        raise CommandError(
+            f"argument --draw: {path} exists from an earlier run: pass --overwrite to replace "
+            "it, or name another file"
+        )
 
 
 # Checks that need torch (run after parsing) ---------------------------------------------------
@@ -124,6 +159,10 @@ def _set_threads(threads: int | None) -> None:
 
 
 def predict_command(args: argparse.Namespace) -> int:
+    _require_file(args.checkpoint, "--checkpoint")
+    for image in args.images:
+        _require_file(Path(image), "IMAGE")
+    _require_new_picture(args.draw, args.overwrite)
     from .checkpoint import load_checkpoint
     from .predict import draw_parts, load_images, picture_grid, predict, write_picture
 
@@ -226,8 +265,8 @@ def _sigterm_interrupts():
 
 
 def train_command(args: argparse.Namespace) -> int:
-    _set_threads(args.threads)
-    device = None if args.device is None else _device(args.device)
+    if args.data is not None:
+        _require_folder(args.data, "--data")
     cap = args.max_stage_epochs
     if args.resume is not None:
         if args.out is not None and args.out.resolve() != args.resume.resolve():
@@ -248,6 +287,8 @@ def train_command(args: argparse.Namespace) -> int:
                 cap = _int_at_least(1)(os.environ[MAX_STAGE_EPOCHS_ENV])
             except argparse.ArgumentTypeError as error:
                 raise CommandError(f"{MAX_STAGE_EPOCHS_ENV}: {error}") from None
+    _set_threads(args.threads)
+    device = None if args.device is None else _device(args.device)
     from .train import train
 
     if args.strategy is not None:
@@ -272,16 +313,18 @@ def train_command(args: argparse.Namespace) -> int:
 
 
 def eval_command(args: argparse.Namespace) -> int:
+    _require_file(args.checkpoint, "--checkpoint")
+    _require_folder(args.data, "--data")
     from .evaluate import DEFAULT_ROTATION_ANGLES, RESULTS_FILE, evaluate_checkpoint
 
-    _set_threads(args.threads)
-    device = _device(args.device)
     out = args.out if args.out is not None else args.checkpoint.parent / "eval"
     if (out / RESULTS_FILE).exists() and not args.overwrite:
         raise CommandError(
             f"{out / RESULTS_FILE} exists from an earlier evaluation: pass --overwrite to "
             "replace it, or --out another folder"
         )
+    _set_threads(args.threads)
+    device = _device(args.device)
     results = evaluate_checkpoint(
         args.checkpoint,
         args.data,
@@ -305,6 +348,8 @@ def eval_command(args: argparse.Namespace) -> int:
 
 
 def ablation_command(args: argparse.Namespace) -> int:
+    if args.data is not None:
+        _require_folder(args.data, "--data")
     from .evaluate import ablation_table
 
     if args.train is not None:
@@ -388,11 +433,17 @@ def build_parser() -> argparse.ArgumentParser:
         prog="ssanet",
         description="SSANet fine-grained recognition: predict, make-synthetic, train, eval, "
         "ablation (ssanet COMMAND --help for each)",
+        epilog=EXIT_STATUSES,
     )
     parser.add_argument("--version", action="version", version=_version())
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     common = _Parser(add_help=False)
-    common.add_argument("--debug", action="store_true", help="show the full traceback of an error")
+    common.add_argument(
+        "--debug",
+        action="store_true",
+        help="show the full traceback of an error (by default one line: exit status 2 for a "
+        "mistake in the command line, its files or the environment, 1 for a bug)",
+    )
 
     predict_parser = commands.add_parser(
         "predict",
@@ -423,6 +474,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="write a picture per image (file name, predicted class and probability above it; "
         "the K part boxes numbered by rank, with their proposal scores), side by side; "
         ".png or .jpg",
+    )
+    predict_parser.add_argument(
+        "--overwrite", action="store_true", help="replace the --draw picture of an earlier run"
     )
     predict_parser.add_argument(
         "--candidates",
@@ -574,13 +628,33 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"ssanet {args.command}: interrupted", file=sys.stderr)
         return 130
-    # ValueError and OSError are what the library raises for bad input and missing or
-    # unwritable files, with messages that name the file or setting. Anything else is a bug.
-    except (CommandError, ValueError, OSError) as error:
+    except Exception as error:
         if args.debug:
             raise
-        print(f"ssanet {args.command}: error: {_message(error)}", file=sys.stderr)
-        return USAGE_ERROR
+        if _is_users_to_fix(error):
+            print(f"ssanet {args.command}: error: {_message(error)}", file=sys.stderr)
+            return USAGE_ERROR
+        first_line = (str(error).strip().splitlines() or [""])[0]
+        print(
+            f"ssanet {args.command}: unexpected error: {type(error).__name__}: {first_line} "
+            "(rerun with --debug for the traceback, and report it)",
+            file=sys.stderr,
+        )
+        return BUG
+
+
+def _is_users_to_fix(error: Exception) -> bool:
+    """Whether `error` is a mistake the user can fix: the library raises ValueError for bad
+    input and OSError for missing or unwritable files and failed downloads, each naming the
+    file or setting; an ImportError is a missing (or mismatched) optional dependency, unless
+    it is one of this package's own modules; torch's OutOfMemoryError asks for a smaller batch
+    or images. Anything else is a bug."""
+    if isinstance(error, ImportError):
+        return (error.name or "").partition(".")[0] not in ("ssanet", "ssanet_ops")
+    # By name: torch may not be imported (and needs not be, to tell).
+    if type(error).__name__ == "OutOfMemoryError":
+        return True
+    return isinstance(error, CommandError | ValueError | OSError)
 
 
 def _message(error: Exception) -> str:
@@ -588,7 +662,14 @@ def _message(error: Exception) -> str:
     # to a user.
     if isinstance(error, OSError) and error.strerror and error.filename:
         return f"{error.strerror}: {error.filename}"
-    return str(error)
+    if type(error).__name__ == "OutOfMemoryError":
+        # torch's message runs over several lines of allocator statistics.
+        first_line = str(error).strip().splitlines()[0]
+        return f"{first_line} (a smaller --batch-size or --set batch_size=N needs less memory)"
+    if isinstance(error, ModuleNotFoundError) and error.name:
+        return f"{error}: install it (the 'train' extra of ssanet-ops lists what ssanet needs)"
+    # One line: a message of several (torch's often are) is joined.
+    return " ".join(line.strip() for line in str(error).strip().splitlines())
 
 
 if __name__ == "__main__":

@@ -96,7 +96,9 @@ def _read_config_file(source: str | os.PathLike) -> dict:
             f"config file {path} does not exist (or name a built-in: {BUILTIN_CONFIGS})"
         )
     try:
-        config = json.loads(path.read_text())
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise ValueError(f"config file {path} is not a JSON text file (not UTF-8 text)") from None
     except json.JSONDecodeError as error:
         raise ValueError(f"config file {path} is not valid JSON: {error}") from error
     if not isinstance(config, dict):
@@ -180,6 +182,20 @@ def _check_transform(config: dict) -> None:
             f"config 'transform' must be {{'resize': ..., 'crop': ...}}, got {config['transform']}"
         )
     config["transform"].setdefault("crop", None)
+    for key in ("resize", "crop"):
+        value = config["transform"][key]
+        if not (key == "crop" and value is None or _is_size(value)):
+            allowed = "a positive integer or a [height, width] pair"
+            raise ValueError(
+                f"config 'transform.{key}' must be {allowed}"
+                f"{' or null' if key == 'crop' else ''}, got {value!r}"
+            )
+
+
+def _is_size(value) -> bool:
+    """A square side or a [height, width] pair of positive integers (JSON has no tuples)."""
+    sides = value if isinstance(value, list | tuple) and len(value) == 2 else [value]
+    return all(isinstance(side, int) and not isinstance(side, bool) and side > 0 for side in sides)
 
 
 def _check_model_and_optimizer(config: dict) -> None:

@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader
 
 from . import metrics, plots
 from .checkpoint import load_checkpoint
-from .data import build_dataset, paper_transform
+from .data import DATASETS, build_dataset, paper_transform
 from .data.transforms import Rotate, config_transform, reduced_input
 from .distributed import Distributed, all_gather
 
@@ -325,11 +325,16 @@ def evaluate_checkpoint(
     checkpoint = Path(checkpoint)
     if not checkpoint.is_file():
         raise FileNotFoundError(f"checkpoint {checkpoint} does not exist")
+    if not Path(data_root).is_dir():
+        raise FileNotFoundError(f"data folder {data_root} does not exist")
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     loaded = load_checkpoint(checkpoint, map_location=device)
     dataset = dataset or loaded.extra.get("dataset")
     if dataset is None:
-        raise ValueError(f"{checkpoint} does not say its dataset: pass dataset=")
+        raise ValueError(
+            f"{checkpoint} does not say which dataset it was trained on: name one of "
+            f"{', '.join(DATASETS)} (ssanet eval --dataset, or dataset= in Python)"
+        )
     loader = _test_loader(loaded, checkpoint, dataset, data_root, batch_size, workers)
     model_config = loaded.model.config
     results = evaluate_model(

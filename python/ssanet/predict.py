@@ -80,30 +80,32 @@ def predict(model: SSANet, images: torch.Tensor, topk: int = 5) -> Prediction:
 def load_images(
     paths: Sequence[str | os.PathLike], image_size: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Reads image files as RGB and resizes them to ``image_size x image_size``.
+    """Reads image files as RGB (with PIL, as the datasets read theirs) and resizes them to
+    ``image_size x image_size`` (bilinear with antialiasing, as the datasets' transforms).
 
     Returns the model input ``[B, 3, S, S]`` (float, ImageNet-normalized) and the resized
     images as ``uint8 [B, 3, S, S]`` for drawing. A missing file raises FileNotFoundError, a
-    file that is not an image ValueError, both naming the file.
+    folder or a file that is not an image ValueError, each naming the path.
     """
+    import numpy as np
     import torch
-    import torchvision
+    from PIL import Image
     from torchvision.transforms.v2 import functional as TF
 
     from .data.transforms import IMAGENET_MEAN, IMAGENET_STD
 
     resized = []
     for path in paths:
+        if os.path.isdir(path):
+            raise ValueError(f"{path} is a folder: name an image file")
         if not os.path.isfile(path):
             raise FileNotFoundError(f"image file {path} does not exist")
         try:
-            image = torchvision.io.decode_image(
-                os.fspath(path), mode=torchvision.io.ImageReadMode.RGB
-            )
-        except RuntimeError as error:
-            raise ValueError(
-                f"{path} is not an image torchvision can decode (JPEG, PNG, GIF or WebP)"
-            ) from error
+            with Image.open(path) as decoded:
+                rgb = decoded.convert("RGB")
+        except (OSError, SyntaxError, ValueError) as error:  # what PIL raises for bad content
+            raise ValueError(f"{path} is not an image PIL can read ({error})") from error
+        image = torch.from_numpy(np.asarray(rgb).copy()).permute(2, 0, 1)
         resized.append(TF.resize(image, [image_size, image_size], antialias=True))
     pixels = torch.stack(resized)
     normalized = TF.normalize(
@@ -197,7 +199,7 @@ def picture_grid(
 def write_picture(picture: torch.Tensor, path: str | os.PathLike) -> None:
     """Writes ``uint8 [3, H, W]`` in the format the file name's ending names
     (:data:`PICTURE_FORMATS`: PNG, or JPEG at quality 95)."""
-    import torchvision
+    from PIL import Image
 
     suffix = os.path.splitext(os.fspath(path))[1].lower()
     if suffix not in PICTURE_FORMATS:
@@ -205,10 +207,8 @@ def write_picture(picture: torch.Tensor, path: str | os.PathLike) -> None:
             f"{path}: the file name must end in one of {', '.join(PICTURE_FORMATS)} "
             "(the format is chosen by the ending)"
         )
-    if PICTURE_FORMATS[suffix] == "png":
-        torchvision.io.write_png(picture.cpu(), os.fspath(path))
-    else:
-        torchvision.io.write_jpeg(picture.cpu(), os.fspath(path), quality=95)
+    image = Image.fromarray(picture.permute(1, 2, 0).contiguous().cpu().numpy())
+    image.save(path, format=PICTURE_FORMATS[suffix], quality=95)
 
 
 def _font(long_side: int):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 
+from .. import _vision  # noqa: F401  (torchvision, or one line saying why it cannot be used)
 from ._files import CorruptFileError
 from .base import FineGrainedDataset
 from .cars_aircraft import AircraftDataset, CarsDataset

@@ -1,5 +1,6 @@
 """The SSANet network assembled from ssanet_ops and torchvision (paper section 3)."""
 
+from .. import _vision  # noqa: F401  (torchvision, or one line saying why it cannot be used)
 from .backbone import RESNET_NAMES, Backbone, load_backbone_weights
 from .dsm import DSM_MODES, DiscriminativeScaleMining
 from .losses import MACLoss, RankingLoss, SSANetLoss, morphological_alignment_loss

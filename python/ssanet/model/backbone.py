@@ -37,7 +37,7 @@ def load_backbone_weights(network: nn.Module, name: str, weights: str | os.PathL
     `weights` is an existing local file (a state dict saved with ``torch.save``, as torchvision
     downloads them) or the name of one of torchvision's weights for `name` ("DEFAULT",
     "IMAGENET1K_V2", "ResNet50_Weights.IMAGENET1K_V2"), downloaded on first use into the torch
-    hub cache. A failed download raises a RuntimeError saying how to pass a local file instead.
+    hub cache. A failed download raises an OSError saying how to pass a local file instead.
     """
     if os.path.isfile(weights):
         state_dict = torch.load(weights, map_location="cpu", weights_only=True)
@@ -60,10 +60,12 @@ def load_backbone_weights(network: nn.Module, name: str, weights: str | os.PathL
     except (urllib.error.URLError, OSError, RuntimeError) as error:
         file_name = os.path.basename(entry.url)
         cache = os.path.join(torch.hub.get_dir(), "checkpoints")
-        raise RuntimeError(
+        # An OSError, as the download's own failure: a missing file the user can provide.
+        raise OSError(
             f"could not download the {entry} weights of {name} from {entry.url} ({error}). "
             f"Download {file_name} on a machine with internet access and pass its path, "
-            f"weights='/path/to/{file_name}', or copy it into {cache}/"
+            f"weights='/path/to/{file_name}' (ssanet train: --set "
+            f"model.weights=/path/to/{file_name}), or copy it into {cache}/"
         ) from error
     network.load_state_dict(state_dict)
 
