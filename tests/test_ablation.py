@@ -12,7 +12,7 @@ import torch
 
 # The model layer needs torchvision, an optional dependency (the "train" extra): without it
 # this module is skipped. The imports below need it.
-pytest.importorskip("torchvision", reason="the model layer needs torchvision (the 'train' extra)")
+pytest.importorskip("ssanet._vision", exc_type=ImportError)
 
 from ssanet import SSANet
 from ssanet.ablation import plan, report, run_study
