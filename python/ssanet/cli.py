@@ -1,7 +1,7 @@
 """The ``ssanet`` command line.
 
 ssanet predict --checkpoint CKPT IMAGE... [--topk 5] [--draw OUT.png|OUT.jpg [--candidates]]
-ssanet make-synthetic OUT [--preset default|fine] [--num-classes 10] [--images-per-class 40]
+ssanet make-synthetic OUT [--preset default|fine|demo] [--num-classes 10] [--images-per-class 40]
 ssanet train --config CONFIG --data ROOT --out RUN_DIR [--set KEY=VALUE ...]
 ssanet train --resume RUN_DIR [--data ROOT]
 ssanet eval --checkpoint CKPT --data ROOT [--out DIR] [--overwrite]
@@ -364,9 +364,10 @@ def _add_training_commands(commands, common: argparse.ArgumentParser) -> None:
     synthetic.add_argument(
         "--preset",
         default="default",
-        choices=["default", "fine"],
+        choices=["default", "fine", "demo"],
         help="default: large figures at any rotation (a smoke test); fine: small upright "
-        "figures among distractors, fine-grained as CUB (the ablation's benchmark)",
+        "figures among distractors, fine-grained as CUB (the ablation's benchmark); demo: "
+        "large upright figures, easy (the README's demo, config synthetic_demo)",
     )
     synthetic.add_argument("--num-classes", type=_int_at_least(1), default=None, help="1..30 (10)")
     synthetic.add_argument(
@@ -379,7 +380,7 @@ def _add_training_commands(commands, common: argparse.ArgumentParser) -> None:
         "--train-fraction",
         type=float,
         default=None,
-        help="share of training images (0.5; fine 0.7)",
+        help="share of training images (0.5; fine, demo 0.7)",
     )
     synthetic.add_argument("--seed", type=int, default=0)
     synthetic.add_argument(
@@ -395,7 +396,8 @@ def _add_training_commands(commands, common: argparse.ArgumentParser) -> None:
     train_parser.add_argument(
         "--config",
         default=None,
-        help="a JSON config file or a built-in name: cub, cars, aircraft, synthetic",
+        help="a JSON config file or a built-in name: cub, cars, aircraft, synthetic, "
+        "synthetic_fine, synthetic_demo",
     )
     train_parser.add_argument("--data", type=Path, default=None, help="the dataset's folder")
     train_parser.add_argument("--out", type=Path, default=None, help="the run folder to create")
