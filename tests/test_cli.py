@@ -31,7 +31,7 @@ import numpy as np
 import ssanet
 import torchvision
 from PIL import Image, ImageColor
-from ssanet import cli
+from ssanet import cli, commands
 from ssanet.data import make_synthetic
 from ssanet.predict import MIN_LONG_SIDE, PART_COLORS
 from torchvision.transforms.v2 import functional as TF
@@ -471,7 +471,7 @@ def test_make_synthetic_overwrites_only_with_the_flag(tmp_path, capsys):
 
 def test_max_stage_epochs_caps_every_stage():
     config = ssanet.train.load_config("synthetic")
-    capped = ssanet.train.load_config("synthetic", cli._stage_epoch_caps("synthetic", [], 2))
+    capped = ssanet.train.load_config("synthetic", commands._stage_epoch_caps("synthetic", [], 2))
     stages = config["strategies"][config["strategy"]]
     capped_stages = capped["strategies"][config["strategy"]]
     assert any(stage["epochs"] > 2 for stage in stages)

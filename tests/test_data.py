@@ -21,6 +21,7 @@ pytest.importorskip("ssanet._vision", exc_type=ImportError)
 
 from PIL import Image
 from ssanet import SSANetOutput, metrics, plots
+from ssanet.config import load_config
 from ssanet.data import (
     AircraftDataset,
     CarsDataset,
@@ -31,6 +32,7 @@ from ssanet.data import (
     make_synthetic,
     paper_transform,
     reduced_input,
+    synthetic_preset,
     train_transform,
 )
 from ssanet.data import synthetic as synthetic_module
@@ -275,6 +277,28 @@ def test_synthetic_is_deterministic(tmp_path):
         make_synthetic(tmp_path / "d", overwrite=True)
     again = make_synthetic(first, num_classes=1, images_per_class=1, overwrite=True)
     assert len(CUBDataset(again, "all")) == 1
+
+
+def test_demo_preset_keeps_head_and_tail_in_the_demo_configs_view(tmp_path):
+    # The demo (README, "Try it without data"): every image's head spot and tail stripes lie
+    # inside the synthetic_demo config's evaluation crop, so no test image hides its class.
+    options = synthetic_preset("demo", images_per_class=8)
+    out = make_synthetic(tmp_path / "demo", **options)
+    transform = load_config("synthetic_demo")["transform"]
+    size, crop = options["image_size"], transform["crop"]
+    assert transform["resize"] == [size, size]
+    low, high = (size - crop) / 2, (size + crop) / 2
+    # The keypoint is the head spot's centre; the spot's radius at the largest figure:
+    spot_radius = synthetic_module._HEAD_SPOT_RADIUS * options["scale_range"][1] * size
+    dataset = CUBDataset(out, "all", with_keypoints=True)
+    head, tail = (synthetic_module.PART_NAMES.index(name) for name in ("head", "tail"))
+    assert len(dataset) == 80
+    for index in range(len(dataset)):
+        sample = dataset[index]
+        assert sample["keypoints_visible"][[head, tail]].all()
+        head_xy, tail_xy = sample["keypoints"][head], sample["keypoints"][tail]
+        assert ((head_xy - spot_radius >= low) & (head_xy + spot_radius <= high)).all(), index
+        assert ((tail_xy >= low) & (tail_xy <= high)).all(), index
 
 
 def test_build_dataset(tmp_path):

@@ -31,7 +31,13 @@ pytest.importorskip("ssanet._vision", exc_type=ImportError)
 from ssanet import SSANet, load_checkpoint
 from ssanet.checkpoint import contents_checksum
 from ssanet.cli import main as cli_main
-from ssanet.data import CUBDataset, build_dataset, eval_transform, make_synthetic
+from ssanet.data import (
+    CUBDataset,
+    build_dataset,
+    eval_transform,
+    make_synthetic,
+    synthetic_preset,
+)
 from ssanet.evaluate import ablation_table, evaluate_checkpoint, method_label
 from ssanet.train import (
     apply_override,
@@ -170,6 +176,39 @@ def test_builtin_configs_have_the_papers_hyperparameters(name):
     assert config["model"]["num_parts"] == 4 and config["model"]["num_scales"] == 5
     assert config["batch_size"] == 24
     assert [stage["train"] for stage in config["strategies"]["joint"]] == ["all"]
+
+
+def test_demo_config_trains_on_the_demo_preset(tmp_path):
+    # The README's demo, one epoch a stage: the plain network, then SSANet starting from it.
+    root = make_synthetic(
+        tmp_path / "data", **synthetic_preset("demo", num_classes=3, images_per_class=5)
+    )
+    one_epoch = [f"strategies.{name}.0.epochs=1" for name in ("plain", "three_stage")]
+    plain = train(
+        "synthetic_demo",
+        root,
+        tmp_path / "plain",
+        overrides=["strategy=plain", "model.proposals=false", one_epoch[0]],
+        progress=False,
+    )
+    summary = train(
+        "synthetic_demo",
+        root,
+        tmp_path / "ssanet",
+        overrides=[f"init_from={plain['best_checkpoint']}", one_epoch[1]],
+        stop_after_epochs=1,
+        progress=False,
+    )
+    # 4 of each class's 5 images train (train_fraction 0.7), of which the holdout keeps 1.
+    rows = read_log(tmp_path / "ssanet")
+    assert [(row["stage"], row["train_samples"]) for row in rows] == [("dsm", "9")]
+    loaded = load_checkpoint(summary["best_checkpoint"])
+    assert loaded.image_size == load_config("synthetic_demo")["transform"]["crop"]
+    loaded.model.eval()
+    with torch.no_grad():
+        output = loaded.model(torch.rand(2, 3, loaded.image_size, loaded.image_size))
+    assert output.logits.shape == (2, 3)
+    assert output.part_boxes.shape == (2, 4, 4)
 
 
 def test_overrides_and_config_errors(tmp_path):

@@ -1,8 +1,9 @@
 """Training configurations: the built-in configs, ``--set`` overrides and the checks.
 
-A config is a JSON object (built in: ``cub``, ``cars``, ``aircraft``, ``synthetic``, in
-``python/ssanet/configs/``); :func:`load_config` reads one, applies overrides and returns it
-checked, with every default filled in (:func:`check_config`). Errors name the key at fault.
+A config is a JSON object (built in: ``cub``, ``cars``, ``aircraft``, ``synthetic``,
+``synthetic_fine``, ``synthetic_demo``, in ``python/ssanet/configs/``); :func:`load_config`
+reads one, applies overrides and returns it checked, with every default filled in
+(:func:`check_config`). Errors name the key at fault.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ __all__ = [
 ]
 
 #: The configs shipped in ``python/ssanet/configs/``, by name.
-BUILTIN_CONFIGS = ("cub", "cars", "aircraft", "synthetic", "synthetic_fine")
+BUILTIN_CONFIGS = ("cub", "cars", "aircraft", "synthetic", "synthetic_fine", "synthetic_demo")
 #: The loss terms a stage can train on.
 LOSS_TERMS = ("final", "dsm", "op", "mac", "rank")
 #: The modules a stage can name (attributes of SSANet); "classifier" exists only without

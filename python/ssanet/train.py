@@ -1,7 +1,7 @@
 """Training SSANet: the paper's three-stage strategy (section 3.4) and the joint alternative.
 
-A run is described by a JSON config (built in: ``cub``, ``cars``, ``aircraft``, ``synthetic``;
-see ``python/ssanet/configs/`` and :mod:`ssanet.config`) and writes into its run folder:
+A run is described by a JSON config (built in: :data:`ssanet.config.BUILTIN_CONFIGS`; see
+``python/ssanet/configs/`` and :mod:`ssanet.config`) and writes into its run folder:
 
 - ``config.json``: the resolved config, the data root and the number of processes;
 - ``last.pt`` (every epoch) and ``best.pt`` (best validation top-1 of the final logits), both
