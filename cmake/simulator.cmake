@@ -39,5 +39,20 @@ if(SSANET_OPS_SIM STREQUAL "on")
       -fno-omit-frame-pointer)
     target_link_options(ssanet_ops_sim PRIVATE --coverage -fsanitize=address)
   endif()
+  # benchmarks/gpu_model.py builds the simulator on its own with every global load and store of
+  # the kernels traced (issue 24): GCC's kernel AddressSanitizer in its calls-only form makes
+  # each access call __asan_{load,store}N_noabort, which csrc/ssanet_ops_sim_trace.cpp (not
+  # instrumented) defines and attributes to the launch, block, thread and instruction site.
+  option(SSANET_OPS_SIM_TRACE "Build the simulator with its kernels' memory accesses traced" OFF)
+  if(SSANET_OPS_SIM_TRACE)
+    if(NOT CMAKE_CXX_COMPILER_ID STREQUAL "GNU")
+      message(FATAL_ERROR "SSANET_OPS_SIM_TRACE needs GCC (-fsanitize=kernel-address)")
+    endif()
+    set(SSANET_OPS_SIM_TRACE_UNIT "${CMAKE_CURRENT_SOURCE_DIR}/csrc/ssanet_ops_sim_trace.cpp")
+    target_sources(ssanet_ops_sim PRIVATE "${SSANET_OPS_SIM_TRACE_UNIT}")
+    target_compile_definitions(ssanet_ops_sim PRIVATE SSANET_OPS_SIM_TRACE=1)
+    set_source_files_properties(${SSANET_OPS_SIM_SOURCES} PROPERTIES COMPILE_OPTIONS
+      "-fsanitize=kernel-address;--param=asan-instrumentation-with-call-threshold=0;--param=asan-stack=0;--param=asan-globals=0")
+  endif()
 endif()
 message(STATUS "ssanet_ops: CUDA simulator ${SSANET_OPS_SIM}")

@@ -43,6 +43,11 @@
 //      `cuda_target` (a context: `with cuda_target: ...` runs the CUDA kernels).
 //   5. `python benchmarks/sim_coverage.py` rewrites benchmarks/results/sim_coverage.md: which
 //      lines, kernel instantiations (dtype, index type) and launches of every kernels.cuh ran.
+//
+// Memory traces (issue 24, benchmarks/gpu_model.py): the build with SSANET_OPS_SIM_TRACE defined
+// compiles the kernels with every load and store instrumented, and the hooks below tell
+// csrc/ssanet_ops_sim_trace.cpp which launch, block and thread each access belongs to. In every
+// other build the hooks are nothing.
 
 #include <cstdint>
 #include <limits>
@@ -84,7 +89,10 @@ constexpr int64_t int32_index_limit() { return std::numeric_limits<int32_t>::max
 #include <sys/mman.h>
 #include <ucontext.h>
 
-#if defined(__SANITIZE_ADDRESS__)
+// The user-space AddressSanitizer (sim_coverage.py's build), not the trace build's calls-only
+// kernel one, which has no runtime to tell of fibers.
+#if defined(__SANITIZE_ADDRESS__) && !defined(SSANET_OPS_SIM_TRACE)
+#define SSANET_OPS_SIM_ASAN_FIBERS 1
 #include <sanitizer/common_interface_defs.h>
 #endif
 
@@ -97,6 +105,8 @@ constexpr int64_t int32_index_limit() { return std::numeric_limits<int32_t>::max
 #include <memory>
 #include <numeric>
 #include <random>
+#include <tuple>
+#include <type_traits>
 #include <vector>
 
 #define __global__
@@ -124,6 +134,24 @@ namespace ssanet_ops::gpu {
 struct Stream {};  // launches run on the calling thread, in order
 
 namespace sim {
+
+#if defined(SSANET_OPS_SIM_TRACE)
+// Defined in csrc/ssanet_ops_sim_trace.cpp, which is compiled without instrumentation.
+namespace trace {
+void launch_begin(const void* kernel, dim3 grid, dim3 block);
+void launch_end();
+void block_begin(uint64_t linear, const void* shared, size_t shared_bytes);
+void thread_enter(unsigned int linear, const void* stack, size_t stack_bytes);
+void thread_leave();
+void atomic(const void* address, size_t bytes);
+}  // namespace trace
+#define SSANET_OPS_SIM_TRACE_HOOK(call) ::ssanet_ops::gpu::sim::trace::call
+// Not instrumented: the atomics, which report themselves as such.
+#define SSANET_OPS_SIM_NOT_TRACED __attribute__((no_sanitize_address))
+#else
+#define SSANET_OPS_SIM_TRACE_HOOK(call) ((void)0)
+#define SSANET_OPS_SIM_NOT_TRACED
+#endif
 
 // A fiber runs threads of the block being simulated, one after another; a thread that reaches
 // __syncthreads() keeps its fiber until the barrier opens.
@@ -178,13 +206,13 @@ inline void set_thread_index(unsigned int linear) {
 // the stack switched to, and after_switch once back, with where to store the bounds of the
 // stack that switched back (the scheduler's, when a fiber resumes).
 inline void before_switch(void** fake_stack, const void* stack, size_t bytes) {
-#if defined(__SANITIZE_ADDRESS__)
+#if defined(SSANET_OPS_SIM_ASAN_FIBERS)
   __sanitizer_start_switch_fiber(fake_stack, stack, bytes);
 #endif
 }
 
 inline void after_switch(void* fake_stack, const void** from_stack, size_t* from_bytes) {
-#if defined(__SANITIZE_ADDRESS__)
+#if defined(SSANET_OPS_SIM_ASAN_FIBERS)
   __sanitizer_finish_switch_fiber(fake_stack, from_stack, from_bytes);
 #endif
 }
@@ -205,6 +233,7 @@ inline void to_scheduler(Fiber& self) {
     while (block.started < block.order.size() && !block.error) {
       self.thread = block.order[block.started++];
       set_thread_index(self.thread);
+      SSANET_OPS_SIM_TRACE_HOOK(thread_enter(self.thread, self.stack, Fiber::kStackBytes));
       try {
         (*block.body)();
       } catch (...) {
@@ -212,6 +241,7 @@ inline void to_scheduler(Fiber& self) {
           block.error = std::current_exception();
         }
       }
+      SSANET_OPS_SIM_TRACE_HOOK(thread_leave());
       ++block.finished;
     }
     self.at_barrier = false;
@@ -235,7 +265,9 @@ inline void syncthreads() {
   Fiber* self = runtime.running;
   SSANET_CHECK(self != nullptr, "CUDA simulator: __syncthreads() outside a kernel");
   self->at_barrier = true;
+  SSANET_OPS_SIM_TRACE_HOOK(thread_leave());
   to_scheduler(*self);
+  SSANET_OPS_SIM_TRACE_HOOK(thread_enter(self->thread, self->stack, Fiber::kStackBytes));
 }
 
 // Runs `fiber` until its thread reaches a barrier (true) or it has no thread left (false).
@@ -300,7 +332,8 @@ inline void check_launch(dim3 grid, dim3 block, size_t shared_bytes) {
                " bytes of dynamic shared memory exceed the 48 KiB a launch gets by default");
 }
 
-inline void run_grid(dim3 grid, dim3 block, size_t shared_bytes,
+// `kernel` identifies the launch in memory traces.
+inline void run_grid(const void* kernel, dim3 grid, dim3 block, size_t shared_bytes,
                      const std::function<void()>& body) {
   check_launch(grid, block, shared_bytes);
   SSANET_CHECK(runtime.block == nullptr, "CUDA simulator: a kernel launched a kernel");
@@ -316,11 +349,13 @@ inline void run_grid(dim3 grid, dim3 block, size_t shared_bytes,
     step = (step + 1) % blocks;
   }
   BlockRun run{&body, std::vector<unsigned int>(block.x * block.y * block.z)};
+  SSANET_OPS_SIM_TRACE_HOOK(launch_begin(kernel, grid, block));
   for (uint64_t i = 0; i < blocks; ++i) {
     const uint64_t linear = static_cast<uint64_t>(
         (static_cast<unsigned __int128>(step) * i + start) % blocks);
     blockIdx = uint3(linear % grid.x, linear / grid.x % grid.y, linear / (uint64_t{grid.x} * grid.y));
     std::memset(runtime.dynamic_shared.data(), 0xFF, shared_bytes);
+    SSANET_OPS_SIM_TRACE_HOOK(block_begin(linear, runtime.dynamic_shared.data(), shared_bytes));
     std::iota(run.order.begin(), run.order.end(), 0u);
     std::shuffle(run.order.begin(), run.order.end(), runtime.random);
     run.started = run.finished = 0;
@@ -329,10 +364,12 @@ inline void run_grid(dim3 grid, dim3 block, size_t shared_bytes,
       run_block(run);
     } catch (...) {
       runtime.block = nullptr;
+      SSANET_OPS_SIM_TRACE_HOOK(launch_end());
       throw;
     }
     runtime.block = nullptr;
   }
+  SSANET_OPS_SIM_TRACE_HOOK(launch_end());
 }
 
 }  // namespace sim
@@ -345,8 +382,11 @@ T* dynamic_shared() {
 template <typename... Params, typename... Args>
 void launch(void (*kernel)(Params...), dim3 grid, dim3 block, size_t shared_bytes, Stream,
             Args&&... args) {
-  const std::function<void()> body = [&] { kernel(args...); };  // each thread copies the args
-  sim::run_grid(grid, block, shared_bytes, body);
+  // The arguments, copied at the launch as CUDA does, onto this stack: each thread copies them
+  // from there, which a memory trace does not count as global memory.
+  const std::tuple<std::decay_t<Args>...> arguments(args...);
+  const std::function<void()> body = [&] { std::apply(kernel, arguments); };
+  sim::run_grid(reinterpret_cast<const void*>(kernel), grid, block, shared_bytes, body);
 }
 
 inline int64_t int32_index_limit() { return sim::index_limit.load(); }
@@ -358,13 +398,15 @@ inline void __syncthreads() { ssanet_ops::gpu::sim::syncthreads(); }
 // Not inlined, so that the host compiler cannot contract the caller's a*b into the addition as
 // an FMA: on the GPU the value is rounded before the atomic adds it.
 template <typename T>
-__attribute__((noinline)) T atomicAdd(T* address, T value) {
+__attribute__((noinline)) SSANET_OPS_SIM_NOT_TRACED T atomicAdd(T* address, T value) {
+  SSANET_OPS_SIM_TRACE_HOOK(atomic(address, sizeof(T)));
   const T old = *address;
   *address = old + value;
   return old;
 }
 
-inline int atomicOr(int* address, int value) {
+SSANET_OPS_SIM_NOT_TRACED inline int atomicOr(int* address, int value) {
+  SSANET_OPS_SIM_TRACE_HOOK(atomic(address, sizeof(int)));
   const int old = *address;
   *address = old | value;
   return old;
