@@ -1,0 +1,452 @@
+"""A memory-traffic model of every CUDA kernel, measured in the host simulator (issue 24).
+
+    python benchmarks/gpu_model.py [--quick] [--json PATH] [--ops NAME ...]
+
+Builds the simulator's op library on its own in build/sim-trace (CMake option
+SSANET_OPS_SIM_TRACE: GCC instruments every load and store of the kernels, and
+csrc/ssanet_ops_sim_trace.cpp records each access to global memory with its launch, block,
+thread and instruction site), runs the benchmark cases of benchmarks/cases/ (bench_ops.py's
+workloads) under simulate_cuda() with the trace on, forward and backward, and writes
+benchmarks/results/gpu_model.md and .json: per op call, its launches, the bytes they move and
+the op's minimum; per launch, the warp-level requests and the sectors they touch.
+
+The model (every constant is stated in CONSTANTS and the report):
+- A warp is 32 consecutive threads of a block (linear thread index). A request is one warp
+  instruction: the n-th execution of one instruction site (load or store) by the threads of one
+  warp. Exact for converged warps; where a warp's threads run a site a different number of
+  times, the n-th executions are grouped all the same.
+- A request moves every 32-byte sector its threads' bytes touch; its sector use is the bytes it
+  used (distinct address ranges) over the bytes of those sectors.
+- A launch's DRAM traffic, as with a perfect L2 within the launch (a lower bound): every sector
+  it reads once (loads and atomics) plus every sector it writes once (stores and atomics).
+- Predicted H100 time of an op call = launches x LAUNCH_US + bytes moved / HBM_BYTES_PER_S;
+  the roofline = one launch + the op's minimum bytes (each input read once, each output
+  written once; for the backward: the forward's inputs and the output gradient read once, the
+  input gradients written once) at the same rate.
+Only the simulator's kernels are traced; torch operations in an op's Python face are not.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import datetime
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+BUILD = ROOT / "build" / "sim-trace"
+RESULTS = ROOT / "benchmarks" / "results"
+
+WARP = 32  # threads per warp (CUDA C++ Programming Guide, "SIMT Architecture")
+SECTOR = 32  # bytes per L1/L2 sector (Nsight Compute Kernel Profiling Guide, "Memory Tables")
+CONSTANTS = {
+    # H100 SXM: 3.35 TB/s HBM3 peak (NVIDIA H100 datasheet); a device-to-device copy reaches
+    # about 90 % of it, counting reads and writes (issue 24's figure). To be replaced by
+    # benchmarks/gpu_check.sh's measured copy rate.
+    "HBM_BYTES_PER_S": 3.0e12,
+    # Cost of one kernel launch in a stream of eager PyTorch launches: an assumption (a few
+    # microseconds is the usual figure for launch plus framework dispatch), not measured here.
+    "LAUNCH_US": 3.0,
+}
+
+# Mirrors of csrc/ssanet_ops_sim_trace.cpp's records.
+EVENT = np.dtype(
+    [
+        ("address", "<u8"),
+        ("block", "<u4"),
+        ("thread", "<u4"),
+        ("site", "<u4"),
+        ("launch", "<u2"),
+        ("bytes", "u1"),
+        ("kind", "u1"),
+    ]
+)
+LAUNCH = np.dtype([("kernel", "<u8"), ("grid", "<u4", 3), ("block", "<u4", 3)])
+LOAD, STORE, ATOMIC = 0, 1, 2
+
+
+def _group_starts(*keys: np.ndarray) -> np.ndarray:
+    """For arrays sorted by `keys`, True where a new group of equal keys begins."""
+    starts = np.zeros(len(keys[0]), dtype=bool)
+    if len(starts):
+        starts[0] = True
+    for key in keys:
+        starts[1:] |= key[1:] != key[:-1]
+    return starts
+
+
+def requests(events: np.ndarray) -> dict:
+    """Warp-level requests of the loads or stores of one launch: counts of requests, sectors
+    and used bytes."""
+    if len(events) == 0:
+        return {"requests": 0, "sectors": 0, "used_bytes": 0}
+    warp = events["thread"] // WARP
+    # The n-th execution of a site by a thread, n in program order (records of one thread are
+    # in the order it ran; the sort is stable).
+    order = np.lexsort((events["site"], events["thread"], events["block"]))
+    ordered = events[order]
+    starts = _group_starts(ordered["block"], ordered["thread"], ordered["site"])
+    index = np.arange(len(ordered))
+    occurrence = index - np.maximum.accumulate(np.where(starts, index, 0))
+    warp = warp[order]
+    order = np.lexsort((occurrence, ordered["site"], warp, ordered["block"]))
+    request_starts = _group_starts(
+        ordered["block"][order], warp[order], ordered["site"][order], occurrence[order]
+    )
+    request = np.cumsum(request_starts)[np.argsort(order)] - 1  # request of each record
+    # Each access split at sector boundaries into pieces [begin, end).
+    begin = ordered["address"].astype(np.int64)
+    end = begin + ordered["bytes"]
+    first, last = begin // SECTOR, (end - 1) // SECTOR
+    spans = (last - first + 1).astype(np.int64)
+    piece_request = np.repeat(request, spans)
+    piece_sector = np.repeat(first, spans) + (
+        np.arange(spans.sum()) - np.repeat(np.cumsum(spans) - spans, spans)
+    )
+    piece_begin = np.maximum(np.repeat(begin, spans), piece_sector * SECTOR)
+    piece_end = np.minimum(np.repeat(end, spans), (piece_sector + 1) * SECTOR)
+    # Threads reading the same bytes (a broadcast) use them once.
+    pieces = np.unique(np.stack([piece_request, piece_sector, piece_begin, piece_end]), axis=1)
+    sectors, inverse = np.unique(pieces[:2], axis=1, return_inverse=True)
+    used = np.bincount(inverse.ravel(), weights=pieces[3] - pieces[2])
+    return {
+        "requests": int(request_starts.sum()),
+        "sectors": sectors.shape[1],
+        "used_bytes": int(np.minimum(used, SECTOR).sum()),
+    }
+
+
+def launch_traffic(events: np.ndarray) -> dict:
+    """The model's figures of one launch from its access records."""
+    kind = events["kind"]
+    loads, stores = requests(events[kind == LOAD]), requests(events[kind == STORE])
+    sector = events["address"] // SECTOR
+    atomic = kind == ATOMIC
+    read = np.unique(sector[kind != STORE])
+    written = np.unique(sector[kind != LOAD])
+    sectors = loads["sectors"] + stores["sectors"]
+    stores_made = events[kind == STORE]
+    stored = np.unique(np.stack([stores_made["address"], stores_made["bytes"]]), axis=1)
+    atomics = np.unique(events["address"][atomic], return_counts=True)[1]
+    return {
+        "load_requests": loads["requests"],
+        "load_sectors_per_request": loads["sectors"] / max(loads["requests"], 1),
+        "store_requests": stores["requests"],
+        "store_sectors_per_request": stores["sectors"] / max(stores["requests"], 1),
+        "sector_use": (loads["used_bytes"] + stores["used_bytes"]) / (SECTOR * sectors)
+        if sectors
+        else 1.0,
+        "bytes_moved": SECTOR * (len(read) + len(written)),
+        "bytes_stored": int(stored[1].sum()),
+        "atomics": int(atomic.sum()),
+        "atomics_most_on_one_address": int(atomics.max()) if len(atomics) else 0,
+    }
+
+
+def predicted_us(launches: int, bytes_moved: int) -> float:
+    return launches * CONSTANTS["LAUNCH_US"] + bytes_moved / CONSTANTS["HBM_BYTES_PER_S"] * 1e6
+
+
+# --- Tracing (needs the trace build) ---------------------------------------------------------
+
+
+def build() -> Path:
+    import ssanet_ops
+
+    subprocess.run(
+        [
+            "cmake", "-S", str(ROOT), "-B", str(BUILD), "-G", "Ninja",
+            "-DSSANET_OPS_CUDA=off", "-DSSANET_OPS_SIM=on", "-DSSANET_OPS_SIM_TRACE=on",
+            f"-DPython_EXECUTABLE={sys.executable}",
+            f"-DSKBUILD_PROJECT_VERSION={ssanet_ops.__version__}",
+        ],
+        check=True, stdout=subprocess.DEVNULL,
+    )  # fmt: skip
+    jobs = os.environ.get("CMAKE_BUILD_PARALLEL_LEVEL", "1")
+    subprocess.run(
+        ["cmake", "--build", str(BUILD), "--target", "ssanet_ops_sim", "-j", jobs], check=True
+    )
+    (library,) = BUILD.glob("libssanet_ops_sim*.so")
+    return library
+
+
+class Tracer:
+    """The trace build of the simulator, loaded in place of the normal one."""
+
+    def __init__(self, library: Path):
+        os.environ["SSANET_OPS_SIM_LIBRARY"] = str(library)
+        from ssanet_ops import testing
+
+        testing.load_simulator()
+        self.lib = ctypes.CDLL(str(library))  # the handle torch loaded
+        for name in ("ssanet_ops_sim_trace_events", "ssanet_ops_sim_trace_launches"):
+            getattr(self.lib, name).restype = ctypes.c_void_p
+        self.kernels = self._symbols(library)
+
+    @staticmethod
+    def _symbols(library: Path) -> dict[int, str]:
+        listing = subprocess.run(
+            ["nm", "-C", "--defined-only", str(library)], capture_output=True, text=True
+        ).stdout
+        names = {}
+        for line in listing.splitlines():
+            address, _, name = line.split(" ", 2)
+            names[int(address, 16)] = re.sub(r"^(void )?ssanet_ops::", "", name.split("(")[0])
+        return names
+
+    def _array(self, name: str, dtype: np.dtype) -> np.ndarray:
+        count = ctypes.c_size_t()
+        address = getattr(self.lib, name)(ctypes.byref(count))
+        if count.value == 0:
+            return np.zeros(0, dtype=dtype)
+        raw = (ctypes.c_char * (count.value * dtype.itemsize)).from_address(address)
+        return np.frombuffer(raw, dtype=dtype).copy()
+
+    def trace(self, call) -> list[dict]:
+        """Runs call() with the trace on; the figures of each of its launches."""
+        self.lib.ssanet_ops_sim_trace_start()
+        try:
+            call()
+        finally:
+            self.lib.ssanet_ops_sim_trace_stop()
+        events = self._array("ssanet_ops_sim_trace_events", EVENT)
+        launches = self._array("ssanet_ops_sim_trace_launches", LAUNCH)
+        order = np.argsort(events["launch"], kind="stable")
+        events = events[order]
+        bounds = np.searchsorted(events["launch"], np.arange(len(launches) + 1))
+        result = []
+        for index, launch in enumerate(launches):
+            figures = launch_traffic(events[bounds[index] : bounds[index + 1]])
+            kernel = self.kernels.get(int(launch["kernel"]), hex(int(launch["kernel"])))
+            grid = "x".join(str(n) for n in launch["grid"])
+            block = "x".join(str(n) for n in launch["block"])
+            result.append({"kernel": kernel, "grid": grid, "block": block, **figures})
+        return result
+
+
+def _tensors(value) -> list:
+    import torch
+
+    if isinstance(value, torch.Tensor):
+        return [value]
+    if isinstance(value, (tuple, list)):
+        return [t for item in value for t in _tensors(item)]
+    return []
+
+
+def _nbytes(tensors) -> int:
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def variants(quick: bool):
+    """(label, dtype, channels_last) of the runs: float32 NCHW; more without --quick."""
+    import torch
+
+    yield "float32", torch.float32, False
+    if not quick:
+        yield "bfloat16", torch.bfloat16, False
+        yield "float32 channels-last", torch.float32, True
+
+
+def op_calls(case, dtype, channels_last: bool, tracer: Tracer) -> list[dict]:
+    """Records of the forward and backward of one case's ssanet_ops call."""
+    import torch
+
+    from ssanet_ops.testing import simulate_cuda
+
+    torch.manual_seed(0)
+    inputs = case.make_inputs(torch.device("cpu"), dtype)
+    if channels_last:
+        for name, value in inputs.items():
+            if isinstance(value, torch.Tensor) and value.dim() == 4:
+                inputs[name] = (
+                    value.detach()
+                    .to(memory_format=torch.channels_last)
+                    .requires_grad_(value.requires_grad)
+                )
+    function = case.implementations["ssanet_ops"]
+    differentiable = [t for t in _tensors(list(inputs.values())) if t.requires_grad]
+    outputs = {}
+
+    def forward():
+        outputs["result"] = function(**inputs)
+
+    with simulate_cuda():
+        forward_launches = tracer.trace(forward)
+        result = outputs["result"]
+        output = result[0] if isinstance(result, (tuple, list)) else result
+        gradient = torch.randn_like(output)
+        backward_launches = tracer.trace(lambda: output.backward(gradient))
+    input_bytes = _nbytes(_tensors(list(inputs.values())))
+    minimum = {
+        "forward": input_bytes + _nbytes(_tensors(result)),
+        "backward": input_bytes + _nbytes([gradient]) + _nbytes(differentiable),
+    }
+    records = []
+    for direction, launches in (("forward", forward_launches), ("backward", backward_launches)):
+        moved = sum(launch["bytes_moved"] for launch in launches)
+        records.append(
+            {
+                "launches": len(launches),
+                "direction": direction,
+                "bytes_moved": moved,
+                "bytes_minimum": minimum[direction],
+                "sector_use": min((k["sector_use"] for k in launches), default=1.0),
+                "predicted_us": predicted_us(len(launches), moved),
+                "roofline_us": predicted_us(1, minimum[direction]),
+                "kernels": launches,
+            }
+        )
+    return records
+
+
+def run_cases(quick: bool, ops: list[str] | None, tracer: Tracer) -> list[dict]:
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from cases import oriented_pool, roi_crop, scale_align
+
+    records = []
+    seen = set()
+    for module in (oriented_pool, roi_crop, scale_align):
+        # The reduced sizes: the cases' quick sizes (bench_ops.py --quick).
+        for case in module.cases(quick=True):
+            if "ssanet_ops" not in case.implementations or (case.op, case.size) in seen:
+                continue
+            if ops and case.op not in ops:
+                continue
+            seen.add((case.op, case.size))
+            for label, dtype, channels_last in variants(quick):
+                if channels_last and case.op == "scale_align":
+                    continue  # no 4-D tensor
+                print(f"{case.op}: {case.size}, {label}", flush=True)
+                for record in op_calls(case, dtype, channels_last, tracer):
+                    records.append({"op": case.op, "case": f"{case.size}, {label}", **record})
+    return records
+
+
+# --- Report -----------------------------------------------------------------------------------
+
+
+def misses(record: dict) -> list[str]:
+    """Which of issue 24's part-2 targets one op call misses."""
+    found = []
+    if record["predicted_us"] > 1.5 * record["roofline_us"]:
+        found.append(f"time {record['predicted_us'] / record['roofline_us']:.1f}x roofline")
+    poor = {
+        f"`{kernel['kernel']}` {kernel['sector_use']:.2f}"
+        for kernel in record["kernels"]
+        if kernel["sector_use"] < 0.8
+    }
+    if poor:
+        found.append("sector use below 0.8: " + ", ".join(sorted(poor)))
+    if record["launches"] > 3:
+        found.append(f"{record['launches']} launches")
+    if record["op"] == "scale_align" and record["bytes_moved"] > 1.5 * record["bytes_minimum"]:
+        found.append(f"bytes {record['bytes_moved'] / record['bytes_minimum']:.1f}x minimum")
+    return found
+
+
+def report(records: list[dict], command: str) -> str:
+    rate = CONSTANTS["HBM_BYTES_PER_S"] / 1e12
+    lines = [
+        "# GPU model: memory traffic of every kernel, measured in the simulator",
+        "",
+        f"`{command}` ({datetime.date.today().isoformat()}). **A model, not a measurement: no "
+        "GPU has run these kernels yet** (benchmarks/gpu_check.sh will, and set its times "
+        "beside these).",
+        "",
+        "Each op call of the benchmark cases ran in the host simulator, built with every load "
+        "and store of the kernels traced (`benchmarks/gpu_model.py`, whose docstring states "
+        "the model). Sizes: the cases' reduced (`--quick`) sizes, as named below; the counts "
+        "are not scaled to the full sizes. Launch cost and the sector and ratio columns carry "
+        "over; the absolute times at these small sizes are dominated by the launch cost more "
+        "than at the full ones.",
+        "",
+        f"Constants: H100 DRAM rate {rate:.1f} TB/s counting reads and writes (issue 24: a "
+        "copy's measured rate, about 90 % of the 3.35 TB/s HBM3 peak); launch cost "
+        f"{CONSTANTS['LAUNCH_US']:.1f} us (an assumption, not measured); {WARP}-thread warps, "
+        f"{SECTOR}-byte sectors. Predicted = launches x launch cost + bytes moved / rate; "
+        "roofline = one launch + minimum bytes / rate.",
+        "",
+        "Not traced: what torch itself runs for an op (the crop's sort of its candidates, "
+        "fills, allocations), so launches and bytes count the simulated kernels only. The "
+        "backward's minimum counts the forward's inputs read once; a backward that reads a "
+        "saved index instead (oriented_pool) moves less than that.",
+        "",
+        "## Targets of issue 24 part 2 that the current kernels miss",
+        "",
+    ]
+    missed = [(record, misses(record)) for record in records]
+    for record, found in missed:
+        if found:
+            lines.append(
+                f"- {record['op']} {record['direction']} ({record['case']}): " + "; ".join(found)
+            )
+    if not any(found for _, found in missed):
+        lines.append("- none")
+    lines += [
+        "",
+        "## Per op call",
+        "",
+        "| op | case | direction | launches | bytes moved | minimum | moved / min | "
+        "sector use (worst) | predicted us | roofline us | predicted / roofline |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in records:
+        lines.append(
+            f"| {r['op']} | {r['case']} | {r['direction']} | {r['launches']} | "
+            f"{r['bytes_moved']:,} | {r['bytes_minimum']:,} | "
+            f"{r['bytes_moved'] / r['bytes_minimum']:.2f} | {r['sector_use']:.2f} | "
+            f"{r['predicted_us']:.1f} | {r['roofline_us']:.1f} | "
+            f"{r['predicted_us'] / r['roofline_us']:.2f} |"
+        )
+    lines += [
+        "",
+        "## Per launch",
+        "",
+        "Requests are warp instructions; sectors per request and sector use as Nsight Compute "
+        "counts them; bytes moved as DRAM traffic with a perfect L2 within the launch.",
+        "",
+        "| op | case | direction | kernel | grid / block | load requests | sectors / load | "
+        "store requests | sectors / store | sector use | bytes moved | atomics | most atomics "
+        "on one address |",
+        "|---|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in records:
+        for k in r["kernels"]:
+            lines.append(
+                f"| {r['op']} | {r['case']} | {r['direction']} | `{k['kernel']}` | "
+                f"{k['grid']} / {k['block']} | {k['load_requests']:,} | "
+                f"{k['load_sectors_per_request']:.1f} | {k['store_requests']:,} | "
+                f"{k['store_sectors_per_request']:.1f} | {k['sector_use']:.2f} | "
+                f"{k['bytes_moved']:,} | {k['atomics']:,} | {k['atomics_most_on_one_address']} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="float32 NCHW only")
+    parser.add_argument("--json", type=Path, default=RESULTS / "gpu_model.json")
+    parser.add_argument("--markdown", type=Path, default=RESULTS / "gpu_model.md")
+    parser.add_argument("--ops", nargs="+", help="only these ops")
+    parser.add_argument(
+        "--library", type=Path, help="a trace build of the simulator (default: build it)"
+    )
+    args = parser.parse_args()
+    tracer = Tracer(args.library or build())
+    records = run_cases(args.quick, args.ops, tracer)
+    command = "python benchmarks/gpu_model.py" + (" --quick" if args.quick else "")
+    args.json.write_text(json.dumps({"constants": CONSTANTS, "records": records}, indent=1))
+    args.markdown.write_text(report(records, command))
+    print(f"wrote {args.json} and {args.markdown}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,156 @@
+"""benchmarks/gpu_model.py (issue 24): the memory-traffic model's counting, on synthetic traces
+of kernels whose answers are known, and on one real traced run where the trace build exists."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_gpu_model():
+    spec = importlib.util.spec_from_file_location("gpu_model", ROOT / "benchmarks/gpu_model.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+gpu_model = load_gpu_model()
+BASE = 1 << 20  # sector-aligned
+
+
+def trace(accesses, shuffle_seed: int | None = 0) -> np.ndarray:
+    """Records (thread, address, bytes, kind[, site]) of one block, each thread's in its
+    program order, the threads interleaved at random as the simulator runs them."""
+    events = np.zeros(len(accesses), dtype=gpu_model.EVENT)
+    for index, access in enumerate(accesses):
+        thread, address, size, kind, *site = access
+        events[index] = (address, 0, thread, site[0] if site else 1, 0, size, kind)
+    if shuffle_seed is None:
+        return events
+    # Interleave the threads: a random order that keeps each thread's records in sequence.
+    rng = np.random.default_rng(shuffle_seed)
+    keys = rng.random(len(events))
+    order = np.lexsort((np.arange(len(events)), events["thread"]))  # per thread, in order
+    by_thread = events[order]
+    starts = np.flatnonzero(np.r_[True, by_thread["thread"][1:] != by_thread["thread"][:-1]])
+    sorted_keys = np.concatenate(
+        [np.sort(part) for part in np.split(keys, starts[1:])]
+    )  # increasing within each thread
+    return by_thread[np.argsort(sorted_keys, kind="stable")]
+
+
+def test_a_coalesced_copy_uses_every_sector():
+    threads = 64  # two warps, each reading and writing 32 consecutive floats
+    out = BASE + 4096
+    accesses = [(t, BASE + 4 * t, 4, gpu_model.LOAD) for t in range(threads)]
+    accesses += [(t, out + 4 * t, 4, gpu_model.STORE) for t in range(threads)]
+    figures = gpu_model.launch_traffic(trace(accesses))
+    assert figures["load_requests"] == 2 and figures["store_requests"] == 2
+    assert figures["load_sectors_per_request"] == 4 and figures["store_sectors_per_request"] == 4
+    assert figures["sector_use"] == 1.0
+    assert figures["bytes_moved"] == 2 * threads * 4
+    assert figures["bytes_stored"] == threads * 4
+
+
+def test_a_stride_8_float_read_uses_an_eighth_of_each_sector():
+    accesses = [(t, BASE + 4 * 8 * t, 4, gpu_model.LOAD) for t in range(32)]
+    figures = gpu_model.launch_traffic(trace(accesses))
+    assert figures["load_requests"] == 1
+    assert figures["load_sectors_per_request"] == 32
+    assert figures["sector_use"] == 1 / 8
+    assert figures["bytes_moved"] == 32 * gpu_model.SECTOR
+
+
+def test_a_histogram_counts_its_atomics_per_address():
+    bins, threads = 4, 96
+    accesses = [(t, BASE + 4 * (t % bins), 4, gpu_model.ATOMIC) for t in range(threads)]
+    figures = gpu_model.launch_traffic(trace(accesses))
+    assert figures["atomics"] == threads
+    assert figures["atomics_most_on_one_address"] == threads // bins
+    # The four bins share one sector, read and written back once.
+    assert figures["bytes_moved"] == 2 * gpu_model.SECTOR
+    assert figures["load_requests"] == 0 and figures["store_requests"] == 0
+
+
+def test_a_loop_makes_one_request_per_iteration_and_warp():
+    # A grid-stride loop: iteration k of thread t reads float t + 32 k. Each iteration of the
+    # warp is one coalesced request, however the threads' records interleave.
+    iterations = 3
+    accesses = [
+        (t, BASE + 4 * (t + 32 * k), 4, gpu_model.LOAD)
+        for t in range(32)
+        for k in range(iterations)
+    ]
+    for seed in range(3):
+        figures = gpu_model.launch_traffic(trace(accesses, shuffle_seed=seed))
+        assert figures["load_requests"] == iterations
+        assert figures["load_sectors_per_request"] == 4 and figures["sector_use"] == 1.0
+
+
+def test_sites_and_broadcasts():
+    # Two instruction sites are two requests; all threads reading one float use 4 bytes of the
+    # one sector; a 16-byte load across a sector boundary touches two.
+    accesses = [(t, BASE, 4, gpu_model.LOAD, 1) for t in range(32)]
+    accesses += [(0, BASE + 4096 + 24, 16, gpu_model.LOAD, 2)]
+    figures = gpu_model.launch_traffic(trace(accesses))
+    assert figures["load_requests"] == 2
+    assert figures["load_sectors_per_request"] == (1 + 2) / 2
+    assert figures["sector_use"] == (4 + 16) / (3 * gpu_model.SECTOR)
+
+
+def test_the_prediction_adds_launches_and_bytes_at_the_stated_rate():
+    constants = gpu_model.CONSTANTS
+    bytes_moved = 3 * 10**9
+    expected = 2 * constants["LAUNCH_US"] + bytes_moved / constants["HBM_BYTES_PER_S"] * 1e6
+    assert gpu_model.predicted_us(2, bytes_moved) == pytest.approx(expected)
+
+
+def trace_library() -> Path | None:
+    named = os.environ.get("SSANET_OPS_SIM_TRACE_LIBRARY")
+    if named:
+        return Path(named)
+    built = sorted((ROOT / "build" / "sim-trace").glob("libssanet_ops_sim*.so"))
+    return built[0] if built else None
+
+
+@pytest.mark.skipif(
+    trace_library() is None,
+    reason="no trace build of the simulator (python benchmarks/gpu_model.py builds one)",
+)
+def test_a_traced_oriented_pool_writes_each_output_byte_once(tmp_path):
+    records_path = tmp_path / "model.json"
+    subprocess.run(
+        [
+            sys.executable, str(ROOT / "benchmarks/gpu_model.py"), "--quick",
+            "--ops", "oriented_pool", "--library", str(trace_library()),
+            "--json", str(records_path), "--markdown", str(tmp_path / "model.md"),
+        ],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    records = json.loads(records_path.read_text())["records"]
+    forward, backward = records[0], records[1]
+    assert (forward["direction"], backward["direction"]) == ("forward", "backward")
+    # The quick case's input, B=8 256x7x7 (benchmarks/cases/oriented_pool.py).
+    x = torch.zeros(8, 256, 7, 7)
+    import ssanet_ops
+
+    output = ssanet_ops.oriented_pool(x)
+    # The forward writes each output value once, and the argmax it saves for the backward (at
+    # most one byte per value); the backward each element of the input's gradient once.
+    stored = sum(k["bytes_stored"] for k in forward["kernels"])
+    assert output.numel() * 4 < stored <= output.numel() * (4 + 1)
+    assert sum(k["bytes_stored"] for k in backward["kernels"]) == x.numel() * 4
+    for record in (forward, backward):
+        assert record["launches"] == len(record["kernels"]) >= 1
+        assert record["bytes_moved"] >= sum(k["bytes_stored"] for k in record["kernels"])
+        assert 0 < record["sector_use"] <= 1
