@@ -661,43 +661,19 @@ def test_cuda_backward_kernel_follows_the_deterministic_argument(cuda_device):
 def test_cuda_graph_capture(deterministic):
     # docs/operators.md section 4: no host synchronisation, so forward and backward can be
     # captured in a CUDA graph (errors.item() made the capture fail), and replays recompute them.
-    x = torch.randn(2, 3, 16, 18, device="cuda", requires_grad=True)
-    boxes = random_boxes(2, 16, 18).cuda()
-    grad_output = torch.randn(boxes.shape[0], len(SCALES), 3, 5, 5, device="cuda")
     with deterministic_algorithms(deterministic):
-        side = torch.cuda.Stream()  # warm-up on a side stream, as torch.cuda.graph asks
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            for _ in range(2):
-                ssanet_ops.multiscale_roi_crop(x, boxes, 5, SCALES).backward(grad_output)
-        torch.cuda.current_stream().wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        x.grad = None
-        with torch.cuda.graph(graph):
-            out = ssanet_ops.multiscale_roi_crop(x, boxes, 5, SCALES)
-            out.backward(grad_output)
-        x.data.copy_(torch.randn_like(x))
-        graph.replay()
-        torch.cuda.synchronize()
-    expected_x = x.detach().clone().requires_grad_()
-    expected_out = reference.multiscale_roi_crop(expected_x, boxes, 5, SCALES)
-    (expected_grad,) = torch.autograd.grad(expected_out, expected_x, grad_output)
-    torch.testing.assert_close(out, expected_out, **tolerances(x))
-    torch.testing.assert_close(x.grad, expected_grad, **tolerances(x))
+        x, boxes, grad_output, out, _ = _capture_crop_and_replay(SCALES)
+    _check_replayed_crop(x, boxes, grad_output, out)
 
 
-@requires_torchvision
-@requires_cuda
-def test_cuda_graph_capture_with_a_tensor_of_scales():
-    # Issue 20: a CPU tensor of scales is read on the host, without waiting for the device, so
-    # the crop with CUDA tensors is captured, forward and backward; a CUDA tensor of scales is
-    # refused with a ValueError before anything is read or launched.
+def _capture_crop_and_replay(scales):
+    """Captures the crop of a random input, forward and backward (and the candidates), in a
+    CUDA graph after a warm-up on a side stream, as torch.cuda.graph asks; then gives the input
+    new values and replays. Returns the input, the boxes, the output gradient, the crops and
+    the candidates."""
     x = torch.randn(2, 3, 16, 18, device="cuda", requires_grad=True)
     boxes = random_boxes(2, 16, 18).cuda()
-    scales = torch.tensor(SCALES)
     grad_output = torch.randn(boxes.shape[0], len(SCALES), 3, 5, 5, device="cuda")
-    with pytest.raises(ValueError, match="scales must be a sequence or a CPU tensor"):
-        ssanet_ops.multiscale_roi_crop(x, boxes, 5, scales.cuda())
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(side):
@@ -713,11 +689,33 @@ def test_cuda_graph_capture_with_a_tensor_of_scales():
     x.data.copy_(torch.randn_like(x))
     graph.replay()
     torch.cuda.synchronize()
+    return x, boxes, grad_output, out, candidates
+
+
+def _check_replayed_crop(x, boxes, grad_output, out):
     expected_x = x.detach().clone().requires_grad_()
     expected_out = reference.multiscale_roi_crop(expected_x, boxes, 5, SCALES)
     (expected_grad,) = torch.autograd.grad(expected_out, expected_x, grad_output)
     torch.testing.assert_close(out, expected_out, **tolerances(x))
     torch.testing.assert_close(x.grad, expected_grad, **tolerances(x))
+
+
+@requires_torchvision
+@requires_cuda
+def test_cuda_graph_capture_with_a_tensor_of_scales():
+    # Issue 20: a CPU tensor of scales is read on the host, without waiting for the device, so
+    # the crop with CUDA tensors is captured, forward and backward; a CUDA tensor of scales is
+    # refused with a ValueError before anything is read or launched.
+    scales = torch.tensor(SCALES)
+    with pytest.raises(ValueError, match="scales must be a sequence or a CPU tensor"):
+        ssanet_ops.multiscale_roi_crop(
+            torch.randn(1, 3, 16, 18, device="cuda"),
+            random_boxes(1, 16, 18).cuda(),
+            5,
+            scales.cuda(),
+        )
+    x, boxes, grad_output, out, candidates = _capture_crop_and_replay(scales)
+    _check_replayed_crop(x, boxes, grad_output, out)
     torch.testing.assert_close(
         candidates, reference.scale_candidates(boxes, SCALES, (16, 18)), rtol=0, atol=0
     )
