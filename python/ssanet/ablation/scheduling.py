@@ -175,22 +175,27 @@ class _JobScheduler:
         """Runs ``job`` in its own process (``python -m ssanet.ablation SPEC``: :func:`run_job`),
         then :meth:`finish`."""
         self.log(f"{job.name}: started")
+        work_dir = self.work_dir.resolve()
         spec = {
             "name": job.name,
             "row": job.row,
             "seed": job.seed,
             "overrides": job.overrides,
-            "init_from": str(self.work_dir / job.init_from / "best.pt") if job.init_from else None,
-            "config": str(self.config_path),
-            "data": str(self.data_root),
-            "run_dir": str(self.work_dir / job.name),
+            "init_from": str(work_dir / job.init_from / "best.pt") if job.init_from else None,
+            "config": str(self.config_path.resolve()),
+            "data": str(Path(self.data_root).resolve()),
+            "run_dir": str(work_dir / job.name),
             "threads": self.threads,
         }
         job_start = time.perf_counter()
+        # In the work folder, with absolute paths: `python -m` puts its folder first on
+        # sys.path, and started in the source root its ssanet_ops/ (with no compiled libraries
+        # when the package is installed, not editable) would shadow the installed one.
         process = subprocess.run(
             [sys.executable, "-m", "ssanet.ablation", json.dumps(spec)],
             capture_output=True,
             text=True,
+            cwd=work_dir,
         )
         self.finish(job, process, job_start)
 
