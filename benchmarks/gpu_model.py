@@ -375,9 +375,10 @@ def report(records: list[dict], command: str) -> str:
         "roofline = one launch + minimum bytes / rate.",
         "",
         "Not traced: what torch itself runs for an op (the crop's sort of its candidates, "
-        "fills, allocations), so launches and bytes count the simulated kernels only. The "
-        "backward's minimum counts the forward's inputs read once; a backward that reads a "
-        "saved index instead (oriented_pool) moves less than that.",
+        "fills, allocations, and scale_align's plane products, torch.bmm on cuBLAS), so "
+        "launches and bytes count the simulated kernels only. The minimum counts every input "
+        "read once: a crop that samples only part of its input, or a backward that reads a "
+        "saved index instead of its input (oriented_pool), moves less than that.",
         "",
         "## Targets of issue 24 part 2 that the current kernels miss",
         "",
