@@ -306,8 +306,9 @@ inline void bmm_out(Tensor& out, const Tensor& lhs, const Tensor& rhs) {
 
 // Columns per chunk of the forward's products: a GEMM adds the terms of its inner dimension
 // one after another, so its rounding grows with D (at D = 100,352 in the simulator's bmm, 15
-// times that of torch.fft in float64, issue 20); chunks of this width, whose partial products a reduction adds up, keep
-// it near that of one chunk (the CPU kernels' chunks do the same, cpu.cpp).
+// times that of torch.fft in float64, issue 20); chunks of this width, whose partial products
+// a reduction adds up, keep it near that of one chunk (the CPU kernels' chunks do the same,
+// cpu.cpp).
 constexpr int64_t kProductChunkWidth = 256;
 
 // The number of chunks K of the forward's products: D / kProductChunkWidth, rounded up, but no
