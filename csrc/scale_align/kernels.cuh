@@ -304,8 +304,12 @@ __global__ void shift_matrix_kernel(const scalar_t* __restrict__ grad, int64_t g
     int64_t target = j + winner;  // (j + winner) mod S for winner in [0, S)
     target = target >= S ? target - S : target;
     const bool hit = winner >= 0 && winner < S && m == target;
-    matrix[index] =
-        hit ? grad[g * grad_stride_g + n * grad_stride_n + c * grad_stride_c] : scalar_t(0);
+    // Read by every thread (the S * S threads of one (n, c) read one value) and chosen from a
+    // pair, so that the store is one instruction of the whole warp for the host compiler too
+    // (a conditional expression became two stores, one per branch, in the traced simulator).
+    const scalar_t choices[2] = {scalar_t(0),
+                                 grad[g * grad_stride_g + n * grad_stride_n + c * grad_stride_c]};
+    matrix[index] = choices[hit ? 1 : 0];
   }
 }
 
