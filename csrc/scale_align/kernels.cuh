@@ -2,12 +2,12 @@
 // scale_correlation and scale_align's CUDA kernels, in the Fourier form of common/scale_dft.h.
 // The forward makes three launches:
 //   1. analysis_kernel: the DFT over the scale axis of phi and weight in one launch (any
-//      strides; float32, float64, float16, bfloat16), one block per row, writing the T packed
+//      strides; float32, float64, float16, bfloat16), one block per slice of a row, writing the T packed
 //      planes [G, T, K, R, W] in the accumulation type (float32 for float16/bfloat16: the planes
 //      are sums of S inputs, which overflow float16 from about 65504 / S, and the gradient
 //      planes carry the rounding of the result; docs/operators.md section 4 keeps float32
-//      intermediates) and, for scale_align, each row's norm (the tie tolerance) from the same
-//      read of the input;
+//      intermediates) and, for scale_align, each row's sum of squares (the tie tolerance's norm)
+//      from the same read of the input;
 //   2. the T plane products as one batched GEMM in the accumulation type, through ATen's bmm
 //      (cuBLAS on a GPU), called through the dispatcher on the calling thread, over K chunks of
 //      the feature axis whose partial products the next kernel adds up (issue 20);
@@ -88,7 +88,8 @@ __device__ acc_t chunk_sum(const acc_t* point, int64_t p, int64_t K, int64_t chu
 
 // One input of analysis_kernel: x [G, R, S, D] of any strides, whose strides of (g, r, s, d)
 // are those that common/strides.h names (n, c, h, w), its planes [G, T, K, R, W] and, where not
-// null, the Frobenius norms [G, R] of its rows x[g, r] (for the tie tolerance).
+// null, the sums of squares [G, R, P] of its rows x[g, r] over P slices of their columns (for
+// the tie tolerance's norms).
 template <typename scalar_t>
 struct AnalysisInput {
   const scalar_t* x;
@@ -96,32 +97,41 @@ struct AnalysisInput {
   int64_t R;
   scale_dft::Packing packing;
   opmath_t<scalar_t>* planes;
-  opmath_t<scalar_t>* norms;
+  opmath_t<scalar_t>* squares;
 };
+
+// Columns per block of analysis_kernel: 4 per thread, so that a block's reads are in flight
+// together and long rows (D = 100,352) still make thousands of blocks.
+constexpr int64_t kSliceColumns = 4 * kThreads;
 
 // planes[g, p, k, r, e] of x[g, r, :, k * W + e] for one or two inputs (phi and weight: one
 // launch), the feature axis cut into K chunks of W columns, zero past D (K = 1, W = D: planes
-// [G, T, R, D]). One block per row (g, r) of the first input, then of the second; its threads
-// walk the row's columns (consecutive threads, consecutive d: coalesced reads and writes) and
-// add up the squares of the row's S * D values, which the block reduces in a fixed order (a
-// deterministic norm, without a second read of the input).
+// [G, T, R, D]). One block per slice of kSliceColumns columns of a row (g, r), P = K * W /
+// kSliceColumns (rounded up) per row, the first input's rows first; consecutive threads take
+// consecutive columns (coalesced reads and writes) and add up the squares of their S values,
+// which the block reduces in a fixed order into squares[g, r, slice] (deterministic, and no
+// second read of the input).
 template <typename scalar_t>
 __global__ void analysis_kernel(AnalysisInput<scalar_t> first, AnalysisInput<scalar_t> second,
-                                int64_t G, int64_t S, int64_t D, int64_t K, int64_t W) {
+                                int64_t G, int64_t S, int64_t D, int64_t K, int64_t W,
+                                int64_t P) {
   using acc_t = opmath_t<scalar_t>;
   const scale_dft::Twiddles<acc_t> tw = block_twiddles<acc_t>(S);
   acc_t* partial_sums = gpu::dynamic_shared<acc_t>() + 2 * S;  // blockDim.x of them
   const int64_t T = scale_dft::plane_count(S);
-  const int64_t first_rows = G * first.R;
-  const int64_t rows = first_rows + G * second.R;
-  for (int64_t row = blockIdx.x; row < rows; row += gridDim.x) {
-    const bool is_first = row < first_rows;
-    const AnalysisInput<scalar_t>& input = is_first ? first : second;
-    const int64_t local = is_first ? row : row - first_rows;
-    const int64_t g = local / input.R, r = local % input.R;
+  const int64_t first_slices = G * first.R * P;
+  const int64_t slices = first_slices + G * second.R * P;
+  for (int64_t slice = blockIdx.x; slice < slices; slice += gridDim.x) {
+    const bool is_first = slice < first_slices;
+    const AnalysisInput<scalar_t> input = is_first ? first : second;  // a copy, in registers
+    const int64_t local = is_first ? slice : slice - first_slices;  // (g * R + r) * P + s
+    const int64_t row = local / P;
+    const int64_t g = row / input.R, r = row % input.R;
     const scalar_t* source_row = input.x + g * input.strides.n + r * input.strides.c;
+    const int64_t end = std::min((local % P + 1) * kSliceColumns, K * W);
     acc_t squares = 0;
-    for (int64_t column = threadIdx.x; column < K * W; column += blockDim.x) {
+    for (int64_t column = local % P * kSliceColumns + threadIdx.x; column < end;
+         column += blockDim.x) {
       const int64_t k = column / W, e = column % W;
       const int64_t d = column;  // k * W + e
       const bool inside = d < D;
@@ -132,14 +142,14 @@ __global__ void analysis_kernel(AnalysisInput<scalar_t> first, AnalysisInput<sca
       };
       const auto out = [&](int64_t p, acc_t plane) { target[p * K * input.R * W] = plane; };
       scale_dft::planes<acc_t>(input.packing, /*conjugate=*/false, value, tw, out);
-      if (input.norms != nullptr) {
+      if (input.squares != nullptr) {
         for (int64_t j = 0; j < S; ++j) {  // a second read of the column, from L1
           const acc_t x = value(j);
           squares += x * x;
         }
       }
     }
-    if (input.norms != nullptr) {  // uniform over the block
+    if (input.squares != nullptr) {  // uniform over the block
       partial_sums[threadIdx.x] = squares;
       __syncthreads();
       for (unsigned half = blockDim.x / 2; half > 0; half /= 2) {  // blockDim.x: a power of two
@@ -149,11 +159,21 @@ __global__ void analysis_kernel(AnalysisInput<scalar_t> first, AnalysisInput<sca
         __syncthreads();
       }
       if (threadIdx.x == 0) {
-        input.norms[g * input.R + r] = sqrt(partial_sums[0]);
+        input.squares[local] = partial_sums[0];
       }
-      __syncthreads();  // partial_sums[0] read before the next row overwrites it
+      __syncthreads();  // partial_sums[0] read before the next slice overwrites it
     }
   }
+}
+
+// The norm of a row from its P sums of squares (analysis_kernel), added up in order.
+template <typename acc_t>
+__device__ acc_t row_norm(const acc_t* squares, int64_t P) {
+  acc_t total = 0;
+  for (int64_t s = 0; s < P; ++s) {
+    total += squares[s];
+  }
+  return sqrt(total);
 }
 
 // The most planes whose sums align_kernel keeps (T = 7 at S = 5, 13 at S = 9); beyond, it adds
@@ -161,12 +181,13 @@ __global__ void analysis_kernel(AnalysisInput<scalar_t> first, AnalysisInput<sca
 constexpr int64_t kSummedPlanes = 13;
 
 // logits and shift at (g, n, c) from the partial products [G, T, K, N, C] of K chunks of the
-// feature axis, which it adds up (in chunk order). phi_norms [G, N] and weight_norms [G, C]
-// (contiguous) are the Frobenius norms of the rows of phi and weight, for the tie tolerance.
+// feature axis, which it adds up (pairwise). phi_squares [G, N, P] and weight_squares [G, C, P]
+// (contiguous) are the sums of squares of the rows of phi and weight over P slices of their
+// columns (analysis_kernel), whose square roots give the tie tolerance's norms.
 template <typename scalar_t>
 __global__ void align_kernel(const opmath_t<scalar_t>* __restrict__ products,
-                             const opmath_t<scalar_t>* __restrict__ phi_norms,
-                             const opmath_t<scalar_t>* __restrict__ weight_norms,
+                             const opmath_t<scalar_t>* __restrict__ phi_squares,
+                             const opmath_t<scalar_t>* __restrict__ weight_squares, int64_t P,
                              const scalar_t* __restrict__ bias, int64_t bias_stride_g,
                              int64_t bias_stride_c, int64_t N, int64_t C, int64_t S, int64_t K,
                              int64_t points, scalar_t* __restrict__ logits,
@@ -181,8 +202,8 @@ __global__ void align_kernel(const opmath_t<scalar_t>* __restrict__ products,
     const int64_t g = index / (N * C);
     const acc_t* point = products + g * T * K * N * C + index % (N * C);
     const auto sum = [&](int64_t p) { return chunk_sum(point, p, K, N * C); };
-    const acc_t tolerance =
-        scale_dft::tie_tolerance(S, phi_norms[index / C], weight_norms[g * C + c]);
+    const acc_t tolerance = scale_dft::tie_tolerance(S, row_norm(phi_squares + index / C * P, P),
+                                                     row_norm(weight_squares + (g * C + c) * P, P));
     acc_t response;
     if (T <= kSummedPlanes) {
       // The T sums once each (align_point reads every product S times and more).
@@ -328,12 +349,12 @@ size_t analysis_shared_bytes(int64_t S) {
 }
 
 // An input of launch_analysis: x [G, R, S, D] (any strides), its planes [G * T * K, R, W] and,
-// if defined, its row norms [G, R], both in the accumulation type.
+// if defined, its rows' sums of squares [G, R, P] over P slices, all in the accumulation type.
 struct AnalysisTensors {
   const Tensor& x;
   scale_dft::Packing packing;
   Tensor& planes;
-  Tensor* norms;
+  Tensor* squares;
 };
 
 template <typename scalar_t>
@@ -341,11 +362,16 @@ AnalysisInput<scalar_t> analysis_input(const AnalysisTensors& input) {
   using acc_t = opmath_t<scalar_t>;
   return {input.x.const_data_ptr<scalar_t>(), strides_of(input.x), input.x.size(1),
           input.packing, input.planes.mutable_data_ptr<acc_t>(),
-          input.norms != nullptr ? input.norms->mutable_data_ptr<acc_t>() : nullptr};
+          input.squares != nullptr ? input.squares->mutable_data_ptr<acc_t>() : nullptr};
 }
 
-// The planes (and norms) of one input, or of two of the same G, S and D in one launch (second
-// with R = 0 when absent), in K chunks of W columns: one block per row.
+// The number of slices P of a row of K * W columns in analysis_kernel.
+inline int64_t analysis_slices(int64_t K, int64_t W) {
+  return (K * W + kSliceColumns - 1) / kSliceColumns;
+}
+
+// The planes (and sums of squares) of one input, or of two of the same G, S and D in one launch
+// (second with R = 0 when absent), in K chunks of W columns: one block per slice of a row.
 template <typename scalar_t>
 void launch_analysis(const AnalysisTensors& first, const std::optional<AnalysisTensors>& second,
                      int64_t K, int64_t W, gpu::Stream stream) {
@@ -355,17 +381,18 @@ void launch_analysis(const AnalysisTensors& first, const std::optional<AnalysisT
   if (second.has_value()) {
     second_input = analysis_input<scalar_t>(*second);
   }
-  const int64_t rows = G * (first.x.size(1) + second_input.R);
-  gpu::launch(analysis_kernel<scalar_t>, std::min(rows, kMaxBlocks), kThreads,
+  const int64_t P = analysis_slices(K, W);
+  const int64_t slices = G * (first.x.size(1) + second_input.R) * P;
+  gpu::launch(analysis_kernel<scalar_t>, std::min(slices, kMaxBlocks), kThreads,
               analysis_shared_bytes<acc_t>(S), stream, analysis_input<scalar_t>(first),
-              second_input, G, S, D, K, W);
+              second_input, G, S, D, K, W, P);
 }
 
-// logits and shift [G, N, C] from the partial products [G*T*K, N, C] and the row norms [G, N],
-// [G, C]; bias [G, C] or undefined.
+// logits and shift [G, N, C] from the partial products [G*T*K, N, C] and the rows' sums of
+// squares [G, N, P], [G, C, P]; bias [G, C] or undefined.
 template <typename scalar_t>
-void launch_align(const Tensor& products, int64_t K, const Tensor& phi_norms,
-                  const Tensor& weight_norms, const Tensor& bias, const Shape& shape,
+void launch_align(const Tensor& products, int64_t K, const Tensor& phi_squares,
+                  const Tensor& weight_squares, const Tensor& bias, const Shape& shape,
                   Tensor& logits, Tensor& shift, gpu::Stream stream) {
   using acc_t = opmath_t<scalar_t>;
   const int64_t points = logits.numel();
@@ -373,7 +400,8 @@ void launch_align(const Tensor& products, int64_t K, const Tensor& phi_norms,
   const GridStride launch = grid_stride(points);
   gpu::launch(align_kernel<scalar_t>, launch.blocks, launch.threads,
               twiddle_bytes<acc_t>(shape.scales), stream, products.const_data_ptr<acc_t>(),
-              phi_norms.const_data_ptr<acc_t>(), weight_norms.const_data_ptr<acc_t>(),
+              phi_squares.const_data_ptr<acc_t>(), weight_squares.const_data_ptr<acc_t>(),
+              phi_squares.size(-1),
               has_bias ? bias.const_data_ptr<scalar_t>() : nullptr,
               has_bias ? bias.stride(0) : 0, has_bias ? bias.stride(1) : 0, shape.proposals,
               shape.classes, shape.scales, K, points, logits.mutable_data_ptr<scalar_t>(),
@@ -479,15 +507,16 @@ inline int64_t product_chunks(const Shape& shape) {
 }
 
 // The forward's T plane products in K chunks of the feature axis, partials [G*T*K, N, C] in
-// the accumulation dtype (the kernel that reads them adds up the K chunks), and the row norms of
-// phi [G, N] and weight [G, C] for the tie tolerance.
+// the accumulation dtype (the kernel that reads them adds up the K chunks), and the sums of
+// squares of the rows of phi [G, N, P] and weight [G, C, P] over P slices of their columns, for
+// the tie tolerance's norms.
 struct ForwardProducts {
   Tensor partials;
   int64_t K;
-  Tensor phi_norms, weight_norms;
+  Tensor phi_squares, weight_squares;
 };
 
-// ForwardProducts in two launches: the planes and norms of phi and weight (analysis_kernel, one
+// ForwardProducts in two launches: the planes and sums of squares of phi and weight (analysis_kernel, one
 // launch), and their products through ATen's bmm (on a GPU, cuBLAS: TF32 for float32 as
 // torch.backends.cuda.matmul.allow_tf32 says) over the K chunks at once.
 inline ForwardProducts forward_products(const Tensor& phi4, const Tensor& weight4,
@@ -497,29 +526,32 @@ inline ForwardProducts forward_products(const Tensor& phi4, const Tensor& weight
   const int64_t batches = G * shape.planes();
   const ScalarType accumulation = accumulation_dtype(phi4.scalar_type());
   ForwardProducts result{Tensor(), 1, Tensor(), Tensor()};
-  if (with_norms) {
-    result.phi_norms = empty_like_device(phi4, {G, N}, accumulation);
-    result.weight_norms = empty_like_device(phi4, {G, C}, accumulation);
-  }
   if (D == 0) {  // sums over an empty feature axis
     result.partials = empty_like_device(phi4, {batches, N, C}, accumulation);
     torch::stable::zero_(result.partials);
     if (with_norms) {
-      torch::stable::zero_(result.phi_norms);
-      torch::stable::zero_(result.weight_norms);
+      result.phi_squares = empty_like_device(phi4, {G, N, 1}, accumulation);
+      result.weight_squares = empty_like_device(phi4, {G, C, 1}, accumulation);
+      torch::stable::zero_(result.phi_squares);
+      torch::stable::zero_(result.weight_squares);
     }
     return result;
   }
   const int64_t wanted_chunks = product_chunks(shape);
   const int64_t W = (D + wanted_chunks - 1) / wanted_chunks;
   const int64_t K = (D + W - 1) / W;  // no chunk wholly past D
+  if (with_norms) {
+    const int64_t P = analysis_slices(K, W);
+    result.phi_squares = empty_like_device(phi4, {G, N, P}, accumulation);
+    result.weight_squares = empty_like_device(phi4, {G, C, P}, accumulation);
+  }
   Tensor phi_planes = empty_like_device(phi4, {batches * K, N, W}, accumulation);
   Tensor weight_planes = empty_like_device(phi4, {batches * K, C, W}, accumulation);
   SSANET_DISPATCH_FLOATING_TYPES(phi4.scalar_type(), "scale_align_dft", [&] {
     launch_analysis<scalar_t>(
-        {phi4, scale_dft::kPhiPacking, phi_planes, with_norms ? &result.phi_norms : nullptr},
+        {phi4, scale_dft::kPhiPacking, phi_planes, with_norms ? &result.phi_squares : nullptr},
         AnalysisTensors{weight4, scale_dft::kWeightPacking, weight_planes,
-                        with_norms ? &result.weight_norms : nullptr},
+                        with_norms ? &result.weight_squares : nullptr},
         K, W, stream);
   });
   result.partials = empty_like_device(phi4, {batches * K, N, C}, accumulation);
@@ -544,8 +576,8 @@ inline std::tuple<Tensor, Tensor> align(const Tensor& phi, const Tensor& weight,
     const Tensor bias_grouped =
         bias.has_value() ? torch::stable::reshape(*bias, {G, C}) : Tensor();
     SSANET_DISPATCH_FLOATING_TYPES(phi.scalar_type(), "scale_align", [&] {
-      launch_align<scalar_t>(products.partials, products.K, products.phi_norms,
-                             products.weight_norms, bias_grouped, shape, logits, shift, stream);
+      launch_align<scalar_t>(products.partials, products.K, products.phi_squares,
+                             products.weight_squares, bias_grouped, shape, logits, shift, stream);
     });
   }
   return {ungroup_like(logits, shape), ungroup_like(shift, shape)};
