@@ -2,12 +2,12 @@
 // scale_correlation and scale_align's CUDA kernels, in the Fourier form of common/scale_dft.h.
 // The forward makes three launches:
 //   1. analysis_kernel: the DFT over the scale axis of phi and weight in one launch (any
-//      strides; float32, float64, float16, bfloat16), one block per slice of a row, writing the T packed
-//      planes [G, T, K, R, W] in the accumulation type (float32 for float16/bfloat16: the planes
-//      are sums of S inputs, which overflow float16 from about 65504 / S, and the gradient
-//      planes carry the rounding of the result; docs/operators.md section 4 keeps float32
-//      intermediates) and, for scale_align, each row's sum of squares (the tie tolerance's norm)
-//      from the same read of the input;
+//      strides; float32, float64, float16, bfloat16), one block per slice of a row, writing the
+//      T packed planes [G, T, K, R, W] in the accumulation type (float32 for float16/bfloat16:
+//      the planes are sums of S inputs, which overflow float16 from about 65504 / S, and the
+//      gradient planes carry the rounding of the result; docs/operators.md section 4 keeps
+//      float32 intermediates) and, for scale_align, each row's sum of squares (the tie
+//      tolerance's norm) from the same read of the input;
 //   2. the T plane products as one batched GEMM in the accumulation type, through ATen's bmm
 //      (cuBLAS on a GPU), called through the dispatcher on the calling thread, over K chunks of
 //      the feature axis whose partial products the next kernel adds up (issue 20);
@@ -110,11 +110,13 @@ constexpr int64_t kSliceColumns = 4 * kThreads;
 // kSliceColumns (rounded up) per row, the first input's rows first; consecutive threads take
 // consecutive columns (coalesced reads and writes) and add up the squares of their S values,
 // which the block reduces in a fixed order into squares[g, r, slice] (deterministic, and no
-// second read of the input).
+// second read of the input). __launch_bounds__: 64 registers, four blocks (half the threads) per
+// SM for this memory-bound loop; without it sm_90's ptxas takes 72 (every dtype) for three, and
+// with it spills nothing.
 template <typename scalar_t>
-__global__ void analysis_kernel(AnalysisInput<scalar_t> first, AnalysisInput<scalar_t> second,
-                                int64_t G, int64_t S, int64_t D, int64_t K, int64_t W,
-                                int64_t P) {
+__global__ void __launch_bounds__(kThreads, 4)
+    analysis_kernel(AnalysisInput<scalar_t> first, AnalysisInput<scalar_t> second, int64_t G,
+                    int64_t S, int64_t D, int64_t K, int64_t W, int64_t P) {
   using acc_t = opmath_t<scalar_t>;
   const scale_dft::Twiddles<acc_t> tw = block_twiddles<acc_t>(S);
   acc_t* partial_sums = gpu::dynamic_shared<acc_t>() + 2 * S;  // blockDim.x of them
@@ -516,9 +518,9 @@ struct ForwardProducts {
   Tensor phi_squares, weight_squares;
 };
 
-// ForwardProducts in two launches: the planes and sums of squares of phi and weight (analysis_kernel, one
-// launch), and their products through ATen's bmm (on a GPU, cuBLAS: TF32 for float32 as
-// torch.backends.cuda.matmul.allow_tf32 says) over the K chunks at once.
+// ForwardProducts in two launches: the planes and sums of squares of phi and weight
+// (analysis_kernel, one launch), and their products through ATen's bmm (on a GPU, cuBLAS: TF32
+// for float32 as torch.backends.cuda.matmul.allow_tf32 says) over the K chunks at once.
 inline ForwardProducts forward_products(const Tensor& phi4, const Tensor& weight4,
                                         const Shape& shape, bool with_norms,
                                         gpu::Stream stream) {
