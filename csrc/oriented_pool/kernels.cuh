@@ -255,12 +255,14 @@ void launch_forward(const Tensor& x, const Geometry& g, Tensor& out, Tensor& arg
 template <typename scalar_t>
 void launch_backward(const Tensor& grad_output, const Tensor& argmax, const Geometry& g,
                      Tensor& grad_input, gpu::Stream stream) {
-  // Per channel: 4 gradient planes and 2 argmax planes of G*h*w cells.
+  // Per channel: 4 gradient planes and 2 argmax planes of G*h*w cells (a count that is already
+  // too large stands in for bytes that could overflow).
   const int64_t positions = g.grid * g.patch_area();
-  const TilePlan plan =
-      plan_tiles(grad_input.size(0), g.channels,
-                 positions * (4 * int64_t{sizeof(scalar_t)} + 2),
-                 std::max(positions, g.height * g.width), kMinChannels);
+  const int64_t channel_bytes = positions <= kMaxTileBytes
+                                    ? positions * (4 * int64_t{sizeof(scalar_t)} + 2)
+                                    : positions;
+  const TilePlan plan = plan_tiles(grad_input.size(0), g.channels, channel_bytes,
+                                   std::max(positions, g.height * g.width), kMinChannels);
   if (plan.fits) {
     // The kernel's int arithmetic takes the strides too. One beyond the map, possible only where
     // G = 1, covers the same elements as one equal to the map's size.
