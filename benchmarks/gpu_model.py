@@ -418,6 +418,11 @@ def main() -> None:
     args.json.write_text(json.dumps({"constants": CONSTANTS, "records": records}, indent=1))
     args.markdown.write_text(report(records, command))
     print(f"wrote {args.json} and {args.markdown}")
+    if args.json.resolve() == (RESULTS / "gpu_model.json").resolve():
+        from gpu_model_table import update_readme  # the README's table, from this JSON
+
+        if update_readme(args.json):
+            print("rewrote README.md's GPU model table")
 
 
 if __name__ == "__main__":
