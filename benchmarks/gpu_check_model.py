@@ -263,7 +263,8 @@ def ncu_main(args) -> int:
         write_json(path, result)
     write_json(path, result)
     # The last line of the step's log: the script's note when ncu is missing or refused.
-    print(f"ncu {result['status']}: {result['reason'] or path}", file=sys.stderr)
+    note = " ".join(str(result["reason"] or path).split())  # one line, no tab (steps.tsv)
+    print(f"ncu {result['status']}: {note}", file=sys.stderr)
     if result["status"] in ("refused", "not found"):
         return REFUSED_EXIT
     return 0 if result["status"] == "measured" else 1

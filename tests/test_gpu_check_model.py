@@ -105,10 +105,16 @@ def test_ncu_csv_is_read_per_launch_in_base_units():
     assert compare.kernel_counters(launches[4])["store_sectors_per_request"] is None
     # Prefixed units (without --print-units base) are scaled; the same report read twice (the
     # log and stdout) is one; a CSV without ncu's columns is refused.
-    scaled = "\n".join([HEADER, *ncu_rows(0, POOL, {"dram__bytes_read.sum": ("Kbyte", "1.5")})])
-    assert compare.parse_ncu_csv(scaled + "\n" + scaled)[0]["metrics"] == {
-        "dram__bytes_read.sum": 1500.0
+    prefixed = {
+        "a": ("Kbyte", "1.5"),
+        "b": ("Msector", "2"),
+        "c": ("usecond", "7"),
+        "d": ("%", "5"),
     }
+    scaled = "\n".join([HEADER, *ncu_rows(0, POOL, prefixed)])
+    assert compare.parse_ncu_csv(scaled + "\n" + scaled)[0]["metrics"] == {
+        "a": 1500.0, "b": 2e6, "c": 7.0, "d": 5.0
+    }  # fmt: skip
     assert compare.parse_ncu_csv("==PROF== nothing\n") == []
     with pytest.raises(ValueError, match="Metric Name"):
         compare.parse_ncu_csv('"ID","Kernel Name","dram__bytes_read.sum"\n"0","k","1"\n')
@@ -277,6 +283,10 @@ def test_the_section_sets_measured_beside_predicted(tmp_path):
     [
         ({"status": "refused", "reason": "ERR_NVGPUCTRPERM", "records": []}, "not checked"),
         ({"status": "not found", "reason": "no ncu", "records": []}, "not checked"),
+        (
+            {"status": "partial", "reason": "no time left for bfloat16", "records": []},
+            "not checked",
+        ),
         ({"status": "failed", "reason": "3 markers for 4 calls", "records": []}, "problem"),
         (None, "problem"),  # the step ran and left no JSON
     ],
