@@ -268,7 +268,7 @@ def times_lines(model: dict, times: dict) -> list[str]:
     assumed, c = model.get("constants", {}), times.get("constants", {})
     rate = c.get("copy_bytes_per_s")
     lines = [
-        f"Measured constants: device-to-device copy {_f(rate and rate / 1e12, '.2f')} TB/s "
+        f"Measured constants: device-to-device copy {_f(rate and rate / 1e12, '.3g')} TB/s "
         f"(read + write; the model assumes {_f(rate_of(assumed), '.2f')}); a launch "
         f"{_f(c.get('launch_us'), '.2f')} us for one small torch op alone, "
         f"{_f(c.get('launch_us_in_stream'), '.2f')} us each in a stream of them (the model "

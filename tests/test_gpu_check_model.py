@@ -260,7 +260,7 @@ def test_the_section_sets_measured_beside_predicted(tmp_path):
     )
     text = "\n".join(lines)
     assert problems == [] and not_checked == []
-    assert "device-to-device copy 2.00 TB/s (read + write; the model assumes 3.00)" in text
+    assert "device-to-device copy 2 TB/s (read + write; the model assumes 3.00)" in text
     assert "8.00 us for one small torch op alone, 5.00 us each in a stream" in text
     assert (
         "| pool | small, float32 | forward | 2 | 25.0 | 10.0 | 2.50 | 4.0 | 6.25 | 11.5 |" in text
