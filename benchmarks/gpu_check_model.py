@@ -38,7 +38,7 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from cases.runs import VARIANTS, Run, directions, model_runs  # noqa: E402
+from cases.runs import DETERMINISTIC_BACKWARD, VARIANTS, Run, directions, model_runs  # noqa: E402
 from gpu_check_compare import NCU_METRICS, attribute, ncu_refusal, parse_ncu_csv  # noqa: E402
 from timing import copy_bandwidth_gbs, device_name, median_ms  # noqa: E402
 
@@ -157,7 +157,7 @@ def times_main(args) -> int:
         warmup, repeats = REPEATS[sizes]
         try:
             for direction, call in op_calls(run, device).items():
-                with deterministic(direction == "backward (deterministic)"):
+                with deterministic(direction == DETERMINISTIC_BACKWARD):
                     ms = median_ms(call, device, repeats, warmup)
                 result["records"].append(
                     {"op": run.op, "case": run.case, "direction": direction, "sizes": sizes,
@@ -191,7 +191,7 @@ def profile_main(args) -> int:
             torch.cuda.synchronize()
             torch.cuda._sleep(1000)
             manifest.append({"op": run.op, "case": run.case, "direction": direction})
-            with deterministic(direction == "backward (deterministic)"):
+            with deterministic(direction == DETERMINISTIC_BACKWARD):
                 call()
         torch.cuda.synchronize()
     # Written last: a manifest means the program ran to its end.

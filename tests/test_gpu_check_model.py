@@ -381,6 +381,19 @@ def test_the_measured_records_carry_the_models_keys(tmp_path):
     assert constants["copy_bytes_per_s"] > 0 and constants["launch_us_in_stream"] > 0
 
 
+def test_every_model_record_is_one_of_the_shared_runs():
+    """benchmarks/results/gpu_model.json's keys are among those cases/runs.py gives the GPU
+    check to measure (the model may leave variants out: --quick)."""
+    pytest.importorskip("torchvision")
+    sys.path.insert(0, str(BENCHMARKS))
+    from cases.runs import directions, model_runs
+
+    runs = [(run.op, run.case, d) for run in model_runs() for d in directions(run.op)]
+    assert len(set(runs)) == len(runs)
+    records = json.loads((BENCHMARKS / "results" / "gpu_model.json").read_text())["records"]
+    assert records and {compare.key(r) for r in records} <= set(runs)
+
+
 table = load("gpu_model_table")
 
 

@@ -26,6 +26,7 @@ VARIANTS = (
 # Ops whose CUDA backward takes another path under torch.use_deterministic_algorithms(True):
 # the crop's gather instead of its atomics (docs/operators.md, "Deterministic mode").
 DETERMINISTIC_BACKWARD_OPS = ("multiscale_roi_crop",)
+DETERMINISTIC_BACKWARD = "backward (deterministic)"  # that backward's direction
 
 
 def case_name(size: str, variant: str) -> str:
@@ -37,7 +38,7 @@ def directions(op: str) -> tuple[str, ...]:
     """The `direction` keys of an op's records: the forward, the backward, and for the ops of
     DETERMINISTIC_BACKWARD_OPS the backward under deterministic algorithms."""
     if op in DETERMINISTIC_BACKWARD_OPS:
-        return ("forward", "backward", "backward (deterministic)")
+        return ("forward", "backward", DETERMINISTIC_BACKWARD)
     return ("forward", "backward")
 
 
