@@ -245,33 +245,14 @@ def _nbytes(tensors) -> int:
     return sum(t.numel() * t.element_size() for t in tensors)
 
 
-def variants(quick: bool):
-    """(label, dtype, channels_last) of the runs: float32 NCHW; more without --quick."""
-    import torch
-
-    yield "float32", torch.float32, False
-    if not quick:
-        yield "bfloat16", torch.bfloat16, False
-        yield "float32 channels-last", torch.float32, True
-
-
-def op_calls(case, dtype, channels_last: bool, tracer: Tracer) -> list[dict]:
-    """Records of the forward and backward of one case's ssanet_ops call."""
+def op_calls(run, tracer: Tracer) -> list[dict]:
+    """Records of the forward and backward of one run's ssanet_ops call (cases/runs.py)."""
     import torch
 
     from ssanet_ops.testing import simulate_cuda
 
-    torch.manual_seed(0)
-    inputs = case.make_inputs(torch.device("cpu"), dtype)
-    if channels_last:
-        for name, value in inputs.items():
-            if isinstance(value, torch.Tensor) and value.dim() == 4:
-                inputs[name] = (
-                    value.detach()
-                    .to(memory_format=torch.channels_last)
-                    .requires_grad_(value.requires_grad)
-                )
-    function = case.implementations["ssanet_ops"]
+    inputs = run.make_inputs(torch.device("cpu"))
+    function = run.function
     differentiable = [t for t in _tensors(list(inputs.values())) if t.requires_grad]
     outputs = {}
 
@@ -308,25 +289,15 @@ def op_calls(case, dtype, channels_last: bool, tracer: Tracer) -> list[dict]:
 
 
 def run_cases(quick: bool, ops: list[str] | None, tracer: Tracer) -> list[dict]:
+    """Every run of cases/runs.py at the cases' quick sizes; float32 NCHW only with --quick."""
     sys.path.insert(0, str(ROOT / "benchmarks"))
-    from cases import oriented_pool, roi_crop, scale_align
+    from cases.runs import model_runs
 
     records = []
-    seen = set()
-    for module in (oriented_pool, roi_crop, scale_align):
-        # The reduced sizes: the cases' quick sizes (bench_ops.py --quick).
-        for case in module.cases(quick=True):
-            if "ssanet_ops" not in case.implementations or (case.op, case.size) in seen:
-                continue
-            if ops and case.op not in ops:
-                continue
-            seen.add((case.op, case.size))
-            for label, dtype, channels_last in variants(quick):
-                if channels_last and case.op == "scale_align":
-                    continue  # no 4-D tensor
-                print(f"{case.op}: {case.size}, {label}", flush=True)
-                for record in op_calls(case, dtype, channels_last, tracer):
-                    records.append({"op": case.op, "case": f"{case.size}, {label}", **record})
+    for run in model_runs(full_sizes=False, all_variants=not quick, ops=ops):
+        print(f"{run.op}: {run.case}", flush=True)
+        for record in op_calls(run, tracer):
+            records.append({"op": run.op, "case": run.case, **record})
     return records
 
 
@@ -447,6 +418,11 @@ def main() -> None:
     args.json.write_text(json.dumps({"constants": CONSTANTS, "records": records}, indent=1))
     args.markdown.write_text(report(records, command))
     print(f"wrote {args.json} and {args.markdown}")
+    if args.json.resolve() == (RESULTS / "gpu_model.json").resolve():
+        from gpu_model_table import update_readme  # the README's table, from this JSON
+
+        if update_readme(args.json):
+            print("rewrote README.md's GPU model table")
 
 
 if __name__ == "__main__":

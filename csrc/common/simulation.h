@@ -261,7 +261,8 @@ inline Fiber::Fiber() {
   makecontext(&context, fiber_main, 0);
 }
 
-inline void syncthreads() {
+// Not traced: its store to the heap-allocated Fiber is the simulator's, not the kernel's.
+SSANET_OPS_SIM_NOT_TRACED inline void syncthreads() {
   Fiber* self = runtime.running;
   SSANET_CHECK(self != nullptr, "CUDA simulator: __syncthreads() outside a kernel");
   // The flag is the simulator's, not the kernel's: set once the trace stops recording the
