@@ -265,10 +265,8 @@ inline Fiber::Fiber() {
 SSANET_OPS_SIM_NOT_TRACED inline void syncthreads() {
   Fiber* self = runtime.running;
   SSANET_CHECK(self != nullptr, "CUDA simulator: __syncthreads() outside a kernel");
-  // The flag is the simulator's, not the kernel's: set once the trace stops recording the
-  // thread, or every __syncthreads would count as a store of the kernel.
-  SSANET_OPS_SIM_TRACE_HOOK(thread_leave());
   self->at_barrier = true;
+  SSANET_OPS_SIM_TRACE_HOOK(thread_leave());
   to_scheduler(*self);
   SSANET_OPS_SIM_TRACE_HOOK(thread_enter(self->thread, self->stack, Fiber::kStackBytes));
 }
