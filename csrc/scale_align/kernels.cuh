@@ -13,7 +13,7 @@
 //      the feature axis whose partial products the next kernel adds up (issue 20);
 //   3. align_kernel / correlation_kernel: the sum over the chunks and the inverse DFT, fused
 //      with max, argmax (within the tie tolerance) and bias (one thread per (n, c)).
-// scale_align's backward (S <= kDirectBackwardScales) is the direct form of eq. 8 in two
+// scale_align's backward (direct_backward: S <= 8, D not small) is the direct form of eq. 8 in two
 // launches: shift_matrix_kernel (the one-hot gradient as a [N*S, C*S] matrix) and one bmm in the
 // inputs' dtype against the other input. scale_correlation's (and scale_align's at larger S)
 // runs grad_planes_kernel (the gradient's planes), the DFT of the other input, the products
@@ -606,6 +606,15 @@ inline Tensor correlation(const Tensor& phi, const Tensor& weight, gpu::Stream s
 // S = 5) plus the planes' traffic through memory (see align_backward_direct).
 constexpr int64_t kDirectBackwardScales = 8;
 
+// Whether scale_align's backward takes the direct form: S at most kDirectBackwardScales, and its
+// shift matrix (N*S x C*S values) no larger than the planes the Fourier form would write
+// (T * (N + C) * D), which bounds its memory and arithmetic where D is small beside N and C.
+inline bool direct_backward(const Shape& shape) {
+  const int64_t N = shape.proposals, C = shape.classes, S = shape.scales;
+  return S <= kDirectBackwardScales &&
+         Checked(N) * C * S * S <= Checked(shape.planes()) * (N + C) * shape.features;
+}
+
 // d phi [G, N, S, D] (for_weight false) or d weight [G, C, S, D] (for_weight true) of
 // scale_align, `result` (contiguous), in the direct form: the shift matrix A [G, N*S, C*S] of
 // the one-hot gradient (shift_matrix_kernel), then one product through ATen's bmm in the
@@ -656,7 +665,7 @@ inline Tensor backward(const Tensor& grad, const std::optional<Tensor>& shift,
       shift.has_value()
           ? torch::stable::contiguous(grouped ? *shift : torch::stable::unsqueeze(*shift, 0))
           : Tensor();
-  if (shift.has_value() && S <= kDirectBackwardScales) {
+  if (shift.has_value() && direct_backward(shape)) {
     align_backward_direct(grad4, shift4, as_grouped(other), shape, for_weight, result, stream);
     return grouped ? result : torch::stable::squeeze(result, 0);
   }
