@@ -586,25 +586,26 @@ def test_dispatcher_checks_direct_calls():
 
 
 @pytest.mark.parametrize("for_weight", [False, True])
-def test_backward_shift_out_of_range(device, for_weight):
+@pytest.mark.parametrize("scales", [5, 9])  # CUDA's direct form (S <= 8) and its Fourier form
+def test_backward_shift_out_of_range(device, for_weight, scales):
     # Only a direct call of the private backward ops can pass a shift outside [0, S). The CPU
     # refuses it; CUDA, which checks no values on the host (docs/operators.md section 4), gives
     # it no contribution, and reads nothing out of bounds (a NaN gradient there reaches nothing).
     ops = torch.ops.ssanet_ops
-    phi, weight, _ = make_inputs(5, device=device)
+    phi, weight, _ = make_inputs(scales, device=device)
     op, other = (
         (ops._scale_align_backward_weight, phi.detach())
         if for_weight
         else (ops._scale_align_backward_phi, weight.detach())
     )
     grad = torch.randn(4, 3, dtype=torch.float64, device=device)
-    shift = torch.randint(0, 5, (4, 3), device=device)
-    shift[0, 0], shift[1, 2], shift[3, 1] = -1, 5, 2**40
+    shift = torch.randint(0, scales, (4, 3), device=device)
+    shift[0, 0], shift[1, 2], shift[3, 1] = -1, scales, 2**40
     if device.type == "cpu" and not simulating():
-        with pytest.raises(RuntimeError, match=r"shift values must be in \[0, 5\)"):
+        with pytest.raises(RuntimeError, match=rf"shift values must be in \[0, {scales}\)"):
             op(grad, shift, other)
         return
-    in_range = (shift >= 0) & (shift < 5)
+    in_range = (shift >= 0) & (shift < scales)
     expected = op(torch.where(in_range, grad, 0), torch.where(in_range, shift, 0), other)
     actual = op(torch.where(in_range, grad, float("nan")), shift, other)
     torch.testing.assert_close(actual, expected)

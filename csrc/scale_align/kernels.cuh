@@ -1,21 +1,27 @@
 #pragma once
-// scale_correlation and scale_align's CUDA kernels, in the Fourier form of common/scale_dft.h:
-//   1. analysis_kernel: the DFT over the scale axis of phi and weight (any strides; float32,
-//      float64, float16, bfloat16), one thread per feature column, writing the T packed planes
-//      [G, T, R, D] in the accumulation type (float32 for float16/bfloat16: the planes are sums
-//      of S inputs, which overflow float16 from about 65504 / S, and the gradient planes carry
-//      the rounding of the result; docs/operators.md section 4 keeps float32 intermediates);
+// scale_correlation and scale_align's CUDA kernels, in the Fourier form of common/scale_dft.h.
+// The forward makes three launches:
+//   1. analysis_kernel: the DFT over the scale axis of phi and weight in one launch (any
+//      strides; float32, float64, float16, bfloat16), one block per slice of a row, writing the
+//      T packed planes [G, T, K, R, W] in the accumulation type (float32 for float16/bfloat16:
+//      the planes are sums of S inputs, which overflow float16 from about 65504 / S, and the
+//      gradient planes carry the rounding of the result; docs/operators.md section 4 keeps
+//      float32 intermediates) and, for scale_align, each row's sum of squares (the tie
+//      tolerance's norm) from the same read of the input;
 //   2. the T plane products as one batched GEMM in the accumulation type, through ATen's bmm
-//      (cuBLAS on a GPU), called through the dispatcher on the calling thread, split over
-//      chunks of the feature axis whose partial products a reduction adds up (issue 20);
-//   3. align_kernel / correlation_kernel: the inverse DFT fused with max, argmax (within the tie
-//      tolerance, from the norms of phi's and weight's rows) and bias (one thread per (n, c)).
-// The backward runs grad_planes_kernel (the gradient's planes, one-hot for scale_align), the
-// DFT of the other input, the products and synthesis_kernel (the inverse DFT to d phi or
-// d weight). Each kernel computes the twiddles into shared memory once per block.
+//      (cuBLAS on a GPU), called through the dispatcher on the calling thread, over K chunks of
+//      the feature axis whose partial products the next kernel adds up (issue 20);
+//   3. align_kernel / correlation_kernel: the sum over the chunks and the inverse DFT, fused
+//      with max, argmax (within the tie tolerance) and bias (one thread per (n, c)).
+// scale_align's backward (direct_backward: S <= 8, D not small) is the direct form of eq. 8 in two
+// launches: shift_matrix_kernel (the one-hot gradient as a [N*S, C*S] matrix) and one bmm in the
+// inputs' dtype against the other input. scale_correlation's (and scale_align's at larger S)
+// runs grad_planes_kernel (the gradient's planes), the DFT of the other input, the products
+// and synthesis_kernel (the inverse DFT to d phi or d weight). Each DFT kernel computes the
+// twiddles into shared memory once per block.
 //
 // Compiled by nvcc into cuda.cu and by the host compiler into sim.cpp (common/simulation.h),
-// where the products and the norms run as the same ATen calls on CPU tensors. The loops index
+// where the products run as the same ATen calls on CPU tensors. The loops index
 // in int64 throughout: each thread's DFT (S*S/2 multiply-adds or more) outweighs the divisions
 // that an int32 index would make cheaper.
 //
@@ -52,47 +58,140 @@ __device__ scale_dft::Twiddles<acc_t> block_twiddles(int64_t S) {
   return {cosines, sines, S};
 }
 
+// Product p of one point from partial products over K chunks of the feature axis, the chunks
+// `chunk_stride` apart and the planes K * chunk_stride apart, added up pairwise (the sum of
+// chunks 2m and 2m + 1, then of those pairs, and so on: a rounding error that grows with log K,
+// as the cascade sum of ATen's that these kernels replaced; added one after another, the K =
+// 392 chunks of D = 100,352 doubled the float32 error, benchmarks/scale_align_accuracy.py).
+template <typename acc_t>
+__device__ acc_t chunk_sum(const acc_t* point, int64_t p, int64_t K, int64_t chunk_stride) {
+  const acc_t* chunks = point + p * K * chunk_stride;
+  // pending[l]: the sum of a run of 2^l chunks not yet paired (a binary counter of k).
+  constexpr int kLevels = 48;  // K < 2^48: more chunks than bytes a GPU holds
+  acc_t pending[kLevels];
+  int top = 0;
+  for (int64_t k = 0; k < K; ++k) {
+    acc_t value = chunks[k * chunk_stride];
+    for (int64_t run = k + 1; run % 2 == 0; run /= 2) {
+      value = pending[--top] + value;
+    }
+    pending[top++] = value;
+  }
+  acc_t total = pending[--top];
+  while (top > 0) {
+    total = pending[--top] + total;
+  }
+  return total;
+}
+
 // ---- kernels ----
 
-// planes[g, p, k, r, e] of x[g, r, :, k * W + e] for x [G, R, S, D] of any strides, whose
-// strides of (g, r, s, d) are those that common/strides.h names (n, c, h, w): the feature axis
-// cut into K chunks of W columns, zero past D (K = 1, W = D: planes [G, T, R, D]).
+// One input of analysis_kernel: x [G, R, S, D] of any strides, whose strides of (g, r, s, d)
+// are those that common/strides.h names (n, c, h, w), its planes [G, T, K, R, W] and, where not
+// null, the sums of squares [G, R, P] of its rows x[g, r] over P slices of their columns (for
+// the tie tolerance's norms).
 template <typename scalar_t>
-__global__ void analysis_kernel(const scalar_t* __restrict__ x, Strides4 strides, int64_t R,
-                                int64_t S, int64_t D, int64_t K, int64_t W, int64_t columns,
-                                scale_dft::Packing packing,
-                                opmath_t<scalar_t>* __restrict__ planes) {
+struct AnalysisInput {
+  const scalar_t* x;
+  Strides4 strides;
+  int64_t R;
+  scale_dft::Packing packing;
+  opmath_t<scalar_t>* planes;
+  opmath_t<scalar_t>* squares;
+};
+
+// Columns per block of analysis_kernel: 4 per thread, so that a block's reads are in flight
+// together and long rows (D = 100,352) still make thousands of blocks.
+constexpr int64_t kSliceColumns = 4 * kThreads;
+
+// planes[g, p, k, r, e] of x[g, r, :, k * W + e] for one or two inputs (phi and weight: one
+// launch), the feature axis cut into K chunks of W columns, zero past D (K = 1, W = D: planes
+// [G, T, R, D]). One block per slice of kSliceColumns columns of a row (g, r), P = K * W /
+// kSliceColumns (rounded up) per row, the first input's rows first; consecutive threads take
+// consecutive columns (coalesced reads and writes) and add up the squares of their S values,
+// which the block reduces in a fixed order into squares[g, r, slice] (deterministic, and no
+// second read of the input). __launch_bounds__: 64 registers, four blocks (half the threads) per
+// SM for this memory-bound loop; without it sm_90's ptxas takes 72 (every dtype) for three, and
+// with it spills nothing.
+template <typename scalar_t>
+__global__ void __launch_bounds__(kThreads, 4)
+    analysis_kernel(AnalysisInput<scalar_t> first, AnalysisInput<scalar_t> second, int64_t G,
+                    int64_t S, int64_t D, int64_t K, int64_t W, int64_t P) {
   using acc_t = opmath_t<scalar_t>;
   const scale_dft::Twiddles<acc_t> tw = block_twiddles<acc_t>(S);
+  acc_t* partial_sums = gpu::dynamic_shared<acc_t>() + 2 * S;  // blockDim.x of them
   const int64_t T = scale_dft::plane_count(S);
-  for (int64_t index = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; index < columns;
-       index += int64_t{gridDim.x} * blockDim.x) {
-    // index = ((g * K + k) * R + r) * W + e: consecutive threads read and write consecutive d.
-    const int64_t e = index % W;
-    const int64_t r = (index / W) % R;
-    const int64_t k = (index / (W * R)) % K;
-    const int64_t g = index / (W * R * K);
-    const int64_t d = k * W + e;
-    const bool inside = d < D;
-    const scalar_t* source = x + g * strides.n + r * strides.c + (inside ? d : 0) * strides.w;
-    acc_t* target = planes + ((g * T * K + k) * R + r) * W + e;
-    const auto column = [&](int64_t j) {
-      return inside ? static_cast<acc_t>(source[j * strides.h]) : acc_t(0);
-    };
-    const auto out = [&](int64_t p, acc_t value) { target[p * K * R * W] = value; };
-    scale_dft::planes<acc_t>(packing, /*conjugate=*/false, column, tw, out);
+  const int64_t first_slices = G * first.R * P;
+  const int64_t slices = first_slices + G * second.R * P;
+  for (int64_t slice = blockIdx.x; slice < slices; slice += gridDim.x) {
+    const bool is_first = slice < first_slices;
+    const AnalysisInput<scalar_t> input = is_first ? first : second;  // a copy, in registers
+    const int64_t local = is_first ? slice : slice - first_slices;  // (g * R + r) * P + s
+    const int64_t row = local / P;
+    const int64_t g = row / input.R, r = row % input.R;
+    const scalar_t* source_row = input.x + g * input.strides.n + r * input.strides.c;
+    const int64_t end = std::min((local % P + 1) * kSliceColumns, K * W);
+    acc_t squares = 0;
+    for (int64_t column = local % P * kSliceColumns + threadIdx.x; column < end;
+         column += blockDim.x) {
+      const int64_t k = column / W, e = column % W;
+      const int64_t d = column;  // k * W + e
+      const bool inside = d < D;
+      const scalar_t* source = source_row + (inside ? d : 0) * input.strides.w;
+      acc_t* target = input.planes + ((g * T * K + k) * input.R + r) * W + e;
+      const auto value = [&](int64_t j) {
+        return inside ? static_cast<acc_t>(source[j * input.strides.h]) : acc_t(0);
+      };
+      const auto out = [&](int64_t p, acc_t plane) { target[p * K * input.R * W] = plane; };
+      scale_dft::planes<acc_t>(input.packing, /*conjugate=*/false, value, tw, out);
+      if (input.squares != nullptr) {
+        for (int64_t j = 0; j < S; ++j) {  // a second read of the column, from L1
+          const acc_t x = value(j);
+          squares += x * x;
+        }
+      }
+    }
+    if (input.squares != nullptr) {  // uniform over the block
+      partial_sums[threadIdx.x] = squares;
+      __syncthreads();
+      for (unsigned half = blockDim.x / 2; half > 0; half /= 2) {  // blockDim.x: a power of two
+        if (threadIdx.x < half) {
+          partial_sums[threadIdx.x] += partial_sums[threadIdx.x + half];
+        }
+        __syncthreads();
+      }
+      if (threadIdx.x == 0) {
+        input.squares[local] = partial_sums[0];
+      }
+      __syncthreads();  // partial_sums[0] read before the next slice overwrites it
+    }
   }
 }
 
-// logits and shift at (g, n, c) from the products [G, T, N, C]. phi_norms [G, N] and
-// weight_norms [G, C] (contiguous) are the Frobenius norms of the rows of phi and weight, for
-// the tie tolerance.
+// The norm of a row from its P sums of squares (analysis_kernel), added up in order.
+template <typename acc_t>
+__device__ acc_t row_norm(const acc_t* squares, int64_t P) {
+  acc_t total = 0;
+  for (int64_t s = 0; s < P; ++s) {
+    total += squares[s];
+  }
+  return sqrt(total);
+}
+
+// The most planes whose sums align_kernel keeps (T = 7 at S = 5, 13 at S = 9); beyond, it adds
+// up the chunks at each use.
+constexpr int64_t kSummedPlanes = 13;
+
+// logits and shift at (g, n, c) from the partial products [G, T, K, N, C] of K chunks of the
+// feature axis, which it adds up (pairwise). phi_squares [G, N, P] and weight_squares [G, C, P]
+// (contiguous) are the sums of squares of the rows of phi and weight over P slices of their
+// columns (analysis_kernel), whose square roots give the tie tolerance's norms.
 template <typename scalar_t>
 __global__ void align_kernel(const opmath_t<scalar_t>* __restrict__ products,
-                             const opmath_t<scalar_t>* __restrict__ phi_norms,
-                             const opmath_t<scalar_t>* __restrict__ weight_norms,
+                             const opmath_t<scalar_t>* __restrict__ phi_squares,
+                             const opmath_t<scalar_t>* __restrict__ weight_squares, int64_t P,
                              const scalar_t* __restrict__ bias, int64_t bias_stride_g,
-                             int64_t bias_stride_c, int64_t N, int64_t C, int64_t S,
+                             int64_t bias_stride_c, int64_t N, int64_t C, int64_t S, int64_t K,
                              int64_t points, scalar_t* __restrict__ logits,
                              int64_t* __restrict__ shift) {
   using acc_t = opmath_t<scalar_t>;
@@ -103,12 +202,22 @@ __global__ void align_kernel(const opmath_t<scalar_t>* __restrict__ products,
     // index = (g * N + n) * C + c
     const int64_t c = index % C;
     const int64_t g = index / (N * C);
-    const acc_t* point = products + g * T * N * C + index % (N * C);
-    const auto K = [&](int64_t p) { return point[p * N * C]; };
-    const acc_t tolerance =
-        scale_dft::tie_tolerance(S, phi_norms[index / C], weight_norms[g * C + c]);
+    const acc_t* point = products + g * T * K * N * C + index % (N * C);
+    const auto sum = [&](int64_t p) { return chunk_sum(point, p, K, N * C); };
+    const acc_t tolerance = scale_dft::tie_tolerance(S, row_norm(phi_squares + index / C * P, P),
+                                                     row_norm(weight_squares + (g * C + c) * P, P));
     acc_t response;
-    shift[index] = scale_dft::align_point(K, tw, tolerance, response);
+    if (T <= kSummedPlanes) {
+      // The T sums once each (align_point reads every product S times and more).
+      acc_t sums[kSummedPlanes];
+      for (int64_t p = 0; p < T; ++p) {
+        sums[p] = sum(p);
+      }
+      const auto summed = [&](int64_t p) { return sums[p]; };
+      shift[index] = scale_dft::align_point(summed, tw, tolerance, response);
+    } else {
+      shift[index] = scale_dft::align_point(sum, tw, tolerance, response);
+    }
     if (bias != nullptr) {
       response += static_cast<acc_t>(bias[g * bias_stride_g + c * bias_stride_c]);
     }
@@ -116,10 +225,10 @@ __global__ void align_kernel(const opmath_t<scalar_t>* __restrict__ products,
   }
 }
 
-// corr[g, n, c, :] from the products [G, T, N, C].
+// corr[g, n, c, :] from the partial products [G, T, K, N, C] of K chunks of the feature axis.
 template <typename scalar_t>
 __global__ void correlation_kernel(const opmath_t<scalar_t>* __restrict__ products,
-                                   int64_t N, int64_t C, int64_t S, int64_t points,
+                                   int64_t N, int64_t C, int64_t S, int64_t K, int64_t points,
                                    scalar_t* __restrict__ corr) {
   using acc_t = opmath_t<scalar_t>;
   const scale_dft::Twiddles<acc_t> tw = block_twiddles<acc_t>(S);
@@ -127,11 +236,11 @@ __global__ void correlation_kernel(const opmath_t<scalar_t>* __restrict__ produc
   for (int64_t index = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; index < points;
        index += int64_t{gridDim.x} * blockDim.x) {
     const int64_t g = index / (N * C);
-    const acc_t* point = products + g * T * N * C + index % (N * C);
-    const auto K = [&](int64_t p) { return point[p * N * C]; };
+    const acc_t* point = products + g * T * K * N * C + index % (N * C);
+    const auto sum = [&](int64_t p) { return chunk_sum(point, p, K, N * C); };
     scalar_t* target = corr + index * S;
     const auto out = [&](int64_t r, acc_t value) { target[r] = static_cast<scalar_t>(value); };
-    scale_dft::synthesis<acc_t>(K, /*conjugate=*/false, tw, out);
+    scale_dft::synthesis<acc_t>(sum, /*conjugate=*/false, tw, out);
   }
 }
 
@@ -193,6 +302,40 @@ __global__ void synthesis_kernel(const opmath_t<scalar_t>* __restrict__ products
   }
 }
 
+// The shift matrix of scale_align's one-hot gradient (docs/operators.md section 3, eq. 8):
+// A[g, n * S + j, c * S + m] = grad[g, n, c] where m = (j + shift[g, n, c]) mod S, else 0, so that
+// d phi[g] = A[g] @ weight[g] and d weight[g] = A[g]^T @ phi[g] as [N*S, C*S] x [C*S, D]
+// products (phi and weight as [R*S, D] matrices). One thread per entry of A (consecutive
+// threads, consecutive entries: coalesced stores; the S * S entries of one (n, c) read its
+// grad and shift together). A shift outside [0, S), which only a direct call of the private
+// backward op can pass, contributes nothing, as in grad_planes_kernel.
+template <typename scalar_t>
+__global__ void shift_matrix_kernel(const scalar_t* __restrict__ grad, int64_t grad_stride_g,
+                                    int64_t grad_stride_n, int64_t grad_stride_c,
+                                    const int64_t* __restrict__ shift, int64_t N, int64_t C,
+                                    int64_t S, int64_t entries, scalar_t* __restrict__ matrix) {
+  for (int64_t index = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; index < entries;
+       index += int64_t{gridDim.x} * blockDim.x) {
+    // index = (((g * N + n) * S + j) * C + c) * S + m
+    const int64_t m = index % S;
+    const int64_t c = (index / S) % C;
+    const int64_t row = index / (S * C);  // (g * N + n) * S + j
+    const int64_t j = row % S;
+    const int64_t n = (row / S) % N;
+    const int64_t g = row / (S * N);
+    const int64_t winner = shift[(g * N + n) * C + c];
+    int64_t target = j + winner;  // (j + winner) mod S for winner in [0, S)
+    target = target >= S ? target - S : target;
+    const bool hit = winner >= 0 && winner < S && m == target;
+    // Read by every thread (the S * S threads of one (n, c) read one value) and chosen from a
+    // pair, so that the store is one instruction of the whole warp for the host compiler too
+    // (a conditional expression became two stores, one per branch, in the traced simulator).
+    const scalar_t choices[2] = {scalar_t(0),
+                                 grad[g * grad_stride_g + n * grad_stride_n + c * grad_stride_c]};
+    matrix[index] = choices[hit ? 1 : 0];
+  }
+}
+
 // ---- launchers: one grid-stride launch each, on tensors of the kernels' device ----
 
 // The dynamic shared memory of every kernel here: the twiddles of S scales (block_twiddles).
@@ -201,48 +344,82 @@ size_t twiddle_bytes(int64_t S) {
   return static_cast<size_t>(2 * S) * sizeof(acc_t);
 }
 
-// planes [G, T, K, R, W] (accumulation type) of x [G, R, S, D] in K chunks of W columns.
-template <typename scalar_t>
-void launch_analysis(const Tensor& x, scale_dft::Packing packing, int64_t K, int64_t W,
-                     Tensor& planes, gpu::Stream stream) {
-  using acc_t = opmath_t<scalar_t>;
-  const int64_t R = x.size(1), S = x.size(2), D = x.size(3);
-  const int64_t columns = x.size(0) * K * R * W;
-  const GridStride launch = grid_stride(columns);
-  gpu::launch(analysis_kernel<scalar_t>, launch.blocks, launch.threads, twiddle_bytes<acc_t>(S),
-              stream, x.const_data_ptr<scalar_t>(), strides_of(x), R, S, D, K, W, columns,
-              packing, planes.mutable_data_ptr<acc_t>());
+// The dynamic shared memory of analysis_kernel: the twiddles, then one partial sum per thread.
+template <typename acc_t>
+size_t analysis_shared_bytes(int64_t S) {
+  return twiddle_bytes<acc_t>(S) + static_cast<size_t>(kThreads) * sizeof(acc_t);
 }
 
-// logits and shift [G, N, C] from the products [G*T, N, C] and the row norms [G, N], [G, C];
-// bias [G, C] or undefined.
+// An input of launch_analysis: x [G, R, S, D] (any strides), its planes [G * T * K, R, W] and,
+// if defined, its rows' sums of squares [G, R, P] over P slices, all in the accumulation type.
+struct AnalysisTensors {
+  const Tensor& x;
+  scale_dft::Packing packing;
+  Tensor& planes;
+  Tensor* squares;
+};
+
 template <typename scalar_t>
-void launch_align(const Tensor& products, const Tensor& phi_norms, const Tensor& weight_norms,
-                  const Tensor& bias, const Shape& shape, Tensor& logits, Tensor& shift,
-                  gpu::Stream stream) {
+AnalysisInput<scalar_t> analysis_input(const AnalysisTensors& input) {
+  using acc_t = opmath_t<scalar_t>;
+  return {input.x.const_data_ptr<scalar_t>(), strides_of(input.x), input.x.size(1),
+          input.packing, input.planes.mutable_data_ptr<acc_t>(),
+          input.squares != nullptr ? input.squares->mutable_data_ptr<acc_t>() : nullptr};
+}
+
+// The number of slices P of a row of K * W columns in analysis_kernel.
+inline int64_t analysis_slices(int64_t K, int64_t W) {
+  return (K * W + kSliceColumns - 1) / kSliceColumns;
+}
+
+// The planes (and sums of squares) of one input, or of two of the same G, S and D in one launch
+// (second with R = 0 when absent), in K chunks of W columns: one block per slice of a row.
+template <typename scalar_t>
+void launch_analysis(const AnalysisTensors& first, const std::optional<AnalysisTensors>& second,
+                     int64_t K, int64_t W, gpu::Stream stream) {
+  using acc_t = opmath_t<scalar_t>;
+  const int64_t G = first.x.size(0), S = first.x.size(2), D = first.x.size(3);
+  AnalysisInput<scalar_t> second_input{};
+  if (second.has_value()) {
+    second_input = analysis_input<scalar_t>(*second);
+  }
+  const int64_t P = analysis_slices(K, W);
+  const int64_t slices = G * (first.x.size(1) + second_input.R) * P;
+  gpu::launch(analysis_kernel<scalar_t>, std::min(slices, kMaxBlocks), kThreads,
+              analysis_shared_bytes<acc_t>(S), stream, analysis_input<scalar_t>(first),
+              second_input, G, S, D, K, W, P);
+}
+
+// logits and shift [G, N, C] from the partial products [G*T*K, N, C] and the rows' sums of
+// squares [G, N, P], [G, C, P]; bias [G, C] or undefined.
+template <typename scalar_t>
+void launch_align(const Tensor& products, int64_t K, const Tensor& phi_squares,
+                  const Tensor& weight_squares, const Tensor& bias, const Shape& shape,
+                  Tensor& logits, Tensor& shift, gpu::Stream stream) {
   using acc_t = opmath_t<scalar_t>;
   const int64_t points = logits.numel();
   const bool has_bias = bias.defined();
   const GridStride launch = grid_stride(points);
   gpu::launch(align_kernel<scalar_t>, launch.blocks, launch.threads,
               twiddle_bytes<acc_t>(shape.scales), stream, products.const_data_ptr<acc_t>(),
-              phi_norms.const_data_ptr<acc_t>(), weight_norms.const_data_ptr<acc_t>(),
+              phi_squares.const_data_ptr<acc_t>(), weight_squares.const_data_ptr<acc_t>(),
+              phi_squares.size(-1),
               has_bias ? bias.const_data_ptr<scalar_t>() : nullptr,
               has_bias ? bias.stride(0) : 0, has_bias ? bias.stride(1) : 0, shape.proposals,
-              shape.classes, shape.scales, points, logits.mutable_data_ptr<scalar_t>(),
+              shape.classes, shape.scales, K, points, logits.mutable_data_ptr<scalar_t>(),
               shift.mutable_data_ptr<int64_t>());
 }
 
-// corr [G, N, C, S] from the products [G*T, N, C].
+// corr [G, N, C, S] from the partial products [G*T*K, N, C].
 template <typename scalar_t>
-void launch_correlation(const Tensor& products, const Shape& shape, Tensor& corr,
+void launch_correlation(const Tensor& products, int64_t K, const Shape& shape, Tensor& corr,
                         gpu::Stream stream) {
   using acc_t = opmath_t<scalar_t>;
   const int64_t points = shape.groups * shape.proposals * shape.classes;
   const GridStride launch = grid_stride(points);
   gpu::launch(correlation_kernel<scalar_t>, launch.blocks, launch.threads,
               twiddle_bytes<acc_t>(shape.scales), stream, products.const_data_ptr<acc_t>(),
-              shape.proposals, shape.classes, shape.scales, points,
+              shape.proposals, shape.classes, shape.scales, K, points,
               corr.mutable_data_ptr<scalar_t>());
 }
 
@@ -265,6 +442,19 @@ void launch_grad_planes(const Tensor& grad, const Tensor& shift, const Shape& sh
               planes.mutable_data_ptr<acc_t>());
 }
 
+// The shift matrix [G, N*S, C*S] (grad's dtype) of grad [G, N, C] (any strides), one-hot at
+// shift [G, N, C] (contiguous).
+template <typename scalar_t>
+void launch_shift_matrix(const Tensor& grad, const Tensor& shift, const Shape& shape,
+                         Tensor& matrix, gpu::Stream stream) {
+  const int64_t entries = matrix.numel();
+  const GridStride launch = grid_stride(entries);
+  gpu::launch(shift_matrix_kernel<scalar_t>, launch.blocks, launch.threads, 0, stream,
+              grad.const_data_ptr<scalar_t>(), grad.stride(0), grad.stride(1), grad.stride(2),
+              shift.const_data_ptr<int64_t>(), shape.proposals, shape.classes, shape.scales,
+              entries, matrix.mutable_data_ptr<scalar_t>());
+}
+
 // out [G, R, S, D] (contiguous) from the products [G*T, R, D].
 template <typename scalar_t>
 void launch_synthesis(const Tensor& products, bool conjugate, Tensor& out, gpu::Stream stream) {
@@ -284,16 +474,14 @@ inline ScalarType accumulation_dtype(ScalarType dtype) {
   return dtype == ScalarType::Double ? ScalarType::Double : ScalarType::Float;
 }
 
-// The planes of x [G, R, S, D] in the accumulation dtype, its feature axis in K chunks of W
-// columns (zero past D) as [G * T * K, R, W]; [G * T, R, D] when K = 1 and W = D.
-inline Tensor analysis(const Tensor& x, scale_dft::Packing packing, int64_t K, int64_t W,
-                       gpu::Stream stream) {
-  const int64_t T = scale_dft::plane_count(x.size(2));
-  Tensor planes = empty_like_device(x, {x.size(0) * T * K, x.size(1), W},
+// The planes of x [G, R, S, D] in the accumulation dtype as [G * T, R, D] (the backward's).
+inline Tensor analysis(const Tensor& x, scale_dft::Packing packing, gpu::Stream stream) {
+  const int64_t T = scale_dft::plane_count(x.size(2)), D = x.size(3);
+  Tensor planes = empty_like_device(x, {x.size(0) * T, x.size(1), D},
                                     accumulation_dtype(x.scalar_type()));
   if (planes.numel() > 0) {
     SSANET_DISPATCH_FLOATING_TYPES(x.scalar_type(), "scale_align_dft", [&] {
-      launch_analysis<scalar_t>(x, packing, K, W, planes, stream);
+      launch_analysis<scalar_t>({x, packing, planes, nullptr}, std::nullopt, /*K=*/1, D, stream);
     });
   }
   return planes;
@@ -320,42 +508,58 @@ inline int64_t product_chunks(const Shape& shape) {
   return std::max<int64_t>(1, std::min(wanted, within_planes));
 }
 
-// The T plane products of the forward, [G*T, N, C] in the accumulation dtype, through ATen's
-// bmm (on a GPU, cuBLAS: TF32 for float32 as torch.backends.cuda.matmul.allow_tf32 says) over
-// K chunks of the feature axis at once, then ATen's sum over the chunks.
-inline Tensor forward_products(const Tensor& phi4, const Tensor& weight4, const Shape& shape,
-                               gpu::Stream stream) {
-  const int64_t N = shape.proposals, C = shape.classes, D = shape.features;
-  const int64_t batches = shape.groups * shape.planes();
+// The forward's T plane products in K chunks of the feature axis, partials [G*T*K, N, C] in
+// the accumulation dtype (the kernel that reads them adds up the K chunks), and the sums of
+// squares of the rows of phi [G, N, P] and weight [G, C, P] over P slices of their columns, for
+// the tie tolerance's norms.
+struct ForwardProducts {
+  Tensor partials;
+  int64_t K;
+  Tensor phi_squares, weight_squares;
+};
+
+// ForwardProducts in two launches: the planes and sums of squares of phi and weight
+// (analysis_kernel, one launch), and their products through ATen's bmm (on a GPU, cuBLAS: TF32
+// for float32 as torch.backends.cuda.matmul.allow_tf32 says) over the K chunks at once.
+inline ForwardProducts forward_products(const Tensor& phi4, const Tensor& weight4,
+                                        const Shape& shape, bool with_norms,
+                                        gpu::Stream stream) {
+  const int64_t G = shape.groups, N = shape.proposals, C = shape.classes, D = shape.features;
+  const int64_t batches = G * shape.planes();
+  const ScalarType accumulation = accumulation_dtype(phi4.scalar_type());
+  ForwardProducts result{Tensor(), 1, Tensor(), Tensor()};
   if (D == 0) {  // sums over an empty feature axis
-    Tensor products =
-        empty_like_device(phi4, {batches, N, C}, accumulation_dtype(phi4.scalar_type()));
-    return torch::stable::zero_(products);
+    result.partials = empty_like_device(phi4, {batches, N, C}, accumulation);
+    torch::stable::zero_(result.partials);
+    if (with_norms) {
+      result.phi_squares = empty_like_device(phi4, {G, N, 1}, accumulation);
+      result.weight_squares = empty_like_device(phi4, {G, C, 1}, accumulation);
+      torch::stable::zero_(result.phi_squares);
+      torch::stable::zero_(result.weight_squares);
+    }
+    return result;
   }
   const int64_t wanted_chunks = product_chunks(shape);
   const int64_t W = (D + wanted_chunks - 1) / wanted_chunks;
   const int64_t K = (D + W - 1) / W;  // no chunk wholly past D
-  const Tensor phi_planes = analysis(phi4, scale_dft::kPhiPacking, K, W, stream);
-  const Tensor weight_planes = analysis(weight4, scale_dft::kWeightPacking, K, W, stream);
-  Tensor partials = empty_like_device(phi_planes, {batches * K, N, C});
-  bmm_out(partials, phi_planes, torch::stable::transpose(weight_planes, 1, 2));
-  if (K == 1) {
-    return partials;
+  if (with_norms) {
+    const int64_t P = analysis_slices(K, W);
+    result.phi_squares = empty_like_device(phi4, {G, N, P}, accumulation);
+    result.weight_squares = empty_like_device(phi4, {G, C, P}, accumulation);
   }
-  // sum.dim_IntList's dim is an optional list (int[1]?), passed as such through the stable ABI.
-  const std::optional<std::vector<int64_t>> chunk_dim = std::vector<int64_t>{1};
-  return call_aten("aten::sum", "dim_IntList",
-                   torch::stable::view(partials, {batches, K, N, C}), chunk_dim,
-                   /*keepdim=*/false, std::nullopt)[0];
-}
-
-// The Frobenius norms [G, R] of the rows x[g, r] of x [G, R, S, D], in the accumulation dtype:
-// aten::norm with p = None (2), whose Scalar p the stable ABI cannot pass but None, as
-// torch.linalg.vector_norm(x, 2, (2, 3), dtype=...) computes them.
-inline Tensor row_norms(const Tensor& x) {
-  return call_aten("aten::norm", "ScalarOpt_dim_dtype", x, std::nullopt,
-                   std::vector<int64_t>{2, 3}, /*keepdim=*/false,
-                   accumulation_dtype(x.scalar_type()))[0];
+  Tensor phi_planes = empty_like_device(phi4, {batches * K, N, W}, accumulation);
+  Tensor weight_planes = empty_like_device(phi4, {batches * K, C, W}, accumulation);
+  SSANET_DISPATCH_FLOATING_TYPES(phi4.scalar_type(), "scale_align_dft", [&] {
+    launch_analysis<scalar_t>(
+        {phi4, scale_dft::kPhiPacking, phi_planes, with_norms ? &result.phi_squares : nullptr},
+        AnalysisTensors{weight4, scale_dft::kWeightPacking, weight_planes,
+                        with_norms ? &result.weight_squares : nullptr},
+        K, W, stream);
+  });
+  result.partials = empty_like_device(phi4, {batches * K, N, C}, accumulation);
+  result.K = K;
+  bmm_out(result.partials, phi_planes, torch::stable::transpose(weight_planes, 1, 2));
+  return result;
 }
 
 inline std::tuple<Tensor, Tensor> align(const Tensor& phi, const Tensor& weight,
@@ -369,13 +573,13 @@ inline std::tuple<Tensor, Tensor> align(const Tensor& phi, const Tensor& weight,
   Tensor shift = empty_like_device(phi, {G, N, C}, ScalarType::Long);
   if (logits.numel() > 0) {
     const Tensor phi4 = as_grouped(phi), weight4 = as_grouped(weight);
-    const Tensor products = forward_products(phi4, weight4, shape, stream);
-    const Tensor phi_norms = row_norms(phi4), weight_norms = row_norms(weight4);
+    const ForwardProducts products =
+        forward_products(phi4, weight4, shape, /*with_norms=*/true, stream);
     const Tensor bias_grouped =
         bias.has_value() ? torch::stable::reshape(*bias, {G, C}) : Tensor();
     SSANET_DISPATCH_FLOATING_TYPES(phi.scalar_type(), "scale_align", [&] {
-      launch_align<scalar_t>(products, phi_norms, weight_norms, bias_grouped, shape, logits,
-                             shift, stream);
+      launch_align<scalar_t>(products.partials, products.K, products.phi_squares,
+                             products.weight_squares, bias_grouped, shape, logits, shift, stream);
     });
   }
   return {ungroup_like(logits, shape), ungroup_like(shift, shape)};
@@ -388,13 +592,55 @@ inline Tensor correlation(const Tensor& phi, const Tensor& weight, gpu::Stream s
   Tensor corr =
       empty_like_device(phi, {shape.groups, shape.proposals, shape.classes, shape.scales});
   if (corr.numel() > 0) {
-    const Tensor products =
-        forward_products(as_grouped(phi), as_grouped(weight), shape, stream);
+    const ForwardProducts products = forward_products(as_grouped(phi), as_grouped(weight), shape,
+                                                      /*with_norms=*/false, stream);
     SSANET_DISPATCH_FLOATING_TYPES(phi.scalar_type(), "scale_correlation", [&] {
-      launch_correlation<scalar_t>(products, shape, corr, stream);
+      launch_correlation<scalar_t>(products.partials, products.K, shape, corr, stream);
     });
   }
   return ungroup_like(corr, shape);
+}
+
+// The most scales at which scale_align's backward takes the direct form below rather than the
+// Fourier form: its products cost S * S multiply-adds per (n, c, d), the Fourier form's T (7 at
+// S = 5) plus the planes' traffic through memory (see align_backward_direct).
+constexpr int64_t kDirectBackwardScales = 8;
+
+// Whether scale_align's backward takes the direct form: S at most kDirectBackwardScales, and its
+// shift matrix (N*S x C*S values) no larger than the planes the Fourier form would write
+// (T * (N + C) * D), which bounds its memory and arithmetic where D is small beside N and C.
+inline bool direct_backward(const Shape& shape) {
+  const int64_t N = shape.proposals, C = shape.classes, S = shape.scales;
+  return S <= kDirectBackwardScales &&
+         Checked(N) * C * S * S <= Checked(shape.planes()) * (N + C) * shape.features;
+}
+
+// d phi [G, N, S, D] (for_weight false) or d weight [G, C, S, D] (for_weight true) of
+// scale_align, `result` (contiguous), in the direct form: the shift matrix A [G, N*S, C*S] of
+// the one-hot gradient (shift_matrix_kernel), then one product through ATen's bmm in the
+// inputs' dtype, d phi = A @ weight or d weight = A^T @ phi with phi and weight as [G, R*S, D]
+// (views where their strides allow, else ATen's copies). Two launches instead of the Fourier
+// form's four, and no planes or plane products through memory: the bmm reads the other input
+// once and writes the result once (cuBLAS accumulates in float32 for float16/bfloat16 inputs,
+// docs/operators.md section 4).
+inline void align_backward_direct(const Tensor& grad4, const Tensor& shift4,
+                                  const Tensor& other4, const Shape& shape, bool for_weight,
+                                  Tensor& result, gpu::Stream stream) {
+  const int64_t G = shape.groups, N = shape.proposals, C = shape.classes;
+  const int64_t S = shape.scales, D = shape.features;
+  const int64_t other_rows = for_weight ? N : C;
+  const int64_t result_rows = for_weight ? C : N;
+  Tensor result3 = torch::stable::view(result, {G, result_rows * S, D});
+  if (other_rows == 0) {
+    torch::stable::zero_(result);  // a sum over no proposals (d weight with N = 0) or classes
+    return;
+  }
+  Tensor matrix = empty_like_device(grad4, {G, N * S, C * S});
+  SSANET_DISPATCH_FLOATING_TYPES(grad4.scalar_type(), "scale_align_shift_matrix", [&] {
+    launch_shift_matrix<scalar_t>(grad4, shift4, shape, matrix, stream);
+  });
+  const Tensor lhs = for_weight ? torch::stable::transpose(matrix, 1, 2) : matrix;
+  bmm_out(result3, lhs, torch::stable::reshape(other4, {G, other_rows * S, D}));
 }
 
 // d phi (for_weight false) or d weight (for_weight true) of either op (docs/operators.md section 3,
@@ -419,6 +665,10 @@ inline Tensor backward(const Tensor& grad, const std::optional<Tensor>& shift,
       shift.has_value()
           ? torch::stable::contiguous(grouped ? *shift : torch::stable::unsqueeze(*shift, 0))
           : Tensor();
+  if (shift.has_value() && direct_backward(shape)) {
+    align_backward_direct(grad4, shift4, as_grouped(other), shape, for_weight, result, stream);
+    return grouped ? result : torch::stable::squeeze(result, 0);
+  }
   const ScalarType accumulation = accumulation_dtype(grad.scalar_type());
   Tensor planes = empty_like_device(grad, {G, T, N, C}, accumulation);
   if (planes.numel() > 0) {
@@ -431,7 +681,7 @@ inline Tensor backward(const Tensor& grad, const std::optional<Tensor>& shift,
   }
   const Tensor input_planes =
       analysis(as_grouped(other), for_weight ? scale_dft::kPhiPacking : scale_dft::kWeightPacking,
-               /*K=*/1, D, stream);
+               stream);
   const int64_t batches = G * T;
   const Tensor planes3 = torch::stable::view(planes, {batches, N, C});
   const Tensor lhs = for_weight ? torch::stable::transpose(planes3, 1, 2) : planes3;

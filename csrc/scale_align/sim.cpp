@@ -1,7 +1,7 @@
 // scale_correlation and scale_align's CUDA kernels run by the host simulator
 // (common/simulation.h) on CPU tensors, as torch.ops.ssanet_ops_sim.* (reached through
-// ssanet_ops.testing.simulate_cuda()). The plane products and the norms run as the same ATen
-// calls (through the dispatcher), on the CPU.
+// ssanet_ops.testing.simulate_cuda()). The products run as the same ATen calls (through the
+// dispatcher), on the CPU.
 
 #include "scale_align/kernels.cuh"
 
