@@ -101,6 +101,9 @@ def test_run_job_trains_evaluates_and_records(fine_root, tmp_path):
     record = run_job(spec)
     assert json.loads((tmp_path / "plain-s0" / "job.json").read_text()) == record
     assert record["epochs"] == 1 and record["localization"] is None
+    # The training's CPU time, measured in this process: positive and, with one torch thread
+    # and no loader workers, not above its wall-clock time (plus the clocks' resolution).
+    assert 0 < record["train_cpu_seconds"] <= record["train_seconds"] * 1.05 + 0.5
     assert sorted(float(angle) for angle in record["rotation"]) == sorted(DEFAULT_ROTATION_ANGLES)
     # The recorded top-1 is that of the selected model on the test split, counted here.
     best = torch.load(tmp_path / "plain-s0" / "best.pt", weights_only=True)
@@ -147,6 +150,9 @@ def test_study_writes_its_report_and_resumes(fine_root, tmp_path):
     record.unlink()
     resumed = study()
     assert json.loads(record.read_text())["resumed"] is True
+    # A resumed run's CPU time is not this process's alone: not recorded, not made up.
+    assert json.loads(record.read_text())["train_cpu_seconds"] is None
+    assert first["runs"]["plain-s0"]["train_cpu_seconds"] > 0
     assert [row["top1"] for row in resumed["rows"]] == [row["top1"] for row in first["rows"]]
 
 
@@ -186,6 +192,8 @@ def test_report_tabulates_seeds(tmp_path):
             "seed": job.seed,
             "overrides": job.overrides,
             "train_seconds": 100.0 + job.seed,
+            # Seed 2's record has no CPU time (a resumed run, or written before it was kept).
+            **({} if job.seed == 2 else {"train_cpu_seconds": 90.4 + job.seed}),
             "best_epoch": 3,
             "epochs": 7,
             "label": "plain" if job.row == "plain" else "full",
@@ -211,6 +219,9 @@ def test_report_tabulates_seeds(tmp_path):
     markdown = (out / "ablation.md").read_text()
     assert "| full | 3 | 41.7 ± 7.6 | 40.0 / 35.0 / 50.0 |" in markdown
     assert "| plain | 25.0 ± 5.0 | 12.5 ± 2.5 | 12.5 ± 2.5 |" in markdown  # drop = top1 / 2
+    # Wall-clock and CPU seconds per seed; '-' where the record has no CPU time.
+    assert "| 3 / 3 / 3 of 7 | 100 / 101 / 102 | 90 / 91 / - |" in markdown
+    assert [row["train_cpu_seconds"] for row in table["rows"]] == [[90.4, 91.4, None]] * 2
     for plot in ("ablation.png", "rotation.png", "reduced_input.png"):
         assert (out / plot).stat().st_size > 0
     assert (out / "runs" / "full-s2" / "job.json").is_file()

@@ -7,6 +7,7 @@ stays light on a CPU; nothing is downloaded.
 
 from __future__ import annotations
 
+import json
 import math
 import urllib.error
 
@@ -131,22 +132,24 @@ def nts_net_anchors(levels, image_size):
     anchors = []
     for level in levels:
         rows, columns = math.ceil(height / level.stride), math.ceil(width / level.stride)
-        for scale in level.scales:
-            for ratio in level.aspect_ratios:
-                anchor_h = level.size * scale / math.sqrt(ratio)
-                anchor_w = level.size * scale * math.sqrt(ratio)
-                for i in range(rows):
-                    for j in range(columns):
-                        cy = level.stride / 2 + i * level.stride
-                        cx = level.stride / 2 + j * level.stride
-                        anchors.append(
-                            [
-                                max(cx - anchor_w / 2, 0),
-                                max(cy - anchor_h / 2, 0),
-                                min(cx + anchor_w / 2, width),
-                                min(cy + anchor_h / 2, height),
-                            ]
-                        )
+        # NTS-Net has one centre per cell (offset 0.5, 0.5); further offsets come first.
+        for offset_x, offset_y in level.offsets:
+            for scale in level.scales:
+                for ratio in level.aspect_ratios:
+                    anchor_h = level.size * scale / math.sqrt(ratio)
+                    anchor_w = level.size * scale * math.sqrt(ratio)
+                    for i in range(rows):
+                        for j in range(columns):
+                            cy = offset_y * level.stride + i * level.stride
+                            cx = offset_x * level.stride + j * level.stride
+                            anchors.append(
+                                [
+                                    max(cx - anchor_w / 2, 0),
+                                    max(cy - anchor_h / 2, 0),
+                                    min(cx + anchor_w / 2, width),
+                                    min(cy + anchor_h / 2, height),
+                                ]
+                            )
     return torch.tensor(anchors)
 
 
@@ -438,6 +441,35 @@ def test_anchor_level_of_stride_16_scores_the_stride_16_map():
         ProposalHead(8, (AnchorLevel(8, 4.0, (1.0,), (1.0,)),))
     with pytest.raises(ValueError, match="level 1 must have stride 32"):
         ProposalHead(8, (levels[0], AnchorLevel(64, 24.0, (1.0,), (1.0,))))
+
+
+def test_anchor_offsets_give_several_centres_per_cell():
+    # A level with four offsets: its anchors are nts_net_anchors' loop with the centres moved
+    # within each cell, the head scores every one of them, and the level survives the model's
+    # config (a checkpoint) as JSON gives it back, lists for tuples.
+    quarters = ((0.25, 0.25), (0.75, 0.25), (0.25, 0.75), (0.75, 0.75))
+    level = AnchorLevel(16, 12.0, (1.0, 1.26), (0.667, 1.0, 1.5), quarters)
+    assert level.anchors_per_cell == 4 * 2 * 3
+    model = tiny(anchor_levels=(level,), global_size=64).eval()
+    with torch.no_grad():
+        scores, map_sizes = model.proposal_head(
+            model.backbone.forward_stride16(torch.zeros(1, 3, 64, 64))
+        )
+    anchors = make_anchors((level,), map_sizes, (64, 64))
+    torch.testing.assert_close(anchors, nts_net_anchors((level,), (64, 64)))
+    assert scores.shape == (1, len(anchors)) == (1, 4 * 4 * 24)
+    # Centres a quarter and three quarters of a cell in: 4 + 8k pixels, a grid of stride 8.
+    unclipped = ((anchors[:, :2] > 0) & (anchors[:, 2:] < 64)).all(dim=1)
+    centres = ((anchors[:, :2] + anchors[:, 2:]) / 2)[unclipped]
+    assert set(centres.flatten().tolist()) == {4.0 + 8 * k for k in range(1, 7)}
+    stored = json.loads(json.dumps(model.config))
+    assert SSANet.from_config(stored).anchor_levels == (level,)
+    # A level without offsets (every config and checkpoint before them) is NTS-Net's.
+    old = {key: value for key, value in stored["anchor_levels"][0].items() if key != "offsets"}
+    assert AnchorLevel(**old).offsets == ((0.5, 0.5),)
+    for bad in ((), ((0.5,),), ((1.5, 0.5),)):
+        with pytest.raises(ValueError, match="anchor offsets"):
+            AnchorLevel(16, 12.0, (1.0,), (1.0,), bad)
 
 
 def test_the_former_part_features_keyword_and_configs_still_work():

@@ -178,6 +178,59 @@ def test_builtin_configs_have_the_papers_hyperparameters(name):
     assert [stage["train"] for stage in config["strategies"]["joint"]] == ["all"]
 
 
+def test_fine_fast_config_is_synthetic_fine_with_three_changes():
+    # synthetic_fine_fast (issue 22's study): the shared-map crops, the 19-epoch schedule and
+    # the small anchors on a finer grid of centres; every other setting, and so the plain
+    # network the study starts from, is synthetic_fine's.
+    fine, fast = load_config("synthetic_fine"), load_config("synthetic_fine_fast")
+    assert fast["model"]["crop_from"] == "shared" and fine["model"]["crop_from"] == "image"
+    assert [stage["epochs"] for stage in fast["strategies"]["three_stage"]] == [14, 2, 3]
+    assert [stage["epochs"] for stage in fine["strategies"]["three_stage"]] == [4, 1, 1]
+    changed = ["_notes", "model.crop_from", "model.anchor_levels"]
+    changed += [f"strategies.three_stage.{index}.epochs" for index in range(3)]
+    for key in changed:
+        *path, last = key.split(".")
+        for config in (fine, fast):
+            target = config
+            for part in path:
+                target = target[int(part)] if isinstance(target, list) else target[part]
+            if isinstance(target, list):
+                target[int(last)] = None
+            else:
+                target.pop(last)
+    assert fast == fine
+
+
+def test_fine_fast_anchors_never_hold_both_head_and_tail():
+    # The design of synthetic_fine_fast's anchors (its notes): none is as wide as the head and
+    # tail keypoints of the fine preset's figures are apart, so no proposal can hold both,
+    # computed from the generator's figure (its keypoints in figure lengths, the smallest
+    # length, upright figures) and the anchors the model makes on its 64-pixel view, scaled to
+    # the 176-pixel input as the model scales its proposals.
+    from ssanet.data import synthetic
+    from ssanet.model.proposals import make_anchors
+
+    config = load_config("synthetic_fine_fast")
+    preset = synthetic.SYNTHETIC_PRESETS["fine"]
+    assert preset["max_rotation"] == 0 and preset["upright"]
+    head, tail = synthetic._KEYPOINTS["head"], synthetic._KEYPOINTS["tail"]
+    shortest = preset["scale_range"][0] * preset["image_size"]
+    apart_x = abs(head[0] - tail[0]) * shortest  # about 61 pixels
+    model = SSANet(num_classes=10, **config["model"])
+    view = config["model"]["global_size"]
+    with torch.no_grad():
+        _, map_sizes = model.proposal_head(
+            model.backbone.forward_stride16(torch.zeros(1, 3, view, view))
+        )
+    anchors = make_anchors(model.anchor_levels, map_sizes, (view, view))
+    widths = (anchors[:, 2] - anchors[:, 0]) * config["transform"]["crop"] / view
+    assert widths.max() < apart_x
+    # ...while synthetic_fine's anchors are wider than that (one crop could take both).
+    fine = SSANet(num_classes=10, **load_config("synthetic_fine")["model"])
+    fine_anchors = make_anchors(fine.anchor_levels, map_sizes, (view, view))
+    assert (fine_anchors[:, 2] - fine_anchors[:, 0]).max() * 176 / view > apart_x
+
+
 def test_demo_config_trains_on_the_demo_preset(tmp_path):
     # The README's demo, one epoch a stage: the plain network, then SSANet starting from it.
     root = make_synthetic(

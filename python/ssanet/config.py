@@ -34,7 +34,15 @@ __all__ = [
 ]
 
 #: The configs shipped in ``python/ssanet/configs/``, by name.
-BUILTIN_CONFIGS = ("cub", "cars", "aircraft", "synthetic", "synthetic_fine", "synthetic_demo")
+BUILTIN_CONFIGS = (
+    "cub",
+    "cars",
+    "aircraft",
+    "synthetic",
+    "synthetic_fine",
+    "synthetic_fine_fast",
+    "synthetic_demo",
+)
 #: The loss terms a stage can train on.
 LOSS_TERMS = ("final", "dsm", "op", "mac", "rank")
 #: The modules a stage can name (attributes of SSANet); "classifier" exists only without

@@ -75,6 +75,8 @@ def report(work_dir: Path, out_dir: Path, jobs: list[Job], base: dict) -> dict:
                 "top1_std": _mean_std(top1)[1],
                 "top5": [run["accuracy"]["top5"] for run in runs],
                 "train_seconds": [run["train_seconds"] for run in runs],
+                # Records written before CPU time was measured have none.
+                "train_cpu_seconds": [run.get("train_cpu_seconds") for run in runs],
                 "best_epoch": [run["best_epoch"] for run in runs],
                 "epochs": runs[0]["epochs"],
                 "heads": {
@@ -92,13 +94,15 @@ def report(work_dir: Path, out_dir: Path, jobs: list[Job], base: dict) -> dict:
         "`best.pt` as its validation split selected it. Top-1 in %, mean ± sample standard "
         "deviation over seeds; training time per run in seconds, with "
         f"{_threads_text(records)} (how many runs shared the machine is the study's to "
-        "say: it changes the times).",
+        "say: it changes the times), as wall-clock time and as the training process's CPU "
+        "time (all its threads; with one thread about the time on a core of its own; '-' "
+        "where not measured: a resumed run or an older record).",
         "",
         "## Table 3",
         "",
         "| method | seeds | top-1 (%) | per seed | DSM / OP head top-1 | best epoch / epochs "
-        "| training time per run (s) |",
-        "|---|---|---|---|---|---|---|",
+        "| training time per run (s) | training CPU time per run (s) |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         heads = ", ".join(f"{head} {_pm(values)}" for head, values in row["heads"].items())
@@ -109,6 +113,8 @@ def report(work_dir: Path, out_dir: Path, jobs: list[Job], base: dict) -> dict:
             + " / ".join(str(epoch) for epoch in row["best_epoch"])
             + f" of {row['epochs']} | "
             + " / ".join(f"{seconds:.0f}" for seconds in row["train_seconds"])
+            + " | "
+            + " / ".join("-" if cpu is None else f"{cpu:.0f}" for cpu in row["train_cpu_seconds"])
             + " |"
         )
     lines += _robustness_sections(by_row)

@@ -36,7 +36,7 @@ def run_job(spec: dict) -> dict:
     if spec["init_from"] is not None:
         overrides.append(f"init_from={spec['init_from']}")
     resume = (run_dir / LAST_CHECKPOINT).is_file()
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     summary = train(
         None if resume else spec["config"],
         spec["data"],
@@ -46,6 +46,9 @@ def run_job(spec: dict) -> dict:
         progress=False,
     )
     train_seconds = time.perf_counter() - start
+    # This process's CPU time (all its threads): with one torch thread, about the time the
+    # training would take on a core of its own, whatever else shares the machine.
+    train_cpu_seconds = time.process_time() - cpu_start
     start = time.perf_counter()
     best = run_dir / "best.pt"
     # Tables 1 and 2 compare the plain backbone and the full model; the other rows are
@@ -65,6 +68,8 @@ def run_job(spec: dict) -> dict:
         "resumed": resume,
         # A resumed run's time is the sum of its epochs (log.csv), not this process's.
         "train_seconds": _epoch_seconds(run_dir) if resume else train_seconds,
+        # Not measured for a resumed run (the epochs before the interruption ran elsewhere).
+        "train_cpu_seconds": None if resume else train_cpu_seconds,
         "eval_seconds": time.perf_counter() - start,
         "threads": spec["threads"],
         "best_epoch": summary["best_epoch"],
@@ -79,6 +84,11 @@ def run_job(spec: dict) -> dict:
     }
     (run_dir / JOB_FILE).write_text(json.dumps(record, indent=2) + "\n")
     return record
+
+
+def _cpu_text(record: dict) -> str:
+    cpu = record.get("train_cpu_seconds")
+    return "CPU time not measured (resumed)" if cpu is None else f"{cpu:.0f} s of CPU"
 
 
 def _epoch_seconds(run_dir: Path) -> float:
@@ -212,7 +222,7 @@ class _JobScheduler:
                 self.log(
                     f"{job.name}: top-1 {record['accuracy']['top1']:.4f}, trained in "
                     f"{record['train_seconds']:.0f} s ({time.perf_counter() - job_start:.0f} s "
-                    "with evaluation)"
+                    f"with evaluation), {_cpu_text(record)}"
                 )
             else:
                 self.failed.add(job.name)

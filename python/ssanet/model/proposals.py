@@ -16,20 +16,41 @@ __all__ = ["AnchorLevel", "NTS_ANCHOR_LEVELS", "ProposalHead", "make_anchors", "
 
 @dataclass(frozen=True)
 class AnchorLevel:
-    """Anchors of one level: one per (scale, aspect ratio) at every cell of a map of `stride`.
+    """Anchors of one level: one per (offset, scale, aspect ratio) at every cell of a map of
+    `stride`.
 
     An anchor of ``size * scale`` and aspect ratio ``r`` (width / height) is
-    ``size * scale * sqrt(r)`` wide and ``size * scale / sqrt(r)`` high, centred on the cell.
+    ``size * scale * sqrt(r)`` wide and ``size * scale / sqrt(r)`` high. ``offsets``: its
+    centres within a cell, ``(x, y)`` in units of the stride from the cell's top-left corner;
+    the default ``((0.5, 0.5),)`` is NTS-Net's, one centre per cell. Several offsets give a
+    grid of centres finer than the map (the head's score convolution then scores each of them
+    from its cell's features): ``((0.25, 0.25), (0.75, 0.25), (0.25, 0.75), (0.75, 0.75))``
+    places them half a stride apart.
     """
 
     stride: int
     size: float
     scales: tuple[float, ...]
     aspect_ratios: tuple[float, ...]
+    offsets: tuple[tuple[float, float], ...] = ((0.5, 0.5),)
+
+    def __post_init__(self) -> None:
+        # A config (JSON) gives lists: stored as tuples, so levels compare and hash.
+        offsets = tuple(tuple(float(v) for v in offset) for offset in self.offsets)
+        if not offsets or any(
+            len(o) != 2 or not (0 <= o[0] <= 1 and 0 <= o[1] <= 1) for o in offsets
+        ):
+            raise ValueError(
+                "anchor offsets must be a non-empty list of (x, y) pairs in [0, 1] (fractions "
+                f"of the stride within a cell); got {self.offsets!r}"
+            )
+        object.__setattr__(self, "offsets", offsets)
+        object.__setattr__(self, "scales", tuple(self.scales))
+        object.__setattr__(self, "aspect_ratios", tuple(self.aspect_ratios))
 
     @property
     def anchors_per_cell(self) -> int:
-        return len(self.scales) * len(self.aspect_ratios)
+        return len(self.offsets) * len(self.scales) * len(self.aspect_ratios)
 
 
 #: NTS-Net's settings (its anchors.py): three levels on a 448x448 input, 1614 anchors in all.
@@ -106,28 +127,35 @@ def make_anchors(
 ) -> torch.Tensor:
     """The anchors ``[A, 4]`` (x1, y1, x2, y2) of all levels, clipped to the image.
 
-    Order: level, then anchor (scale-major, aspect ratio minor, as NTS-Net), then cell row and
-    column, matching :class:`ProposalHead`'s scores. Cell (i, j) of a level is centred at
-    ``(stride/2 + j*stride, stride/2 + i*stride)``.
+    Order: level, then anchor (offset-major, then scale, then aspect ratio, as NTS-Net's
+    scale-major order for one offset), then cell row and column, matching
+    :class:`ProposalHead`'s scores. An anchor of offset ``(ox, oy)`` in cell (i, j) is centred
+    at ``((j + ox) * stride, (i + oy) * stride)``; NTS-Net's one offset (0.5, 0.5) centres it
+    on the cell.
     """
     height, width = image_size
     all_anchors = []
     for level, (rows, columns) in zip(levels, map_sizes, strict=True):
+        shapes = [
+            (offset, side * math.sqrt(ratio) / 2, side / math.sqrt(ratio) / 2)
+            for offset in level.offsets
+            for side in (level.size * scale for scale in level.scales)
+            for ratio in level.aspect_ratios
+        ]
         half_sizes = torch.tensor(
-            [
-                (side * math.sqrt(ratio) / 2, side / math.sqrt(ratio) / 2)
-                for side in (level.size * scale for scale in level.scales)
-                for ratio in level.aspect_ratios
-            ],
-            dtype=torch.float32,
-            device=device,
+            [shape[1:] for shape in shapes], dtype=torch.float32, device=device
         )  # [anchors per cell, 2] (half width, half height)
-        center_y = (torch.arange(rows, dtype=torch.float32, device=device) + 0.5) * level.stride
-        center_x = (torch.arange(columns, dtype=torch.float32, device=device) + 0.5) * level.stride
+        offsets = torch.tensor(
+            [shape[0] for shape in shapes], dtype=torch.float32, device=device
+        )  # [anchors per cell, 2] (x, y) in strides
+        cells_y = torch.arange(rows, dtype=torch.float32, device=device)
+        cells_x = torch.arange(columns, dtype=torch.float32, device=device)
+        center_y = (cells_y[None, :, None] + offsets[:, 1, None, None]) * level.stride
+        center_x = (cells_x[None, None, :] + offsets[:, 0, None, None]) * level.stride
         half_w = half_sizes[:, 0, None, None]
         half_h = half_sizes[:, 1, None, None]
-        center_y = center_y[None, :, None].expand(len(half_sizes), rows, columns)
-        center_x = center_x[None, None, :].expand(len(half_sizes), rows, columns)
+        center_y = center_y.expand(len(half_sizes), rows, columns)
+        center_x = center_x.expand(len(half_sizes), rows, columns)
         boxes = torch.stack(
             [center_x - half_w, center_y - half_h, center_x + half_w, center_y + half_h], dim=-1
         )
