@@ -6,7 +6,8 @@ Builds the simulator's op library on its own in build/sim-trace (CMake option
 SSANET_OPS_SIM_TRACE: GCC instruments every load and store of the kernels, and
 csrc/ssanet_ops_sim_trace.cpp records each access to global memory with its launch, block,
 thread and instruction site), runs the benchmark cases of benchmarks/cases/ (bench_ops.py's
-workloads) under simulate_cuda() with the trace on, forward and backward, and writes
+workloads) under simulate_cuda() with the trace on, forward and backward (and, for the ops
+of DETERMINISTIC_BACKWARD, the backward again under torch.use_deterministic_algorithms), and writes
 benchmarks/results/gpu_model.md and .json: per op call, its launches, the bytes they move and
 the op's minimum; per launch, the warp-level requests and the sectors they touch.
 
@@ -29,6 +30,7 @@ Only the simulator's kernels are traced; torch operations in an op's Python face
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ctypes
 import datetime
 import json
@@ -70,6 +72,11 @@ EVENT = np.dtype(
 )
 LAUNCH = np.dtype([("kernel", "<u8"), ("grid", "<u4", 3), ("block", "<u4", 3)])
 LOAD, STORE, ATOMIC = 0, 1, 2
+
+# Ops with a deterministic backward of their own on CUDA, which
+# torch.use_deterministic_algorithms(True) selects (docs/operators.md section 4): modelled as a
+# third direction, "backward (deterministic)".
+DETERMINISTIC_BACKWARD = {"multiscale_roi_crop"}
 
 
 def _group_starts(*keys: np.ndarray) -> np.ndarray:
@@ -255,8 +262,23 @@ def variants(quick: bool):
         yield "float32 channels-last", torch.float32, True
 
 
+@contextlib.contextmanager
+def deterministic_algorithms():
+    """torch.use_deterministic_algorithms(True) inside, the previous setting restored after."""
+    import torch
+
+    enabled = torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(enabled, warn_only=warn_only)
+
+
 def op_calls(case, dtype, channels_last: bool, tracer: Tracer) -> list[dict]:
-    """Records of the forward and backward of one case's ssanet_ops call."""
+    """Records of the forward and backward (and deterministic backward) of one case's ssanet_ops
+    call."""
     import torch
 
     from ssanet_ops.testing import simulate_cuda
@@ -283,14 +305,23 @@ def op_calls(case, dtype, channels_last: bool, tracer: Tracer) -> list[dict]:
         result = outputs["result"]
         output = result[0] if isinstance(result, (tuple, list)) else result
         gradient = torch.randn_like(output)
-        backward_launches = tracer.trace(lambda: output.backward(gradient))
+        both = case.op in DETERMINISTIC_BACKWARD
+        directions = [("forward", forward_launches)]
+        directions.append(
+            ("backward", tracer.trace(lambda: output.backward(gradient, retain_graph=both)))
+        )
+        if both:
+            with deterministic_algorithms():
+                deterministic = tracer.trace(lambda: output.backward(gradient))
+            directions.append(("backward (deterministic)", deterministic))
     input_bytes = _nbytes(_tensors(list(inputs.values())))
     minimum = {
         "forward": input_bytes + _nbytes(_tensors(result)),
         "backward": input_bytes + _nbytes([gradient]) + _nbytes(differentiable),
     }
+    minimum["backward (deterministic)"] = minimum["backward"]
     records = []
-    for direction, launches in (("forward", forward_launches), ("backward", backward_launches)):
+    for direction, launches in directions:
         moved = sum(launch["bytes_moved"] for launch in launches)
         records.append(
             {

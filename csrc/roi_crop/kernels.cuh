@@ -134,6 +134,46 @@ __device__ __forceinline__ BoxImage box_image(const T* boxes, int64_t k, const T
                                 : TwiceCenter{twice_centers[2 * b], twice_centers[2 * b + 1]}};
 }
 
+// The forward's shared tile: T values, channel rows of an odd stride (no bank conflicts when
+// the threads run along the channels).
+constexpr int64_t kTileValues = 2048;
+
+// Dynamic shared memory of crop_setup_kernel (not static __shared__, which the simulator's
+// memory trace could not tell from global memory): a chunk of boxes and the block's scratch.
+template <typename T>
+struct SetupShared {
+  T boxes[5 * kThreads];
+  int64_t scratch[kThreads];
+  int64_t members[kThreads];
+};
+
+// ... and of crop_forward_kernel: all boxes and their images (with the block's own centres),
+// the candidate's box row, image and grid, and the output tile.
+template <typename T>
+struct ForwardShared {
+  RoiGrid<T> grid;
+  int64_t image;
+  T row[5];
+  int64_t keys[kThreads];
+  T boxes[5 * kThreads];
+  T tile[kTileValues];
+};
+
+// Boxes [start, start + blockDim.x) of `count` read coalesced into chunk (5 * blockDim.x
+// values); returns the image_key of the thread's box (kNoImage past the end). Starts with a
+// barrier, so that the chunk's previous readers are done, and ends with one after the reads.
+template <typename T>
+__device__ int64_t chunk_key(const T* boxes, int64_t count, int64_t start, const T* centers,
+                             int64_t batch, T* chunk) {
+  const int64_t size = count - start < blockDim.x ? count - start : blockDim.x;
+  __syncthreads();
+  for (int64_t i = threadIdx.x; i < 5 * size; i += blockDim.x) {
+    chunk[i] = boxes[5 * start + i];
+  }
+  __syncthreads();
+  return threadIdx.x < size ? image_key(chunk, centers, threadIdx.x, batch) : kNoImage;
+}
+
 // ---- kernels ----
 
 // centers: the given centres, or nullptr.
@@ -201,14 +241,15 @@ __global__ void scale_candidates_kernel(const T* __restrict__ boxes,
 }
 
 // The setup of one multiscale_roi_crop call (issue 24: at most three launches per call), run
-// by kThreads-thread blocks. Every block zeroes its share of zero[0, zero_count) (the atomic
-// backward's accumulator; nullptr: none). Block b < batch does image b: over the boxes in
-// index order it counts those of images before b (offsets[b], and offsets[B] by the last
-// block), writes the indices of image b's boxes to order[offsets[b] + i] in index order, as a
-// stable sort by image_key would (order, offsets: nullptr when not needed), and its default
-// 2c to twice_centers[b] (nullptr with given centres), summing its boxes in index order
-// (CenterSum) so that the CPU's twice_mean_center gets the same bits. A box without an image
-// (image_key kNoImage) is in no run.
+// by kThreads-thread blocks with SetupShared<T> as dynamic shared memory. Every block zeroes
+// its share of zero[0, zero_count) (the atomic backward's accumulator; nullptr: none). Block
+// b < batch does image b: over the boxes in index order, a chunk of kThreads boxes at a time
+// (read coalesced into shared memory), it counts those of images before b (offsets[b], and
+// offsets[B] by the last block), writes the indices of image b's boxes to
+// order[offsets[b] + i] in index order, as a stable sort by image_key would (order, offsets:
+// nullptr when not needed), and its default 2c to twice_centers[b] (nullptr with given
+// centres), adding its boxes in index order (CenterSum) so that the CPU's twice_mean_center
+// gets the same bits. A box without an image (image_key kNoImage) is in no run.
 template <typename T>
 __global__ void __launch_bounds__(kThreads)
     crop_setup_kernel(const T* __restrict__ boxes, int64_t count, int64_t batch,
@@ -224,37 +265,34 @@ __global__ void __launch_bounds__(kThreads)
   if (b >= batch || (twice_centers == nullptr && order == nullptr)) {
     return;  // the whole block: no barrier is left waiting
   }
-  __shared__ int64_t scratch[kThreads];
-  __shared__ int64_t members[kThreads];
+  SetupShared<T>& shared = *gpu::dynamic_shared<SetupShared<T>>();
   const unsigned int t = threadIdx.x;
   // Pass 1: the boxes of images before b.
   int64_t below = 0;
-  for (int64_t k = t; k < count; k += blockDim.x) {
-    const int64_t key = image_key(boxes, centers, k, batch);
+  for (int64_t start = 0; start < count; start += blockDim.x) {
+    const int64_t key = chunk_key(boxes, count, start, centers, batch, shared.boxes);
     below += key != kNoImage && key < b ? 1 : 0;
   }
-  ImageRun run{block_sum(below, scratch), 0};
-  // Pass 2: image b's boxes, a chunk of blockDim.x boxes at a time, compacted in index order.
+  ImageRun run{block_sum(below, shared.scratch), 0};
+  // Pass 2: image b's boxes, compacted in index order.
   CenterSum sum;  // thread 0's
   for (int64_t start = 0; start < count; start += blockDim.x) {
-    const int64_t k = start + t;
-    const bool mine = k < count && image_key(boxes, centers, k, batch) == b;
-    const int64_t rank = block_inclusive_scan(mine ? 1 : 0, scratch);  // ends with a barrier
-    const int64_t found = scratch[blockDim.x - 1];
+    const bool mine = chunk_key(boxes, count, start, centers, batch, shared.boxes) == b;
+    const int64_t rank = block_inclusive_scan(mine ? 1 : 0, shared.scratch);
+    const int64_t found = shared.scratch[blockDim.x - 1];
     if (mine) {
-      members[rank - 1] = k;
+      shared.members[rank - 1] = t;
       if (order != nullptr) {
-        order[run.first + run.members + rank - 1] = k;
+        order[run.first + run.members + rank - 1] = start + t;
       }
     }
     __syncthreads();
     if (t == 0 && twice_centers != nullptr) {
       for (int64_t i = 0; i < found; ++i) {
-        sum.add(boxes, members[i]);
+        sum.add(shared.boxes, shared.members[i]);
       }
     }
     run.members += found;
-    __syncthreads();  // members and scratch are rewritten by the next chunk
   }
   if (t == 0) {
     if (twice_centers != nullptr) {
@@ -271,16 +309,16 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-// Shared tile of the forward: T values, channel rows of an odd stride (no bank conflicts when
-// the threads run along the channels).
-constexpr int64_t kTileValues = 2048;
-
-// Candidate n = block / (channel chunks * cell chunks) of a block of the forward; a box without
-// an image gives zeros. kVector: channels per thread, kChannelsPerThread on an NCHW input
-// (threads along the cells, one set of sample weights for kVector channels), 1 on a
-// channels-last one (threads along the channels: a warp reads 32 consecutive channels of one
-// sample). Each value goes to a shared tile [channel][cell], written out by rows: the rows are
-// runs of the contiguous output [K, S, C, oh, ow], so the stores are coalesced.
+// Candidate n = block / (channel chunks * cell chunks) of a block of the forward, run with
+// ForwardShared<T> as dynamic shared memory; a box without an image gives zeros. kVector:
+// channels per thread, kChannelsPerThread on an NCHW input (threads along the cells, one set
+// of sample weights for kVector channels), 1 on a channels-last one (threads along the
+// channels: a warp reads 32 consecutive channels of one sample). Each value goes to a shared
+// tile [channel][cell], written out by rows: the rows are runs of the contiguous output
+// [K, S, C, oh, ow], so the stores are coalesced. The default centres: the setup kernel's
+// (twice_centers), or, with neither those nor given centres (K <= kThreads), the block's own:
+// it reads all boxes into shared memory and adds those of its image in index order as
+// crop_setup_kernel does.
 template <typename scalar_t, typename T, int kVector>
 __global__ void __launch_bounds__(kThreads)
     crop_forward_kernel(const scalar_t* __restrict__ input, Strides4 strides,
@@ -288,13 +326,18 @@ __global__ void __launch_bounds__(kThreads)
                         const double* __restrict__ twice_centers, ScaleList<T> scales,
                         CropParams<T> p, int64_t channel_chunk, int64_t cell_chunk,
                         int64_t blocks, scalar_t* __restrict__ output) {
-  __shared__ T tile[kTileValues];
-  __shared__ T row[5];
-  __shared__ int64_t image;
-  __shared__ RoiGrid<T> grid;
+  ForwardShared<T>& shared = *gpu::dynamic_shared<ForwardShared<T>>();
   const int64_t channel_chunks = (p.channels + channel_chunk - 1) / channel_chunk;
   const int64_t cell_chunks = (p.cells() + cell_chunk - 1) / cell_chunk;
   const unsigned int t = threadIdx.x;
+  const bool own_centers =
+      centers == nullptr && twice_centers == nullptr && p.boxes <= blockDim.x;
+  if (own_centers) {  // every box and its image, once for all the block's candidates
+    const int64_t key = chunk_key(boxes, p.boxes, 0, centers, p.batch, shared.boxes);
+    if (t < p.boxes) {
+      shared.keys[t] = key;
+    }
+  }
   for (int64_t block = blockIdx.x; block < blocks; block += gridDim.x) {
     const int64_t n = block / (channel_chunks * cell_chunks);
     const int64_t c_begin = (block / cell_chunks) % channel_chunks * channel_chunk;
@@ -305,20 +348,34 @@ __global__ void __launch_bounds__(kThreads)
     const int64_t tile_stride = cells | 1;
     // The candidate: its box row read by five threads, its grid computed by one.
     const int64_t k = n / p.scales;
-    if (t < 5) {
-      row[t] = boxes[5 * k + t];
+    if (!own_centers && t < 5) {
+      shared.row[t] = boxes[5 * k + t];
     }
     __syncthreads();
     if (t == 0) {
-      const BoxImage owner = box_image(row, 0, centers, twice_centers, p.batch);
-      image = owner.image;
+      BoxImage owner{kNoImage, {0, 0}};
+      const T* row = own_centers ? shared.boxes + 5 * k : shared.row;
+      if (!own_centers) {
+        owner = box_image(row, 0, centers, twice_centers, p.batch);
+      } else if (shared.keys[k] != kNoImage) {
+        CenterSum sum;
+        for (int64_t j = 0; j < p.boxes; ++j) {
+          if (shared.keys[j] == shared.keys[k]) {
+            sum.add(shared.boxes, j);
+          }
+        }
+        owner = {shared.keys[k], sum.mean()};
+      }
+      shared.image = owner.image;
       if (owner.image != kNoImage) {
-        grid = candidate_grid(p, box_at(row, 0), owner.center, scales.values[n % p.scales]);
+        shared.grid =
+            candidate_grid(p, box_at(row, 0), owner.center, scales.values[n % p.scales]);
       }
     }
     __syncthreads();
-    const int64_t b = image;
-    const RoiGrid<T> g = grid;
+    const int64_t b = shared.image;
+    const RoiGrid<T> g = shared.grid;
+    T* tile = shared.tile;
     const int64_t groups = (channels + kVector - 1) / kVector;
     for (int64_t item = t; item < groups * cells; item += blockDim.x) {
       // NCHW: along the cells; channels-last (kVector 1): along the channels.
@@ -572,7 +629,8 @@ CropSetup launch_crop_setup(const Tensor& boxes, const Tensor& centers, int64_t 
   }
   SSANET_CHECK(blocks <= gpu::int32_index_limit(), kCropOp, ": ", batch,
                " images exceed the setup kernel's grid");
-  gpu::launch(crop_setup_kernel<T>, static_cast<unsigned int>(blocks), kThreads, 0, stream,
+  gpu::launch(crop_setup_kernel<T>, static_cast<unsigned int>(blocks), kThreads,
+              sizeof(SetupShared<T>), stream,
               boxes.const_data_ptr<T>(), count, batch,
               centers.defined() ? centers.const_data_ptr<T>() : nullptr,
               default_centers ? setup.twice_centers.mutable_data_ptr<double>() : nullptr,
@@ -614,10 +672,10 @@ void launch_crop_forward(const Tensor& input, const Tensor& boxes, const Tensor&
                          ((p.cells() + cell_chunk - 1) / cell_chunk);
   const auto kernel = channels_last ? crop_forward_kernel<scalar_t, T, 1>
                                     : crop_forward_kernel<scalar_t, T, kChannelsPerThread>;
-  gpu::launch(kernel, static_cast<unsigned int>(std::min(blocks, kMaxBlocks)), kThreads, 0,
-              stream, input.const_data_ptr<scalar_t>(), strides, boxes.const_data_ptr<T>(),
-              centers_data<T>(centers), twice_centers_data<T>(setup), scale_list<T>(scales), p,
-              channel_chunk, cell_chunk, blocks, output.mutable_data_ptr<scalar_t>());
+  gpu::launch(kernel, static_cast<unsigned int>(std::min(blocks, kMaxBlocks)), kThreads,
+              sizeof(ForwardShared<T>), stream, input.const_data_ptr<scalar_t>(), strides,
+              boxes.const_data_ptr<T>(), centers_data<T>(centers), twice_centers_data<T>(setup),
+              scale_list<T>(scales), p, channel_chunk, cell_chunk, blocks, output.mutable_data_ptr<scalar_t>());
 }
 
 template <typename scalar_t, typename T>
@@ -703,8 +761,12 @@ inline Tensor crop_forward(const Tensor& input, const Tensor& boxes, DoubleArray
     const auto p = crop_params<T>(K, S, input.size(0), input.size(1), input.size(2),
                                   input.size(3), shape, spatial_scale, sampling_ratio, aligned,
                                   clip);
-    const CropSetup setup = launch_crop_setup<T>(boxes_c, given_centers, p.batch, false,
-                                                 nullptr, 0, stream);
+    // Without given centres, up to kThreads boxes: the crop kernel's blocks find their
+    // images' centres themselves (one launch in all); more: the setup kernel sums them once.
+    CropSetup setup;
+    if (!given_centers.defined() && K > kThreads) {
+      setup = launch_crop_setup<T>(boxes_c, given_centers, p.batch, false, nullptr, 0, stream);
+    }
     launch_crop_forward<scalar_t>(input, boxes_c, given_centers, setup, scales, p, output,
                                   stream);
   });
