@@ -159,6 +159,17 @@ struct ForwardShared {
   T tile[kTileValues];
 };
 
+// ... and of crop_backward_gather_kernel, when K <= kThreads and B < kThreads: the boxes, their
+// grouping by image and the images' 2c, read coalesced once per block instead of by every
+// thread (broadcasts that use a few bytes of each sector).
+template <typename T>
+struct GatherShared {
+  T boxes[5 * kThreads];
+  int64_t order[kThreads];
+  int64_t offsets[kThreads];
+  double twice_centers[2 * kThreads];
+};
+
 // Boxes [start, start + blockDim.x) of `count` read coalesced into chunk (5 * blockDim.x
 // values); returns the image_key of the thread's box (kNoImage past the end). Starts with a
 // barrier, so that the chunk's previous readers are done, and ends with one after the reads.
@@ -493,6 +504,29 @@ __global__ void crop_backward_gather_kernel(const scalar_t* __restrict__ grad_ou
                                             const int64_t* __restrict__ offsets,
                                             ScaleList<T> scales, CropParams<T> p, index_t items,
                                             scalar_t* __restrict__ grad_input) {
+  GatherShared<T>& shared = *gpu::dynamic_shared<GatherShared<T>>();
+  if (p.boxes <= blockDim.x && p.batch < blockDim.x) {
+    for (int64_t i = threadIdx.x; i < 5 * p.boxes; i += blockDim.x) {
+      shared.boxes[i] = boxes[i];
+    }
+    for (int64_t i = threadIdx.x; i < p.boxes; i += blockDim.x) {
+      shared.order[i] = order[i];
+    }
+    for (int64_t i = threadIdx.x; i <= p.batch; i += blockDim.x) {
+      shared.offsets[i] = offsets[i];
+    }
+    for (int64_t i = threadIdx.x; i < 2 * p.batch; i += blockDim.x) {
+      // twice_given_center's 2c: doubling is exact.
+      shared.twice_centers[i] =
+          centers != nullptr ? 2.0 * static_cast<double>(centers[i]) : twice_centers[i];
+    }
+    __syncthreads();
+    boxes = shared.boxes;
+    order = shared.order;
+    offsets = shared.offsets;
+    twice_centers = shared.twice_centers;
+    centers = nullptr;
+  }
   const index_t width = p.width, height = p.height, channels = p.channels;
   for (index_t item = blockIdx.x * blockDim.x + threadIdx.x; item < items;
        item += gridDim.x * blockDim.x) {
@@ -688,7 +722,7 @@ void launch_crop_backward_gather(const Tensor& grad_output, const Tensor& boxes,
   with_index_type(launch, [&](auto index_type) {
     using index_t = decltype(index_type);
     gpu::launch(crop_backward_gather_kernel<scalar_t, T, index_t>, launch.blocks,
-                launch.threads, 0, stream, grad_output.const_data_ptr<scalar_t>(),
+                launch.threads, sizeof(GatherShared<T>), stream, grad_output.const_data_ptr<scalar_t>(),
                 boxes.const_data_ptr<T>(), centers_data<T>(centers),
                 twice_centers_data<T>(setup), setup.order.const_data_ptr<int64_t>(),
                 setup.offsets.const_data_ptr<int64_t>(), scale_list<T>(scales), p,
