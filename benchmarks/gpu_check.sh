@@ -7,8 +7,11 @@
 # On a Linux machine with an NVIDIA GPU, nvcc and a CUDA build of torch already installed, and no
 # network: builds ssanet_ops for this GPU's architecture only (CUDA library, no simulator) into
 # the environment of $PYTHON, runs the CUDA tests, compute-sanitizer (memcheck, racecheck,
-# synccheck, initcheck) on the few tests of benchmarks/sanitizer_tests.txt, and the operator and
-# model benchmarks, and writes the logs, the tables and summary.md into OUT_DIR. With --archive
+# synccheck, initcheck) on the few tests of benchmarks/sanitizer_tests.txt, the operator and
+# model benchmarks, and the op calls of the GPU model (benchmarks/gpu_model.py): their times with
+# CUDA events and, where Nsight Compute runs, their kernels' DRAM bytes and sectors per request
+# (benchmarks/gpu_check_model.py); and writes the logs, the tables and summary.md, which sets
+# the measurements beside the model's predictions, into OUT_DIR. With --archive
 # DIR it then packs OUT_DIR into DIR/gpu_check.tar.gz and copies summary.md beside it: two
 # files, for machines that return only a few. The summary is printed last.
 #
@@ -26,13 +29,14 @@
 # `--stamp` wrote (.gpu_check_stamp.json, git-ignored: copy it along), checked against the tree.
 #
 # Exit status: 0 everything that ran passed (every test, no sanitizer error, every kernel
-# launched by the sanitizer list, every benchmark target met), 1 something failed, 2 no usable
-# GPU (nothing was built or run), 64 wrong usage. compute-sanitizer refusing the device
-# ("Device not supported", as on gVisor-based machines) is reported, not a failure.
+# launched by the sanitizer list, every benchmark target met, the model's calls measured), 1
+# something failed, 2 no usable GPU (nothing was built or run), 64 wrong usage.
+# compute-sanitizer or ncu refusing the device ("Device not supported", as on gVisor-based
+# machines), or ncu missing, is reported, not a failure.
 #
 # Environment: PYTHON (default python3, the environment that has torch), GPU_CHECK_STEPS (the
 # steps to run, default all: build import kernels tests memcheck racecheck synccheck initcheck
-# bench-ops bench-model).
+# bench-ops bench-model times ncu).
 set -uo pipefail
 
 repo=$(cd "$(dirname "$0")/.." && pwd)
@@ -61,12 +65,13 @@ if [ -n "$archive_dir" ]; then
 fi
 
 # name:cap, in seconds, in the order the steps run.
-plan=(facts:25 build:100 import:15 kernels:30 tests:130 memcheck:40 racecheck:35 synccheck:30
-  initcheck:50 bench-ops:45 bench-model:25)
+plan=(facts:20 build:80 import:15 kernels:30 tests:115 memcheck:35 racecheck:30 synccheck:30
+  initcheck:45 bench-ops:35 bench-model:20 times:30 ncu:40)
 finish_cap=15  # the summary (10 s) and the archive (5 s)
 budget=$finish_cap
 for entry in "${plan[@]}"; do budget=$(( budget + ${entry#*:} )); done
-all_steps="build import kernels tests memcheck racecheck synccheck initcheck bench-ops bench-model"
+all_steps="build import kernels tests memcheck racecheck synccheck initcheck bench-ops"
+all_steps+=" bench-model times ncu"
 selected=" ${GPU_CHECK_STEPS:-$all_steps} facts "
 start=$(date +%s)
 # pip: no version check (no network), and installs into a system Python's environment too
@@ -75,7 +80,8 @@ export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_BREAK_SYSTEM_PACKAGES=1 PYTHONUNBUFFE
 export GPU_CHECK_START="$start" GPU_CHECK_BUDGET_S="$budget"
 # A previous check's files in OUT_DIR go (the benchmark tables are overwritten, and the summary
 # reads only those written after this start).
-rm -f "$out"/{summary.md,facts.json,build_info.json,tests.xml,kernels_launched.txt} "$logs"/*.log
+rm -f "$out"/{summary.md,facts.json,build_info.json,tests.xml,kernels_launched.txt} "$logs"/*.log \
+  "$out"/{gpu_model.json,model_times.json,model_ncu.json} "$out"/ncu-*
 printf 'step\tstatus\tseconds\tlog\tnote\n' > "$out/steps.tsv"
 
 record() {  # NAME STATUS SECONDS LOG NOTE
@@ -186,7 +192,7 @@ interrupted() {
 }
 trap interrupted INT TERM
 
-# nvcc and compute-sanitizer: on PATH, else in CUDACXX's, CUDA_HOME's, CUDA_PATH's or
+# nvcc, compute-sanitizer and ncu: on PATH, else in CUDACXX's, CUDA_HOME's, CUDA_PATH's or
 # /usr/local/cuda's bin.
 find_cuda_tool() {
   local root
@@ -202,7 +208,8 @@ find_cuda_tool() {
 }
 GPU_CHECK_NVCC=$(find_cuda_tool nvcc) || GPU_CHECK_NVCC=""
 sanitizer=$(find_cuda_tool compute-sanitizer) || sanitizer=""
-export GPU_CHECK_NVCC GPU_CHECK_SANITIZER="$sanitizer"
+GPU_CHECK_NCU=$(find_cuda_tool ncu) || GPU_CHECK_NCU=""
+export GPU_CHECK_NVCC GPU_CHECK_SANITIZER="$sanitizer" GPU_CHECK_NCU
 
 if ! command -v "$python" > /dev/null; then
   printf '# GPU check: STOPPED before the build\n\nNo Python interpreter %s (set PYTHON).\n' \
@@ -307,5 +314,25 @@ run_step bench-ops "$logs/bench_ops.log" "$python" benchmarks/bench_ops.py --dev
   --output-dir "$out"
 run_step bench-model "$logs/bench_model.log" "$python" benchmarks/bench_model.py --device cuda \
   --batch-sizes 1 --compile off --output-dir "$out"
+
+# The op calls the GPU model predicts (benchmarks/cases/runs.py), timed with CUDA events at the
+# model's sizes, then the full ones while time lasts, with the copy rate and the launch cost;
+# then Nsight Compute's counters of one launch of each of their kernels. Each script stops
+# itself 10 s before its step's deadline and keeps what it measured.
+if begin_step times 15; then
+  cp "$repo/benchmarks/results/gpu_model.json" "$out/"  # the predictions, into the archive
+  run_capped times "$logs/model_times.log" "$python" benchmarks/gpu_check_model.py times \
+    "$out/model_times.json" --seconds $(( left - 10 ))
+  record_outcome times "$logs/model_times.log"
+fi
+if begin_step ncu 25; then
+  run_capped ncu "$logs/model_ncu.log" "$python" benchmarks/gpu_check_model.py ncu "$out" \
+    --seconds $(( left - 10 ))
+  if (( rc == 3 )); then  # ncu missing, or refusing this GPU: reported, not a failure
+    record ncu unsupported "$seconds" "$logs/model_ncu.log" "$(tail -n 1 "$logs/model_ncu.log")"
+  else
+    record_outcome ncu "$logs/model_ncu.log"
+  fi
+fi
 
 finish

@@ -9,9 +9,11 @@
         digest of every file git would copy (tracked, and untracked but not ignored), so that a
         copy of the tree without .git still names its commit, and says when the stamp is stale.
     python benchmarks/gpu_check_report.py summary OUT_DIR REPO
-        Writes OUT_DIR/summary.md from what the check left in OUT_DIR and prints it; exits 0
-        when everything that ran passed, 1 when something failed, 2 when the check stopped
-        before building (no usable GPU).
+        Writes OUT_DIR/summary.md from what the check left in OUT_DIR and prints it, with the
+        GPU model's predictions (REPO/benchmarks/results/gpu_model.json) beside what the steps
+        "times" and "ncu" measured (gpu_check_compare.py); exits 0 when everything that ran
+        passed, 1 when something failed, 2 when the check stopped before building (no usable
+        GPU).
 
 Only `facts` imports torch: the summary is written even where torch is broken.
 """
@@ -146,6 +148,7 @@ def gather_facts(repo: Path) -> dict:
         "cpus": os.cpu_count(),
         "nvcc": tool_version(os.environ.get("GPU_CHECK_NVCC", "")),
         "compute_sanitizer": tool_version(os.environ.get("GPU_CHECK_SANITIZER", "")),
+        "ncu": tool_version(os.environ.get("GPU_CHECK_NCU", "")),
         "pytest_timeout": package_version("pytest-timeout"),
         "missing_python_packages": [
             wheel
@@ -323,7 +326,7 @@ def versions_line(facts: dict) -> str:
     return (
         f"- torch {facts.get('torch')} (CUDA {facts.get('torch_cuda')}), "
         f"Python {facts.get('python')}, nvcc {facts.get('nvcc')}, "
-        f"compute-sanitizer {facts.get('compute_sanitizer')}, "
+        f"compute-sanitizer {facts.get('compute_sanitizer')}, ncu {facts.get('ncu')}, "
         f"pytest-timeout {facts.get('pytest_timeout')}"
     )
 
@@ -396,7 +399,7 @@ def write_summary(out: Path, repo: Path) -> int:
     problems += [f"skipped: {', '.join(names)} ({note})" for note, names in skipped.items()]
     # What this machine could not check: reported, not failures.
     not_checked = []
-    refused = [step for step in steps if step["status"] == "unsupported"]
+    refused = [s for s in steps if s["status"] == "unsupported" and s["step"] in SANITIZER_TOOLS]
     if refused:
         not_checked.append(
             f"{', '.join(step['step'] for step in refused)}: compute-sanitizer refused this GPU "
@@ -499,6 +502,18 @@ def write_summary(out: Path, repo: Path) -> int:
             lines.append(f"| {name} | {measured} | {target} | {'met' if met else 'NOT MET'} |")
             if not met:
                 problems.append(f"target not met: {name}")
+
+    # The GPU model's predictions beside this GPU's times and Nsight Compute's counters.
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from gpu_check_compare import section
+
+    measured = {"times": ran("times"), "ncu": ran("ncu") or status.get("ncu") == "unsupported"}
+    model_lines, model_problems, model_not_checked = section(
+        out, repo / "benchmarks" / "results" / "gpu_model.json", measured
+    )
+    lines += model_lines
+    problems += model_problems
+    not_checked += model_not_checked
 
     verdict = "PASS" if not problems else f"FAIL ({len(problems)} problems)"
     if not_checked:

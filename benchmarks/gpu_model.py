@@ -7,7 +7,8 @@ SSANET_OPS_SIM_TRACE: GCC instruments every load and store of the kernels, and
 csrc/ssanet_ops_sim_trace.cpp records each access to global memory with its launch, block,
 thread and instruction site), runs the benchmark cases of benchmarks/cases/ (bench_ops.py's
 workloads) under simulate_cuda() with the trace on, forward and backward (and, for the ops
-of DETERMINISTIC_BACKWARD, the backward again under torch.use_deterministic_algorithms), and writes
+of cases/runs.py's DETERMINISTIC_BACKWARD_OPS, the backward again under
+torch.use_deterministic_algorithms), and writes
 benchmarks/results/gpu_model.md and .json: per op call, its launches, the bytes they move and
 the op's minimum; per launch, the warp-level requests and the sectors they touch.
 
@@ -72,11 +73,6 @@ EVENT = np.dtype(
 )
 LAUNCH = np.dtype([("kernel", "<u8"), ("grid", "<u4", 3), ("block", "<u4", 3)])
 LOAD, STORE, ATOMIC = 0, 1, 2
-
-# Ops with a deterministic backward of their own on CUDA, which
-# torch.use_deterministic_algorithms(True) selects (docs/operators.md section 4): modelled as a
-# third direction, "backward (deterministic)".
-DETERMINISTIC_BACKWARD = {"multiscale_roi_crop"}
 
 
 def _group_starts(*keys: np.ndarray) -> np.ndarray:
@@ -252,16 +248,6 @@ def _nbytes(tensors) -> int:
     return sum(t.numel() * t.element_size() for t in tensors)
 
 
-def variants(quick: bool):
-    """(label, dtype, channels_last) of the runs: float32 NCHW; more without --quick."""
-    import torch
-
-    yield "float32", torch.float32, False
-    if not quick:
-        yield "bfloat16", torch.bfloat16, False
-        yield "float32 channels-last", torch.float32, True
-
-
 @contextlib.contextmanager
 def deterministic_algorithms():
     """torch.use_deterministic_algorithms(True) inside, the previous setting restored after."""
@@ -276,24 +262,17 @@ def deterministic_algorithms():
         torch.use_deterministic_algorithms(enabled, warn_only=warn_only)
 
 
-def op_calls(case, dtype, channels_last: bool, tracer: Tracer) -> list[dict]:
-    """Records of the forward and backward (and deterministic backward) of one case's ssanet_ops
-    call."""
+def op_calls(run, tracer: Tracer) -> list[dict]:
+    """Records of the forward and backward (and, for the ops of DETERMINISTIC_BACKWARD_OPS, the
+    backward under torch.use_deterministic_algorithms) of one run's ssanet_ops call
+    (cases/runs.py)."""
     import torch
+    from cases.runs import DETERMINISTIC_BACKWARD, DETERMINISTIC_BACKWARD_OPS
 
     from ssanet_ops.testing import simulate_cuda
 
-    torch.manual_seed(0)
-    inputs = case.make_inputs(torch.device("cpu"), dtype)
-    if channels_last:
-        for name, value in inputs.items():
-            if isinstance(value, torch.Tensor) and value.dim() == 4:
-                inputs[name] = (
-                    value.detach()
-                    .to(memory_format=torch.channels_last)
-                    .requires_grad_(value.requires_grad)
-                )
-    function = case.implementations["ssanet_ops"]
+    inputs = run.make_inputs(torch.device("cpu"))
+    function = run.function
     differentiable = [t for t in _tensors(list(inputs.values())) if t.requires_grad]
     outputs = {}
 
@@ -305,7 +284,7 @@ def op_calls(case, dtype, channels_last: bool, tracer: Tracer) -> list[dict]:
         result = outputs["result"]
         output = result[0] if isinstance(result, (tuple, list)) else result
         gradient = torch.randn_like(output)
-        both = case.op in DETERMINISTIC_BACKWARD
+        both = run.op in DETERMINISTIC_BACKWARD_OPS
         directions = [("forward", forward_launches)]
         directions.append(
             ("backward", tracer.trace(lambda: output.backward(gradient, retain_graph=both)))
@@ -313,13 +292,13 @@ def op_calls(case, dtype, channels_last: bool, tracer: Tracer) -> list[dict]:
         if both:
             with deterministic_algorithms():
                 deterministic = tracer.trace(lambda: output.backward(gradient))
-            directions.append(("backward (deterministic)", deterministic))
+            directions.append((DETERMINISTIC_BACKWARD, deterministic))
     input_bytes = _nbytes(_tensors(list(inputs.values())))
     minimum = {
         "forward": input_bytes + _nbytes(_tensors(result)),
         "backward": input_bytes + _nbytes([gradient]) + _nbytes(differentiable),
     }
-    minimum["backward (deterministic)"] = minimum["backward"]
+    minimum[DETERMINISTIC_BACKWARD] = minimum["backward"]
     records = []
     for direction, launches in directions:
         moved = sum(launch["bytes_moved"] for launch in launches)
@@ -339,25 +318,15 @@ def op_calls(case, dtype, channels_last: bool, tracer: Tracer) -> list[dict]:
 
 
 def run_cases(quick: bool, ops: list[str] | None, tracer: Tracer) -> list[dict]:
+    """Every run of cases/runs.py at the cases' quick sizes; float32 NCHW only with --quick."""
     sys.path.insert(0, str(ROOT / "benchmarks"))
-    from cases import oriented_pool, roi_crop, scale_align
+    from cases.runs import model_runs
 
     records = []
-    seen = set()
-    for module in (oriented_pool, roi_crop, scale_align):
-        # The reduced sizes: the cases' quick sizes (bench_ops.py --quick).
-        for case in module.cases(quick=True):
-            if "ssanet_ops" not in case.implementations or (case.op, case.size) in seen:
-                continue
-            if ops and case.op not in ops:
-                continue
-            seen.add((case.op, case.size))
-            for label, dtype, channels_last in variants(quick):
-                if channels_last and case.op == "scale_align":
-                    continue  # no 4-D tensor
-                print(f"{case.op}: {case.size}, {label}", flush=True)
-                for record in op_calls(case, dtype, channels_last, tracer):
-                    records.append({"op": case.op, "case": f"{case.size}, {label}", **record})
+    for run in model_runs(full_sizes=False, all_variants=not quick, ops=ops):
+        print(f"{run.op}: {run.case}", flush=True)
+        for record in op_calls(run, tracer):
+            records.append({"op": run.op, "case": run.case, **record})
     return records
 
 
@@ -479,6 +448,11 @@ def main() -> None:
     args.json.write_text(json.dumps({"constants": CONSTANTS, "records": records}, indent=1))
     args.markdown.write_text(report(records, command))
     print(f"wrote {args.json} and {args.markdown}")
+    if args.json.resolve() == (RESULTS / "gpu_model.json").resolve():
+        from gpu_model_table import update_readme  # the README's table, from this JSON
+
+        if update_readme(args.json):
+            print("rewrote README.md's GPU model table")
 
 
 if __name__ == "__main__":

@@ -152,7 +152,9 @@ def report(files: dict[str, dict], tests_rc: int, pytest_args: list[str]) -> str
             f"| `{relative}` | {len(counts)} | {covered} ({100 * covered / len(counts):.0f} %) "
             f"| {missed_text} |"
         )
-        kernels = re.findall(r"__global__\s+void\s+(\w+)\s*\(", header.read_text())
+        # __global__ [__launch_bounds__(...)] void [__launch_bounds__(...)] name(
+        bounds = r"(?:__launch_bounds__\s*\([^)]*\)\s*)?"
+        kernels = re.findall(rf"__global__\s+{bounds}void\s+{bounds}(\w+)\s*\(", header.read_text())
         details += ["", f"## `{relative}`", "", "| `__global__` kernel | instantiation | runs |"]
         details.append("|---|---|---:|")
         for kernel in kernels:

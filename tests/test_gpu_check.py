@@ -101,7 +101,11 @@ def test_caps_add_up_to_the_stated_budget_inside_one_command():
     # Every step has a cap, and a step that runs pytest has time for its 20 s of start-up and
     # report besides its session limit.
     steps = ["facts", "build", "import", "kernels", "tests", *SANITIZERS, "bench-ops"]
-    assert list(caps) == [*steps, "bench-model"]
+    assert list(caps) == [*steps, "bench-model", "times", "ncu"]
+    # The default selection (GPU_CHECK_STEPS unset) is every step but facts, which always runs.
+    text = SCRIPT.read_text()
+    default = " ".join(re.findall(r'^all_steps\+?="([^"\n]*)"', text, re.MULTILINE)).split()
+    assert default == list(caps)[1:]
     assert all(caps[step] >= 30 for step in ["kernels", "tests", *SANITIZERS])
 
 

@@ -154,6 +154,9 @@ def test_a_traced_oriented_pool_writes_each_output_byte_once(tmp_path):
         assert record["launches"] == len(record["kernels"]) >= 1
         assert record["bytes_moved"] >= sum(k["bytes_stored"] for k in record["kernels"])
         assert 0 < record["sector_use"] <= 1
+        # The tiled kernels read and write whole sectors (issue 24), and __syncthreads() adds
+        # no access of its own (a barrier's bookkeeping once counted as a 1-byte store).
+        assert record["sector_use"] >= 0.8
 
 
 def test_deterministic_algorithms_is_restored():

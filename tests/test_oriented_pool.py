@@ -351,8 +351,9 @@ def test_cuda_matches_cpu_bitwise_in_float32(cuda_target):
 @requires_simulator
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
 def test_int64_indexed_kernels(dtype):
-    # On a GPU the int64 kernels run from about 2**31 elements on; the simulator runs them on
-    # small tensors when the int32 limit is lowered below every launch's indices.
+    # On a GPU the int64 (per-cell) kernels run from about 2**31 elements on, where the maps are
+    # too large for the tiled kernels; the simulator runs them on small tensors when the int32
+    # limit is lowered below every launch's indices (which rules out the tiles too).
     x = torch.randn(2, 5, 9, 11).to(dtype)
     with simulate_cuda(int32_index_limit=64):
         assert ssanet_ops.testing.load_simulator().grid_stride(x.numel())[2] == 64
@@ -365,3 +366,53 @@ def test_int64_indexed_kernels(dtype):
     expected.backward(grad.float())
     torch.testing.assert_close(out.float(), expected, rtol=0, atol=0)
     torch.testing.assert_close(x_sim.grad.float(), x_ref.grad, rtol=2e-2, atol=5e-2)
+
+
+def _forward_backward(x, patch, grid, stride, grad):
+    out, argmax = torch.ops.ssanet_ops.oriented_pool(x, patch, grid, stride)
+    grad_x = torch.ops.ssanet_ops._oriented_pool_backward(
+        grad, argmax, patch, grid, stride, *x.shape
+    )
+    return out, argmax, grad_x
+
+
+@requires_simulator
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
+def test_tiled_kernels_match_the_per_cell_kernels_bitwise(dtype):
+    # The CUDA kernels stage each (sample, block of channels) in shared memory (kernels.cuh);
+    # the per-cell kernels, the only ones before issue 24, run where a tile does not fit or its
+    # indices need int64, which a lowered int32 limit forces on every launch. Both must give the
+    # same bits: ties (few distinct values), blocks of channels that do not divide C,
+    # channels-last, strided input, strided grad_output, stride 0, a stride beyond the map.
+    cases = [
+        ((3, 70, 9, 11), [3, 5], 3, [3, 3]),
+        ((2, 40, 7, 7), [3, 3], 3, [2, 2]),
+        ((1, 130, 3, 3), [1, 1], 3, [1, 1]),
+        ((2, 3, 4, 4), [4, 4], 2, [0, 0]),
+        ((2, 5, 8, 7), [2, 1], 4, [2, 2]),
+        ((2, 4, 7, 7), [3, 3], 1, [2**40 + 2**31, 9]),  # G = 1: any stride fits
+    ]
+    for shape, patch, grid, stride in cases:
+        base = torch.randint(0, 4, shape).to(dtype)
+        transposed = (base.transpose(2, 3), patch[::-1], stride[::-1])  # strided in H and W
+        for x, patch_x, stride_x in [
+            (base, patch, stride),
+            (base.to(memory_format=torch.channels_last), patch, stride),
+            transposed,
+        ]:
+            length = grid * shape[1] * patch[0] * patch[1]
+            # Every other element of a wider tensor: a grad_output strided in its last dim.
+            grad = torch.randn(shape[0], 4, 2 * length).to(dtype)[:, :, ::2]
+            with simulate_cuda():
+                tiled = _forward_backward(x, patch_x, grid, stride_x, grad)
+            with simulate_cuda(int32_index_limit=64):
+                per_cell = _forward_backward(x, patch_x, grid, stride_x, grad)
+            for got, expected in zip(tiled, per_cell, strict=True):
+                assert torch.equal(got, expected), (shape, x.stride())
+
+
+def test_maps_too_large_for_a_tile(cuda_device):
+    # One channel of 90x90 float64 (63 KiB) exceeds the 48 KiB of shared memory a tile may use:
+    # the per-cell kernels run (kernels.cuh, plan_tiles).
+    x = torch.randn(1, 2, 90, 90, device=cuda_device, dtype=torch.float64)
+    assert_matches_reference(x, patch_size=30, grid_size=3)

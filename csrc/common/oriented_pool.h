@@ -75,45 +75,53 @@ SSANET_HOST_DEVICE void forward_cell(const scalar_t* sample, const Strides4& x_s
 }
 
 // Grid lines k in [first, last] whose patch span [k*stride, k*stride + size) covers `pos`
-// (empty when first > last).
-SSANET_HOST_DEVICE void covering_patches(int64_t pos, int64_t size, int64_t stride,
-                                         int64_t grid, int64_t& first, int64_t& last) {
+// (empty when first > last). index_t: int64_t, or int where every index fits (the CUDA tiles).
+template <typename index_t>
+SSANET_HOST_DEVICE void covering_patches(index_t pos, index_t size, index_t stride, index_t grid,
+                                         index_t& first, index_t& last) {
   if (stride == 0) {  // every patch starts at 0
     first = 0;
     last = pos < size ? grid - 1 : -1;
     return;
   }
-  const int64_t lowest_start = pos - size + 1;  // k*stride >= pos - size + 1
+  const index_t lowest_start = pos - size + 1;  // k*stride >= pos - size + 1
   first = lowest_start <= 0 ? 0 : (lowest_start + stride - 1) / stride;
   last = pos / stride < grid - 1 ? pos / stride : grid - 1;
 }
 
-// Gradient of one input element x[b, c, y, x] (docs/operators.md section 1, backward): the sum over the
-// patches that contain it of the gradients of the maxima it won. Each gather is a fixed-order
-// sum with no atomics, so the backward is deterministic on both devices.
+// Gradient of one input element x[b, c, y, x] (docs/operators.md section 1, backward): the sum
+// over the patches that contain it of the gradients of the maxima it won. Each gather is a
+// fixed-order sum with no atomics, so the backward is deterministic on both devices.
 // grad_sample points at sample b of grad_out[B, 4, G*L], with strides (orientation, position).
-template <typename scalar_t, typename acc_t>
-SSANET_HOST_DEVICE acc_t backward_cell(const scalar_t* grad_sample, int64_t grad_stride_o,
-                                       int64_t grad_stride_l, const uint8_t* argmax_sample,
-                                       const Geometry& g, int64_t c, int64_t y, int64_t x) {
-  int64_t first_row, last_row, first_column, last_column;
-  covering_patches(y, g.patch_h, g.stride_h, g.grid, first_row, last_row);
-  covering_patches(x, g.patch_w, g.stride_w, g.grid, first_column, last_column);
-  const int64_t L = g.patch_length();
-  const int64_t GL = g.orientation_length();
-  auto grad_at = [&](int64_t orientation, int64_t position) {
+// index_t: the type of the index arithmetic, int64_t, or int where every index of grad_sample
+// and argmax_sample fits (the CUDA tiles, whose g has the tile's channel count).
+template <typename scalar_t, typename acc_t, typename index_t>
+SSANET_HOST_DEVICE acc_t backward_cell(const scalar_t* grad_sample, index_t grad_stride_o,
+                                       index_t grad_stride_l, const uint8_t* argmax_sample,
+                                       const Geometry& g, index_t c, index_t y, index_t x) {
+  const index_t grid = static_cast<index_t>(g.grid);
+  const index_t patch_h = static_cast<index_t>(g.patch_h);
+  const index_t patch_w = static_cast<index_t>(g.patch_w);
+  const index_t stride_h = static_cast<index_t>(g.stride_h);
+  const index_t stride_w = static_cast<index_t>(g.stride_w);
+  index_t first_row, last_row, first_column, last_column;
+  covering_patches<index_t>(y, patch_h, stride_h, grid, first_row, last_row);
+  covering_patches<index_t>(x, patch_w, stride_w, grid, first_column, last_column);
+  const index_t L = static_cast<index_t>(g.patch_length());
+  const index_t GL = static_cast<index_t>(g.orientation_length());
+  auto grad_at = [&](index_t orientation, index_t position) {
     return static_cast<acc_t>(grad_sample[orientation * grad_stride_o + position * grad_stride_l]);
   };
 
   acc_t total = 0;
-  for (int64_t i = first_row; i <= last_row; ++i) {
-    const int64_t dy = y - i * g.stride_h;
-    for (int64_t j = first_column; j <= last_column; ++j) {
-      const int64_t dx = x - j * g.stride_w;
-      const int64_t l = (c * g.patch_h + dy) * g.patch_w + dx;
+  for (index_t i = first_row; i <= last_row; ++i) {
+    const index_t dy = y - i * stride_h;
+    for (index_t j = first_column; j <= last_column; ++j) {
+      const index_t dx = x - j * stride_w;
+      const index_t l = (c * patch_h + dy) * patch_w + dx;
       // Selects rather than branches, as in line_max.
-      const acc_t row_grad = grad_at(0, i * L + l) + grad_at(2, (g.grid - 1 - i) * L + l);
-      const acc_t column_grad = grad_at(1, j * L + l) + grad_at(3, (g.grid - 1 - j) * L + l);
+      const acc_t row_grad = grad_at(0, i * L + l) + grad_at(2, (grid - 1 - i) * L + l);
+      const acc_t column_grad = grad_at(1, j * L + l) + grad_at(3, (grid - 1 - j) * L + l);
       total += argmax_sample[i * L + l] == j ? row_grad : acc_t(0);  // won p_i[l]
       total += argmax_sample[GL + j * L + l] == i ? column_grad : acc_t(0);  // won q_j[l]
     }

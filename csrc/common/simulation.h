@@ -217,9 +217,8 @@ inline void after_switch(void* fake_stack, const void** from_stack, size_t* from
 #endif
 }
 
-// From a fiber back to the scheduler; returns when the scheduler resumes the fiber. Not traced,
-// nor is syncthreads: the simulator's own bookkeeping is no access of the kernel's.
-SSANET_OPS_SIM_NOT_TRACED inline void to_scheduler(Fiber& self) {
+// From a fiber back to the scheduler; returns when the scheduler resumes the fiber.
+inline void to_scheduler(Fiber& self) {
   void* fake_stack = nullptr;
   before_switch(&fake_stack, runtime.scheduler_stack, runtime.scheduler_stack_bytes);
   swapcontext(&self.context, &runtime.scheduler);
@@ -262,6 +261,7 @@ inline Fiber::Fiber() {
   makecontext(&context, fiber_main, 0);
 }
 
+// Not traced: its store to the heap-allocated Fiber is the simulator's, not the kernel's.
 SSANET_OPS_SIM_NOT_TRACED inline void syncthreads() {
   Fiber* self = runtime.running;
   SSANET_CHECK(self != nullptr, "CUDA simulator: __syncthreads() outside a kernel");
