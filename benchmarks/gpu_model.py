@@ -6,7 +6,9 @@ Builds the simulator's op library on its own in build/sim-trace (CMake option
 SSANET_OPS_SIM_TRACE: GCC instruments every load and store of the kernels, and
 csrc/ssanet_ops_sim_trace.cpp records each access to global memory with its launch, block,
 thread and instruction site), runs the benchmark cases of benchmarks/cases/ (bench_ops.py's
-workloads) under simulate_cuda() with the trace on, forward and backward, and writes
+workloads) under simulate_cuda() with the trace on, forward and backward (and, for the ops
+of cases/runs.py's DETERMINISTIC_BACKWARD_OPS, the backward again under
+torch.use_deterministic_algorithms), and writes
 benchmarks/results/gpu_model.md and .json: per op call, its launches, the bytes they move and
 the op's minimum; per launch, the warp-level requests and the sectors they touch.
 
@@ -29,6 +31,7 @@ Only the simulator's kernels are traced; torch operations in an op's Python face
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ctypes
 import datetime
 import json
@@ -245,9 +248,26 @@ def _nbytes(tensors) -> int:
     return sum(t.numel() * t.element_size() for t in tensors)
 
 
-def op_calls(run, tracer: Tracer) -> list[dict]:
-    """Records of the forward and backward of one run's ssanet_ops call (cases/runs.py)."""
+@contextlib.contextmanager
+def deterministic_algorithms():
+    """torch.use_deterministic_algorithms(True) inside, the previous setting restored after."""
     import torch
+
+    enabled = torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(enabled, warn_only=warn_only)
+
+
+def op_calls(run, tracer: Tracer) -> list[dict]:
+    """Records of the forward and backward (and, for the ops of DETERMINISTIC_BACKWARD_OPS, the
+    backward under torch.use_deterministic_algorithms) of one run's ssanet_ops call
+    (cases/runs.py)."""
+    import torch
+    from cases.runs import DETERMINISTIC_BACKWARD, DETERMINISTIC_BACKWARD_OPS
 
     from ssanet_ops.testing import simulate_cuda
 
@@ -264,14 +284,23 @@ def op_calls(run, tracer: Tracer) -> list[dict]:
         result = outputs["result"]
         output = result[0] if isinstance(result, (tuple, list)) else result
         gradient = torch.randn_like(output)
-        backward_launches = tracer.trace(lambda: output.backward(gradient))
+        both = run.op in DETERMINISTIC_BACKWARD_OPS
+        directions = [("forward", forward_launches)]
+        directions.append(
+            ("backward", tracer.trace(lambda: output.backward(gradient, retain_graph=both)))
+        )
+        if both:
+            with deterministic_algorithms():
+                deterministic = tracer.trace(lambda: output.backward(gradient))
+            directions.append((DETERMINISTIC_BACKWARD, deterministic))
     input_bytes = _nbytes(_tensors(list(inputs.values())))
     minimum = {
         "forward": input_bytes + _nbytes(_tensors(result)),
         "backward": input_bytes + _nbytes([gradient]) + _nbytes(differentiable),
     }
+    minimum[DETERMINISTIC_BACKWARD] = minimum["backward"]
     records = []
-    for direction, launches in (("forward", forward_launches), ("backward", backward_launches)):
+    for direction, launches in directions:
         moved = sum(launch["bytes_moved"] for launch in launches)
         records.append(
             {
@@ -345,8 +374,9 @@ def report(records: list[dict], command: str) -> str:
         f"{SECTOR}-byte sectors. Predicted = launches x launch cost + bytes moved / rate; "
         "roofline = one launch + minimum bytes / rate.",
         "",
-        "Not traced: what torch itself runs for an op (the crop's sort of its candidates, "
-        "fills, allocations, and scale_align's plane products, torch.bmm on cuBLAS), so "
+        "Not traced: what torch itself runs for an op (the crop's conversion of its float32 "
+        "gradient accumulator to bfloat16 or float16, one launch; allocations; and "
+        "scale_align's plane products, torch.bmm on cuBLAS), so "
         "launches and bytes count the simulated kernels only. The minimum counts every input "
         "read once: a crop that samples only part of its input, or a backward that reads a "
         "saved index instead of its input (oriented_pool), moves less than that.",

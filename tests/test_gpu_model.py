@@ -157,3 +157,44 @@ def test_a_traced_oriented_pool_writes_each_output_byte_once(tmp_path):
         # The tiled kernels read and write whole sectors (issue 24), and __syncthreads() adds
         # no access of its own (a barrier's bookkeeping once counted as a 1-byte store).
         assert record["sector_use"] >= 0.8
+
+
+def test_deterministic_algorithms_is_restored():
+    enabled = torch.are_deterministic_algorithms_enabled()
+    with gpu_model.deterministic_algorithms():
+        assert torch.are_deterministic_algorithms_enabled()
+    assert torch.are_deterministic_algorithms_enabled() == enabled
+
+
+@pytest.mark.skipif(
+    trace_library() is None,
+    reason="no trace build of the simulator (python benchmarks/gpu_model.py builds one)",
+)
+def test_a_traced_crop_models_its_deterministic_backward(tmp_path):
+    records_path = tmp_path / "model.json"
+    subprocess.run(
+        [
+            sys.executable, str(ROOT / "benchmarks/gpu_model.py"), "--quick",
+            "--ops", "multiscale_roi_crop", "--library", str(trace_library()),
+            "--json", str(records_path), "--markdown", str(tmp_path / "model.md"),
+        ],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    records = json.loads(records_path.read_text())["records"]
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from cases import roi_crop
+
+    for case in roi_crop.cases(quick=True):
+        calls = {r["direction"]: r for r in records if r["case"].startswith(case.size)}
+        assert set(calls) == {"forward", "backward", "backward (deterministic)"}
+        x = case.make_inputs(torch.device("cpu"), torch.float32)["input"]
+        atomic, gather = calls["backward"], calls["backward (deterministic)"]
+        # The atomic backward adds into the input gradient with atomics; the gather writes
+        # each of its elements once, with none.
+        assert sum(k["atomics"] for k in atomic["kernels"]) > 0
+        assert sum(k["atomics"] for k in gather["kernels"]) == 0
+        (gathering,) = [k for k in gather["kernels"] if "gather" in k["kernel"]]
+        assert gathering["bytes_stored"] == x.numel() * 4
+        assert gather["bytes_minimum"] == atomic["bytes_minimum"]
+        for record in calls.values():
+            assert record["launches"] == len(record["kernels"]) >= 1

@@ -127,21 +127,38 @@ SSANET_HOST_DEVICE void spread_given_center(const T* centers, const int64_t* key
 }
 
 // The default 2c of an image (docs/operators.md section 2): the mean over its boxes of
-// (x1 + x2, y1 + y2), where its boxes are boxes[order[first]], ..., boxes[order[last - 1]], in
-// index order. Only additions and one division, so no fused multiply-add can change the bits:
-// every kernel that sums an image's boxes in this order gets the same 2c, and one box alone
-// gets exactly its own x1 + x2 and y1 + y2.
+// (x1 + x2, y1 + y2), its boxes added in index order. Only additions and one division, so no
+// fused multiply-add can change the bits: every kernel that adds an image's boxes in this order
+// (twice_mean_center below, the CUDA setup kernel) gets the same 2c, and one box alone gets
+// exactly its own x1 + x2 and y1 + y2.
+struct CenterSum {
+  double x = 0, y = 0;
+  int64_t members = 0;
+
+  template <typename T>
+  SSANET_HOST_DEVICE void add(const T* boxes, int64_t k) {
+    const T* row = boxes + 5 * k;
+    x += static_cast<double>(row[1]) + static_cast<double>(row[3]);
+    y += static_cast<double>(row[2]) + static_cast<double>(row[4]);
+    ++members;
+  }
+
+  SSANET_HOST_DEVICE TwiceCenter mean() const {
+    const double count = static_cast<double>(members);
+    return members > 0 ? TwiceCenter{x / count, y / count} : TwiceCenter{0, 0};
+  }
+};
+
+// The default 2c of the image whose boxes are boxes[order[first]], ..., boxes[order[last - 1]],
+// in index order.
 template <typename T>
 SSANET_HOST_DEVICE TwiceCenter twice_mean_center(const T* boxes, const int64_t* order,
                                                  int64_t first, int64_t last) {
-  double sum_x = 0, sum_y = 0;
+  CenterSum sum;
   for (int64_t i = first; i < last; ++i) {
-    const T* row = boxes + 5 * order[i];
-    sum_x += static_cast<double>(row[1]) + static_cast<double>(row[3]);
-    sum_y += static_cast<double>(row[2]) + static_cast<double>(row[4]);
+    sum.add(boxes, order[i]);
   }
-  const double members = static_cast<double>(last - first);
-  return last > first ? TwiceCenter{sum_x / members, sum_y / members} : TwiceCenter{0, 0};
+  return sum.mean();
 }
 
 // For the boxes grouped by image (sorted: their keys in ascending order, stable, so that an

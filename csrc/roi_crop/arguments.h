@@ -202,7 +202,9 @@ inline CropShape check_crop_backward_args(const Tensor& grad_output, const Tenso
 // the box indices sorted by key, stably, so an image's boxes keep index order; sorted: the keys
 // in that order. With the number of images B known, offsets: [B + 1], the boxes of image b
 // being order[offsets[b]:offsets[b + 1]] (first_of_image of common/scale_candidates.h, which
-// each backend runs on its device: image_offsets).
+// each backend runs on its device: image_offsets). Used by the CPU kernels and CUDA's
+// scale_candidates; CUDA's multiscale_roi_crop groups the boxes in its setup kernel instead, in
+// the same order, without torch's sort (roi_crop/kernels.cuh, issue 24).
 struct ImageSegments {
   Tensor keys, order, sorted, offsets;
 };

@@ -4,14 +4,23 @@
 // Compiled by nvcc into cuda.cu and by the host compiler into sim.cpp (common/simulation.h);
 // the entry points at the end do what both share.
 //
-// The boxes are first grouped by image on the device (image_key, a stable sort by key), and
-// each image's default centre is summed once. Forward: one launch for all K * S candidates; a
-// thread computes its candidate box in the kernel and one output cell for a group of channels,
-// so each sample's weights serve all of them. Backward: by default the same threads add their
-// gradients with atomics; with `deterministic` (which the Python layer sets from
+// multiscale_roi_crop makes at most three launches per call, counting what torch runs for it
+// (issue 24): one setup kernel (crop_setup_kernel: each image's default centre, summed once;
+// for the deterministic backward the boxes grouped by image, a stable counting sort without
+// torch's sort; for the atomic backward the zeroing of its accumulator), then the crop kernel,
+// and for float16 / bfloat16 atomic backward torch's conversion of the float32 accumulator.
+// With given centres the forward needs no setup. The crop kernels find each box's image
+// themselves (image_key). Forward: a block crops one candidate n = k * S + s for a chunk of
+// channels and output cells into a shared tile, then writes the tile, whose rows are runs of
+// the output (coalesced stores); its threads run along the cells on an NCHW input (each
+// thread reading kChannelsPerThread channels with one set of sample weights), along the
+// channels on a channels-last one, so that each warp's loads are contiguous. Backward: by
+// default one thread per output cell and group of channels adds its gradients with atomics;
+// with `deterministic` (which the Python layer sets from
 // torch.are_deterministic_algorithms_enabled()), one thread per input element gathers what the
 // candidates of its image send it, in a fixed order, without atomics. Float16 and bfloat16
-// accumulate in float32 (opmath_t) in all kernels.
+// accumulate in float32 (opmath_t) in all kernels. scale_candidates still groups the boxes
+// with torch's sort (image_segments; it is not a benchmarked path).
 //
 // Nothing here waits for the device (docs/operators.md section 4), so the ops can be captured in a CUDA
 // graph: box values are not checked; a box whose image_key is kNoImage (a non-finite
@@ -67,6 +76,113 @@ __device__ __forceinline__ void add_weighted(T* target, T value, T wy, T wx) {
   if (wy != T(0) && wx != T(0)) {
     atomicAdd(target, value * (wy * wx));
   }
+}
+
+// The sums of the setup kernel's block: value summed over its threads, returned to every
+// thread. scratch: blockDim.x values of shared memory. Exact for integers, in any order.
+template <typename V>
+__device__ V block_sum(V value, V* scratch) {
+  const unsigned int t = threadIdx.x;
+  scratch[t] = value;
+  __syncthreads();
+  for (unsigned int half = blockDim.x / 2; half > 0; half /= 2) {
+    if (t < half) {
+      scratch[t] += scratch[t + half];
+    }
+    __syncthreads();
+  }
+  const V total = scratch[0];
+  __syncthreads();
+  return total;
+}
+
+// The inclusive prefix sum of flag over the block's threads (blockDim.x a power of 2).
+__device__ inline int64_t block_inclusive_scan(int64_t flag, int64_t* scratch) {
+  const unsigned int t = threadIdx.x;
+  scratch[t] = flag;
+  __syncthreads();
+  for (unsigned int step = 1; step < blockDim.x; step *= 2) {
+    const int64_t before = t >= step ? scratch[t - step] : 0;
+    __syncthreads();
+    scratch[t] += before;
+    __syncthreads();
+  }
+  return scratch[t];
+}
+
+// Image b of the crop, as block b of crop_setup_kernel finds it among the K boxes.
+struct ImageRun {
+  int64_t first;    // boxes of images before b: where image b's boxes start in `order`
+  int64_t members;  // boxes of image b
+};
+
+// The image of box k (kNoImage: none) and its 2c: the given centre, or the setup kernel's
+// default centre of the image (twice_centers: [B, 2]).
+struct BoxImage {
+  int64_t image;
+  TwiceCenter center;
+};
+
+template <typename T>
+__device__ __forceinline__ BoxImage box_image(const T* boxes, int64_t k, const T* centers,
+                                                 const double* twice_centers, int64_t batch) {
+  const int64_t b = image_key(boxes, centers, k, batch);
+  if (b == kNoImage) {
+    return {b, {0, 0}};
+  }
+  return {b, centers != nullptr ? twice_given_center(centers, b)
+                                : TwiceCenter{twice_centers[2 * b], twice_centers[2 * b + 1]}};
+}
+
+// The forward's shared tile: T values, channel rows of an odd stride (no bank conflicts when
+// the threads run along the channels).
+constexpr int64_t kTileValues = 2048;
+
+// Dynamic shared memory of crop_setup_kernel (not static __shared__, which the simulator's
+// memory trace could not tell from global memory): a chunk of boxes and the block's scratch.
+template <typename T>
+struct SetupShared {
+  T boxes[5 * kThreads];
+  int64_t scratch[kThreads];
+  int64_t members[kThreads];
+};
+
+// ... and of crop_forward_kernel: all boxes and their images (with the block's own centres),
+// the candidate's box row, image and grid, and the output tile.
+template <typename T>
+struct ForwardShared {
+  RoiGrid<T> grid;
+  int64_t image;
+  T row[5];
+  int64_t keys[kThreads];
+  T boxes[5 * kThreads];
+  T tile[kTileValues];
+};
+
+// ... and of crop_backward_gather_kernel, when K <= kThreads and B < kThreads: the boxes, their
+// grouping by image and the images' 2c, read coalesced once per block instead of by every
+// thread (broadcasts that use a few bytes of each sector).
+template <typename T>
+struct GatherShared {
+  T boxes[5 * kThreads];
+  int64_t order[kThreads];
+  int64_t offsets[kThreads];
+  double twice_centers[2 * kThreads];
+};
+
+// Boxes [start, start + blockDim.x) of `count` read coalesced into chunk (5 * blockDim.x
+// values); returns the image_key of the thread's box (kNoImage past the end). Starts with a
+// barrier, so that the chunk's previous readers are done, and ends with one after the reads.
+template <typename T>
+__device__ int64_t chunk_key(const T* boxes, int64_t count, int64_t start, const T* centers,
+                             int64_t batch, T* chunk) {
+  const int64_t size = count - start < blockDim.x ? count - start : blockDim.x;
+  __syncthreads();
+  for (int64_t i = threadIdx.x; i < 5 * size; i += blockDim.x) {
+    chunk[i] = boxes[5 * start + i];
+  }
+  __syncthreads();
+  return threadIdx.x < size ? image_key(chunk, centers, threadIdx.x, batch) : kNoImage;
 }
 
 // ---- kernels ----
@@ -135,57 +251,193 @@ __global__ void scale_candidates_kernel(const T* __restrict__ boxes,
   }
 }
 
-// Candidate n = k * S + s reads image keys[k]; a box without an image gives zeros.
-template <typename scalar_t, typename T, typename index_t>
-__global__ void crop_forward_kernel(const scalar_t* __restrict__ input, Strides4 strides,
-                                    const T* __restrict__ boxes,
-                                    const int64_t* __restrict__ keys,
-                                    const double* __restrict__ twice_centers,
-                                    ScaleList<T> scales, CropParams<T> p, index_t channel_groups,
-                                    index_t items, scalar_t* __restrict__ output) {
-  for (index_t item = blockIdx.x * blockDim.x + threadIdx.x; item < items;
-       item += gridDim.x * blockDim.x) {
-    const CellWork w = cell_work(p, channel_groups, item);
-    const int64_t b = keys[w.k];
-    T total[kChannelsPerThread] = {};
-    T count = T(1);
-    if (b != kNoImage) {
-      const RoiGrid<T> g = candidate_grid(p, box_at(boxes, w.k),
-                                          twice_center_of(twice_centers, w.k), scales.values[w.s]);
-      count = g.count;
-      const scalar_t* map = input + b * strides.n + w.c0 * strides.c;
-      for (int64_t iy = 0; iy < g.y.grid; ++iy) {
-        Tap<T> ty;
-        if (!axis_tap(g.y.sample(w.ph, iy), p.height, ty)) {
-          continue;
+// The setup of one multiscale_roi_crop call (issue 24: at most three launches per call), run
+// by kThreads-thread blocks with SetupShared<T> as dynamic shared memory. Every block zeroes
+// its share of zero[0, zero_count) (the atomic backward's accumulator; nullptr: none). Block
+// b < batch does image b: over the boxes in index order, a chunk of kThreads boxes at a time
+// (read coalesced into shared memory), it counts those of images before b (offsets[b], and
+// offsets[B] by the last block), writes the indices of image b's boxes to
+// order[offsets[b] + i] in index order, as a stable sort by image_key would (order, offsets:
+// nullptr when not needed), and its default 2c to twice_centers[b] (nullptr with given
+// centres), adding its boxes in index order (CenterSum) so that the CPU's twice_mean_center
+// gets the same bits. A box without an image (image_key kNoImage) is in no run.
+template <typename T>
+__global__ void __launch_bounds__(kThreads)
+    crop_setup_kernel(const T* __restrict__ boxes, int64_t count, int64_t batch,
+                      const T* __restrict__ centers, double* __restrict__ twice_centers,
+                      int64_t* __restrict__ order, int64_t* __restrict__ offsets,
+                      T* __restrict__ zero, int64_t zero_count) {
+  const int64_t stride = int64_t{gridDim.x} * blockDim.x;
+  for (int64_t i = int64_t{blockIdx.x} * blockDim.x + threadIdx.x; i < zero_count;
+       i += stride) {
+    zero[i] = T(0);
+  }
+  const int64_t b = blockIdx.x;
+  if (b >= batch || (twice_centers == nullptr && order == nullptr)) {
+    return;  // the whole block: no barrier is left waiting
+  }
+  SetupShared<T>& shared = *gpu::dynamic_shared<SetupShared<T>>();
+  const unsigned int t = threadIdx.x;
+  // Pass 1: the boxes of images before b.
+  int64_t below = 0;
+  for (int64_t start = 0; start < count; start += blockDim.x) {
+    const int64_t key = chunk_key(boxes, count, start, centers, batch, shared.boxes);
+    below += key != kNoImage && key < b ? 1 : 0;
+  }
+  ImageRun run{block_sum(below, shared.scratch), 0};
+  // Pass 2: image b's boxes, compacted in index order.
+  CenterSum sum;  // thread 0's
+  for (int64_t start = 0; start < count; start += blockDim.x) {
+    const bool mine = chunk_key(boxes, count, start, centers, batch, shared.boxes) == b;
+    const int64_t rank = block_inclusive_scan(mine ? 1 : 0, shared.scratch);
+    const int64_t found = shared.scratch[blockDim.x - 1];
+    if (mine) {
+      shared.members[rank - 1] = t;
+      if (order != nullptr) {
+        order[run.first + run.members + rank - 1] = start + t;
+      }
+    }
+    __syncthreads();
+    if (t == 0 && twice_centers != nullptr) {
+      for (int64_t i = 0; i < found; ++i) {
+        sum.add(shared.boxes, shared.members[i]);
+      }
+    }
+    run.members += found;
+  }
+  if (t == 0) {
+    if (twice_centers != nullptr) {
+      const TwiceCenter center = sum.mean();
+      twice_centers[2 * b] = center.x;
+      twice_centers[2 * b + 1] = center.y;
+    }
+    if (offsets != nullptr) {
+      offsets[b] = run.first;
+      if (b == batch - 1) {
+        offsets[batch] = run.first + run.members;
+      }
+    }
+  }
+}
+
+// Candidate n = block / (channel chunks * cell chunks) of a block of the forward, run with
+// ForwardShared<T> as dynamic shared memory; a box without an image gives zeros. kVector:
+// channels per thread, kChannelsPerThread on an NCHW input (threads along the cells, one set
+// of sample weights for kVector channels), 1 on a channels-last one (threads along the
+// channels: a warp reads 32 consecutive channels of one sample). Each value goes to a shared
+// tile [channel][cell], written out by rows: the rows are runs of the contiguous output
+// [K, S, C, oh, ow], so the stores are coalesced. The default centres: the setup kernel's
+// (twice_centers), or, with neither those nor given centres (K <= kThreads), the block's own:
+// it reads all boxes into shared memory and adds those of its image in index order as
+// crop_setup_kernel does.
+template <typename scalar_t, typename T, int kVector>
+__global__ void __launch_bounds__(kThreads)
+    crop_forward_kernel(const scalar_t* __restrict__ input, Strides4 strides,
+                        const T* __restrict__ boxes, const T* __restrict__ centers,
+                        const double* __restrict__ twice_centers, ScaleList<T> scales,
+                        CropParams<T> p, int64_t channel_chunk, int64_t cell_chunk,
+                        int64_t blocks, scalar_t* __restrict__ output) {
+  ForwardShared<T>& shared = *gpu::dynamic_shared<ForwardShared<T>>();
+  const int64_t channel_chunks = (p.channels + channel_chunk - 1) / channel_chunk;
+  const int64_t cell_chunks = (p.cells() + cell_chunk - 1) / cell_chunk;
+  const unsigned int t = threadIdx.x;
+  const bool own_centers =
+      centers == nullptr && twice_centers == nullptr && p.boxes <= blockDim.x;
+  if (own_centers) {  // every box and its image, once for all the block's candidates
+    const int64_t key = chunk_key(boxes, p.boxes, 0, centers, p.batch, shared.boxes);
+    if (t < p.boxes) {
+      shared.keys[t] = key;
+    }
+  }
+  for (int64_t block = blockIdx.x; block < blocks; block += gridDim.x) {
+    const int64_t n = block / (channel_chunks * cell_chunks);
+    const int64_t c_begin = (block / cell_chunks) % channel_chunks * channel_chunk;
+    const int64_t p_begin = block % cell_chunks * cell_chunk;
+    const int64_t channels = p.channels - c_begin < channel_chunk ? p.channels - c_begin
+                                                                  : channel_chunk;
+    const int64_t cells = p.cells() - p_begin < cell_chunk ? p.cells() - p_begin : cell_chunk;
+    const int64_t tile_stride = cells | 1;
+    // The candidate: its box row read by five threads, its grid computed by one.
+    const int64_t k = n / p.scales;
+    if (!own_centers && t < 5) {
+      shared.row[t] = boxes[5 * k + t];
+    }
+    __syncthreads();
+    if (t == 0) {
+      BoxImage owner{kNoImage, {0, 0}};
+      const T* row = own_centers ? shared.boxes + 5 * k : shared.row;
+      if (!own_centers) {
+        owner = box_image(row, 0, centers, twice_centers, p.batch);
+      } else if (shared.keys[k] != kNoImage) {
+        CenterSum sum;
+        for (int64_t j = 0; j < p.boxes; ++j) {
+          if (shared.keys[j] == shared.keys[k]) {
+            sum.add(shared.boxes, j);
+          }
         }
-        for (int64_t ix = 0; ix < g.x.grid; ++ix) {
-          Tap<T> tx;
-          if (!axis_tap(g.x.sample(w.pw, ix), p.width, tx)) {
+        owner = {shared.keys[k], sum.mean()};
+      }
+      shared.image = owner.image;
+      if (owner.image != kNoImage) {
+        shared.grid =
+            candidate_grid(p, box_at(row, 0), owner.center, scales.values[n % p.scales]);
+      }
+    }
+    __syncthreads();
+    const int64_t b = shared.image;
+    const RoiGrid<T> g = shared.grid;
+    T* tile = shared.tile;
+    const int64_t groups = (channels + kVector - 1) / kVector;
+    for (int64_t item = t; item < groups * cells; item += blockDim.x) {
+      // NCHW: along the cells; channels-last (kVector 1): along the channels.
+      const int64_t cell = kVector > 1 ? item % cells : item / groups;
+      const int64_t group = kVector > 1 ? item / cells : item % groups;
+      const int64_t c0 = group * kVector;  // in the chunk
+      const int64_t ph = (p_begin + cell) / p.out_w, pw = (p_begin + cell) % p.out_w;
+      T total[kVector] = {};
+      if (b != kNoImage) {
+        const scalar_t* map = input + b * strides.n + (c_begin + c0) * strides.c;
+        for (int64_t iy = 0; iy < g.y.grid; ++iy) {
+          Tap<T> ty;
+          if (!axis_tap(g.y.sample(ph, iy), p.height, ty)) {
             continue;
           }
-          const T w1 = ty.w_low * tx.w_low, w2 = ty.w_low * tx.w_high;
-          const T w3 = ty.w_high * tx.w_low, w4 = ty.w_high * tx.w_high;
-          const int64_t o1 = ty.low * strides.h + tx.low * strides.w;
-          const int64_t o2 = ty.low * strides.h + tx.high * strides.w;
-          const int64_t o3 = ty.high * strides.h + tx.low * strides.w;
-          const int64_t o4 = ty.high * strides.h + tx.high * strides.w;
-          for (int64_t j = 0; j < kChannelsPerThread; ++j) {
-            if (w.c0 + j < p.channels) {
-              const scalar_t* plane = map + j * strides.c;
-              total[j] += w1 * static_cast<T>(plane[o1]) + w2 * static_cast<T>(plane[o2]) +
-                          w3 * static_cast<T>(plane[o3]) + w4 * static_cast<T>(plane[o4]);
+          for (int64_t ix = 0; ix < g.x.grid; ++ix) {
+            Tap<T> tx;
+            if (!axis_tap(g.x.sample(pw, ix), p.width, tx)) {
+              continue;
+            }
+            const T w1 = ty.w_low * tx.w_low, w2 = ty.w_low * tx.w_high;
+            const T w3 = ty.w_high * tx.w_low, w4 = ty.w_high * tx.w_high;
+            const int64_t o1 = ty.low * strides.h + tx.low * strides.w;
+            const int64_t o2 = ty.low * strides.h + tx.high * strides.w;
+            const int64_t o3 = ty.high * strides.h + tx.low * strides.w;
+            const int64_t o4 = ty.high * strides.h + tx.high * strides.w;
+            for (int64_t j = 0; j < kVector; ++j) {
+              if (c0 + j < channels) {
+                const scalar_t* plane = map + j * strides.c;
+                total[j] += w1 * static_cast<T>(plane[o1]) + w2 * static_cast<T>(plane[o2]) +
+                            w3 * static_cast<T>(plane[o3]) + w4 * static_cast<T>(plane[o4]);
+              }
             }
           }
         }
       }
-    }
-    for (int64_t j = 0; j < kChannelsPerThread; ++j) {
-      if (w.c0 + j < p.channels) {
-        output[((w.n * p.channels + w.c0 + j) * p.out_h + w.ph) * p.out_w + w.pw] =
-            static_cast<scalar_t>(total[j] / count);
+      for (int64_t j = 0; j < kVector; ++j) {
+        if (c0 + j < channels) {
+          tile[(c0 + j) * tile_stride + cell] = b != kNoImage ? total[j] / g.count : T(0);
+        }
       }
     }
+    __syncthreads();
+    // Channel c_begin + j's cells [p_begin, p_begin + cells): one run of the output each, and
+    // one run for the whole tile when it holds every cell.
+    scalar_t* out = output + (n * p.channels + c_begin) * p.cells() + p_begin;
+    for (int64_t i = t; i < channels * cells; i += blockDim.x) {
+      const int64_t j = i / cells, cell = i % cells;
+      out[j * p.cells() + cell] = static_cast<scalar_t>(tile[j * tile_stride + cell]);
+    }
+    __syncthreads();  // the tile, row and grid are rewritten by the next block
   }
 }
 
@@ -194,7 +446,7 @@ __global__ void crop_forward_kernel(const scalar_t* __restrict__ input, Strides4
 template <typename scalar_t, typename T, typename index_t>
 __global__ void crop_backward_atomic_kernel(const scalar_t* __restrict__ grad_output,
                                             const T* __restrict__ boxes,
-                                            const int64_t* __restrict__ keys,
+                                            const T* __restrict__ centers,
                                             const double* __restrict__ twice_centers,
                                             ScaleList<T> scales, CropParams<T> p,
                                             index_t channel_groups, index_t items,
@@ -202,12 +454,12 @@ __global__ void crop_backward_atomic_kernel(const scalar_t* __restrict__ grad_ou
   for (index_t item = blockIdx.x * blockDim.x + threadIdx.x; item < items;
        item += gridDim.x * blockDim.x) {
     const CellWork w = cell_work(p, channel_groups, item);
-    const int64_t b = keys[w.k];
+    const BoxImage owner = box_image(boxes, w.k, centers, twice_centers, p.batch);
+    const int64_t b = owner.image;
     if (b == kNoImage) {
       continue;
     }
-    const RoiGrid<T> g = candidate_grid(p, box_at(boxes, w.k),
-                                        twice_center_of(twice_centers, w.k), scales.values[w.s]);
+    const RoiGrid<T> g = candidate_grid(p, box_at(boxes, w.k), owner.center, scales.values[w.s]);
     T grad[kChannelsPerThread];
     for (int64_t j = 0; j < kChannelsPerThread; ++j) {
       grad[j] = w.c0 + j < p.channels
@@ -242,15 +494,39 @@ __global__ void crop_backward_atomic_kernel(const scalar_t* __restrict__ grad_ou
 
 // Deterministic: one thread per input element (b, c, y, x) sums, in the order of candidates
 // and then of output cells, what each candidate of image b sends it (gather_gradient). The
-// boxes of image b are order[offsets[b]:offsets[b + 1]], in index order.
+// boxes of image b are order[offsets[b]:offsets[b + 1]], in index order (crop_setup_kernel).
 template <typename scalar_t, typename T, typename index_t>
 __global__ void crop_backward_gather_kernel(const scalar_t* __restrict__ grad_output,
                                             const T* __restrict__ boxes,
+                                            const T* __restrict__ centers,
+                                            const double* __restrict__ twice_centers,
                                             const int64_t* __restrict__ order,
                                             const int64_t* __restrict__ offsets,
-                                            const double* __restrict__ twice_centers,
                                             ScaleList<T> scales, CropParams<T> p, index_t items,
                                             scalar_t* __restrict__ grad_input) {
+  GatherShared<T>& shared = *gpu::dynamic_shared<GatherShared<T>>();
+  if (p.boxes <= blockDim.x && p.batch < blockDim.x) {
+    for (int64_t i = threadIdx.x; i < 5 * p.boxes; i += blockDim.x) {
+      shared.boxes[i] = boxes[i];
+    }
+    for (int64_t i = threadIdx.x; i < p.boxes; i += blockDim.x) {
+      shared.order[i] = order[i];
+    }
+    for (int64_t i = threadIdx.x; i <= p.batch; i += blockDim.x) {
+      shared.offsets[i] = offsets[i];
+    }
+    for (int64_t i = threadIdx.x; i < 2 * p.batch; i += blockDim.x) {
+      // twice_given_center's 2c: doubling is exact.
+      shared.twice_centers[i] =
+          centers != nullptr ? 2.0 * static_cast<double>(centers[i]) : twice_centers[i];
+    }
+    __syncthreads();
+    boxes = shared.boxes;
+    order = shared.order;
+    offsets = shared.offsets;
+    twice_centers = shared.twice_centers;
+    centers = nullptr;
+  }
   const index_t width = p.width, height = p.height, channels = p.channels;
   for (index_t item = blockIdx.x * blockDim.x + threadIdx.x; item < items;
        item += gridDim.x * blockDim.x) {
@@ -258,11 +534,14 @@ __global__ void crop_backward_gather_kernel(const scalar_t* __restrict__ grad_ou
     const index_t y = (item / width) % height;
     const index_t c = (item / (width * height)) % channels;
     const index_t b = item / (width * height * channels);
+    const TwiceCenter center =
+        centers != nullptr ? twice_given_center(centers, b)
+                           : TwiceCenter{twice_centers[2 * b], twice_centers[2 * b + 1]};
     T total = 0;
     for (int64_t i = offsets[b]; i < offsets[b + 1]; ++i) {
       const int64_t k = order[i];
       const Box<T> box = box_at(boxes, k);
-      const Anchors anchors = anchor_corners(box, twice_center_of(twice_centers, k));
+      const Anchors anchors = anchor_corners(box, center);
       for (int64_t s = 0; s < p.scales; ++s) {
         const RoiGrid<T> g = candidate_grid(
             p, candidate_box(box, anchors, scales.values[s], p.clip, p.image_height,
@@ -355,27 +634,87 @@ void launch_scale_candidates(const Tensor& boxes, const ImageSegments& segments,
   });
 }
 
+// What crop_setup_kernel leaves for the crop kernels.
+struct CropSetup {
+  Tensor twice_centers;    // [B, 2] float64, the default centres; undefined with given centres
+  Tensor order, offsets;   // the boxes grouped by image; undefined unless asked for
+};
+
+// One launch of crop_setup_kernel, or none when there is nothing to do. centers: the given
+// centres (undefined without); grouping: fill order and offsets; zero: zero_count values of T
+// to zero (nullptr: none).
+template <typename T>
+CropSetup launch_crop_setup(const Tensor& boxes, const Tensor& centers, int64_t batch,
+                            bool grouping, T* zero, int64_t zero_count, gpu::Stream stream) {
+  CropSetup setup;
+  const int64_t count = boxes.size(0);
+  const bool default_centers = !centers.defined();
+  if (default_centers) {
+    setup.twice_centers = empty_like_device(boxes, {batch, 2}, ScalarType::Double);
+  }
+  if (grouping) {
+    setup.order = empty_like_device(boxes, {count}, ScalarType::Long);
+    setup.offsets = empty_like_device(boxes, {batch + 1}, ScalarType::Long);
+  }
+  const int64_t blocks =
+      std::max(default_centers || grouping ? batch : int64_t{0}, blocks_for(zero_count));
+  if (blocks == 0) {
+    return setup;
+  }
+  SSANET_CHECK(blocks <= gpu::int32_index_limit(), kCropOp, ": ", batch,
+               " images exceed the setup kernel's grid");
+  gpu::launch(crop_setup_kernel<T>, static_cast<unsigned int>(blocks), kThreads,
+              sizeof(SetupShared<T>), stream,
+              boxes.const_data_ptr<T>(), count, batch,
+              centers.defined() ? centers.const_data_ptr<T>() : nullptr,
+              default_centers ? setup.twice_centers.mutable_data_ptr<double>() : nullptr,
+              grouping ? setup.order.mutable_data_ptr<int64_t>() : nullptr,
+              grouping ? setup.offsets.mutable_data_ptr<int64_t>() : nullptr, zero, zero_count);
+  return setup;
+}
+
+// The given centres' data, or nullptr.
+template <typename T>
+const T* centers_data(const Tensor& centers) {
+  return centers.defined() ? centers.const_data_ptr<T>() : nullptr;
+}
+
+template <typename T>
+const double* twice_centers_data(const CropSetup& setup) {
+  return setup.twice_centers.defined() ? setup.twice_centers.const_data_ptr<double>() : nullptr;
+}
+
+// The forward's tiles (crop_forward_kernel): on a channels-last input 32 channels (a warp) by
+// as many cells as the tile holds; on an NCHW one up to kThreads cells by as many channels,
+// in groups of kChannelsPerThread, as the tile holds. Each tile row is padded to an odd length.
 template <typename scalar_t, typename T>
-void launch_crop_forward(const Tensor& input, const Tensor& boxes, const ImageSegments& segments,
-                         const Tensor& twice_centers, DoubleArrayRef scales,
-                         const CropParams<T>& p, Tensor& output, gpu::Stream stream) {
-  const int64_t channel_groups = (p.channels + kChannelsPerThread - 1) / kChannelsPerThread;
-  const int64_t items = p.candidates() * channel_groups * p.cells();
-  const GridStride launch = grid_stride(items);
-  with_index_type(launch, [&](auto index_type) {
-    using index_t = decltype(index_type);
-    gpu::launch(crop_forward_kernel<scalar_t, T, index_t>, launch.blocks, launch.threads, 0,
-                stream, input.const_data_ptr<scalar_t>(), strides_of(input),
-                boxes.const_data_ptr<T>(), segments.keys.const_data_ptr<int64_t>(),
-                twice_centers.const_data_ptr<double>(), scale_list<T>(scales), p,
-                static_cast<index_t>(channel_groups), static_cast<index_t>(items),
-                output.mutable_data_ptr<scalar_t>());
-  });
+void launch_crop_forward(const Tensor& input, const Tensor& boxes, const Tensor& centers,
+                         const CropSetup& setup, DoubleArrayRef scales, const CropParams<T>& p,
+                         Tensor& output, gpu::Stream stream) {
+  const Strides4 strides = strides_of(input);
+  const bool channels_last = strides.c < strides.w;
+  int64_t channel_chunk, cell_chunk;
+  if (channels_last) {
+    channel_chunk = std::min<int64_t>(p.channels, 32);
+    cell_chunk = std::min<int64_t>(p.cells(), kTileValues / channel_chunk - 1);
+  } else {
+    cell_chunk = std::min<int64_t>(p.cells(), kThreads);
+    const int64_t fit = kTileValues / (cell_chunk + 1) / kChannelsPerThread * kChannelsPerThread;
+    channel_chunk = std::min<int64_t>(p.channels, std::max(kChannelsPerThread, fit));
+  }
+  const int64_t blocks = p.candidates() * ((p.channels + channel_chunk - 1) / channel_chunk) *
+                         ((p.cells() + cell_chunk - 1) / cell_chunk);
+  const auto kernel = channels_last ? crop_forward_kernel<scalar_t, T, 1>
+                                    : crop_forward_kernel<scalar_t, T, kChannelsPerThread>;
+  gpu::launch(kernel, static_cast<unsigned int>(std::min(blocks, kMaxBlocks)), kThreads,
+              sizeof(ForwardShared<T>), stream, input.const_data_ptr<scalar_t>(), strides,
+              boxes.const_data_ptr<T>(), centers_data<T>(centers), twice_centers_data<T>(setup),
+              scale_list<T>(scales), p, channel_chunk, cell_chunk, blocks, output.mutable_data_ptr<scalar_t>());
 }
 
 template <typename scalar_t, typename T>
 void launch_crop_backward_gather(const Tensor& grad_output, const Tensor& boxes,
-                                 const ImageSegments& segments, const Tensor& twice_centers,
+                                 const Tensor& centers, const CropSetup& setup,
                                  DoubleArrayRef scales, const CropParams<T>& p,
                                  Tensor& grad_input, gpu::Stream stream) {
   const int64_t items = grad_input.numel();
@@ -383,18 +722,18 @@ void launch_crop_backward_gather(const Tensor& grad_output, const Tensor& boxes,
   with_index_type(launch, [&](auto index_type) {
     using index_t = decltype(index_type);
     gpu::launch(crop_backward_gather_kernel<scalar_t, T, index_t>, launch.blocks,
-                launch.threads, 0, stream, grad_output.const_data_ptr<scalar_t>(),
-                boxes.const_data_ptr<T>(), segments.order.const_data_ptr<int64_t>(),
-                segments.offsets.const_data_ptr<int64_t>(),
-                twice_centers.const_data_ptr<double>(), scale_list<T>(scales), p,
+                launch.threads, sizeof(GatherShared<T>), stream, grad_output.const_data_ptr<scalar_t>(),
+                boxes.const_data_ptr<T>(), centers_data<T>(centers),
+                twice_centers_data<T>(setup), setup.order.const_data_ptr<int64_t>(),
+                setup.offsets.const_data_ptr<int64_t>(), scale_list<T>(scales), p,
                 static_cast<index_t>(items), grad_input.mutable_data_ptr<scalar_t>());
   });
 }
 
-// accumulator: zeroed [B, C, H, W] in T.
+// accumulator: [B, C, H, W] in T, zeroed by the setup.
 template <typename scalar_t, typename T>
 void launch_crop_backward_atomic(const Tensor& grad_output, const Tensor& boxes,
-                                 const ImageSegments& segments, const Tensor& twice_centers,
+                                 const Tensor& centers, const CropSetup& setup,
                                  DoubleArrayRef scales, const CropParams<T>& p,
                                  Tensor& accumulator, gpu::Stream stream) {
   const int64_t channel_groups = (p.channels + kChannelsPerThread - 1) / kChannelsPerThread;
@@ -404,8 +743,8 @@ void launch_crop_backward_atomic(const Tensor& grad_output, const Tensor& boxes,
     using index_t = decltype(index_type);
     gpu::launch(crop_backward_atomic_kernel<scalar_t, T, index_t>, launch.blocks,
                 launch.threads, 0, stream, grad_output.const_data_ptr<scalar_t>(),
-                boxes.const_data_ptr<T>(), segments.keys.const_data_ptr<int64_t>(),
-                twice_centers.const_data_ptr<double>(), scale_list<T>(scales), p,
+                boxes.const_data_ptr<T>(), centers_data<T>(centers),
+                twice_centers_data<T>(setup), scale_list<T>(scales), p,
                 static_cast<index_t>(channel_groups), static_cast<index_t>(items),
                 accumulator.mutable_data_ptr<T>());
   });
@@ -456,10 +795,13 @@ inline Tensor crop_forward(const Tensor& input, const Tensor& boxes, DoubleArray
     const auto p = crop_params<T>(K, S, input.size(0), input.size(1), input.size(2),
                                   input.size(3), shape, spatial_scale, sampling_ratio, aligned,
                                   clip);
-    const ImageSegments segments =
-        image_segments<T>(boxes_c, given_centers, p.batch, stream);
-    const Tensor twice_centers = box_centers<T>(boxes_c, segments, given_centers, stream);
-    launch_crop_forward<scalar_t>(input, boxes_c, segments, twice_centers, scales, p, output,
+    // Without given centres, up to kThreads boxes: the crop kernel's blocks find their
+    // images' centres themselves (one launch in all); more: the setup kernel sums them once.
+    CropSetup setup;
+    if (!given_centers.defined() && K > kThreads) {
+      setup = launch_crop_setup<T>(boxes_c, given_centers, p.batch, false, nullptr, 0, stream);
+    }
+    launch_crop_forward<scalar_t>(input, boxes_c, given_centers, setup, scales, p, output,
                                   stream);
   });
   return output;
@@ -491,19 +833,22 @@ inline Tensor crop_backward(const Tensor& grad_output, const Tensor& boxes, Doub
     using T = opmath_t<scalar_t>;
     const auto p = crop_params<T>(K, S, batch, channels, height, width, shape, spatial_scale,
                                   sampling_ratio, aligned, clip);
-    const ImageSegments segments =
-        image_segments<T>(boxes_c, given_centers, p.batch, stream);
-    const Tensor twice_centers = box_centers<T>(boxes_c, segments, given_centers, stream);
     if (deterministic) {
+      const CropSetup setup = launch_crop_setup<T>(boxes_c, given_centers, p.batch, true,
+                                                   nullptr, 0, stream);
       grad_input = empty_like_device(grad_output, {batch, channels, height, width});
-      launch_crop_backward_gather<scalar_t>(grad_c, boxes_c, segments, twice_centers, scales, p,
+      launch_crop_backward_gather<scalar_t>(grad_c, boxes_c, given_centers, setup, scales, p,
                                             grad_input, stream);
       return;
     }
-    // Atomics add into T: the input's type, or a float32 buffer for float16 / bfloat16.
+    // Atomics add into T: the input's type, or a float32 buffer for float16 / bfloat16,
+    // zeroed by the setup kernel (one launch less than torch's zeros).
     Tensor accumulator =
-        zeros_like_device(grad_output, {batch, channels, height, width}, compute_type(type));
-    launch_crop_backward_atomic<scalar_t>(grad_c, boxes_c, segments, twice_centers, scales, p,
+        empty_like_device(grad_output, {batch, channels, height, width}, compute_type(type));
+    const CropSetup setup =
+        launch_crop_setup<T>(boxes_c, given_centers, p.batch, false,
+                             accumulator.mutable_data_ptr<T>(), accumulator.numel(), stream);
+    launch_crop_backward_atomic<scalar_t>(grad_c, boxes_c, given_centers, setup, scales, p,
                                           accumulator, stream);
     grad_input = accumulator.scalar_type() == type ? accumulator
                                                    : torch::stable::to(accumulator, type);
