@@ -123,21 +123,29 @@ def trace_library() -> Path | None:
     return built[0] if built else None
 
 
-@pytest.mark.skipif(
+needs_trace_build = pytest.mark.skipif(
     trace_library() is None,
     reason="no trace build of the simulator (python benchmarks/gpu_model.py builds one)",
 )
-def test_a_traced_oriented_pool_writes_each_output_byte_once(tmp_path):
+
+
+def traced_records(tmp_path, op: str) -> list[dict]:
+    """The model's records of ``op`` at the quick sizes, from the trace build."""
     records_path = tmp_path / "model.json"
     subprocess.run(
         [
             sys.executable, str(ROOT / "benchmarks/gpu_model.py"), "--quick",
-            "--ops", "oriented_pool", "--library", str(trace_library()),
+            "--ops", op, "--library", str(trace_library()),
             "--json", str(records_path), "--markdown", str(tmp_path / "model.md"),
         ],
         check=True, capture_output=True,
     )  # fmt: skip
-    records = json.loads(records_path.read_text())["records"]
+    return json.loads(records_path.read_text())["records"]
+
+
+@needs_trace_build
+def test_a_traced_oriented_pool_writes_each_output_byte_once(tmp_path):
+    records = traced_records(tmp_path, "oriented_pool")
     forward, backward = records[0], records[1]
     assert (forward["direction"], backward["direction"]) == ("forward", "backward")
     # The quick case's input, B=8 256x7x7 (benchmarks/cases/oriented_pool.py).
@@ -166,21 +174,9 @@ def test_deterministic_algorithms_is_restored():
     assert torch.are_deterministic_algorithms_enabled() == enabled
 
 
-@pytest.mark.skipif(
-    trace_library() is None,
-    reason="no trace build of the simulator (python benchmarks/gpu_model.py builds one)",
-)
+@needs_trace_build
 def test_a_traced_crop_models_its_deterministic_backward(tmp_path):
-    records_path = tmp_path / "model.json"
-    subprocess.run(
-        [
-            sys.executable, str(ROOT / "benchmarks/gpu_model.py"), "--quick",
-            "--ops", "multiscale_roi_crop", "--library", str(trace_library()),
-            "--json", str(records_path), "--markdown", str(tmp_path / "model.md"),
-        ],
-        check=True, capture_output=True,
-    )  # fmt: skip
-    records = json.loads(records_path.read_text())["records"]
+    records = traced_records(tmp_path, "multiscale_roi_crop")
     sys.path.insert(0, str(ROOT / "benchmarks"))
     from cases import roi_crop
 
