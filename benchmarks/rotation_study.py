@@ -35,7 +35,7 @@ from ssanet import load_checkpoint
 from ssanet.data import config_test_split
 from ssanet.data.transforms import Rotate
 from ssanet.evaluate import DEFAULT_ROTATION_ANGLES
-from ssanet.rotation import equivariance_cosine, position_cosine, rotate_maps
+from ssanet.rotation import equivariance_cosine, position_cosine, rotate_maps, turn_boxes
 
 HEADS = ("plain", "final", "dsm", "op")
 BATCH = 50
@@ -84,6 +84,14 @@ def _batch_measures(full, plain, images, targets, angle: float, upright: _Uprigh
     oracle = full.forward_maps(rotated, *turned(upright.full_maps))
     oracle_plain = plain.forward_maps(rotated, *turned(upright.plain_maps)).logits
     sums["equivariant backbone"] = _top1_counts(oracle, oracle_plain, targets)
+    if angle % 90 == 0:
+        # Did the parts turn with the maps? Each of the K boxes found among the turned
+        # upright boxes (to 0.01 pixel), counted as a fraction of K.
+        size = images.shape[-1]
+        expected = turn_boxes(upright.output.part_boxes, angle, size)
+        gaps = (oracle.part_boxes[:, :, None] - expected[:, None]).abs().amax(-1)
+        found = (gaps.amin(-1) < 0.01).float().mean(-1)
+        sums["parts_turned"] = float(found.sum())
     # (a): the OP head on its own upright input, rotated.
     op_upright = upright.output.op_logits.argmax(1)
     op_turned = full.op(rotate_maps(upright.op_input, angle, "border")).sum(1).argmax(1)
@@ -185,8 +193,14 @@ def markdown(results: list[dict], angles) -> str:
     for key, label in (
         ("op_on_turned_input", "OP head on its rotated upright input"),
         ("op_agreement", "OP prediction unchanged (%)"),
+        ("parts_turned", "parts that turned with the maps (%), equivariant backbone"),
     ):
-        cells = " | ".join(_mean_sd([r[str(float(a))][key] for r in results]) for a in angles)
+        cells = " | ".join(
+            _mean_sd([r[str(float(a))][key] for r in results])
+            if key in results[0][str(float(a))]
+            else "-"
+            for a in angles
+        )
         lines.append(f"| {label} | {cells} | |")
     lines += [
         "",

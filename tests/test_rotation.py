@@ -14,7 +14,13 @@ pytest.importorskip("ssanet._vision", exc_type=ImportError)
 from ssanet.data.transforms import Rotate
 from ssanet.model import PartPoolingHead, SSANet
 from ssanet.model.proposals import AnchorLevel
-from ssanet.rotation import _resample, equivariance_cosine, position_cosine, rotate_maps
+from ssanet.rotation import (
+    _resample,
+    equivariance_cosine,
+    position_cosine,
+    rotate_maps,
+    turn_boxes,
+)
 from torchvision.transforms.v2 import functional as tvf
 
 
@@ -133,3 +139,17 @@ def test_forward_maps_is_forward_and_the_plain_network_is_invariant_given_rotate
         plain_maps = plain.backbone(images)
         turned = [rotate_maps(m, 90.0) for m in plain_maps]
         torch.testing.assert_close(plain.forward_maps(images, *turned).logits, plain(images).logits)
+
+
+@pytest.mark.parametrize("quarters", [-1, 1, 2, 3, 4])
+def test_turned_boxes_hold_the_turned_pixels(quarters):
+    boxes = torch.tensor([[5.0, 3.0, 16.0, 8.0], [0.0, 11.0, 2.0, 20.0]])
+    for box, turned in zip(boxes, turn_boxes(boxes, 90.0 * quarters, 20), strict=True):
+        mask = torch.zeros(20, 20)
+        x1, y1, x2, y2 = box.long().tolist()
+        mask[y1:y2, x1:x2] = 1
+        rows, columns = torch.nonzero(rotate_maps(mask, 90.0 * quarters), as_tuple=True)
+        extent = [columns.min(), rows.min(), columns.max() + 1, rows.max() + 1]
+        assert turned.tolist() == [float(v) for v in extent]
+    with pytest.raises(ValueError, match="angle"):
+        turn_boxes(boxes, 45.0, 20)

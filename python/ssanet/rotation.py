@@ -23,7 +23,13 @@ import math
 import torch
 from torch.nn import functional
 
-__all__ = ["PADDING_MODES", "equivariance_cosine", "position_cosine", "rotate_maps"]
+__all__ = [
+    "PADDING_MODES",
+    "equivariance_cosine",
+    "position_cosine",
+    "rotate_maps",
+    "turn_boxes",
+]
 
 #: How :func:`rotate_maps` fills what lies outside the map: zeros, or the nearest edge value.
 PADDING_MODES = ("zeros", "border")
@@ -92,3 +98,16 @@ def equivariance_cosine(
     :func:`position_cosine` of ``rotated_features`` and ``rotate_maps(upright_features,
     angle, padding)`` (``[B]``; 1 for a backbone that rotates its maps with the image)."""
     return position_cosine(rotated_features, rotate_maps(upright_features, angle, padding))
+
+
+def turn_boxes(boxes: torch.Tensor, angle: float, size: int) -> torch.Tensor:
+    """Boxes ``[..., 4]`` (x1, y1, x2, y2) in a ``size`` x ``size`` image, where they lie once
+    the image is turned counter-clockwise by ``angle``, a multiple of 90 degrees (as
+    :func:`rotate_maps` turns it): the point (x, y) goes to (y, size - x) a quarter turn."""
+    quarters = angle / 90
+    if quarters != round(quarters):
+        raise ValueError(f"angle must be a multiple of 90 degrees, got {angle}")
+    for _ in range(int(round(quarters)) % 4):
+        x1, y1, x2, y2 = boxes.unbind(-1)
+        boxes = torch.stack([y1, size - x2, y2, size - x1], dim=-1)
+    return boxes
