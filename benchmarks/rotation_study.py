@@ -12,7 +12,9 @@ from, one pair per seed), on the test split and its rotations by Table 1's angle
 (c) each head's top-1 on the rotated images (the plain network, SSANet's final, DSM and OP);
 (d) each head's top-1 when the model is given the rotated maps of the upright image in place
     of the rotated image's own (``SSANet.forward_maps``): what the model would score on
-    rotated images with a backbone whose global-view maps rotate with the image.
+    rotated images with a backbone whose global-view maps rotate with the image; at quarter
+    turns also the share of its K part boxes that are the upright image's boxes turned
+    (``ssanet.rotation.turn_boxes``): whether the proposals turned with the maps.
 
     python benchmarks/rotation_study.py --data ROOT --full RUN... --plain RUN... \\
         [--json OUT.json] [--limit N] [--threads 1]
