@@ -165,7 +165,7 @@ def merge_times(model: dict, times: dict) -> list[dict]:
     measured = {key(r): r for r in times.get("records", [])}
     constants = times.get("constants", {})
     rows = []
-    for r in model.get("records", []):
+    for r in with_full_sizes(model.get("records", [])):
         m = measured.pop(key(r), None)
         us = m["median_us"] if m else None
         redone = None
@@ -185,6 +185,7 @@ def merge_times(model: dict, times: dict) -> list[dict]:
                 "measured_over_roofline": ratio(us, r["roofline_us"]),
                 "repredicted_us": redone,
                 "sizes": m.get("sizes") if m else None,
+                "extrapolated": r.get("extrapolated", False),
             }
         )
     for m in measured.values():
@@ -199,9 +200,22 @@ def merge_times(model: dict, times: dict) -> list[dict]:
                 "measured_over_roofline": None,
                 "repredicted_us": None,
                 "sizes": m.get("sizes"),
+                "extrapolated": False,
             }
         )
     return rows
+
+
+def with_full_sizes(records: list[dict]) -> list[dict]:
+    """The model's records, each followed by its extrapolations to the full sizes (the `full`
+    of gpu_model.py) as records of their own, marked `extrapolated`."""
+    result = []
+    for r in records:
+        result.append(r)
+        for f in r.get("full", []):
+            result.append({**{k: r[k] for k in KEY}, "launches": r["launches"], **f,
+                           "extrapolated": True})  # fmt: skip
+    return result
 
 
 def merge_kernels(model: dict, ncu: dict) -> list[dict]:
@@ -301,8 +315,9 @@ def times_lines(model: dict, times: dict) -> list[str]:
         "|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in matched:
+        case = r["case"] + (" (model extrapolated)" if r["extrapolated"] else "")
         lines.append(
-            f"| {r['op']} | {r['case']} | {r['direction']} | {r['launches']} | "
+            f"| {r['op']} | {case} | {r['direction']} | {r['launches']} | "
             f"{_f(r['measured_us'])} | {_f(r['predicted_us'])} | "
             f"{_f(r['measured_over_predicted'], '.2f')} | {_f(r['roofline_us'])} | "
             f"{_f(r['measured_over_roofline'], '.2f')} | {_f(r['repredicted_us'])} |"
@@ -311,7 +326,7 @@ def times_lines(model: dict, times: dict) -> list[str]:
     if unmatched:
         lines += [
             "",
-            "Measured without a model record (the full sizes, or a direction the model lacks):",
+            "Measured without a model record (a case or direction the model lacks):",
             "",
             "| op | case | direction | sizes | measured us |",
             "|---|---|---|---|---:|",
