@@ -53,7 +53,8 @@ def table(model: dict) -> str:
         f"Predicted H100 us per op call: launches x {constants['LAUNCH_US']:g} us + DRAM bytes "
         f"at {constants['HBM_BYTES_PER_S'] / 1e12:g} TB/s.",
     ]
-    if not any(r.get("full") for r in records):
+    full = [bool(r.get("full")) for r in records]
+    if not any(full):
         lines += [
             "",
             "| op | case | direction | launches | predicted us | roofline us |",
@@ -68,6 +69,7 @@ def table(model: dict) -> str:
     lines[-1] += (
         " Traced at the quick size; **the full sizes (the paper's) are an extrapolation**: "
         "the traced launches and bytes moved per minimum byte, at the full case's minimum."
+        + (" `-`: not extrapolated (gpu_model.md says why)." if not all(full) else "")
     )
     lines += [
         "",

@@ -477,3 +477,4 @@ def test_the_readme_table_shows_each_full_case_labelled_an_extrapolation():
         "| pool | backward | 2 | B=8, float32 | 6.5 | 3.6 | - | - | - |",
     ]
     assert "**the full sizes (the paper's) are an extrapolation**" in text
+    assert "`-`: not extrapolated" in text
