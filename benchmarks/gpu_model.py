@@ -447,7 +447,8 @@ def report(records: list[dict], command: str) -> str:
         "extrapolation, not traced**: each full case keeps the launches and the bytes moved "
         "per minimum byte of the traced case of its label and variant, and its minimum bytes "
         'are exact, from its shapes (section "At the full sizes"). Sector use is taken to '
-        "carry over as well. Not extrapolated: "
+        'carry over as well, as a trace at a second size checks (gpu_model_notes.md, "The '
+        'full sizes"; tests/test_gpu_model.py). Not extrapolated: '
         + "; ".join(f"{op}, as {why}" for op, why in NOT_EXTRAPOLATED.items())
         + ".",
         "",

@@ -272,23 +272,31 @@ op, module, builder, arguments = json.loads(sys.argv[3])
 tracer = gpu_model.Tracer(Path(sys.argv[2]))
 run = next(model_runs(full_sizes=False, all_variants=False, ops=[op]))
 made = getattr(importlib.import_module("cases." + module), builder)(*arguments)
-make_inputs = made[0] if isinstance(made, tuple) else made
-larger = dataclasses.replace(run, source=dataclasses.replace(run.source, make_inputs=make_inputs))
+# A builder gives make_inputs, or (make_inputs, the ssanet_ops call at those sizes, ...).
+source = dataclasses.replace(run.source, make_inputs=made)
+if isinstance(made, tuple):
+    calls = {"ssanet_ops": made[1]}
+    source = dataclasses.replace(source, make_inputs=made[0], implementations=calls)
+larger = dataclasses.replace(run, source=source)
 print(json.dumps([gpu_model.op_calls(r, tracer) for r in (run, larger)]))
 """
+
+
+def traced_at_two_sizes(op: str, module: str, builder: str, arguments) -> list[list[dict]]:
+    """The records of op's quick float32 case and of the case `builder(*arguments)` makes."""
+    result = subprocess.run(
+        [sys.executable, "-c", SCALED_TRACE, str(ROOT / "benchmarks"), str(trace_library()),
+         json.dumps([op, module, builder, arguments])],
+        check=True, capture_output=True, text=True,
+    )  # fmt: skip
+    return json.loads(result.stdout.splitlines()[-1])
 
 
 @needs_trace_build
 @pytest.mark.parametrize("op", sorted(LARGER))
 def test_the_bytes_per_minimum_byte_and_sector_use_hold_at_a_larger_size(op):
     """What the extrapolation to the full sizes assumes, traced at a second, larger size."""
-    module, builder, arguments = LARGER[op]
-    result = subprocess.run(
-        [sys.executable, "-c", SCALED_TRACE, str(ROOT / "benchmarks"), str(trace_library()),
-         json.dumps([op, module, builder, arguments])],
-        check=True, capture_output=True, text=True,
-    )  # fmt: skip
-    quick, larger = json.loads(result.stdout.splitlines()[-1])
+    quick, larger = traced_at_two_sizes(op, *LARGER[op])
     for small, big in zip(quick, larger, strict=True):
         assert big["bytes_minimum"] >= 2 * small["bytes_minimum"]
         assert big["launches"] == small["launches"]
@@ -296,3 +304,16 @@ def test_the_bytes_per_minimum_byte_and_sector_use_hold_at_a_larger_size(op):
         assert ratios[1] == pytest.approx(ratios[0], rel=0.02), small["direction"]
         for k_small, k_big in zip(small["kernels"], big["kernels"], strict=True):
             assert k_big["sector_use"] == pytest.approx(k_small["sector_use"], abs=0.02)
+
+
+@needs_trace_build
+def test_scale_aligns_backward_bytes_do_not_grow_with_its_minimum():
+    """Why scale_align is not extrapolated: at 4x D its backward's traced kernels (the shift
+    matrix, N*C*S*S) move the same bytes while its minimum grows about 4x."""
+    assert "scale_align" in gpu_model.NOT_EXTRAPOLATED
+    quick, larger = traced_at_two_sizes("scale_align", "scale_align", "_align_inputs",
+                                        (16, 5, 4 * 512, 50))  # fmt: skip
+    small, big = (next(r for r in records if r["direction"] == "backward")
+                  for records in (quick, larger))  # fmt: skip
+    assert big["bytes_minimum"] > 3.5 * small["bytes_minimum"]
+    assert big["bytes_moved"] == small["bytes_moved"]
