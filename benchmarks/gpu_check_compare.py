@@ -5,7 +5,8 @@ launch, its DRAM bytes and sectors per request (benchmarks/results/gpu_model.jso
 benchmarks/gpu_check_model.py measures the same calls on a GPU: their times with CUDA events
 (model_times.json) and, where Nsight Compute runs, each kernel's counters for one launch
 (model_ncu.json, from `ncu --csv`). Records match by their keys (op, case, direction), which
-both sides take from benchmarks/cases/runs.py; a record without a counterpart shows "-".
+both sides take from benchmarks/cases/runs.py; a record without a counterpart shows "-". The
+times at the full sizes meet the model's extrapolation to them (each model record's `full`).
 """
 
 from __future__ import annotations
