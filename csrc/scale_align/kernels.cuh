@@ -85,6 +85,21 @@ __device__ acc_t chunk_sum(const acc_t* point, int64_t p, int64_t K, int64_t chu
   return total;
 }
 
+// *target = value, one store instruction of the whole warp wherever the caller chose the value
+// by a condition. nvcc selects the value and stores once; the host compiler of the traced
+// simulator (benchmarks/gpu_model.py) can turn a choice into a branch with a store on each side,
+// two instruction sites that the model would count as two scattered requests, so there this is
+// a function of its own that it may neither inline nor specialise.
+#if defined(SSANET_OPS_SIM_TRACE)
+#define SSANET_OPS_STORE_ONCE_INLINE __attribute__((noipa))
+#else
+#define SSANET_OPS_STORE_ONCE_INLINE __forceinline__
+#endif
+template <typename T>
+__device__ SSANET_OPS_STORE_ONCE_INLINE void store_once(T* target, T value) {
+  *target = value;
+}
+
 // ---- kernels ----
 
 // One input of analysis_kernel: x [G, R, S, D] of any strides, whose strides of (g, r, s, d)
@@ -303,25 +318,21 @@ __global__ void synthesis_kernel(const opmath_t<scalar_t>* __restrict__ products
   }
 }
 
-// Pairs (n, c) per tile of shift_matrix_kernel: their shifts and gradients are staged in shared
-// memory by a quarter of the block's threads (contiguous reads: 512 bytes of int64 shifts, two to
-// eight sectors of gradients), and the block then writes their S * S entries each (6.25 per
-// thread at S = 5). Small tiles keep many blocks at small N * C.
-constexpr int64_t kShiftMatrixPairs = kThreads / 4;
-
 // The shift matrix of scale_align's one-hot gradient (docs/operators.md section 3, eq. 8):
 // A[g, n * S + j, c * S + m] = grad[g, n, c] where m = (j + shift[g, n, c]) mod S, else 0, so that
 // d phi[g] = A[g] @ weight[g] and d weight[g] = A[g]^T @ phi[g] as [N*S, C*S] x [C*S, D]
 // products (phi and weight as [R*S, D] matrices); and d bias[g, c] = sum over n of grad[g, n, c].
-// Units of work, one block each: `tiles` tiles of kShiftMatrixPairs consecutive pairs
-// p = (g * N + n) * C + c (none when `matrix` is null), then the d bias columns, kThreads per
-// unit (none when `bias_grad` is null).
-// - A tile reads its pairs' shift and grad once, one thread per pair (consecutive threads,
-//   consecutive addresses), into shared memory; then consecutive threads write consecutive
-//   entries (q, m) of one row j of the tile (coalesced stores, broken only where the tile's pairs
-//   pass from one n to the next), reading shift and grad from shared memory. Reading them per
-//   entry from global memory instead made each warp's load a broadcast of about 32 / S pairs
-//   (sector use 0.71 in bfloat16, benchmarks/results/gpu_model_notes.md).
+// Units of work, one block each: `tiles` tiles of blockDim.x * S consecutive entries of A (none
+// when `matrix` is null), then the d bias columns, blockDim.x per unit (none when `bias_grad` is
+// null).
+// - A tile's entries i = (row * C + c) * S + m (row = (g * N + n) * S + j) take blockDim.x
+//   consecutive values of u = i / S = row * C + c. The block first reads the shift and grad of
+//   each u's pair (g, n, c) once, thread k for u0 + k (consecutive threads, consecutive c within
+//   a row: contiguous reads), into shared memory; then consecutive threads write consecutive
+//   entries (coalesced stores, each warp's 32 entries aligned as A's), reading shift and grad
+//   from shared memory. Reading them per entry from global memory instead made each warp's
+//   load a broadcast of about 32 / S pairs (sector use 0.71 in bfloat16,
+//   benchmarks/results/gpu_model_notes.md).
 // - A d bias column (g, c) adds up grad[g, :, c] in the order of n, in the accumulation type
 //   (deterministic; consecutive threads read consecutive c).
 // A shift outside [0, S), which only a direct call of the private backward op can pass,
@@ -335,9 +346,9 @@ __global__ void shift_matrix_kernel(const scalar_t* __restrict__ grad, int64_t g
                                     scalar_t* __restrict__ matrix,
                                     scalar_t* __restrict__ bias_grad) {
   using acc_t = opmath_t<scalar_t>;
-  __shared__ int64_t winners[kShiftMatrixPairs];
-  __shared__ acc_t values[kShiftMatrixPairs];
-  const int64_t pairs = G * N * C;
+  __shared__ int64_t winners[kThreads];  // blockDim.x of them: kThreads (launch_shift_matrix)
+  __shared__ acc_t values[kThreads];
+  const int64_t entries = G * N * S * C * S;
   const int64_t columns = bias_grad != nullptr ? G * C : 0;
   const int64_t units = tiles + (columns + blockDim.x - 1) / blockDim.x;
   for (int64_t unit = blockIdx.x; unit < units; unit += gridDim.x) {  // uniform over the block
@@ -353,32 +364,27 @@ __global__ void shift_matrix_kernel(const scalar_t* __restrict__ grad, int64_t g
       }
       continue;
     }
-    const int64_t first = unit * kShiftMatrixPairs;
-    const int64_t count = std::min(kShiftMatrixPairs, pairs - first);
+    const int64_t first = unit * blockDim.x * S;
+    const int64_t end = std::min(first + int64_t{blockDim.x} * S, entries);
+    const int64_t u0 = first / S;  // the tile's u: u0 .. u0 + count - 1
+    const int64_t count = (end - 1) / S - u0 + 1;
     if (threadIdx.x < count) {
-      const int64_t pair = first + threadIdx.x;
-      const int64_t c = pair % C, row = pair / C;  // row = g * N + n
-      winners[threadIdx.x] = shift[pair];
+      const int64_t u = u0 + threadIdx.x;
+      const int64_t c = u % C, gn = u / C / S;  // gn = g * N + n
+      winners[threadIdx.x] = shift[gn * C + c];
       values[threadIdx.x] = static_cast<acc_t>(
-          grad[row / N * grad_stride_g + row % N * grad_stride_n + c * grad_stride_c]);
+          grad[gn / N * grad_stride_g + gn % N * grad_stride_n + c * grad_stride_c]);
     }
     __syncthreads();
-    for (int64_t entry = threadIdx.x; entry < count * S * S; entry += blockDim.x) {
-      // entry = (j * count + q) * S + m
-      const int64_t m = entry % S;
-      const int64_t q = entry / S % count;
-      const int64_t j = entry / (S * count);
-      const int64_t pair = first + q;
-      const int64_t c = pair % C, row = pair / C;
-      const int64_t winner = winners[q];
+    for (int64_t index = first + threadIdx.x; index < end; index += blockDim.x) {
+      const int64_t m = index % S;
+      const int64_t k = index / S - u0;
+      const int64_t j = index / (S * C) % S;
+      const int64_t winner = winners[k];
       int64_t target = j + winner;  // (j + winner) mod S for winner in [0, S)
       target = target >= S ? target - S : target;
       const bool hit = winner >= 0 && winner < S && m == target;
-      // Chosen from a pair, so that the store is one instruction of the whole warp for the host
-      // compiler too (a conditional expression became two stores, one per branch, in the traced
-      // simulator).
-      const acc_t choices[2] = {acc_t(0), values[q]};
-      matrix[((row * S + j) * C + c) * S + m] = static_cast<scalar_t>(choices[hit ? 1 : 0]);
+      store_once(matrix + index, static_cast<scalar_t>(hit ? values[k] : acc_t(0)));
     }
     __syncthreads();  // the tile's values read before the next tile overwrites them
   }
@@ -498,8 +504,8 @@ void launch_shift_matrix(const Tensor& grad, const Tensor& shift, const Shape& s
                          Tensor& matrix, Tensor& bias_grad, gpu::Stream stream) {
   const int64_t G = shape.groups, N = shape.proposals, C = shape.classes;
   const bool has_matrix = matrix.defined(), has_bias = bias_grad.defined();
-  const int64_t tiles =
-      has_matrix ? (G * N * C + kShiftMatrixPairs - 1) / kShiftMatrixPairs : 0;
+  const int64_t tile_entries = kThreads * shape.scales;  // shift_matrix_kernel's tiles
+  const int64_t tiles = has_matrix ? (matrix.numel() + tile_entries - 1) / tile_entries : 0;
   const int64_t units = tiles + (has_bias ? (G * C + kThreads - 1) / kThreads : 0);
   if (units == 0) {
     return;
