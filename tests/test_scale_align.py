@@ -529,10 +529,15 @@ def test_frozen_weight_gets_no_gradient(device):
 
 @pytest.mark.parametrize("scales", [5, 9])  # CUDA's direct form (S <= 8) and its Fourier form
 @pytest.mark.parametrize("groups", [None, 2])
-def test_backward_op_gives_each_gradient_asked_for(device, scales, groups):
+# (N, C, D): one block of CUDA's shift matrix kernel, and 39 of them (its tiles: 256 * S entries)
+@pytest.mark.parametrize("size", [(4, 3, 13), (37, 53, 80)])
+def test_backward_op_gives_each_gradient_asked_for(device, scales, groups, size):
     # scale_align's one backward op: d phi, d weight and d bias as the reference's autograd gives
     # them (d bias the sum of grad over the proposals), each only where its flag asks for it.
-    phi, weight, bias = make_inputs(scales, groups=groups, device=device, bias=True)
+    proposals, classes, features = size
+    phi, weight, bias = make_inputs(
+        scales, proposals, classes, features, groups, device=device, bias=True
+    )
     logits, shift = ssanet_ops.scale_align(phi, weight, bias)
     grad = torch.randn_like(logits)
     expected_logits, _ = reference.scale_align(phi, weight, bias)
