@@ -13,9 +13,10 @@
 //      the feature axis whose partial products the next kernel adds up (issue 20);
 //   3. align_kernel / correlation_kernel: the sum over the chunks and the inverse DFT, fused
 //      with max, argmax (within the tie tolerance) and bias (one thread per (n, c)).
-// scale_align's backward (direct_backward: S <= 8, D not small) is the direct form of eq. 8 in two
-// launches: shift_matrix_kernel (the one-hot gradient as a [N*S, C*S] matrix) and one bmm in the
-// inputs' dtype against the other input. scale_correlation's (and scale_align's at larger S)
+// scale_align's backward (direct_backward: S <= 8, D not small) is the direct form of eq. 8 in at
+// most three launches for d phi, d weight and d bias together: shift_matrix_kernel (the one-hot
+// gradient as a [N*S, C*S] matrix, and d bias) and one bmm in the inputs' dtype per gradient
+// against the other input. scale_correlation's (and scale_align's at larger S)
 // runs grad_planes_kernel (the gradient's planes), the DFT of the other input, the products
 // and synthesis_kernel (the inverse DFT to d phi or d weight). Each DFT kernel computes the
 // twiddles into shared memory once per block.
@@ -82,6 +83,21 @@ __device__ acc_t chunk_sum(const acc_t* point, int64_t p, int64_t K, int64_t chu
     total = pending[--top] + total;
   }
   return total;
+}
+
+// *target = value, one store instruction of the whole warp wherever the caller chose the value
+// by a condition. nvcc selects the value and stores once; the host compiler of the traced
+// simulator (benchmarks/gpu_model.py) can turn a choice into a branch with a store on each side,
+// two instruction sites that the model would count as two scattered requests, so there this is
+// a function of its own that it may neither inline nor specialise.
+#if defined(SSANET_OPS_SIM_TRACE)
+#define SSANET_OPS_STORE_ONCE_INLINE __attribute__((noipa))
+#else
+#define SSANET_OPS_STORE_ONCE_INLINE __forceinline__
+#endif
+template <typename T>
+__device__ SSANET_OPS_STORE_ONCE_INLINE void store_once(T* target, T value) {
+  *target = value;
 }
 
 // ---- kernels ----
@@ -305,34 +321,72 @@ __global__ void synthesis_kernel(const opmath_t<scalar_t>* __restrict__ products
 // The shift matrix of scale_align's one-hot gradient (docs/operators.md section 3, eq. 8):
 // A[g, n * S + j, c * S + m] = grad[g, n, c] where m = (j + shift[g, n, c]) mod S, else 0, so that
 // d phi[g] = A[g] @ weight[g] and d weight[g] = A[g]^T @ phi[g] as [N*S, C*S] x [C*S, D]
-// products (phi and weight as [R*S, D] matrices). One thread per entry of A (consecutive
-// threads, consecutive entries: coalesced stores; the S * S entries of one (n, c) read its
-// grad and shift together). A shift outside [0, S), which only a direct call of the private
-// backward op can pass, contributes nothing, as in grad_planes_kernel.
+// products (phi and weight as [R*S, D] matrices); and d bias[g, c] = sum over n of grad[g, n, c].
+// Units of work, one block each: `tiles` tiles of blockDim.x * S consecutive entries of A (none
+// when `matrix` is null), then the d bias columns, blockDim.x per unit (none when `bias_grad` is
+// null).
+// - A tile's entries i = (row * C + c) * S + m (row = (g * N + n) * S + j) take blockDim.x
+//   consecutive values of u = i / S = row * C + c. The block first reads the shift and grad of
+//   each u's pair (g, n, c) once, thread k for u0 + k (consecutive threads, consecutive c within
+//   a row: contiguous reads), into shared memory; then consecutive threads write consecutive
+//   entries (coalesced stores, each warp's 32 entries aligned as A's), reading shift and grad
+//   from shared memory. Reading them per entry from global memory instead made each warp's
+//   load a broadcast of about 32 / S pairs (sector use 0.71 in bfloat16,
+//   benchmarks/results/gpu_model_notes.md).
+// - A d bias column (g, c) adds up grad[g, :, c] in the order of n, in the accumulation type
+//   (deterministic; consecutive threads read consecutive c).
+// A shift outside [0, S), which only a direct call of the private backward op can pass,
+// contributes nothing to A, as in grad_planes_kernel (its grad still counts in d bias, which
+// does not depend on the shift).
 template <typename scalar_t>
 __global__ void shift_matrix_kernel(const scalar_t* __restrict__ grad, int64_t grad_stride_g,
                                     int64_t grad_stride_n, int64_t grad_stride_c,
-                                    const int64_t* __restrict__ shift, int64_t N, int64_t C,
-                                    int64_t S, int64_t entries, scalar_t* __restrict__ matrix) {
-  for (int64_t index = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; index < entries;
-       index += int64_t{gridDim.x} * blockDim.x) {
-    // index = (((g * N + n) * S + j) * C + c) * S + m
-    const int64_t m = index % S;
-    const int64_t c = (index / S) % C;
-    const int64_t row = index / (S * C);  // (g * N + n) * S + j
-    const int64_t j = row % S;
-    const int64_t n = (row / S) % N;
-    const int64_t g = row / (S * N);
-    const int64_t winner = shift[(g * N + n) * C + c];
-    int64_t target = j + winner;  // (j + winner) mod S for winner in [0, S)
-    target = target >= S ? target - S : target;
-    const bool hit = winner >= 0 && winner < S && m == target;
-    // Read by every thread (the S * S threads of one (n, c) read one value) and chosen from a
-    // pair, so that the store is one instruction of the whole warp for the host compiler too
-    // (a conditional expression became two stores, one per branch, in the traced simulator).
-    const scalar_t choices[2] = {scalar_t(0),
-                                 grad[g * grad_stride_g + n * grad_stride_n + c * grad_stride_c]};
-    matrix[index] = choices[hit ? 1 : 0];
+                                    const int64_t* __restrict__ shift, int64_t G, int64_t N,
+                                    int64_t C, int64_t S, int64_t tiles,
+                                    scalar_t* __restrict__ matrix,
+                                    scalar_t* __restrict__ bias_grad) {
+  using acc_t = opmath_t<scalar_t>;
+  __shared__ int64_t winners[kThreads];  // blockDim.x of them: kThreads (launch_shift_matrix)
+  __shared__ acc_t values[kThreads];
+  const int64_t entries = G * N * S * C * S;
+  const int64_t columns = bias_grad != nullptr ? G * C : 0;
+  const int64_t units = tiles + (columns + blockDim.x - 1) / blockDim.x;
+  for (int64_t unit = blockIdx.x; unit < units; unit += gridDim.x) {  // uniform over the block
+    if (unit >= tiles) {
+      const int64_t column = (unit - tiles) * blockDim.x + threadIdx.x;  // g * C + c
+      if (column < columns) {
+        const scalar_t* point = grad + column / C * grad_stride_g + column % C * grad_stride_c;
+        acc_t total = 0;
+        for (int64_t n = 0; n < N; ++n) {
+          total += static_cast<acc_t>(point[n * grad_stride_n]);
+        }
+        bias_grad[column] = static_cast<scalar_t>(total);
+      }
+      continue;
+    }
+    const int64_t first = unit * blockDim.x * S;
+    const int64_t end = std::min(first + int64_t{blockDim.x} * S, entries);
+    const int64_t u0 = first / S;  // the tile's u: u0 .. u0 + count - 1
+    const int64_t count = (end - 1) / S - u0 + 1;
+    if (threadIdx.x < count) {
+      const int64_t u = u0 + threadIdx.x;
+      const int64_t c = u % C, gn = u / C / S;  // gn = g * N + n
+      winners[threadIdx.x] = shift[gn * C + c];
+      values[threadIdx.x] = static_cast<acc_t>(
+          grad[gn / N * grad_stride_g + gn % N * grad_stride_n + c * grad_stride_c]);
+    }
+    __syncthreads();
+    for (int64_t index = first + threadIdx.x; index < end; index += blockDim.x) {
+      const int64_t m = index % S;
+      const int64_t k = index / S - u0;
+      const int64_t j = index / (S * C) % S;
+      const int64_t winner = winners[k];
+      int64_t target = j + winner;  // (j + winner) mod S for winner in [0, S)
+      target = target >= S ? target - S : target;
+      const bool hit = winner >= 0 && winner < S && m == target;
+      store_once(matrix + index, static_cast<scalar_t>(hit ? values[k] : acc_t(0)));
+    }
+    __syncthreads();  // the tile's values read before the next tile overwrites them
   }
 }
 
@@ -443,16 +497,24 @@ void launch_grad_planes(const Tensor& grad, const Tensor& shift, const Shape& sh
 }
 
 // The shift matrix [G, N*S, C*S] (grad's dtype) of grad [G, N, C] (any strides), one-hot at
-// shift [G, N, C] (contiguous).
+// shift [G, N, C] (contiguous), and d bias [G, C] (contiguous, grad's dtype), in one launch;
+// either output may be undefined, and then is not written (shift is not read without a matrix).
 template <typename scalar_t>
 void launch_shift_matrix(const Tensor& grad, const Tensor& shift, const Shape& shape,
-                         Tensor& matrix, gpu::Stream stream) {
-  const int64_t entries = matrix.numel();
-  const GridStride launch = grid_stride(entries);
-  gpu::launch(shift_matrix_kernel<scalar_t>, launch.blocks, launch.threads, 0, stream,
+                         Tensor& matrix, Tensor& bias_grad, gpu::Stream stream) {
+  const int64_t G = shape.groups, N = shape.proposals, C = shape.classes;
+  const bool has_matrix = matrix.defined(), has_bias = bias_grad.defined();
+  const int64_t tile_entries = kThreads * shape.scales;  // shift_matrix_kernel's tiles
+  const int64_t tiles = has_matrix ? (matrix.numel() + tile_entries - 1) / tile_entries : 0;
+  const int64_t units = tiles + (has_bias ? (G * C + kThreads - 1) / kThreads : 0);
+  if (units == 0) {
+    return;
+  }
+  gpu::launch(shift_matrix_kernel<scalar_t>, std::min(units, kMaxBlocks), kThreads, 0, stream,
               grad.const_data_ptr<scalar_t>(), grad.stride(0), grad.stride(1), grad.stride(2),
-              shift.const_data_ptr<int64_t>(), shape.proposals, shape.classes, shape.scales,
-              entries, matrix.mutable_data_ptr<scalar_t>());
+              has_matrix ? shift.const_data_ptr<int64_t>() : nullptr, G, N, C, shape.scales,
+              tiles, has_matrix ? matrix.mutable_data_ptr<scalar_t>() : nullptr,
+              has_bias ? bias_grad.mutable_data_ptr<scalar_t>() : nullptr);
 }
 
 // out [G, R, S, D] (contiguous) from the products [G*T, R, D].
@@ -603,7 +665,7 @@ inline Tensor correlation(const Tensor& phi, const Tensor& weight, gpu::Stream s
 
 // The most scales at which scale_align's backward takes the direct form below rather than the
 // Fourier form: its products cost S * S multiply-adds per (n, c, d), the Fourier form's T (7 at
-// S = 5) plus the planes' traffic through memory (see align_backward_direct).
+// S = 5) plus the planes' traffic through memory (see direct_product).
 constexpr int64_t kDirectBackwardScales = 8;
 
 // Whether scale_align's backward takes the direct form: S at most kDirectBackwardScales, and its
@@ -616,37 +678,35 @@ inline bool direct_backward(const Shape& shape) {
 }
 
 // d phi [G, N, S, D] (for_weight false) or d weight [G, C, S, D] (for_weight true) of
-// scale_align, `result` (contiguous), in the direct form: the shift matrix A [G, N*S, C*S] of
-// the one-hot gradient (shift_matrix_kernel), then one product through ATen's bmm in the
-// inputs' dtype, d phi = A @ weight or d weight = A^T @ phi with phi and weight as [G, R*S, D]
-// (views where their strides allow, else ATen's copies). Two launches instead of the Fourier
-// form's four, and no planes or plane products through memory: the bmm reads the other input
-// once and writes the result once (cuBLAS accumulates in float32 for float16/bfloat16 inputs,
-// docs/operators.md section 4).
-inline void align_backward_direct(const Tensor& grad4, const Tensor& shift4,
-                                  const Tensor& other4, const Shape& shape, bool for_weight,
-                                  Tensor& result, gpu::Stream stream) {
+// scale_align, `result` (contiguous), in the direct form from the shift matrix A [G, N*S, C*S]
+// (shift_matrix_kernel): one product through ATen's bmm in the inputs' dtype, d phi = A @ weight
+// or d weight = A^T @ phi with phi and weight as [G, R*S, D] (views where their strides allow,
+// else ATen's copies). No planes or plane products go through memory: the bmm reads the other
+// input once and writes the result once (cuBLAS accumulates in float32 for float16/bfloat16
+// inputs, docs/operators.md section 4).
+inline void direct_product(const Tensor& matrix, const Tensor& other4, const Shape& shape,
+                           bool for_weight, Tensor& result) {
   const int64_t G = shape.groups, N = shape.proposals, C = shape.classes;
   const int64_t S = shape.scales, D = shape.features;
   const int64_t other_rows = for_weight ? N : C;
   const int64_t result_rows = for_weight ? C : N;
-  Tensor result3 = torch::stable::view(result, {G, result_rows * S, D});
+  if (result.numel() == 0) {
+    return;
+  }
   if (other_rows == 0) {
     torch::stable::zero_(result);  // a sum over no proposals (d weight with N = 0) or classes
     return;
   }
-  Tensor matrix = empty_like_device(grad4, {G, N * S, C * S});
-  SSANET_DISPATCH_FLOATING_TYPES(grad4.scalar_type(), "scale_align_shift_matrix", [&] {
-    launch_shift_matrix<scalar_t>(grad4, shift4, shape, matrix, stream);
-  });
+  Tensor result3 = torch::stable::view(result, {G, result_rows * S, D});
   const Tensor lhs = for_weight ? torch::stable::transpose(matrix, 1, 2) : matrix;
   bmm_out(result3, lhs, torch::stable::reshape(other4, {G, other_rows * S, D}));
 }
 
-// d phi (for_weight false) or d weight (for_weight true) of either op (docs/operators.md section 3,
-// eq. 8), as on the CPU (cpu.cpp, backward_cpu) but over the whole feature axis at once: `shift`
-// for scale_align, none for scale_correlation; `other` is the saved input, weight for d phi and
-// phi for d weight.
+// d phi (for_weight false) or d weight (for_weight true) of either op in the Fourier form
+// (docs/operators.md section 3, eq. 8), as on the CPU (cpu.cpp, backward_cpu) but over the whole
+// feature axis at once: `shift` for scale_align (align_backward, where the direct form does not
+// apply), none for scale_correlation; `other` is the saved input, weight for d phi and phi for
+// d weight.
 inline Tensor backward(const Tensor& grad, const std::optional<Tensor>& shift,
                        const Tensor& other, bool for_weight, const char* op, gpu::Stream stream) {
   const Shape shape = check_grad(grad, shift, other, /*other_is_weight=*/!for_weight, op);
@@ -665,10 +725,6 @@ inline Tensor backward(const Tensor& grad, const std::optional<Tensor>& shift,
       shift.has_value()
           ? torch::stable::contiguous(grouped ? *shift : torch::stable::unsqueeze(*shift, 0))
           : Tensor();
-  if (shift.has_value() && direct_backward(shape)) {
-    align_backward_direct(grad4, shift4, as_grouped(other), shape, for_weight, result, stream);
-    return grouped ? result : torch::stable::squeeze(result, 0);
-  }
   const ScalarType accumulation = accumulation_dtype(grad.scalar_type());
   Tensor planes = empty_like_device(grad, {G, T, N, C}, accumulation);
   if (planes.numel() > 0) {
@@ -695,6 +751,62 @@ inline Tensor backward(const Tensor& grad, const std::optional<Tensor>& shift,
     launch_synthesis<scalar_t>(products, /*conjugate=*/for_weight, result, stream);
   });
   return grouped ? result : torch::stable::squeeze(result, 0);
+}
+
+// scale_align's backward op (docs/operators.md section 3, eq. 8): d phi [G?, N, S, D], d weight
+// [G?, C, S, D] and d bias [G?, C] from the logits' gradient grad [G?, N, C], the forward's shift
+// and the saved phi and weight, each only where its flag asks for it (an empty [0] tensor
+// otherwise, and nothing computed for it). In the direct form (direct_backward) three launches
+// at most: shift_matrix_kernel writes the shift matrix A and d bias, then one bmm per gradient
+// asked for (direct_product). Otherwise each gradient takes the Fourier form (backward, four
+// launches), and d bias the same kernel without a matrix.
+inline std::tuple<Tensor, Tensor, Tensor> align_backward(const Tensor& grad, const Tensor& shift,
+                                                         const Tensor& phi, const Tensor& weight,
+                                                         bool phi_grad, bool weight_grad,
+                                                         bool bias_grad, gpu::Stream stream) {
+  constexpr const char* op = "scale_align backward";
+  const Shape shape = check_align_grad(grad, shift, phi, weight, op);
+  check_floating_dtype(grad, "grad", op);
+  const int64_t G = shape.groups, N = shape.proposals, C = shape.classes;
+  const int64_t S = shape.scales, D = shape.features;
+  const bool direct = direct_backward(shape);
+  Tensor grad_phi, grad_weight;
+  if (!direct) {
+    if (phi_grad) {
+      grad_phi = backward(grad, shift, weight, /*for_weight=*/false, op, stream);
+    }
+    if (weight_grad) {
+      grad_weight = backward(grad, shift, phi, /*for_weight=*/true, op, stream);
+    }
+  } else {
+    grad_phi = phi_grad ? empty_like_device(grad, {G, N, S, D}) : Tensor();
+    grad_weight = weight_grad ? empty_like_device(grad, {G, C, S, D}) : Tensor();
+  }
+  const bool products = direct && (phi_grad || weight_grad) && D > 0 && N * C > 0;
+  Tensor matrix = products ? empty_like_device(grad, {G, N * S, C * S}) : Tensor();
+  Tensor bias = bias_grad ? empty_like_device(grad, {G, C}) : Tensor();
+  if (matrix.defined() || bias.defined()) {
+    const Tensor grad4 = as_grouped_grad(grad, shape);
+    const Tensor shift4 = torch::stable::contiguous(as_grouped_grad(shift, shape));
+    SSANET_DISPATCH_FLOATING_TYPES(grad.scalar_type(), "scale_align_shift_matrix", [&] {
+      launch_shift_matrix<scalar_t>(grad4, shift4, shape, matrix, bias, stream);
+    });
+  }
+  if (direct) {
+    if (phi_grad) {
+      direct_product(matrix, as_grouped(weight), shape, /*for_weight=*/false, grad_phi);
+      grad_phi = ungroup_like(grad_phi, shape);
+    }
+    if (weight_grad) {
+      direct_product(matrix, as_grouped(phi), shape, /*for_weight=*/true, grad_weight);
+      grad_weight = ungroup_like(grad_weight, shape);
+    }
+  }
+  const auto or_empty = [&](const Tensor& result) {
+    return result.defined() ? result : empty_like_device(grad, {0});
+  };
+  return {or_empty(grad_phi), or_empty(grad_weight),
+          bias.defined() ? ungroup_like(bias, shape) : or_empty(bias)};
 }
 
 }  // namespace ssanet_ops::scale_align
