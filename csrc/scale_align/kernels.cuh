@@ -1,6 +1,6 @@
 #pragma once
 // scale_correlation and scale_align's CUDA kernels, in the Fourier form of common/scale_dft.h.
-// The forward makes two launches where fused_products allows (S <= 9; float64: S <= 6, or 8
+// The forward makes two launches where fused_products allows (S <= 9; float64: S <= 6, or 7
 // when N > 8):
 //   1. product_kernel: per tile of rows of phi and weight and four chunks of the feature axis,
 //      the DFT planes of the inputs, read once in their dtype, in shared memory, and their T
@@ -189,20 +189,40 @@ __device__ acc_t row_norm(const acc_t* squares, int64_t P) {
 
 // Unrolls a loop of a constant trip count under nvcc, so that the arrays it indexes stay in
 // registers (the host compiler, which knows no `#pragma unroll`, is left to itself).
+// SCALE_ALIGN_NO_UNROLL keeps a loop rolled (its array in local memory), where unrolling
+// would hold every iteration's temporaries in registers at once.
 #if defined(__CUDACC__)
 #define SCALE_ALIGN_UNROLL _Pragma("unroll")
+#define SCALE_ALIGN_NO_UNROLL _Pragma("unroll 1")
 #else
 #define SCALE_ALIGN_UNROLL
+#define SCALE_ALIGN_NO_UNROLL
 #endif
 
 // The most planes product_kernel keeps per thread (T <= 13: S <= 9); larger S takes the
 // analysis + bmm path.
 constexpr int64_t kFusedPlanes = 13;
 // Columns of one step of product_kernel: the planes of its rows at these columns are in shared
-// memory at a time, each row padded by one value so that the threads of a warp, which read 16
-// or 32 different weight rows at one column, hit different banks.
+// memory at a time.
 constexpr int64_t kStepColumns = 16;
-constexpr int64_t kStepStride = kStepColumns + 1;
+// The product loop reads the planes 16 bytes at a time (4 float32 or 2 float64 columns: one
+// shared-memory wavefront serves the whole warp's phi reads, a broadcast, for 4 columns
+// instead of 1); rows are padded by 16 bytes, so that 8 threads reading 8 different weight
+// rows (a quarter warp, one wavefront) hit 32 different banks: row r starts at bank 20r mod 32
+// (float32) or 36r mod 32 (float64).
+constexpr int64_t kVectorBytes = 16;
+template <typename acc_t>
+struct alignas(kVectorBytes) PlaneVector {
+  acc_t values[kVectorBytes / sizeof(acc_t)];
+};
+// Values of a padded row, and values before the planes (the twiddles, rounded up to 16 bytes).
+SSANET_HOST_DEVICE constexpr int64_t step_stride(int64_t value_bytes) {
+  return kStepColumns + kVectorBytes / value_bytes;
+}
+SSANET_HOST_DEVICE constexpr int64_t planes_offset(int64_t S, int64_t value_bytes) {
+  const int64_t per_vector = kVectorBytes / value_bytes;
+  return (2 * S + per_vector - 1) / per_vector * per_vector;
+}
 // Chunks of the feature axis per block of product_kernel: their products are added pairwise in
 // the block, the first two levels of align_kernel's pairwise sum (chunk_sum), so the partials
 // are a quarter as many (at N=96 D=2048 C=200, 1.1 MB instead of 4.3 MB, beside 6.1 MB of
@@ -237,9 +257,12 @@ struct ProductInput {
 // their T planes (scale_dft::planes) into shared memory, and each thread then adds the T
 // products of its (n, c) over the step, in column order. The rows' squares come from the same
 // read: the blocks of the first class tile write phi's, those of the first proposal tile
-// weight's, each a fixed-order sum (deterministic).
+// weight's, each a fixed-order sum (deterministic). Registers (sm_90 ptxas): unbounded and with
+// the loader unrolled, 245 (float32, float16, bfloat16: one block per SM); __launch_bounds__
+// for two blocks gives 128 with no spills (the loader's loop kept rolled); float64 takes 208
+// at one block (at two it spills 456 bytes).
 template <typename scalar_t>
-__global__ void __launch_bounds__(kThreads)
+__global__ void __launch_bounds__(kThreads, sizeof(opmath_t<scalar_t>) == 8 ? 1 : 2)
     product_kernel(ProductInput<scalar_t> phi, ProductInput<scalar_t> weight, int64_t G,
                    int64_t S, int64_t D, int64_t K, int64_t W, int64_t B, int64_t tile_rows,
                    opmath_t<scalar_t>* __restrict__ partials) {
@@ -248,10 +271,12 @@ __global__ void __launch_bounds__(kThreads)
   const int64_t T = scale_dft::plane_count(S);
   const int64_t N = phi.R, C = weight.R;
   const int64_t TN = tile_rows, TC = kThreads / tile_rows, rows = TN + TC;
-  // Shared memory after the twiddles: phi's planes [T, TN, kStepStride], then weight's
-  // [T, TC, kStepStride]; at the end, the loaders' sums of squares.
-  acc_t* phi_planes = gpu::dynamic_shared<acc_t>() + 2 * S;
-  acc_t* weight_planes = phi_planes + T * TN * kStepStride;
+  // Shared memory after the twiddles: phi's planes [T, TN, stride], then weight's
+  // [T, TC, stride], 16-byte aligned; at the end, the loaders' sums of squares.
+  constexpr int64_t stride = step_stride(sizeof(acc_t));
+  constexpr int64_t vector = kVectorBytes / sizeof(acc_t);
+  acc_t* phi_planes = gpu::dynamic_shared<acc_t>() + planes_offset(S, sizeof(acc_t));
+  acc_t* weight_planes = phi_planes + T * TN * stride;
   const int64_t n_tiles = (N + TN - 1) / TN, c_tiles = (C + TC - 1) / TC;
   const int64_t tiles = G * B * n_tiles * c_tiles;
   const int64_t column = threadIdx.x % kStepColumns;  // the loader's column in a step
@@ -266,7 +291,8 @@ __global__ void __launch_bounds__(kThreads)
     acc_t single[kFusedPlanes] = {};
     acc_t pair[kFusedPlanes] = {};
     const int64_t first_chunk = kChunksPerBlock * b;
-    const int64_t chunks = std::min(kChunksPerBlock, K - first_chunk);
+    const int64_t remaining = K - first_chunk;  // (not std::min: it binds a reference)
+    const int64_t chunks = remaining < kChunksPerBlock ? remaining : kChunksPerBlock;
     for (int64_t q = 0; q < chunks; ++q) {
       const int64_t chunk_start = (first_chunk + q) * W;
       acc_t sums[kFusedPlanes] = {};
@@ -274,7 +300,7 @@ __global__ void __launch_bounds__(kThreads)
         const int64_t e = step + column;
         const int64_t d = chunk_start + e;
         const bool column_inside = e < W && d < D;
-SCALE_ALIGN_UNROLL
+SCALE_ALIGN_NO_UNROLL
         for (int64_t slot = 0; slot < kLoadSlots; ++slot) {
           const int64_t row = threadIdx.x / kStepColumns + slot * (kThreads / kStepColumns);
           if (row < rows) {
@@ -287,9 +313,9 @@ SCALE_ALIGN_UNROLL
             const auto value = [&](int64_t j) {
               return inside ? static_cast<acc_t>(source[j * input.strides.h]) : acc_t(0);
             };
-            acc_t* target = is_phi ? phi_planes + row * kStepStride + column
-                                   : weight_planes + (row - TN) * kStepStride + column;
-            const int64_t plane_stride = (is_phi ? TN : TC) * kStepStride;
+            acc_t* target = is_phi ? phi_planes + row * stride + column
+                                   : weight_planes + (row - TN) * stride + column;
+            const int64_t plane_stride = (is_phi ? TN : TC) * stride;
             const auto out = [&](int64_t p, acc_t plane) { target[p * plane_stride] = plane; };
             scale_dft::planes<acc_t>(input.packing, /*conjugate=*/false, value, tw, out);
             if (input.squares != nullptr) {
@@ -301,13 +327,19 @@ SCALE_ALIGN_UNROLL
           }
         }
         __syncthreads();
-        const acc_t* phi_row = phi_planes + tn * kStepStride;
-        const acc_t* weight_row = weight_planes + tc * kStepStride;
-        for (int64_t k = 0; k < kStepColumns; ++k) {
+        const acc_t* phi_row = phi_planes + tn * stride;
+        const acc_t* weight_row = weight_planes + tc * stride;
+        for (int64_t k = 0; k < kStepColumns; k += vector) {  // in column order
 SCALE_ALIGN_UNROLL
           for (int64_t p = 0; p < kFusedPlanes; ++p) {
             if (p < T) {
-              sums[p] += phi_row[p * TN * kStepStride + k] * weight_row[p * TC * kStepStride + k];
+              using Vector = PlaneVector<acc_t>;
+              const Vector a = *reinterpret_cast<const Vector*>(phi_row + p * TN * stride + k);
+              const Vector b = *reinterpret_cast<const Vector*>(weight_row + p * TC * stride + k);
+SCALE_ALIGN_UNROLL
+              for (int64_t i = 0; i < vector; ++i) {
+                sums[p] += a.values[i] * b.values[i];
+              }
             }
           }
         }
@@ -338,7 +370,7 @@ SCALE_ALIGN_UNROLL
     }
     if (phi.squares != nullptr) {  // uniform over the block (both inputs or neither)
       acc_t* slot_squares = phi_planes;  // the planes are read (the last __syncthreads)
-SCALE_ALIGN_UNROLL
+SCALE_ALIGN_NO_UNROLL
       for (int64_t slot = 0; slot < kLoadSlots; ++slot) {
         const int64_t row = threadIdx.x / kStepColumns + slot * (kThreads / kStepColumns);
         if (row < rows) {
@@ -583,8 +615,10 @@ inline int64_t product_tile_rows(int64_t N) { return N <= 8 ? 8 : 16; }
 // The dynamic shared memory of product_kernel: the twiddles, then the T planes of one step of
 // its rows, values of `value_bytes` each (the accumulation type's).
 inline size_t product_shared_bytes(int64_t S, int64_t tile_rows, size_t value_bytes) {
-  const int64_t values =
-      2 * S + scale_dft::plane_count(S) * (tile_rows + kThreads / tile_rows) * kStepStride;
+  const int64_t bytes = static_cast<int64_t>(value_bytes);
+  const int64_t values = planes_offset(S, bytes) + scale_dft::plane_count(S) *
+                                                       (tile_rows + kThreads / tile_rows) *
+                                                       step_stride(bytes);
   return static_cast<size_t>(values) * value_bytes;
 }
 
@@ -742,8 +776,8 @@ struct ForwardProducts {
 };
 
 // Whether the forward's products take product_kernel: T planes at most kFusedPlanes (S <= 9)
-// and its shared memory within the default 48 KiB (float64 exceeds it at S = 9, and at S >= 7
-// with N <= 8). Otherwise the planes go through memory and cuBLAS (forward_products).
+// and its shared memory within the default 48 KiB (float64 exceeds it at S = 8 and 9, and at
+// S = 7 with N <= 8). Otherwise the planes go through memory and cuBLAS (forward_products).
 inline bool fused_products(const Shape& shape, ScalarType accumulation) {
   const size_t value_bytes = accumulation == ScalarType::Double ? sizeof(double) : sizeof(float);
   return shape.planes() <= kFusedPlanes &&
