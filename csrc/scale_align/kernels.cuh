@@ -251,11 +251,12 @@ struct ProductInput {
 // counter would, (c0 + c1) + (c2 + c3) and for a last block of three (c0 + c1) + c2; chunk_sum
 // then adds an earlier run onto a later sum (pending + value) both when a run completes and at
 // its end, so align_kernel's pairwise sum over the B = ceil(K / 4) block chunks is the same
-// sum, operation for operation, as over the K chunks. One block per tile of tile_rows (8 or 16) rows of phi and kThreads / tile_rows
-// rows of weight of one group and block chunk; per step of kStepColumns columns its threads
-// read each row's S values at those columns (consecutive threads, consecutive columns), write
-// their T planes (scale_dft::planes) into shared memory, and each thread then adds the T
-// products of its (n, c) over the step, in column order. The rows' squares come from the same
+// sum, operation for operation, as over the K chunks. One block per tile of tile_rows (8 or
+// 16) rows of phi and kThreads / tile_rows rows of weight of one group and block chunk; per
+// step of kStepColumns columns its threads read each row's S values at those columns
+// (consecutive threads, consecutive columns), write their T planes (scale_dft::planes) into
+// shared memory, and each thread then adds the T products of its (n, c) over the step, in
+// column order. The rows' squares come from the same
 // read: the blocks of the first class tile write phi's, those of the first proposal tile
 // weight's, each a fixed-order sum (deterministic). Registers (sm_90 ptxas): unbounded and with
 // the loader unrolled, 245 (float32, float16, bfloat16: one block per SM); __launch_bounds__
@@ -291,7 +292,8 @@ __global__ void __launch_bounds__(kThreads, sizeof(opmath_t<scalar_t>) == 8 ? 1 
     acc_t single[kFusedPlanes] = {};
     acc_t pair[kFusedPlanes] = {};
     const int64_t first_chunk = kChunksPerBlock * b;
-    const int64_t remaining = K - first_chunk;  // (not std::min: it binds a reference)
+    // Not std::min, which would bind a reference to kChunksPerBlock (no object in device code).
+    const int64_t remaining = K - first_chunk;
     const int64_t chunks = remaining < kChunksPerBlock ? remaining : kChunksPerBlock;
     for (int64_t q = 0; q < chunks; ++q) {
       const int64_t chunk_start = (first_chunk + q) * W;
@@ -334,11 +336,11 @@ SCALE_ALIGN_UNROLL
           for (int64_t p = 0; p < kFusedPlanes; ++p) {
             if (p < T) {
               using Vector = PlaneVector<acc_t>;
-              const Vector a = *reinterpret_cast<const Vector*>(phi_row + p * TN * stride + k);
-              const Vector b = *reinterpret_cast<const Vector*>(weight_row + p * TC * stride + k);
+              const Vector x = *reinterpret_cast<const Vector*>(phi_row + p * TN * stride + k);
+              const Vector y = *reinterpret_cast<const Vector*>(weight_row + p * TC * stride + k);
 SCALE_ALIGN_UNROLL
               for (int64_t i = 0; i < vector; ++i) {
-                sums[p] += a.values[i] * b.values[i];
+                sums[p] += x.values[i] * y.values[i];
               }
             }
           }
@@ -637,8 +639,9 @@ void launch_products(const Tensor& phi4, const Tensor& weight4, Tensor* phi_squa
   const int64_t TC = kThreads / tile_rows;
   const int64_t tiles = G * B * ((N + tile_rows - 1) / tile_rows) * ((C + TC - 1) / TC);
   const auto input = [&](const Tensor& x, scale_dft::Packing packing, Tensor* squares) {
+    acc_t* squares_data = squares != nullptr ? squares->mutable_data_ptr<acc_t>() : nullptr;
     return ProductInput<scalar_t>{x.const_data_ptr<scalar_t>(), strides_of(x), x.size(1), packing,
-                                  squares != nullptr ? squares->mutable_data_ptr<acc_t>() : nullptr};
+                                  squares_data};
   };
   gpu::launch(product_kernel<scalar_t>, std::min(tiles, kMaxBlocks), kThreads,
               product_shared_bytes(S, tile_rows, sizeof(acc_t)), stream,
