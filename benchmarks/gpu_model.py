@@ -460,7 +460,8 @@ def report(records: list[dict], command: str) -> str:
         "",
         "Not traced: what torch itself runs for an op (the crop's conversion of its float32 "
         "gradient accumulator to bfloat16 or float16, one launch; allocations; and "
-        "scale_align's plane products, torch.bmm on cuBLAS), so "
+        "scale_align's products on cuBLAS, torch.bmm: the backward's, and the forward's at "
+        "S > 9), so "
         "launches and bytes count the simulated kernels only. The minimum counts every input "
         "read once: a crop that samples only part of its input, or a backward that reads a "
         "saved index instead of its input (oriented_pool), moves less than that.",

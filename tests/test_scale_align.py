@@ -871,6 +871,41 @@ def test_cuda_float32_and_float64(cuda_device, allow_tf32, scales, groups):
             torch.testing.assert_close(a, e.to(dtype), **tolerance)
 
 
+@pytest.mark.parametrize(
+    ("dtype", "scales", "proposals", "features"),
+    [
+        # The fused products (product_kernel, csrc/scale_align/kernels.cuh's fused_products),
+        # whose blocks add up 4 chunks of the feature axis: D = 1500 makes K = 6 chunks of 250
+        # (blocks of 4 and 2), D = 2300 9 of 256 (4, 4 and 1), D = 700 3 of 234 (one block of
+        # 3); a chunk's last step of 16 columns lies partly past it unless W = 256.
+        (torch.float32, 9, 20, 1500),  # its most planes, T = 13; two proposal tiles of 16
+        (torch.float64, 7, 20, 2300),  # float64's planes of tiles of 16 proposals in shared memory
+        (torch.bfloat16, 5, 8, 700),  # tiles of 8 proposals and 32 classes
+        # The planes through memory and a bmm:
+        (torch.float32, 10, 20, 700),  # T = 14 planes, beyond the fused kernel's 13
+        (torch.float64, 7, 8, 700),  # float64's planes of 8 + 32 rows exceed 48 KiB
+    ],
+)
+def test_cuda_forward_paths(cuda_device, allow_tf32, dtype, scales, proposals, features):
+    # C = 37: a partial class tile.
+    allow_tf32(False)
+    tolerance = {
+        torch.float64: {},
+        torch.float32: {"atol": 1e-3, "rtol": 1e-4},  # as test_cuda_float32_and_float64
+        torch.bfloat16: {"rtol": torch.finfo(dtype).eps, "atol": 1e-3},  # and ..._reduced_...
+    }[dtype]
+    phi, weight, bias = make_inputs(
+        scales, proposals, 37, features, dtype=dtype, device=cuda_device, bias=True
+    )
+    phi64, weight64, bias64 = float64_leaves(phi, weight, bias)
+    corr = ssanet_ops.scale_correlation(phi, weight)
+    expected = reference.scale_correlation(phi64, weight64)
+    torch.testing.assert_close(corr.double(), expected, **tolerance)
+    logits, shift = ssanet_ops.scale_align(phi, weight, bias)
+    expected_logits = through_chosen_shift(phi64, weight64, bias64, shift, dtype, slack=1e-3)
+    torch.testing.assert_close(logits.double(), expected_logits, **tolerance)
+
+
 def float64_leaves(*tensors):
     """float64 copies of `tensors` that autograd differentiates on their own (not through a
     cast back to the originals' dtype)."""

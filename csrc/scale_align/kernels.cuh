@@ -1,6 +1,13 @@
 #pragma once
 // scale_correlation and scale_align's CUDA kernels, in the Fourier form of common/scale_dft.h.
-// The forward makes three launches:
+// The forward makes two launches where fused_products allows (S <= 9; float64: S <= 6, or 7
+// when N > 8):
+//   1. product_kernel: per tile of rows of phi and weight and four chunks of the feature axis,
+//      the DFT planes of the inputs, read once in their dtype, in shared memory, and their T
+//      products over those chunks, added up pairwise into partials [G, T, ceil(K / 4), N, C]
+//      in the accumulation type, with the rows' sums of squares (the tie tolerance's norms);
+//   2. align_kernel / correlation_kernel as below.
+// Otherwise three:
 //   1. analysis_kernel: the DFT over the scale axis of phi and weight in one launch (any
 //      strides; float32, float64, float16, bfloat16), one block per slice of a row, writing the
 //      T packed planes [G, T, K, R, W] in the accumulation type (float32 for float16/bfloat16:
@@ -192,6 +199,216 @@ __device__ acc_t row_norm(const acc_t* squares, int64_t P) {
     total += squares[s];
   }
   return sqrt(total);
+}
+
+// ---- the fused forward products (product_kernel) ----
+
+// Unrolls a loop of a constant trip count under nvcc, so that the arrays it indexes stay in
+// registers (the host compiler, which knows no `#pragma unroll`, is left to itself).
+// SCALE_ALIGN_NO_UNROLL keeps a loop rolled (its array in local memory), where unrolling
+// would hold every iteration's temporaries in registers at once.
+#if defined(__CUDACC__)
+#define SCALE_ALIGN_UNROLL _Pragma("unroll")
+#define SCALE_ALIGN_NO_UNROLL _Pragma("unroll 1")
+#else
+#define SCALE_ALIGN_UNROLL
+#define SCALE_ALIGN_NO_UNROLL
+#endif
+
+// The most planes product_kernel keeps per thread (T <= 13: S <= 9); larger S takes the
+// analysis + bmm path.
+constexpr int64_t kFusedPlanes = 13;
+// Columns of one step of product_kernel: the planes of its rows at these columns are in shared
+// memory at a time.
+constexpr int64_t kStepColumns = 16;
+// The product loop reads the planes 16 bytes at a time (4 float32 or 2 float64 columns: one
+// shared-memory wavefront serves the whole warp's phi reads, a broadcast, for 4 columns
+// instead of 1); rows are padded by 16 bytes, so that 8 threads reading 8 different weight
+// rows (a quarter warp, one wavefront) hit 32 different banks: row r starts at bank 20r mod 32
+// (float32) or 36r mod 32 (float64).
+constexpr int64_t kVectorBytes = 16;
+template <typename acc_t>
+struct alignas(kVectorBytes) PlaneVector {
+  acc_t values[kVectorBytes / sizeof(acc_t)];
+};
+// Values of a padded row, and values before the planes (the twiddles, rounded up to 16 bytes).
+SSANET_HOST_DEVICE constexpr int64_t step_stride(int64_t value_bytes) {
+  return kStepColumns + kVectorBytes / value_bytes;
+}
+SSANET_HOST_DEVICE constexpr int64_t planes_offset(int64_t S, int64_t value_bytes) {
+  const int64_t per_vector = kVectorBytes / value_bytes;
+  return (2 * S + per_vector - 1) / per_vector * per_vector;
+}
+// Chunks of the feature axis per block of product_kernel: their products are added pairwise in
+// the block, the first two levels of align_kernel's pairwise sum (chunk_sum), so the partials
+// are a quarter as many (at N=96 D=2048 C=200, 1.1 MB instead of 4.3 MB, beside 6.1 MB of
+// bfloat16 inputs) and the sum is the same as over every chunk (see product_kernel).
+constexpr int64_t kChunksPerBlock = 4;
+// Loader slots per thread: (rows of phi + rows of weight) * kStepColumns / kThreads, at most
+// (8 + 32) * 16 / 256 rounded up.
+constexpr int64_t kLoadSlots = 3;
+
+// One input of product_kernel: x [G, R, S, D] of any strides (those of (g, r, s, d) in the
+// fields (n, c, h, w)), and where not null the sums of squares [G, R, B] of its rows over the B
+// block chunks of the feature axis (the tie tolerance's norms).
+template <typename scalar_t>
+struct ProductInput {
+  const scalar_t* x;
+  Strides4 strides;
+  int64_t R;
+  scale_dft::Packing packing;
+  opmath_t<scalar_t>* squares;
+};
+
+// partials[g, p, b, n, c] = the T plane products of phi[g, n] and weight[g, c] over block chunk
+// b of the feature axis, without the planes going through global memory. The axis is cut into
+// K chunks of W columns (zero past D) as the analysis + bmm path cuts it; block chunk b is
+// chunks 4b to 4b + 3 (those below K), whose products the block adds up as chunk_sum's binary
+// counter would, (c0 + c1) + (c2 + c3) and for a last block of three (c0 + c1) + c2; chunk_sum
+// then adds an earlier run onto a later sum (pending + value) both when a run completes and at
+// its end, so align_kernel's pairwise sum over the B = ceil(K / 4) block chunks is the same
+// sum, operation for operation, as over the K chunks. One block per tile of tile_rows (8 or
+// 16) rows of phi and kThreads / tile_rows rows of weight of one group and block chunk; per
+// step of kStepColumns columns its threads read each row's S values at those columns
+// (consecutive threads, consecutive columns), write their T planes (scale_dft::planes) into
+// shared memory, and each thread then adds the T products of its (n, c) over the step, in
+// column order. The rows' squares come from the same
+// read: the blocks of the first class tile write phi's, those of the first proposal tile
+// weight's, each a fixed-order sum (deterministic). Registers (sm_90 ptxas): unbounded and with
+// the loader unrolled, 245 (float32, float16, bfloat16: one block per SM); __launch_bounds__
+// for two blocks gives 128 with no spills (the loader's loop kept rolled); float64 takes 208
+// at one block (at two it spills 456 bytes).
+template <typename scalar_t>
+__global__ void __launch_bounds__(kThreads, sizeof(opmath_t<scalar_t>) == 8 ? 1 : 2)
+    product_kernel(ProductInput<scalar_t> phi, ProductInput<scalar_t> weight, int64_t G,
+                   int64_t S, int64_t D, int64_t K, int64_t W, int64_t B, int64_t tile_rows,
+                   opmath_t<scalar_t>* __restrict__ partials) {
+  using acc_t = opmath_t<scalar_t>;
+  const scale_dft::Twiddles<acc_t> tw = block_twiddles<acc_t>(S);
+  const int64_t T = scale_dft::plane_count(S);
+  const int64_t N = phi.R, C = weight.R;
+  const int64_t TN = tile_rows, TC = kThreads / tile_rows, rows = TN + TC;
+  // Shared memory after the twiddles: phi's planes [T, TN, stride], then weight's
+  // [T, TC, stride], 16-byte aligned; at the end, the loaders' sums of squares.
+  constexpr int64_t stride = step_stride(sizeof(acc_t));
+  constexpr int64_t vector = kVectorBytes / sizeof(acc_t);
+  acc_t* phi_planes = gpu::dynamic_shared<acc_t>() + planes_offset(S, sizeof(acc_t));
+  acc_t* weight_planes = phi_planes + T * TN * stride;
+  const int64_t n_tiles = (N + TN - 1) / TN, c_tiles = (C + TC - 1) / TC;
+  const int64_t tiles = G * B * n_tiles * c_tiles;
+  const int64_t column = threadIdx.x % kStepColumns;  // the loader's column in a step
+  const int64_t tn = threadIdx.x / TC, tc = threadIdx.x % TC;  // the product's (n, c)
+  for (int64_t tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
+    // tile = ((g * B + b) * n_tiles + n_tile) * c_tiles + c_tile
+    const int64_t c_tile = tile % c_tiles, n_tile = tile / c_tiles % n_tiles;
+    const int64_t b = tile / (c_tiles * n_tiles) % B, g = tile / (c_tiles * n_tiles * B);
+    const int64_t n0 = n_tile * TN, c0 = c_tile * TC;
+    acc_t squares[kLoadSlots] = {};
+    // chunk_sum's pending runs: the last even chunk's products, and the first pair's sum.
+    acc_t single[kFusedPlanes] = {};
+    acc_t pair[kFusedPlanes] = {};
+    const int64_t first_chunk = kChunksPerBlock * b;
+    // Not std::min, which would bind a reference to kChunksPerBlock (no object in device code).
+    const int64_t remaining = K - first_chunk;
+    const int64_t chunks = remaining < kChunksPerBlock ? remaining : kChunksPerBlock;
+    for (int64_t q = 0; q < chunks; ++q) {
+      const int64_t chunk_start = (first_chunk + q) * W;
+      acc_t sums[kFusedPlanes] = {};
+      for (int64_t step = 0; step < W; step += kStepColumns) {
+        const int64_t e = step + column;
+        const int64_t d = chunk_start + e;
+        const bool column_inside = e < W && d < D;
+SCALE_ALIGN_NO_UNROLL
+        for (int64_t slot = 0; slot < kLoadSlots; ++slot) {
+          const int64_t row = threadIdx.x / kStepColumns + slot * (kThreads / kStepColumns);
+          if (row < rows) {
+            const bool is_phi = row < TN;
+            const ProductInput<scalar_t> input = is_phi ? phi : weight;  // a copy, in registers
+            const int64_t r = is_phi ? n0 + row : c0 + row - TN;
+            const bool inside = column_inside && r < input.R;
+            const scalar_t* source = input.x + g * input.strides.n +
+                                     (inside ? r * input.strides.c + d * input.strides.w : 0);
+            const auto value = [&](int64_t j) {
+              return inside ? static_cast<acc_t>(source[j * input.strides.h]) : acc_t(0);
+            };
+            acc_t* target = is_phi ? phi_planes + row * stride + column
+                                   : weight_planes + (row - TN) * stride + column;
+            const int64_t plane_stride = (is_phi ? TN : TC) * stride;
+            const auto out = [&](int64_t p, acc_t plane) { target[p * plane_stride] = plane; };
+            scale_dft::planes<acc_t>(input.packing, /*conjugate=*/false, value, tw, out);
+            if (input.squares != nullptr) {
+              for (int64_t j = 0; j < S; ++j) {  // a second read of the column, from L1
+                const acc_t x = value(j);
+                squares[slot] += x * x;
+              }
+            }
+          }
+        }
+        __syncthreads();
+        const acc_t* phi_row = phi_planes + tn * stride;
+        const acc_t* weight_row = weight_planes + tc * stride;
+        for (int64_t k = 0; k < kStepColumns; k += vector) {  // in column order
+SCALE_ALIGN_UNROLL
+          for (int64_t p = 0; p < kFusedPlanes; ++p) {
+            if (p < T) {
+              using Vector = PlaneVector<acc_t>;
+              const Vector x = *reinterpret_cast<const Vector*>(phi_row + p * TN * stride + k);
+              const Vector y = *reinterpret_cast<const Vector*>(weight_row + p * TC * stride + k);
+SCALE_ALIGN_UNROLL
+              for (int64_t i = 0; i < vector; ++i) {
+                sums[p] += x.values[i] * y.values[i];
+              }
+            }
+          }
+        }
+        __syncthreads();  // the planes read before the next step overwrites them
+      }
+SCALE_ALIGN_UNROLL
+      for (int64_t p = 0; p < kFusedPlanes; ++p) {  // chunk_sum's order, kChunksPerBlock = 4
+        if (q % 2 == 0) {
+          single[p] = sums[p];
+        } else if (q == 1) {
+          pair[p] = single[p] + sums[p];
+        } else {
+          pair[p] = pair[p] + (single[p] + sums[p]);
+        }
+      }
+    }
+    const int64_t n = n0 + tn, c = c0 + tc;
+    if (n < N && c < C) {
+      acc_t* target = partials + ((g * T * B + b) * N + n) * C + c;
+SCALE_ALIGN_UNROLL
+      for (int64_t p = 0; p < kFusedPlanes; ++p) {
+        if (p < T) {
+          // chunks: 1 -> c0, 2 -> c0 + c1, 3 -> (c0 + c1) + c2, 4 -> (c0 + c1) + (c2 + c3)
+          target[p * B * N * C] =
+              chunks == 1 ? single[p] : (chunks == 3 ? pair[p] + single[p] : pair[p]);
+        }
+      }
+    }
+    if (phi.squares != nullptr) {  // uniform over the block (both inputs or neither)
+      acc_t* slot_squares = phi_planes;  // the planes are read (the last __syncthreads)
+SCALE_ALIGN_NO_UNROLL
+      for (int64_t slot = 0; slot < kLoadSlots; ++slot) {
+        const int64_t row = threadIdx.x / kStepColumns + slot * (kThreads / kStepColumns);
+        if (row < rows) {
+          slot_squares[row * kStepColumns + column] = squares[slot];
+        }
+      }
+      __syncthreads();
+      const int64_t row = threadIdx.x;
+      const bool is_phi = row < TN;
+      const int64_t r = is_phi ? n0 + row : c0 + row - TN;
+      if (row < rows && (is_phi ? c_tile == 0 && r < N : n_tile == 0 && r < C)) {
+        acc_t total = 0;
+        for (int64_t k = 0; k < kStepColumns; ++k) {
+          total += slot_squares[row * kStepColumns + k];
+        }
+        (is_phi ? phi : weight).squares[(g * (is_phi ? N : C) + r) * B + b] = total;
+      }
+      __syncthreads();  // read before the next tile overwrites them
+    }
+  }
 }
 
 // The most planes whose sums align_kernel keeps (T = 7 at S = 5, 13 at S = 9); beyond, it adds
@@ -444,6 +661,49 @@ void launch_analysis(const AnalysisTensors& first, const std::optional<AnalysisT
               second_input, G, S, D, K, W, P);
 }
 
+// Shared memory a kernel may take without opting in: 48 KiB on every CUDA GPU.
+constexpr size_t kDefaultSharedBytes = 48 * 1024;
+
+// Rows of phi per tile of product_kernel: 8 for N <= 8 (the flattened maps' N = 8, with 32
+// classes a tile), else 16 (and 16 classes).
+inline int64_t product_tile_rows(int64_t N) { return N <= 8 ? 8 : 16; }
+
+// The dynamic shared memory of product_kernel: the twiddles, then the T planes of one step of
+// its rows, values of `value_bytes` each (the accumulation type's).
+inline size_t product_shared_bytes(int64_t S, int64_t tile_rows, size_t value_bytes) {
+  const int64_t bytes = static_cast<int64_t>(value_bytes);
+  const int64_t values = planes_offset(S, bytes) + scale_dft::plane_count(S) *
+                                                       (tile_rows + kThreads / tile_rows) *
+                                                       step_stride(bytes);
+  return static_cast<size_t>(values) * value_bytes;
+}
+
+// partials [G*T*B, N, C] and, if given, the rows' sums of squares [G, N, B], [G, C, B] from
+// phi [G, N, S, D] and weight [G, C, S, D] (any strides) in one product_kernel launch, over K
+// chunks of W columns added up in B = ceil(K / kChunksPerBlock) block chunks.
+template <typename scalar_t>
+void launch_products(const Tensor& phi4, const Tensor& weight4, Tensor* phi_squares,
+                     Tensor* weight_squares, int64_t K, int64_t W, Tensor& partials,
+                     gpu::Stream stream) {
+  using acc_t = opmath_t<scalar_t>;
+  const int64_t G = phi4.size(0), N = phi4.size(1), C = weight4.size(1);
+  const int64_t S = phi4.size(2), D = phi4.size(3);
+  const int64_t B = (K + kChunksPerBlock - 1) / kChunksPerBlock;
+  const int64_t tile_rows = product_tile_rows(N);
+  const int64_t TC = kThreads / tile_rows;
+  const int64_t tiles = G * B * ((N + tile_rows - 1) / tile_rows) * ((C + TC - 1) / TC);
+  const auto input = [&](const Tensor& x, scale_dft::Packing packing, Tensor* squares) {
+    acc_t* squares_data = squares != nullptr ? squares->mutable_data_ptr<acc_t>() : nullptr;
+    return ProductInput<scalar_t>{x.const_data_ptr<scalar_t>(), strides_of(x), x.size(1), packing,
+                                  squares_data};
+  };
+  gpu::launch(product_kernel<scalar_t>, std::min(tiles, kMaxBlocks), kThreads,
+              product_shared_bytes(S, tile_rows, sizeof(acc_t)), stream,
+              input(phi4, scale_dft::kPhiPacking, phi_squares),
+              input(weight4, scale_dft::kWeightPacking, weight_squares), G, S, D, K, W, B,
+              tile_rows, partials.mutable_data_ptr<acc_t>());
+}
+
 // logits and shift [G, N, C] from the partial products [G*T*K, N, C] and the rows' sums of
 // squares [G, N, P], [G, C, P]; bias [G, C] or undefined.
 template <typename scalar_t>
@@ -571,18 +831,30 @@ inline int64_t product_chunks(const Shape& shape) {
 }
 
 // The forward's T plane products in K chunks of the feature axis, partials [G*T*K, N, C] in
-// the accumulation dtype (the kernel that reads them adds up the K chunks), and the sums of
-// squares of the rows of phi [G, N, P] and weight [G, C, P] over P slices of their columns, for
-// the tie tolerance's norms.
+// the accumulation dtype (the kernel that reads them adds up the K chunks pairwise; for
+// product_kernel's, K counts its block chunks), and the sums of squares of the rows of phi
+// [G, N, P] and weight [G, C, P] over P slices of their columns, for the tie tolerance's norms.
 struct ForwardProducts {
   Tensor partials;
   int64_t K;
   Tensor phi_squares, weight_squares;
 };
 
-// ForwardProducts in two launches: the planes and sums of squares of phi and weight
-// (analysis_kernel, one launch), and their products through ATen's bmm (on a GPU, cuBLAS: TF32
-// for float32 as torch.backends.cuda.matmul.allow_tf32 says) over the K chunks at once.
+// Whether the forward's products take product_kernel: T planes at most kFusedPlanes (S <= 9)
+// and its shared memory within the default 48 KiB (float64 exceeds it at S = 8 and 9, and at
+// S = 7 with N <= 8). Otherwise the planes go through memory and cuBLAS (forward_products).
+inline bool fused_products(const Shape& shape, ScalarType accumulation) {
+  const size_t value_bytes = accumulation == ScalarType::Double ? sizeof(double) : sizeof(float);
+  return shape.planes() <= kFusedPlanes &&
+         product_shared_bytes(shape.scales, product_tile_rows(shape.proposals), value_bytes) <=
+             kDefaultSharedBytes;
+}
+
+// ForwardProducts in one launch where fused_products allows (product_kernel: partials over B =
+// ceil(K / 4) block chunks, ForwardProducts::K = B), else in two: the planes and sums of
+// squares of phi and weight (analysis_kernel, one launch), and their products through ATen's
+// bmm (on a GPU, cuBLAS: TF32 for float32 as torch.backends.cuda.matmul.allow_tf32 says) over
+// the K chunks at once.
 inline ForwardProducts forward_products(const Tensor& phi4, const Tensor& weight4,
                                         const Shape& shape, bool with_norms,
                                         gpu::Stream stream) {
@@ -604,6 +876,21 @@ inline ForwardProducts forward_products(const Tensor& phi4, const Tensor& weight
   const int64_t wanted_chunks = product_chunks(shape);
   const int64_t W = (D + wanted_chunks - 1) / wanted_chunks;
   const int64_t K = (D + W - 1) / W;  // no chunk wholly past D
+  if (fused_products(shape, accumulation)) {
+    const int64_t B = (K + kChunksPerBlock - 1) / kChunksPerBlock;
+    if (with_norms) {
+      result.phi_squares = empty_like_device(phi4, {G, N, B}, accumulation);
+      result.weight_squares = empty_like_device(phi4, {G, C, B}, accumulation);
+    }
+    result.partials = empty_like_device(phi4, {batches * B, N, C}, accumulation);
+    result.K = B;
+    SSANET_DISPATCH_FLOATING_TYPES(phi4.scalar_type(), "scale_align_products", [&] {
+      launch_products<scalar_t>(phi4, weight4, with_norms ? &result.phi_squares : nullptr,
+                                with_norms ? &result.weight_squares : nullptr, K, W,
+                                result.partials, stream);
+    });
+    return result;
+  }
   if (with_norms) {
     const int64_t P = analysis_slices(K, W);
     result.phi_squares = empty_like_device(phi4, {G, N, P}, accumulation);
