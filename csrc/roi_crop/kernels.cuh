@@ -161,11 +161,37 @@ struct ForwardShared {
   T boxes[5 * kThreads];
   T tile[kTileValues];
 };
-static_assert(sizeof(ForwardShared<double>) < 40 * 1024, "the forward's stage needs room");
+
+// ... and of crop_backward_gather_kernel, when K <= kThreads and B < kThreads: the boxes, their
+// grouping by image and the images' 2c, read coalesced once per block instead of by every
+// thread (broadcasts that use a few bytes of each sector).
+template <typename T>
+struct GatherShared {
+  T boxes[5 * kThreads];
+  int64_t order[kThreads];
+  int64_t offsets[kThreads];
+  double twice_centers[2 * kThreads];
+};
+
+// Boxes [start, start + blockDim.x) of `count` read coalesced into chunk (5 * blockDim.x
+// values); returns the image_key of the thread's box (kNoImage past the end). Starts with a
+// barrier, so that the chunk's previous readers are done, and ends with one after the reads.
+template <typename T>
+__device__ int64_t chunk_key(const T* boxes, int64_t count, int64_t start, const T* centers,
+                             int64_t batch, T* chunk) {
+  const int64_t size = count - start < blockDim.x ? count - start : blockDim.x;
+  __syncthreads();
+  for (int64_t i = threadIdx.x; i < 5 * size; i += blockDim.x) {
+    chunk[i] = boxes[5 * start + i];
+  }
+  __syncthreads();
+  return threadIdx.x < size ? image_key(chunk, centers, threadIdx.x, batch) : kNoImage;
+}
 
 // The forward's dynamic shared memory on an NCHW input: the 48 KiB a launch gets without
 // opting in to more.
 constexpr int64_t kForwardSharedBytes = 48 * 1024;
+static_assert(sizeof(ForwardShared<double>) < 40 * 1024, "the forward's stage needs room");
 
 // The map rows [row0, row0 + rows) and columns [col0, col0 + cols) of one channel that a
 // forward block stages, and so its stage's layout: [channel][row - row0][column - col0];
@@ -334,32 +360,6 @@ __device__ __forceinline__ void sample_cell(const RoiGrid<T>& g, int64_t ph, int
       }
     }
   }
-}
-
-// ... and of crop_backward_gather_kernel, when K <= kThreads and B < kThreads: the boxes, their
-// grouping by image and the images' 2c, read coalesced once per block instead of by every
-// thread (broadcasts that use a few bytes of each sector).
-template <typename T>
-struct GatherShared {
-  T boxes[5 * kThreads];
-  int64_t order[kThreads];
-  int64_t offsets[kThreads];
-  double twice_centers[2 * kThreads];
-};
-
-// Boxes [start, start + blockDim.x) of `count` read coalesced into chunk (5 * blockDim.x
-// values); returns the image_key of the thread's box (kNoImage past the end). Starts with a
-// barrier, so that the chunk's previous readers are done, and ends with one after the reads.
-template <typename T>
-__device__ int64_t chunk_key(const T* boxes, int64_t count, int64_t start, const T* centers,
-                             int64_t batch, T* chunk) {
-  const int64_t size = count - start < blockDim.x ? count - start : blockDim.x;
-  __syncthreads();
-  for (int64_t i = threadIdx.x; i < 5 * size; i += blockDim.x) {
-    chunk[i] = boxes[5 * start + i];
-  }
-  __syncthreads();
-  return threadIdx.x < size ? image_key(chunk, centers, threadIdx.x, batch) : kNoImage;
 }
 
 // ---- kernels ----
