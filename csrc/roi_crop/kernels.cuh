@@ -148,13 +148,16 @@ struct SetupShared {
 };
 
 // ... and of crop_forward_kernel: all boxes and their images (with the block's own centres),
-// the candidate's box row, image and grid, and the output tile.
+// the candidate's box row, image and grid, the scratch of its tap extents (NCHW) and the
+// output tile. On an NCHW input the launch's dynamic shared memory continues past it with the
+// stage, the staged input (kForwardSharedBytes in all).
 template <typename T>
 struct ForwardShared {
   RoiGrid<T> grid;
   int64_t image;
   T row[5];
   int64_t keys[kThreads];
+  int64_t extent[2 * kThreads];
   T boxes[5 * kThreads];
   T tile[kTileValues];
 };
@@ -183,6 +186,180 @@ __device__ int64_t chunk_key(const T* boxes, int64_t count, int64_t start, const
   }
   __syncthreads();
   return threadIdx.x < size ? image_key(chunk, centers, threadIdx.x, batch) : kNoImage;
+}
+
+// The forward's dynamic shared memory on an NCHW input: the 48 KiB a launch gets without
+// opting in to more.
+constexpr int64_t kForwardSharedBytes = 48 * 1024;
+static_assert(sizeof(ForwardShared<double>) < 40 * 1024, "the forward's stage needs room");
+
+// The map rows [row0, row0 + rows) and columns [col0, col0 + cols) of one channel that a
+// forward block stages, and so its stage's layout: [channel][row - row0][column - col0];
+// [low, high]: the columns its taps read.
+struct StageRegion {
+  int64_t row0, rows, col0, cols, low, high;
+};
+
+// The least map index and the greatest that the taps of outputs [first, first + outputs) of
+// one axis read (low > high: none), over every sample, as axis_tap computes them (their
+// order along the axis is not assumed: rounding could break it by an ulp). All threads of the
+// block call it; scratch: 2 * blockDim.x values. Begins and ends with a barrier.
+template <typename T>
+__device__ void tap_extent(const AxisGrid<T>& axis, int64_t first, int64_t outputs,
+                           int64_t* scratch, int64_t& low, int64_t& high) {
+  const unsigned int t = threadIdx.x;
+  low = axis.size;
+  high = -1;
+  for (int64_t i = t; i < outputs * axis.grid; i += blockDim.x) {
+    Tap<T> tap;
+    if (axis_tap(axis.sample(first + i / axis.grid, i % axis.grid), axis.size, tap)) {
+      low = tap.low < low ? tap.low : low;
+      high = tap.high > high ? tap.high : high;
+    }
+  }
+  __syncthreads();  // the scratch's previous readers are done
+  scratch[t] = low;
+  scratch[blockDim.x + t] = high;
+  __syncthreads();
+  for (unsigned int half = blockDim.x / 2; half > 0; half /= 2) {
+    if (t < half) {
+      const int64_t other_low = scratch[t + half], other_high = scratch[blockDim.x + t + half];
+      scratch[t] = other_low < scratch[t] ? other_low : scratch[t];
+      scratch[blockDim.x + t] =
+          other_high > scratch[blockDim.x + t] ? other_high : scratch[blockDim.x + t];
+    }
+    __syncthreads();
+  }
+  low = scratch[0];
+  high = scratch[blockDim.x];
+}
+
+// Values of scalar_t per 32-byte sector (the unit in which the memory system moves data).
+template <typename scalar_t>
+constexpr int64_t kSectorValues = 32 / static_cast<int64_t>(sizeof(scalar_t));
+
+// The region a block stages for output cells [cell, cell + cells) of candidate grid g (rows ==
+// 0: its samples read nothing). All threads of the block call it. The columns are the taps'
+// [low, high], widened, when the map's rows are contiguous (stride_w 1), by up to a sector
+// less one value on each side (stage_columns then loads, per row, the whole sectors that hold
+// the taps' columns, and no other).
+template <typename scalar_t, typename T>
+__device__ StageRegion stage_region(const RoiGrid<T>& g, int64_t out_w, int64_t cell,
+                                    int64_t cells, bool unit_columns, int64_t* scratch) {
+  const int64_t first_row = cell / out_w, last_row = (cell + cells - 1) / out_w;
+  const int64_t first_column = first_row == last_row ? cell % out_w : 0;
+  const int64_t last_column = first_row == last_row ? (cell + cells - 1) % out_w : out_w - 1;
+  int64_t row_low, row_high, column_low, column_high;
+  tap_extent(g.y, first_row, last_row - first_row + 1, scratch, row_low, row_high);
+  tap_extent(g.x, first_column, last_column - first_column + 1, scratch, column_low,
+             column_high);
+  if (row_low > row_high || column_low > column_high) {
+    return {0, 0, 0, 0, 0, -1};
+  }
+  int64_t col0 = column_low, col1 = column_high;
+  if (unit_columns) {
+    const int64_t pad = kSectorValues<scalar_t> - 1;
+    col0 = column_low - pad > 0 ? column_low - pad : 0;
+    col1 = column_high + pad < g.x.size - 1 ? column_high + pad : g.x.size - 1;
+  }
+  return {row_low, row_high - row_low + 1, col0, col1 - col0 + 1, column_low, column_high};
+}
+
+// Channels [0, channels) of `map` (strides: of the input) into stage, in the stage's layout,
+// loaded in memory order, each warp's loads starting at a sector. Of each row only the columns
+// that the taps read, with unit_columns extended to the whole sectors that hold them (within
+// the region's columns); when those are whole rows of contiguous rows, each channel's region
+// is one run of memory, loaded as such. A thread whose value lies outside what is to be read
+// reads the nearest of it again (the same stage value, written twice), so that it moves no
+// other sector and every thread of a warp loads in every round, as one request.
+template <typename scalar_t>
+__device__ void stage_columns(const scalar_t* map, const Strides4& strides, StageRegion r,
+                              bool unit_columns, int64_t width, int64_t channels,
+                              scalar_t* stage) {
+  constexpr int64_t k = kSectorValues<scalar_t>;
+  const auto sector_offset = [](const scalar_t* value) {
+    return static_cast<int64_t>(reinterpret_cast<uintptr_t>(value) % 32) /
+           static_cast<int64_t>(sizeof(scalar_t));
+  };
+  const int64_t plane = r.rows * r.cols;
+  if (unit_columns && r.col0 == 0 && r.cols == width && strides.h == width) {
+    const int64_t span = (plane + k - 1 + k - 1) / k * k;  // a run's sectors, at most
+    for (int64_t i = threadIdx.x; i < channels * span; i += blockDim.x) {
+      const int64_t c = i / span;
+      const scalar_t* run = map + c * strides.c + r.row0 * width;
+      const int64_t offset = sector_offset(run);
+      int64_t e = i % span - offset;
+      e = e > 0 ? e : 0;  // min and max: one load, not a branch per case
+      e = e < plane - 1 ? e : plane - 1;
+      // A sector of the run that holds no tapped column (on one of the rows it spans) is not
+      // read: the thread reads its row's nearest tapped column instead.
+      const int64_t first = e - (e + offset) % k, last = first + k - 1;
+      bool tapped = false;
+      for (int64_t y = (first > 0 ? first : 0) / width;
+           y <= (last < plane - 1 ? last : plane - 1) / width; ++y) {
+        tapped = tapped || (first - y * width <= r.high && last - y * width >= r.low);
+      }
+      if (!tapped) {
+        const int64_t x = e % width;
+        e += (x < r.low ? r.low : (x > r.high ? r.high : x)) - x;
+      }
+      stage[c * plane + e] = run[e];
+    }
+    return;
+  }
+  const int64_t taps = r.high - r.low + 1;
+  const int64_t sectors = (taps + k - 1 + k - 1) / k * k;  // a row's sectors, at most
+  const int64_t span = !unit_columns ? taps : (sectors < r.cols ? sectors : r.cols);
+  for (int64_t i = threadIdx.x; i < channels * r.rows * span; i += blockDim.x) {
+    const int64_t line = i / span;  // c * rows + (y - row0)
+    const scalar_t* row = map + line / r.rows * strides.c + (r.row0 + line % r.rows) * strides.h;
+    int64_t first = r.low, last = r.high;
+    if (unit_columns) {  // the whole sectors of the taps' first and last columns
+      first = r.low - sector_offset(row + r.low);
+      first = first > r.col0 ? first : r.col0;
+      last = r.high + k - 1 - sector_offset(row + r.high);
+      last = last < r.col0 + r.cols - 1 ? last : r.col0 + r.cols - 1;
+    }
+    int64_t x = first + i % span;
+    x = x < last ? x : last;
+    stage[line * r.cols + x - r.col0] = row[x * strides.w];
+  }
+}
+
+// The sums over the samples of cell (ph, pw) of channels [0, count) (count <= kVector) of
+// `map`, whose value at row y, column x of channel j is map[j * stride_c + (y - row0) *
+// stride_h + (x - col0) * stride_w]: the input itself (origin 0) or the stage. The same
+// arithmetic in the same order either way (the CPU kernel's, docs/operators.md section 2).
+template <int kVector, typename scalar_t, typename T>
+__device__ __forceinline__ void sample_cell(const RoiGrid<T>& g, int64_t ph, int64_t pw,
+                                            const scalar_t* map, int64_t stride_c,
+                                            int64_t stride_h, int64_t stride_w, int64_t row0,
+                                            int64_t col0, int64_t count, T (&total)[kVector]) {
+  for (int64_t iy = 0; iy < g.y.grid; ++iy) {
+    Tap<T> ty;
+    if (!axis_tap(g.y.sample(ph, iy), g.y.size, ty)) {
+      continue;
+    }
+    for (int64_t ix = 0; ix < g.x.grid; ++ix) {
+      Tap<T> tx;
+      if (!axis_tap(g.x.sample(pw, ix), g.x.size, tx)) {
+        continue;
+      }
+      const T w1 = ty.w_low * tx.w_low, w2 = ty.w_low * tx.w_high;
+      const T w3 = ty.w_high * tx.w_low, w4 = ty.w_high * tx.w_high;
+      const int64_t o1 = (ty.low - row0) * stride_h + (tx.low - col0) * stride_w;
+      const int64_t o2 = (ty.low - row0) * stride_h + (tx.high - col0) * stride_w;
+      const int64_t o3 = (ty.high - row0) * stride_h + (tx.low - col0) * stride_w;
+      const int64_t o4 = (ty.high - row0) * stride_h + (tx.high - col0) * stride_w;
+      for (int64_t j = 0; j < kVector; ++j) {
+        if (j < count) {
+          const scalar_t* plane = map + j * stride_c;
+          total[j] += w1 * static_cast<T>(plane[o1]) + w2 * static_cast<T>(plane[o2]) +
+                      w3 * static_cast<T>(plane[o3]) + w4 * static_cast<T>(plane[o4]);
+        }
+      }
+    }
+  }
 }
 
 // ---- kernels ----
@@ -321,23 +498,29 @@ __global__ void __launch_bounds__(kThreads)
 }
 
 // Candidate n = block / (channel chunks * cell chunks) of a block of the forward, run with
-// ForwardShared<T> as dynamic shared memory; a box without an image gives zeros. kVector:
-// channels per thread, kChannelsPerThread on an NCHW input (threads along the cells, one set
-// of sample weights for kVector channels), 1 on a channels-last one (threads along the
-// channels: a warp reads 32 consecutive channels of one sample). Each value goes to a shared
-// tile [channel][cell], written out by rows: the rows are runs of the contiguous output
-// [K, S, C, oh, ow], so the stores are coalesced. The default centres: the setup kernel's
-// (twice_centers), or, with neither those nor given centres (K <= kThreads), the block's own:
-// it reads all boxes into shared memory and adds those of its image in index order as
-// crop_setup_kernel does.
+// ForwardShared<T> as dynamic shared memory (and the stage past it: stage_values values of
+// scalar_t); a box without an image gives zeros. kVector: channels per thread,
+// kChannelsPerThread on an NCHW input (threads along the cells, one set of sample weights for
+// kVector channels), 1 on a channels-last one (threads along the channels: a warp reads 32
+// consecutive channels of one sample). On an NCHW input the block first stages the map region
+// its cells' samples read (stage_region), as many of its channels at a time as the stage
+// holds, loaded in memory order (stage_columns), then samples the stage: a warp's taps, 32
+// cells apart on the map, no longer each move sectors of their own. A region of which not one
+// channel fits the stage is read from the input directly, as the channels-last path does.
+// Each value goes to a shared tile [channel][cell], written out by rows: the rows are runs of
+// the contiguous output [K, S, C, oh, ow], so the stores are coalesced. The default centres:
+// the setup kernel's (twice_centers), or, with neither those nor given centres
+// (K <= kThreads), the block's own: it reads all boxes into shared memory and adds those of
+// its image in index order as crop_setup_kernel does.
 template <typename scalar_t, typename T, int kVector>
 __global__ void __launch_bounds__(kThreads)
     crop_forward_kernel(const scalar_t* __restrict__ input, Strides4 strides,
                         const T* __restrict__ boxes, const T* __restrict__ centers,
                         const double* __restrict__ twice_centers, ScaleList<T> scales,
                         CropParams<T> p, int64_t channel_chunk, int64_t cell_chunk,
-                        int64_t blocks, scalar_t* __restrict__ output) {
+                        int64_t blocks, int64_t stage_values, scalar_t* __restrict__ output) {
   ForwardShared<T>& shared = *gpu::dynamic_shared<ForwardShared<T>>();
+  scalar_t* const stage = reinterpret_cast<scalar_t*>(&shared + 1);
   const int64_t channel_chunks = (p.channels + channel_chunk - 1) / channel_chunk;
   const int64_t cell_chunks = (p.cells() + cell_chunk - 1) / cell_chunk;
   const unsigned int t = threadIdx.x;
@@ -349,6 +532,7 @@ __global__ void __launch_bounds__(kThreads)
       shared.keys[t] = key;
     }
   }
+  const bool unit_columns = strides.w == 1;
   for (int64_t block = blockIdx.x; block < blocks; block += gridDim.x) {
     const int64_t n = block / (channel_chunks * cell_chunks);
     const int64_t c_begin = (block / cell_chunks) % channel_chunks * channel_chunk;
@@ -387,45 +571,47 @@ __global__ void __launch_bounds__(kThreads)
     const int64_t b = shared.image;
     const RoiGrid<T> g = shared.grid;
     T* tile = shared.tile;
-    const int64_t groups = (channels + kVector - 1) / kVector;
-    for (int64_t item = t; item < groups * cells; item += blockDim.x) {
-      // NCHW: along the cells; channels-last (kVector 1): along the channels.
-      const int64_t cell = kVector > 1 ? item % cells : item / groups;
-      const int64_t group = kVector > 1 ? item / cells : item % groups;
-      const int64_t c0 = group * kVector;  // in the chunk
-      const int64_t ph = (p_begin + cell) / p.out_w, pw = (p_begin + cell) % p.out_w;
-      T total[kVector] = {};
-      if (b != kNoImage) {
-        const scalar_t* map = input + b * strides.n + (c_begin + c0) * strides.c;
-        for (int64_t iy = 0; iy < g.y.grid; ++iy) {
-          Tap<T> ty;
-          if (!axis_tap(g.y.sample(ph, iy), p.height, ty)) {
-            continue;
-          }
-          for (int64_t ix = 0; ix < g.x.grid; ++ix) {
-            Tap<T> tx;
-            if (!axis_tap(g.x.sample(pw, ix), p.width, tx)) {
-              continue;
-            }
-            const T w1 = ty.w_low * tx.w_low, w2 = ty.w_low * tx.w_high;
-            const T w3 = ty.w_high * tx.w_low, w4 = ty.w_high * tx.w_high;
-            const int64_t o1 = ty.low * strides.h + tx.low * strides.w;
-            const int64_t o2 = ty.low * strides.h + tx.high * strides.w;
-            const int64_t o3 = ty.high * strides.h + tx.low * strides.w;
-            const int64_t o4 = ty.high * strides.h + tx.high * strides.w;
-            for (int64_t j = 0; j < kVector; ++j) {
-              if (c0 + j < channels) {
-                const scalar_t* plane = map + j * strides.c;
-                total[j] += w1 * static_cast<T>(plane[o1]) + w2 * static_cast<T>(plane[o2]) +
-                            w3 * static_cast<T>(plane[o3]) + w4 * static_cast<T>(plane[o4]);
-              }
-            }
-          }
-        }
+    const scalar_t* map =
+        b != kNoImage ? input + b * strides.n + c_begin * strides.c : nullptr;
+    // NCHW: the region to stage and how many channels of it fit at a time (none: read the
+    // input directly, all channels at once).
+    StageRegion region{0, 0, 0, 0, 0, -1};
+    int64_t step = channels;
+    bool staged = false;
+    if (kVector > 1 && b != kNoImage) {
+      region = stage_region<scalar_t>(g, p.out_w, p_begin, cells, unit_columns, shared.extent);
+      const int64_t fit = region.rows > 0 ? stage_values / (region.rows * region.cols) : 0;
+      staged = fit > 0;
+      if (staged && fit < channels) {
+        step = fit >= kVector ? fit / kVector * kVector : fit;
       }
-      for (int64_t j = 0; j < kVector; ++j) {
-        if (c0 + j < channels) {
-          tile[(c0 + j) * tile_stride + cell] = b != kNoImage ? total[j] / g.count : T(0);
+    }
+    for (int64_t first = 0; first < channels; first += step) {
+      const int64_t count = channels - first < step ? channels - first : step;
+      if (staged) {
+        __syncthreads();  // the stage's previous readers are done
+        stage_columns(map + first * strides.c, strides, region, unit_columns, p.width, count,
+                      stage);
+        __syncthreads();
+      }
+      const int64_t groups = (count + kVector - 1) / kVector;
+      for (int64_t item = t; item < groups * cells; item += blockDim.x) {
+        // NCHW: along the cells; channels-last (kVector 1): along the channels.
+        const int64_t cell = kVector > 1 ? item % cells : item / groups;
+        const int64_t c0 = (kVector > 1 ? item / cells : item % groups) * kVector;  // in count
+        const int64_t ph = (p_begin + cell) / p.out_w, pw = (p_begin + cell) % p.out_w;
+        const int64_t here = count - c0 < kVector ? count - c0 : kVector;
+        T total[kVector] = {};
+        if (staged) {
+          sample_cell<kVector>(g, ph, pw, stage + c0 * region.rows * region.cols,
+                               region.rows * region.cols, region.cols, int64_t{1}, region.row0,
+                               region.col0, here, total);
+        } else if (b != kNoImage) {
+          sample_cell<kVector>(g, ph, pw, map + (first + c0) * strides.c, strides.c, strides.h,
+                               strides.w, int64_t{0}, int64_t{0}, here, total);
+        }
+        for (int64_t j = 0; j < here; ++j) {
+          tile[(first + c0 + j) * tile_stride + cell] = b != kNoImage ? total[j] / g.count : T(0);
         }
       }
     }
@@ -685,31 +871,45 @@ const double* twice_centers_data(const CropSetup& setup) {
 }
 
 // The forward's tiles (crop_forward_kernel): on a channels-last input 32 channels (a warp) by
-// as many cells as the tile holds; on an NCHW one up to kThreads cells by as many channels,
-// in groups of kChannelsPerThread, as the tile holds. Each tile row is padded to an odd length.
+// as many cells as the tile holds; on an NCHW one whole output rows, up to kThreads cells (so
+// that a block's samples span few map rows), by as many channels, in groups of
+// kChannelsPerThread, as the tile holds, and, on a map whose whole plane the stage holds in
+// such groups, as the stage holds (one stage per block). Each tile row is padded to an odd
+// length. The stage (NCHW) takes the rest of kForwardSharedBytes.
 template <typename scalar_t, typename T>
 void launch_crop_forward(const Tensor& input, const Tensor& boxes, const Tensor& centers,
                          const CropSetup& setup, DoubleArrayRef scales, const CropParams<T>& p,
                          Tensor& output, gpu::Stream stream) {
   const Strides4 strides = strides_of(input);
   const bool channels_last = strides.c < strides.w;
-  int64_t channel_chunk, cell_chunk;
+  int64_t channel_chunk, cell_chunk, stage_values = 0;
   if (channels_last) {
     channel_chunk = std::min<int64_t>(p.channels, 32);
     cell_chunk = std::min<int64_t>(p.cells(), kTileValues / channel_chunk - 1);
   } else {
-    cell_chunk = std::min<int64_t>(p.cells(), kThreads);
+    const int64_t rows = std::max<int64_t>(1, kThreads / p.out_w);
+    cell_chunk = std::min<int64_t>(p.cells(), p.out_w <= kThreads ? rows * p.out_w : kThreads);
     const int64_t fit = kTileValues / (cell_chunk + 1) / kChannelsPerThread * kChannelsPerThread;
     channel_chunk = std::min<int64_t>(p.channels, std::max(kChannelsPerThread, fit));
+    stage_values = (kForwardSharedBytes - static_cast<int64_t>(sizeof(ForwardShared<T>))) /
+                   static_cast<int64_t>(sizeof(scalar_t));
+    const int64_t plane = p.height * p.width;
+    const int64_t planes = plane > 0 ? stage_values / plane / kChannelsPerThread : 0;
+    if (planes > 0) {
+      channel_chunk = std::min(channel_chunk, planes * kChannelsPerThread);
+    }
   }
   const int64_t blocks = p.candidates() * ((p.channels + channel_chunk - 1) / channel_chunk) *
                          ((p.cells() + cell_chunk - 1) / cell_chunk);
   const auto kernel = channels_last ? crop_forward_kernel<scalar_t, T, 1>
                                     : crop_forward_kernel<scalar_t, T, kChannelsPerThread>;
+  const int64_t shared_bytes = static_cast<int64_t>(sizeof(ForwardShared<T>)) +
+                               stage_values * static_cast<int64_t>(sizeof(scalar_t));
   gpu::launch(kernel, static_cast<unsigned int>(std::min(blocks, kMaxBlocks)), kThreads,
-              sizeof(ForwardShared<T>), stream, input.const_data_ptr<scalar_t>(), strides,
-              boxes.const_data_ptr<T>(), centers_data<T>(centers), twice_centers_data<T>(setup),
-              scale_list<T>(scales), p, channel_chunk, cell_chunk, blocks, output.mutable_data_ptr<scalar_t>());
+              static_cast<size_t>(shared_bytes), stream, input.const_data_ptr<scalar_t>(),
+              strides, boxes.const_data_ptr<T>(), centers_data<T>(centers),
+              twice_centers_data<T>(setup), scale_list<T>(scales), p, channel_chunk, cell_chunk,
+              blocks, stage_values, output.mutable_data_ptr<scalar_t>());
 }
 
 template <typename scalar_t, typename T>
