@@ -6,8 +6,9 @@
 //
 // multiscale_roi_crop makes at most three launches per call, counting what torch runs for it
 // (issue 24): one setup kernel (crop_setup_kernel: each image's default centre, summed once;
-// for the deterministic backward the boxes grouped by image, a stable counting sort without
-// torch's sort; for the atomic backward the zeroing of its accumulator), then the crop kernel,
+// for the deterministic backward with more than kThreads boxes the boxes grouped by image, a
+// stable counting sort without torch's sort; for the atomic backward the zeroing of its
+// accumulator), then the crop kernel,
 // and for float16 / bfloat16 atomic backward torch's conversion of the float32 accumulator.
 // With given centres the forward needs no setup. The crop kernels find each box's image
 // themselves (image_key). Forward: a block crops one candidate n = k * S + s for a chunk of
@@ -17,8 +18,10 @@
 // channels on a channels-last one, so that each warp's loads are contiguous. Backward: by
 // default one thread per output cell and group of channels adds its gradients with atomics;
 // with `deterministic` (which the Python layer sets from
-// torch.are_deterministic_algorithms_enabled()), one thread per input element gathers what the
-// candidates of its image send it, in a fixed order, without atomics. Float16 and bfloat16
+// torch.are_deterministic_algorithms_enabled()), a block per tile of one image's input
+// elements gathers what the candidates of that image send them, in a fixed order, without
+// atomics, from their gradient rows staged in shared memory (one launch up to kThreads boxes).
+// Float16 and bfloat16
 // accumulate in float32 (opmath_t) in all kernels. scale_candidates still groups the boxes
 // with torch's sort (image_segments; it is not a benchmarked path).
 //
