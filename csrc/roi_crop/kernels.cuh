@@ -179,16 +179,15 @@ struct GatherTiles {
 // memory a launch gets without opting in (float64 included).
 constexpr int64_t kGatherTileBytes = 32768;
 
-// ... and of crop_backward_gather_kernel: the candidate's box row, grid and n; its image's boxes
-// and their images when K <= kThreads (else the setup kernel's grouping is read); the staging
-// tile of the candidate's output-gradient rows that reach the block's input rows.
+// ... and of crop_backward_gather_kernel: the candidate's grid and n; its image's boxes and 2c;
+// all boxes and their images when K <= kThreads (else the setup kernel's grouping is read);
+// the staging tile of the candidate's output-gradient rows that reach the block's input rows.
 template <typename T>
 struct GatherShared {
   RoiGrid<T> grid;
   TwiceCenter center;
   int64_t first, last;  // the block's image's boxes: keys (own grouping) or order positions
   int64_t candidate;    // n
-  T row[5];
   int64_t keys[kThreads];
   int64_t scratch[kThreads];
   T boxes[5 * kThreads];
@@ -232,8 +231,8 @@ __device__ inline int64_t block_min(int64_t value, int64_t* scratch) {
 // is used but the run's first and last.
 template <typename scalar_t, typename T>
 __device__ void stage_run(const scalar_t* src, int64_t count, T* dst) {
-  const int64_t lead =
-      static_cast<int64_t>(reinterpret_cast<uintptr_t>(src) % 128) / static_cast<int64_t>(sizeof(scalar_t));
+  const int64_t lead = static_cast<int64_t>(reinterpret_cast<uintptr_t>(src) % 128) /
+                       static_cast<int64_t>(sizeof(scalar_t));
   for (int64_t i = int64_t{threadIdx.x} - lead; i < count; i += blockDim.x) {
     if (i >= 0) {
       dst[i] = static_cast<T>(src[i]);
