@@ -5,7 +5,8 @@ launch, its DRAM bytes and sectors per request (benchmarks/results/gpu_model.jso
 benchmarks/gpu_check_model.py measures the same calls on a GPU: their times with CUDA events
 (model_times.json) and, where Nsight Compute runs, each kernel's counters for one launch
 (model_ncu.json, from `ncu --csv`). Records match by their keys (op, case, direction), which
-both sides take from benchmarks/cases/runs.py; a record without a counterpart shows "-".
+both sides take from benchmarks/cases/runs.py; a record without a counterpart shows "-". The
+times at the full sizes meet the model's extrapolation to them (each model record's `full`).
 """
 
 from __future__ import annotations
@@ -165,7 +166,7 @@ def merge_times(model: dict, times: dict) -> list[dict]:
     measured = {key(r): r for r in times.get("records", [])}
     constants = times.get("constants", {})
     rows = []
-    for r in model.get("records", []):
+    for r in with_full_sizes(model.get("records", [])):
         m = measured.pop(key(r), None)
         us = m["median_us"] if m else None
         redone = None
@@ -185,6 +186,7 @@ def merge_times(model: dict, times: dict) -> list[dict]:
                 "measured_over_roofline": ratio(us, r["roofline_us"]),
                 "repredicted_us": redone,
                 "sizes": m.get("sizes") if m else None,
+                "extrapolated": r.get("extrapolated", False),
             }
         )
     for m in measured.values():
@@ -199,9 +201,22 @@ def merge_times(model: dict, times: dict) -> list[dict]:
                 "measured_over_roofline": None,
                 "repredicted_us": None,
                 "sizes": m.get("sizes"),
+                "extrapolated": False,
             }
         )
     return rows
+
+
+def with_full_sizes(records: list[dict]) -> list[dict]:
+    """The model's records, each followed by its extrapolations to the full sizes (the `full`
+    of gpu_model.py) as records of their own, marked `extrapolated`."""
+    result = []
+    for r in records:
+        result.append(r)
+        for f in r.get("full", []):
+            result.append({**{k: r[k] for k in KEY}, "launches": r["launches"], **f,
+                           "extrapolated": True})  # fmt: skip
+    return result
 
 
 def merge_kernels(model: dict, ncu: dict) -> list[dict]:
@@ -301,8 +316,9 @@ def times_lines(model: dict, times: dict) -> list[str]:
         "|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in matched:
+        case = r["case"] + (" (model extrapolated)" if r["extrapolated"] else "")
         lines.append(
-            f"| {r['op']} | {r['case']} | {r['direction']} | {r['launches']} | "
+            f"| {r['op']} | {case} | {r['direction']} | {r['launches']} | "
             f"{_f(r['measured_us'])} | {_f(r['predicted_us'])} | "
             f"{_f(r['measured_over_predicted'], '.2f')} | {_f(r['roofline_us'])} | "
             f"{_f(r['measured_over_roofline'], '.2f')} | {_f(r['repredicted_us'])} |"
@@ -311,7 +327,7 @@ def times_lines(model: dict, times: dict) -> list[str]:
     if unmatched:
         lines += [
             "",
-            "Measured without a model record (the full sizes, or a direction the model lacks):",
+            "Measured without a model record (a case or direction the model lacks):",
             "",
             "| op | case | direction | sizes | measured us |",
             "|---|---|---|---|---:|",

@@ -4,7 +4,10 @@
     python benchmarks/gpu_model_table.py --check   # exits 1 when README.md's table is stale
 
 The README shows one row per op and direction, float32 NCHW, at one case of each op (the crop's
-feature crops, the paper's use of it); benchmarks/results/gpu_model.md has every case.
+feature crops, the paper's use of it); benchmarks/results/gpu_model.md has every case. Where
+the JSON extrapolates its records to the full sizes (gpu_model.py's `full`), each row is one
+full case of that case, its predicted and roofline time beside the traced case's; a JSON
+without them gives the traced columns alone.
 `python benchmarks/gpu_model.py` rewrites the table itself when it writes the default JSON.
 The table lies between the README's two markers below; nothing else of the README changes.
 """
@@ -23,6 +26,7 @@ BEGIN = "<!-- gpu-model-table: written by `python benchmarks/gpu_model_table.py`
 END = "<!-- /gpu-model-table -->"
 VARIANT = ", float32"  # the case names' suffix of the float32 NCHW runs (cases/runs.py)
 PREFERRED_CASE = "feature crops"
+FULL_TIMES = ("predicted_us", "roofline_us")
 
 
 def readme_records(records: list[dict]) -> list[dict]:
@@ -42,20 +46,46 @@ def readme_records(records: list[dict]) -> list[dict]:
 
 def table(model: dict) -> str:
     constants = model["constants"]
+    records = readme_records(model["records"])
     lines = [
         BEGIN,
         "",
         f"Predicted H100 us per op call: launches x {constants['LAUNCH_US']:g} us + DRAM bytes "
         f"at {constants['HBM_BYTES_PER_S'] / 1e12:g} TB/s.",
-        "",
-        "| op | case | direction | launches | predicted us | roofline us |",
-        "|---|---|---|---:|---:|---:|",
     ]
-    for r in readme_records(model["records"]):
-        lines.append(
-            f"| {r['op']} | {r['case']} | {r['direction']} | {r['launches']} | "
-            f"{r['predicted_us']:.1f} | {r['roofline_us']:.1f} |"
-        )
+    full = [bool(r.get("full")) for r in records]
+    if not any(full):
+        lines += [
+            "",
+            "| op | case | direction | launches | predicted us | roofline us |",
+            "|---|---|---|---:|---:|---:|",
+        ]
+        for r in records:
+            lines.append(
+                f"| {r['op']} | {r['case']} | {r['direction']} | {r['launches']} | "
+                f"{r['predicted_us']:.1f} | {r['roofline_us']:.1f} |"
+            )
+        return "\n".join([*lines, "", END])
+    lines[-1] += (
+        " Traced at the quick size; **the full sizes (the paper's) are an extrapolation**: "
+        "the traced launches and bytes moved per minimum byte, at the full case's minimum."
+        + (" `-`: not extrapolated (gpu_model.md says why)." if not all(full) else "")
+    )
+    lines += [
+        "",
+        "| op | direction | launches | traced case | predicted us | roofline us | full case "
+        "(extrapolated) | predicted us | roofline us |",
+        "|---|---|---:|---|---:|---:|---|---:|---:|",
+    ]
+    for r in records:
+        for f in r.get("full") or [{"case": "-", "predicted_us": None, "roofline_us": None}]:
+            at_full = [f"{f[k]:.1f}" if f[k] is not None else "-" for k in FULL_TIMES]
+            lines.append(
+                f"| {r['op']} | {r['direction']} | {r['launches']} | {r['case']} | "
+                f"{r['predicted_us']:.1f} | {r['roofline_us']:.1f} | {f['case']} | "
+                + " | ".join(at_full)
+                + " |"
+            )
     return "\n".join([*lines, "", END])
 
 

@@ -33,13 +33,16 @@ STABLE_TORCH_LIBRARY(ssanet_ops, m) {
       " bool deterministic) -> Tensor");
 
   // docs/operators.md section 3. phi [G?, N, S, D], weight [G?, C, S, D] (bias [G?, C]); scale_correlation
-  // returns corr [G?, N, C, S], scale_align (logits [G?, N, C], shift [G?, N, C] int64). The
-  // backward ops take the gradient of corr (or of logits with the forward's shift) and give
-  // d phi or d weight, each on its own so that a frozen input costs nothing.
+  // returns corr [G?, N, C, S], scale_align (logits [G?, N, C], shift [G?, N, C] int64).
+  // scale_correlation's backward ops take the gradient of corr and give d phi or d weight, each
+  // on its own so that a frozen input costs nothing; scale_align's takes the gradient of logits
+  // with the forward's shift and gives (d phi, d weight, d bias) in one call, each only where its
+  // flag asks for it (an empty [0] tensor otherwise).
   m.def("scale_correlation(Tensor phi, Tensor weight) -> Tensor");
   m.def("scale_align(Tensor phi, Tensor weight, Tensor? bias=None) -> (Tensor, Tensor)");
   m.def("_scale_correlation_backward_phi(Tensor grad, Tensor weight) -> Tensor");
   m.def("_scale_correlation_backward_weight(Tensor grad, Tensor phi) -> Tensor");
-  m.def("_scale_align_backward_phi(Tensor grad, Tensor shift, Tensor weight) -> Tensor");
-  m.def("_scale_align_backward_weight(Tensor grad, Tensor shift, Tensor phi) -> Tensor");
+  m.def(
+      "_scale_align_backward(Tensor grad, Tensor shift, Tensor phi, Tensor weight, bool phi_grad,"
+      " bool weight_grad, bool bias_grad) -> (Tensor, Tensor, Tensor)");
 }

@@ -146,9 +146,10 @@ torch.library.register_autograd(
 )
 
 
-# scale_correlation / scale_align (docs/operators.md section 3, eq. 8): d phi and d weight each
-# have their own backward op, so an input that needs no gradient costs nothing; d bias is the sum
-# of the logits' gradient over the proposals.
+# scale_correlation / scale_align (docs/operators.md section 3, eq. 8): scale_correlation's d phi
+# and d weight each have their own backward op, so an input that needs no gradient costs
+# nothing; scale_align's one backward op gives d phi, d weight and d bias (the sum of the logits'
+# gradient over the proposals) together, each only where its flag asks for it.
 
 
 def _scale_correlation_setup_context(ctx, inputs, output):
@@ -181,15 +182,11 @@ def _scale_align_setup_context(ctx, inputs, output):
 
 def _scale_align_backward(ctx, grad_logits, _grad_shift):
     phi, weight, shift = ctx.saved_tensors
-    grad_phi = grad_weight = grad_bias = None
-    if ctx.needs_input_grad[0]:
-        grad_phi = torch.ops.ssanet_ops._scale_align_backward_phi(grad_logits, shift, weight)
-    if ctx.needs_input_grad[1]:
-        grad_weight = torch.ops.ssanet_ops._scale_align_backward_weight(grad_logits, shift, phi)
     # needs_input_grad has no entry for a bias of None.
-    if len(ctx.needs_input_grad) > 2 and ctx.needs_input_grad[2]:
-        grad_bias = grad_logits.sum(dim=-2)
-    return grad_phi, grad_weight, grad_bias
+    needs_bias = len(ctx.needs_input_grad) > 2 and ctx.needs_input_grad[2]
+    needs = (ctx.needs_input_grad[0], ctx.needs_input_grad[1], needs_bias)
+    grads = torch.ops.ssanet_ops._scale_align_backward(grad_logits, shift, phi, weight, *needs)
+    return tuple(grad if need else None for grad, need in zip(grads, needs, strict=True))
 
 
 torch.library.register_autograd(
@@ -205,7 +202,9 @@ torch.library.register_autograd(
 #     d/d g = scale_correlation(gg, W),  d/d W = _scale_correlation_backward_weight(g, gg);
 #   _scale_correlation_backward_weight(g, P)[c, m, d] = sum_{n, r} g[n, c, r] P[n, (m - r) % S, d]
 #     d/d g = scale_correlation(P, gg),  d/d P = _scale_correlation_backward_phi(g, gg);
-# and for scale_align the same at the saved shift r* only: d/d g is the correlation at r*.
+# and for scale_align the same at the saved shift r* only: d/d g is the correlation at r*. Its
+# one op gives both (and d bias = sum over n of g, whose adjoint spreads gg over n), so the
+# partial derivatives of d phi and d weight to W and P are one call of it too.
 
 
 def _scale_backward_setup_context(ctx, inputs, output):
@@ -239,33 +238,67 @@ def _scale_correlation_backward_weight_backward(ctx, grad_grad_weight):
     return grad_grad, grad_phi
 
 
-def _scale_align_backward_phi_backward(ctx, grad_grad_phi):
-    grad, shift, weight = ctx.saved_tensors
-    ops = torch.ops.ssanet_ops
-    grad_grad = grad_weight = None
-    if ctx.needs_input_grad[0]:
-        grad_grad = _at_shift(ops.scale_correlation(grad_grad_phi, weight), shift)
-    if ctx.needs_input_grad[2]:
-        grad_weight = ops._scale_align_backward_weight(grad, shift, grad_grad_phi)
-    return grad_grad, None, grad_weight
+def _scale_align_backward_setup_context(ctx, inputs, output):
+    grad, shift, phi, weight, *needs = inputs
+    ctx.save_for_backward(grad, shift, phi, weight)
+    ctx.needs = needs
 
 
-def _scale_align_backward_weight_backward(ctx, grad_grad_weight):
-    grad, shift, phi = ctx.saved_tensors
+def _scale_align_backward_backward(ctx, grad_grad_phi, grad_grad_weight, grad_grad_bias):
+    # The outputs not asked for are empty: their gradients are ignored.
+    grad, shift, phi, weight = ctx.saved_tensors
+    gg_phi, gg_weight, gg_bias = (
+        gg if need and gg is not None else None
+        for gg, need in zip(
+            (grad_grad_phi, grad_grad_weight, grad_grad_bias), ctx.needs, strict=True
+        )
+    )
     ops = torch.ops.ssanet_ops
-    grad_grad = grad_phi = None
+    grad_grad = grad_phi = grad_weight = None
     if ctx.needs_input_grad[0]:
-        grad_grad = _at_shift(ops.scale_correlation(phi, grad_grad_weight), shift)
-    if ctx.needs_input_grad[2]:
-        grad_phi = ops._scale_align_backward_phi(grad, shift, grad_grad_weight)
-    return grad_grad, None, grad_phi
+        grad_grad = torch.zeros_like(grad)
+        if gg_phi is not None:
+            grad_grad = grad_grad + _at_shift(ops.scale_correlation(gg_phi, weight), shift)
+        if gg_weight is not None:
+            grad_grad = grad_grad + _at_shift(ops.scale_correlation(phi, gg_weight), shift)
+        if gg_bias is not None:
+            grad_grad = grad_grad + gg_bias.unsqueeze(-2)
+    # d/d phi = _scale_align_backward_phi(grad, shift, gg_weight) and d/d weight =
+    # _scale_align_backward_weight(grad, shift, gg_phi): one call with gg_phi and gg_weight in the
+    # places of phi and weight (the saved input where one is absent, and not read then).
+    want_phi = ctx.needs_input_grad[2] and gg_weight is not None
+    want_weight = ctx.needs_input_grad[3] and gg_phi is not None
+    if want_phi or want_weight:
+        grad_phi, grad_weight, _ = ops._scale_align_backward(
+            grad,
+            shift,
+            gg_phi if gg_phi is not None else phi.detach(),
+            gg_weight if gg_weight is not None else weight.detach(),
+            want_phi,
+            want_weight,
+            False,
+        )
+    return (
+        grad_grad,
+        None,
+        grad_phi if want_phi else None,
+        grad_weight if want_weight else None,
+        None,
+        None,
+        None,
+    )
+
+
+torch.library.register_autograd(
+    "ssanet_ops::_scale_align_backward",
+    _scale_align_backward_backward,
+    setup_context=_scale_align_backward_setup_context,
+)
 
 
 for _name, _backward in (
     ("_scale_correlation_backward_phi", _scale_correlation_backward_phi_backward),
     ("_scale_correlation_backward_weight", _scale_correlation_backward_weight_backward),
-    ("_scale_align_backward_phi", _scale_align_backward_phi_backward),
-    ("_scale_align_backward_weight", _scale_align_backward_weight_backward),
 ):
     torch.library.register_autograd(
         f"ssanet_ops::{_name}", _backward, setup_context=_scale_backward_setup_context

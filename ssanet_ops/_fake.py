@@ -125,11 +125,11 @@ def _scale_correlation_backward_weight_fake(grad, phi):
     return _scale_align_grad_fake(grad, phi, grad.shape[-2])
 
 
-@torch.library.register_fake("ssanet_ops::_scale_align_backward_phi")
-def _scale_align_backward_phi_fake(grad, shift, weight):
-    return _scale_align_grad_fake(grad, weight, grad.shape[-2])
-
-
-@torch.library.register_fake("ssanet_ops::_scale_align_backward_weight")
-def _scale_align_backward_weight_fake(grad, shift, phi):
-    return _scale_align_grad_fake(grad, phi, grad.shape[-1])
+@torch.library.register_fake("ssanet_ops::_scale_align_backward")
+def _scale_align_backward_fake(grad, shift, phi, weight, phi_grad, weight_grad, bias_grad):
+    # (d phi, d weight, d bias [G?, C]), an empty [0] tensor for each not asked for.
+    return (
+        _scale_align_grad_fake(grad, weight, grad.shape[-2]) if phi_grad else grad.new_empty(0),
+        _scale_align_grad_fake(grad, phi, grad.shape[-1]) if weight_grad else grad.new_empty(0),
+        grad.new_empty(weight.shape[:-2]) if bias_grad else grad.new_empty(0),
+    )

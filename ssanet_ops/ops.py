@@ -222,9 +222,11 @@ def scale_correlation(phi: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
 
     float32, float64, float16 or bfloat16 (the reduced types accumulate in float32 and keep
     their planes and products in float32). Under autocast the op behaves like a linear layer:
-    the inputs are cast to the autocast dtype of their device type. On CUDA the plane products
-    run on cuBLAS (``torch.bmm``): TF32 for float32 when ``torch.backends.cuda.matmul.allow_tf32``
-    is on; under ``torch.use_deterministic_algorithms(True)`` they need
+    the inputs are cast to the autocast dtype of their device type. On CUDA the forward's plane
+    products run in the op's own kernel for S up to 9, in float32 (float64 for float64 inputs);
+    beyond, and the backward's, on cuBLAS (``torch.bmm``): TF32 for float32 when
+    ``torch.backends.cuda.matmul.allow_tf32`` is on; under
+    ``torch.use_deterministic_algorithms(True)`` they need
     ``CUBLAS_WORKSPACE_CONFIG=:4096:8`` (or ``:16:8``) in the environment and raise naming it
     otherwise (docs/operators.md section 4). S is at most 2048.
 

@@ -181,5 +181,7 @@ def test_backward_ops_pass_opcheck():
     ops = torch.ops.ssanet_ops
     torch.library.opcheck(ops._scale_correlation_backward_phi.default, (corr_grad, weight))
     torch.library.opcheck(ops._scale_correlation_backward_weight.default, (corr_grad, phi))
-    torch.library.opcheck(ops._scale_align_backward_phi.default, (logits_grad, shift, weight))
-    torch.library.opcheck(ops._scale_align_backward_weight.default, (logits_grad, shift, phi))
+    for needs in [(True, True, True), (True, False, False), (False, True, True)]:
+        torch.library.opcheck(
+            ops._scale_align_backward.default, (logits_grad, shift, phi, weight, *needs)
+        )

@@ -233,6 +233,29 @@ def test_times_merge_by_key_with_ratios_and_the_measured_constants():
     assert [compare.key(r) for r in rows][-1] == compare.key(extra)  # model's order first
 
 
+def test_full_size_times_meet_the_models_extrapolation():
+    record = model_record("pool", "small, float32", "forward", 2, 3_000_000, 10.0, 4.0)
+    record["full"] = [{"case": "big, float32", "bytes_minimum": 8e8, "bytes_moved": 9e8,
+                       "predicted_us": 306.0, "roofline_us": 269.7}]  # fmt: skip
+    measured = {"op": "pool", "case": "big, float32", "direction": "forward",
+                "median_us": 612.0, "sizes": "full"}  # fmt: skip
+    times = {**TIMES, "records": [measured]}
+    rows = compare.merge_times({"constants": MODEL["constants"], "records": [record]}, times)
+    assert [(r["case"], r["extrapolated"]) for r in rows] == [
+        ("small, float32", False),
+        ("big, float32", True),
+    ]
+    big = rows[1]
+    assert big["measured_over_predicted"] == pytest.approx(2.0)
+    assert big["launches"] == 2 and big["sizes"] == "full"
+    # The extrapolated bytes at the measured rate, the traced launches at the measured cost.
+    assert big["repredicted_us"] == pytest.approx(2 * 5.0 + 9e8 / 2e12 * 1e6)
+    text = "\n".join(compare.times_lines({"constants": MODEL["constants"], "records": [record]},
+                                          times))  # fmt: skip
+    assert "| pool | big, float32 (model extrapolated) | forward | 2 | 612.0 |" in text
+    assert "without a model record" not in text
+
+
 def test_kernels_pair_by_order_with_ratios():
     rows = compare.merge_kernels(MODEL, NCU)
     measured = [r for r in rows if r["measured"]]
@@ -431,3 +454,27 @@ def test_the_readme_table_takes_one_case_per_op_float32_every_direction():
     model = {"constants": {"LAUNCH_US": 1, "HBM_BYTES_PER_S": 1e12}, "records": records}
     new = table.with_table(f"a\n{table.BEGIN}\nold\n{table.END}\nb\n", model)
     assert new == f"a\n{table.table(model)}\nb\n" and "old" not in new
+
+
+def test_the_readme_table_shows_each_full_case_labelled_an_extrapolation():
+    records = [
+        model_record("pool", "B=8, float32", "forward", 1, 1, 3.5, 3.4),
+        model_record("pool", "B=8, float32", "backward", 2, 1, 6.5, 3.6),
+        model_record("pool", "B=8, bfloat16", "forward", 1, 1, 3.3, 3.2),
+    ]
+    records[0]["full"] = [
+        {"case": "B=96, float32", "predicted_us": 47.74, "roofline_us": 44.16},
+        {"case": "B=512, float32", "predicted_us": 241.4, "roofline_us": 222.5},
+    ]
+    records[1]["full"] = []  # a case without a full counterpart keeps its traced columns
+    text = table.table({"constants": {"LAUNCH_US": 3, "HBM_BYTES_PER_S": 3e12},
+                        "records": records})  # fmt: skip
+    rows = [line for line in text.splitlines() if line.startswith("| ") and "---" not in line]
+    assert "full case (extrapolated)" in rows[0]
+    assert rows[1:] == [
+        "| pool | forward | 1 | B=8, float32 | 3.5 | 3.4 | B=96, float32 | 47.7 | 44.2 |",
+        "| pool | forward | 1 | B=8, float32 | 3.5 | 3.4 | B=512, float32 | 241.4 | 222.5 |",
+        "| pool | backward | 2 | B=8, float32 | 6.5 | 3.6 | - | - | - |",
+    ]
+    assert "**the full sizes (the paper's) are an extrapolation**" in text
+    assert "`-`: not extrapolated" in text

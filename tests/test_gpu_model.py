@@ -194,3 +194,126 @@ def test_a_traced_crop_models_its_deterministic_backward(tmp_path):
         assert gather["bytes_minimum"] == atomic["bytes_minimum"]
         for record in calls.values():
             assert record["launches"] == len(record["kernels"]) >= 1
+
+
+# --- The full sizes: an extrapolation of the traced calls ----------------------------------------
+
+
+def test_the_extrapolation_keeps_launches_and_bytes_per_minimum_byte():
+    record = {"launches": 2, "bytes_moved": 3_000, "bytes_minimum": 2_000}
+    full = gpu_model.extrapolate(record, "big", 2_000_000_000)
+    assert full["case"] == "big" and full["bytes_minimum"] == 2_000_000_000
+    assert full["bytes_moved"] == 3_000_000_000  # 1.5 bytes moved per minimum byte
+    assert full["predicted_us"] == pytest.approx(gpu_model.predicted_us(2, 3_000_000_000))
+    assert full["roofline_us"] == pytest.approx(gpu_model.predicted_us(1, 2_000_000_000))
+    # Launch-bound when traced (2 launches of 3 us beside 1 us of bytes), byte-bound at full size.
+    assert full["predicted_us"] / full["roofline_us"] == pytest.approx(1.5, rel=0.01)
+
+
+def test_the_time_target_is_judged_at_the_full_sizes():
+    def record(traced, at_full):
+        return {
+            "op": "op", "launches": 2, "bytes_moved": 1, "bytes_minimum": 1, "kernels": [],
+            "predicted_us": traced, "roofline_us": 1.0,
+            "full": [{"case": "full case", "predicted_us": at_full, "roofline_us": 1.0}],
+        }  # fmt: skip
+
+    assert gpu_model.misses(record(traced=2.0, at_full=1.1)) == []
+    assert gpu_model.misses(record(traced=1.2, at_full=1.6)) == [
+        "time 1.6x roofline at full case (extrapolated)"
+    ]
+    without_full = {**record(traced=2.0, at_full=0), "full": []}
+    assert gpu_model.misses(without_full) == ["time 2.0x roofline at the traced size"]
+
+
+def test_every_full_case_stands_on_one_traced_case():
+    pytest.importorskip("torchvision")
+    from cases.runs import model_runs
+
+    quick = list(model_runs(full_sizes=False))
+    covered = [full.case for run in quick for full in gpu_model.full_runs(run)]
+    assert all(gpu_model.full_runs(run) for run in quick)
+    assert sorted(covered) == sorted(run.case for run in model_runs(full_sizes=True))
+    for run in quick:
+        assert {(f.op, f.variant) for f in gpu_model.full_runs(run)} == {(run.op, run.variant)}
+
+
+def test_the_minimum_from_shapes_is_the_minimum_of_a_real_call():
+    """full_minimum_bytes (meta tensors) against minimum_bytes of a real call on the CPU, at the
+    quick sizes in every variant; and at one full size against the case's own element count."""
+    pytest.importorskip("torchvision")
+    from cases.runs import model_runs
+
+    for run in model_runs(full_sizes=False):
+        inputs = run.make_inputs(torch.device("cpu"))
+        assert gpu_model.full_minimum_bytes(run) == gpu_model.minimum_bytes(
+            inputs, run.function(**inputs)
+        ), run.case
+    pool = next(model_runs(full_sizes=True, all_variants=False, ops=["oriented_pool"]))
+    minimum = gpu_model.full_minimum_bytes(pool)
+    # One forward reads x and writes the four orientations (cases/oriented_pool.py); the
+    # backward reads x and the output gradient and writes x's gradient.
+    x = pool.make_inputs(torch.device("meta"))["x"].numel()
+    assert minimum["forward"] == 4 * pool.source.forward_elements
+    assert minimum["backward"] == 4 * (pool.source.forward_elements + x)
+
+
+# Traced at the quick size and at a larger one: (op, builder in its cases module, arguments).
+LARGER = {
+    "oriented_pool": ("oriented_pool", "_maps", (16, 512, 7)),  # 4x the quick case's bytes
+}
+SCALED_TRACE = """
+import dataclasses, importlib, json, sys
+from pathlib import Path
+sys.path.insert(0, sys.argv[1])
+import gpu_model
+from cases.runs import model_runs
+op, module, builder, arguments = json.loads(sys.argv[3])
+tracer = gpu_model.Tracer(Path(sys.argv[2]))
+run = next(model_runs(full_sizes=False, all_variants=False, ops=[op]))
+made = getattr(importlib.import_module("cases." + module), builder)(*arguments)
+# A builder gives make_inputs, or (make_inputs, the ssanet_ops call at those sizes, ...).
+source = dataclasses.replace(run.source, make_inputs=made)
+if isinstance(made, tuple):
+    calls = {"ssanet_ops": made[1]}
+    source = dataclasses.replace(source, make_inputs=made[0], implementations=calls)
+larger = dataclasses.replace(run, source=source)
+print(json.dumps([gpu_model.op_calls(r, tracer) for r in (run, larger)]))
+"""
+
+
+def traced_at_two_sizes(op: str, module: str, builder: str, arguments) -> list[list[dict]]:
+    """The records of op's quick float32 case and of the case `builder(*arguments)` makes."""
+    result = subprocess.run(
+        [sys.executable, "-c", SCALED_TRACE, str(ROOT / "benchmarks"), str(trace_library()),
+         json.dumps([op, module, builder, arguments])],
+        check=True, capture_output=True, text=True,
+    )  # fmt: skip
+    return json.loads(result.stdout.splitlines()[-1])
+
+
+@needs_trace_build
+@pytest.mark.parametrize("op", sorted(LARGER))
+def test_the_bytes_per_minimum_byte_and_sector_use_hold_at_a_larger_size(op):
+    """What the extrapolation to the full sizes assumes, traced at a second, larger size."""
+    quick, larger = traced_at_two_sizes(op, *LARGER[op])
+    for small, big in zip(quick, larger, strict=True):
+        assert big["bytes_minimum"] >= 2 * small["bytes_minimum"]
+        assert big["launches"] == small["launches"]
+        ratios = [r["bytes_moved"] / r["bytes_minimum"] for r in (small, big)]
+        assert ratios[1] == pytest.approx(ratios[0], rel=0.02), small["direction"]
+        for k_small, k_big in zip(small["kernels"], big["kernels"], strict=True):
+            assert k_big["sector_use"] == pytest.approx(k_small["sector_use"], abs=0.02)
+
+
+@needs_trace_build
+def test_scale_aligns_backward_bytes_do_not_grow_with_its_minimum():
+    """Why scale_align is not extrapolated: at 4x D its backward's traced kernels (the shift
+    matrix, N*C*S*S) move the same bytes while its minimum grows about 4x."""
+    assert "scale_align" in gpu_model.NOT_EXTRAPOLATED
+    quick, larger = traced_at_two_sizes("scale_align", "scale_align", "_align_inputs",
+                                        (16, 5, 4 * 512, 50))  # fmt: skip
+    small, big = (next(r for r in records if r["direction"] == "backward")
+                  for records in (quick, larger))  # fmt: skip
+    assert big["bytes_minimum"] > 3.5 * small["bytes_minimum"]
+    assert big["bytes_moved"] == small["bytes_moved"]

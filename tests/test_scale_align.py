@@ -484,8 +484,8 @@ def test_opcheck():
     grad_corr = torch.randn(3, 4, 5, dtype=torch.float64)
     detached = phi.detach(), weight.detach()
     for op, args in [
-        (ops._scale_align_backward_phi, (grad, shift, detached[1])),
-        (ops._scale_align_backward_weight, (grad, shift, detached[0])),
+        (ops._scale_align_backward, (grad, shift, *detached, True, True, True)),
+        (ops._scale_align_backward, (grad, shift, *detached, False, True, False)),
         (ops._scale_correlation_backward_phi, (grad_corr, detached[1])),
         (ops._scale_correlation_backward_weight, (grad_corr, detached[0])),
     ]:
@@ -525,6 +525,38 @@ def test_frozen_weight_gets_no_gradient(device):
     logits, _ = ssanet_ops.scale_align(phi, weight)
     logits.sum().backward()
     assert weight.grad is None and phi.grad is not None
+
+
+@pytest.mark.parametrize("scales", [5, 9])  # CUDA's direct form (S <= 8) and its Fourier form
+@pytest.mark.parametrize("groups", [None, 2])
+# (N, C, D): one block of CUDA's shift matrix kernel, and 39 of them (its tiles: 256 * S entries)
+@pytest.mark.parametrize("size", [(4, 3, 13), (37, 53, 80)])
+def test_backward_op_gives_each_gradient_asked_for(device, scales, groups, size):
+    # scale_align's one backward op: d phi, d weight and d bias as the reference's autograd gives
+    # them (d bias the sum of grad over the proposals), each only where its flag asks for it.
+    proposals, classes, features = size
+    phi, weight, bias = make_inputs(
+        scales, proposals, classes, features, groups, device=device, bias=True
+    )
+    logits, shift = ssanet_ops.scale_align(phi, weight, bias)
+    grad = torch.randn_like(logits)
+    expected_logits, _ = reference.scale_align(phi, weight, bias)
+    torch.testing.assert_close(logits, expected_logits)
+    expected = torch.autograd.grad(expected_logits, (phi, weight, bias), grad)
+    torch.testing.assert_close(expected[2], grad.sum(dim=-2))
+    inputs = (phi.detach(), weight.detach())
+    for needs in [
+        (True, True, True),
+        (True, False, False),
+        (False, True, False),
+        (False, False, True),
+    ]:
+        actual = torch.ops.ssanet_ops._scale_align_backward(grad, shift, *inputs, *needs)
+        for result, reference_grad, need in zip(actual, expected, needs, strict=True):
+            if need:
+                torch.testing.assert_close(result, reference_grad)
+            else:
+                assert result.shape == (0,)
 
 
 # ---- errors ----
@@ -579,10 +611,14 @@ def test_dispatcher_checks_direct_calls():
         ops.scale_correlation(phi, weight.double())
     with pytest.raises(RuntimeError, match="float32, float64, float16 or bfloat16"):
         ops.scale_correlation(phi.long(), weight.long())
+    backward = ops._scale_align_backward
     with pytest.raises(RuntimeError, match="shift values must be in"):
-        ops._scale_align_backward_phi(torch.ones(4, 3), torch.full((4, 3), 5), weight)
+        backward(torch.ones(4, 3), torch.full((4, 3), 5), phi, weight, True, False, False)
+    zeros = torch.zeros(4, 2, dtype=torch.long)
     with pytest.raises(RuntimeError, match="grad has 2 classes"):
-        ops._scale_align_backward_phi(torch.ones(4, 2), torch.zeros(4, 2, dtype=torch.long), weight)
+        backward(torch.ones(4, 2), zeros, phi, weight, True, False, False)
+    with pytest.raises(RuntimeError, match="grad has 3 proposals"):
+        backward(torch.ones(3, 3), zeros[:3, :1].expand(3, 3), phi, weight, False, False, True)
 
 
 @pytest.mark.parametrize("for_weight", [False, True])
@@ -591,23 +627,24 @@ def test_backward_shift_out_of_range(device, for_weight, scales):
     # Only a direct call of the private backward ops can pass a shift outside [0, S). The CPU
     # refuses it; CUDA, which checks no values on the host (docs/operators.md section 4), gives
     # it no contribution, and reads nothing out of bounds (a NaN gradient there reaches nothing).
-    ops = torch.ops.ssanet_ops
     phi, weight, _ = make_inputs(scales, device=device)
-    op, other = (
-        (ops._scale_align_backward_weight, phi.detach())
-        if for_weight
-        else (ops._scale_align_backward_phi, weight.detach())
-    )
+
+    def op(grad, shift):
+        grads = torch.ops.ssanet_ops._scale_align_backward(
+            grad, shift, phi.detach(), weight.detach(), not for_weight, for_weight, False
+        )
+        return grads[1 if for_weight else 0]
+
     grad = torch.randn(4, 3, dtype=torch.float64, device=device)
     shift = torch.randint(0, scales, (4, 3), device=device)
     shift[0, 0], shift[1, 2], shift[3, 1] = -1, scales, 2**40
     if device.type == "cpu" and not simulating():
         with pytest.raises(RuntimeError, match=rf"shift values must be in \[0, {scales}\)"):
-            op(grad, shift, other)
+            op(grad, shift)
         return
     in_range = (shift >= 0) & (shift < scales)
-    expected = op(torch.where(in_range, grad, 0), torch.where(in_range, shift, 0), other)
-    actual = op(torch.where(in_range, grad, float("nan")), shift, other)
+    expected = op(torch.where(in_range, grad, 0), torch.where(in_range, shift, 0))
+    actual = op(torch.where(in_range, grad, float("nan")), shift)
     torch.testing.assert_close(actual, expected)
 
 
@@ -625,7 +662,7 @@ def test_direct_calls_refuse_sizes_that_overflow():
     grad = torch.zeros(1).expand(2**31, 2**31)
     shift = torch.zeros(1, dtype=torch.long).expand(2**31, 2**31)
     with pytest.raises(RuntimeError, match="scale_align backward: " + match):
-        ops._scale_align_backward_phi(grad, shift, rows[: 2**31])
+        ops._scale_align_backward(grad, shift, rows[: 2**31], rows[: 2**31], True, False, False)
     grad_corr = torch.zeros(1).expand(2**30, 2**30, 5)
     with pytest.raises(RuntimeError, match="scale_correlation backward: " + match):
         ops._scale_correlation_backward_weight(grad_corr, rows[: 2**30])
@@ -832,6 +869,41 @@ def test_cuda_float32_and_float64(cuda_device, allow_tf32, scales, groups):
         actual_grads = grads(logits, inputs, grad)
         for a, e in zip(actual_grads, expected_grads, strict=True):
             torch.testing.assert_close(a, e.to(dtype), **tolerance)
+
+
+@pytest.mark.parametrize(
+    ("dtype", "scales", "proposals", "features"),
+    [
+        # The fused products (product_kernel, csrc/scale_align/kernels.cuh's fused_products),
+        # whose blocks add up 4 chunks of the feature axis: D = 1500 makes K = 6 chunks of 250
+        # (blocks of 4 and 2), D = 2300 9 of 256 (4, 4 and 1), D = 700 3 of 234 (one block of
+        # 3); a chunk's last step of 16 columns lies partly past it unless W = 256.
+        (torch.float32, 9, 20, 1500),  # its most planes, T = 13; two proposal tiles of 16
+        (torch.float64, 7, 20, 2300),  # float64's planes of tiles of 16 proposals in shared memory
+        (torch.bfloat16, 5, 8, 700),  # tiles of 8 proposals and 32 classes
+        # The planes through memory and a bmm:
+        (torch.float32, 10, 20, 700),  # T = 14 planes, beyond the fused kernel's 13
+        (torch.float64, 7, 8, 700),  # float64's planes of 8 + 32 rows exceed 48 KiB
+    ],
+)
+def test_cuda_forward_paths(cuda_device, allow_tf32, dtype, scales, proposals, features):
+    # C = 37: a partial class tile.
+    allow_tf32(False)
+    tolerance = {
+        torch.float64: {},
+        torch.float32: {"atol": 1e-3, "rtol": 1e-4},  # as test_cuda_float32_and_float64
+        torch.bfloat16: {"rtol": torch.finfo(dtype).eps, "atol": 1e-3},  # and ..._reduced_...
+    }[dtype]
+    phi, weight, bias = make_inputs(
+        scales, proposals, 37, features, dtype=dtype, device=cuda_device, bias=True
+    )
+    phi64, weight64, bias64 = float64_leaves(phi, weight, bias)
+    corr = ssanet_ops.scale_correlation(phi, weight)
+    expected = reference.scale_correlation(phi64, weight64)
+    torch.testing.assert_close(corr.double(), expected, **tolerance)
+    logits, shift = ssanet_ops.scale_align(phi, weight, bias)
+    expected_logits = through_chosen_shift(phi64, weight64, bias64, shift, dtype, slack=1e-3)
+    torch.testing.assert_close(logits.double(), expected_logits, **tolerance)
 
 
 def float64_leaves(*tensors):

@@ -156,4 +156,19 @@ inline Shape check_grad(const Tensor& grad, const std::optional<Tensor>& shift,
   return shape;
 }
 
+// The gradient of scale_align's logits grad [G?, N, C] and its shift against the saved phi
+// [G?, N, S, D] and weight [G?, C, S, D] (scale_align's backward op, which gives d phi, d weight
+// and d bias). Returns the sizes of the call.
+inline Shape check_align_grad(const Tensor& grad, const Tensor& shift, const Tensor& phi,
+                              const Tensor& weight, const char* op) {
+  check_inputs(phi, weight, op);
+  check_grad(grad, shift, weight, /*other_is_weight=*/true, op);
+  return check_grad(grad, shift, phi, /*other_is_weight=*/false, op);
+}
+
+// grad or shift [G?, N, C] of a call of `shape` as [G, N, C] (a view).
+inline Tensor as_grouped_grad(const Tensor& tensor, const Shape& shape) {
+  return shape.grouped ? tensor : torch::stable::unsqueeze(tensor, 0);
+}
+
 }  // namespace ssanet_ops::scale_align

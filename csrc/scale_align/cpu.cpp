@@ -651,14 +651,52 @@ Tensor scale_correlation_backward_weight_cpu(const Tensor& grad, const Tensor& p
   return backward_cpu(grad, std::nullopt, phi, true, "scale_correlation backward");
 }
 
-Tensor scale_align_backward_phi_cpu(const Tensor& grad, const Tensor& shift,
-                                    const Tensor& weight) {
-  return backward_cpu(grad, shift, weight, false, "scale_align backward");
+// d bias [G, C] of scale_align: the sum over the proposals of grad [G, N, C] (any strides), in
+// the order of n, in opmath_t (float16 and bfloat16 as float32, then rounded once).
+Tensor bias_gradient_cpu(const Tensor& grad4) {
+  if (is_reduced_precision(grad4.scalar_type())) {
+    return torch::stable::to(bias_gradient_cpu(in_opmath(grad4)), grad4.scalar_type());
+  }
+  const int64_t G = grad4.size(0), N = grad4.size(1), C = grad4.size(2);
+  Tensor result = empty_like_device(grad4, {G, C});
+  if (result.numel() == 0) {
+    return result;
+  }
+  torch::stable::zero_(result);
+  const int64_t stride_g = grad4.stride(0), stride_n = grad4.stride(1), stride_c = grad4.stride(2);
+  DISPATCH_FLOAT_OR_DOUBLE(grad4.scalar_type(), "scale_align_bias_gradient_cpu", [&] {
+    const scalar_t* grad_data = grad4.const_data_ptr<scalar_t>();
+    scalar_t* result_data = result.mutable_data_ptr<scalar_t>();
+    parallel_for(0, G, 1, [&](int64_t g_begin, int64_t g_end) {
+      for (int64_t g = g_begin; g < g_end; ++g) {
+        scalar_t* sums = result_data + g * C;
+        for (int64_t n = 0; n < N; ++n) {
+          const scalar_t* row = grad_data + g * stride_g + n * stride_n;
+          for (int64_t c = 0; c < C; ++c) {
+            sums[c] += row[c * stride_c];
+          }
+        }
+      }
+    });
+  });
+  return result;
 }
 
-Tensor scale_align_backward_weight_cpu(const Tensor& grad, const Tensor& shift,
-                                       const Tensor& phi) {
-  return backward_cpu(grad, shift, phi, true, "scale_align backward");
+// scale_align's backward op: (d phi, d weight, d bias), each only where its flag asks for it
+// (an empty [0] tensor otherwise, and nothing computed for it).
+std::tuple<Tensor, Tensor, Tensor> scale_align_backward_cpu(const Tensor& grad,
+                                                            const Tensor& shift, const Tensor& phi,
+                                                            const Tensor& weight, bool phi_grad,
+                                                            bool weight_grad, bool bias_grad) {
+  constexpr const char* op = "scale_align backward";
+  const Shape shape = check_align_grad(grad, shift, phi, weight, op);
+  check_floating_dtype(grad, "grad", op);
+  const auto empty = [&] { return empty_like_device(grad, {0}); };
+  Tensor grad_phi = phi_grad ? backward_cpu(grad, shift, weight, false, op) : empty();
+  Tensor grad_weight = weight_grad ? backward_cpu(grad, shift, phi, true, op) : empty();
+  Tensor grad_bias =
+      bias_grad ? ungroup_like(bias_gradient_cpu(as_grouped_grad(grad, shape)), shape) : empty();
+  return {grad_phi, grad_weight, grad_bias};
 }
 
 }  // namespace
@@ -668,8 +706,7 @@ STABLE_TORCH_LIBRARY_IMPL(ssanet_ops, CPU, m) {
   m.impl("scale_align", TORCH_BOX(&scale_align_cpu));
   m.impl("_scale_correlation_backward_phi", TORCH_BOX(&scale_correlation_backward_phi_cpu));
   m.impl("_scale_correlation_backward_weight", TORCH_BOX(&scale_correlation_backward_weight_cpu));
-  m.impl("_scale_align_backward_phi", TORCH_BOX(&scale_align_backward_phi_cpu));
-  m.impl("_scale_align_backward_weight", TORCH_BOX(&scale_align_backward_weight_cpu));
+  m.impl("_scale_align_backward", TORCH_BOX(&scale_align_backward_cpu));
 }
 
 }  // namespace ssanet_ops::scale_align

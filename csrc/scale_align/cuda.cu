@@ -32,14 +32,12 @@ Tensor scale_correlation_backward_weight_cuda(const Tensor& grad, const Tensor& 
   return backward_cuda(grad, std::nullopt, phi, true, "scale_correlation backward");
 }
 
-Tensor scale_align_backward_phi_cuda(const Tensor& grad, const Tensor& shift,
-                                     const Tensor& weight) {
-  return backward_cuda(grad, shift, weight, false, "scale_align backward");
-}
-
-Tensor scale_align_backward_weight_cuda(const Tensor& grad, const Tensor& shift,
-                                        const Tensor& phi) {
-  return backward_cuda(grad, shift, phi, true, "scale_align backward");
+std::tuple<Tensor, Tensor, Tensor> scale_align_backward_cuda(
+    const Tensor& grad, const Tensor& shift, const Tensor& phi, const Tensor& weight,
+    bool phi_grad, bool weight_grad, bool bias_grad) {
+  const CudaContext context(grad);
+  return align_backward(grad, shift, phi, weight, phi_grad, weight_grad, bias_grad,
+                        context.stream());
 }
 
 }  // namespace
@@ -49,8 +47,7 @@ STABLE_TORCH_LIBRARY_IMPL(ssanet_ops, CUDA, m) {
   m.impl("scale_align", TORCH_BOX(&scale_align_cuda));
   m.impl("_scale_correlation_backward_phi", TORCH_BOX(&scale_correlation_backward_phi_cuda));
   m.impl("_scale_correlation_backward_weight", TORCH_BOX(&scale_correlation_backward_weight_cuda));
-  m.impl("_scale_align_backward_phi", TORCH_BOX(&scale_align_backward_phi_cuda));
-  m.impl("_scale_align_backward_weight", TORCH_BOX(&scale_align_backward_weight_cuda));
+  m.impl("_scale_align_backward", TORCH_BOX(&scale_align_backward_cuda));
 }
 
 }  // namespace ssanet_ops::scale_align

@@ -1,6 +1,13 @@
 #pragma once
 // scale_correlation and scale_align's CUDA kernels, in the Fourier form of common/scale_dft.h.
-// The forward makes three launches:
+// The forward makes two launches where fused_products allows (S <= 9; float64: S <= 6, or 7
+// when N > 8):
+//   1. product_kernel: per tile of rows of phi and weight and four chunks of the feature axis,
+//      the DFT planes of the inputs, read once in their dtype, in shared memory, and their T
+//      products over those chunks, added up pairwise into partials [G, T, ceil(K / 4), N, C]
+//      in the accumulation type, with the rows' sums of squares (the tie tolerance's norms);
+//   2. align_kernel / correlation_kernel as below.
+// Otherwise three:
 //   1. analysis_kernel: the DFT over the scale axis of phi and weight in one launch (any
 //      strides; float32, float64, float16, bfloat16), one block per slice of a row, writing the
 //      T packed planes [G, T, K, R, W] in the accumulation type (float32 for float16/bfloat16:
@@ -13,9 +20,10 @@
 //      the feature axis whose partial products the next kernel adds up (issue 20);
 //   3. align_kernel / correlation_kernel: the sum over the chunks and the inverse DFT, fused
 //      with max, argmax (within the tie tolerance) and bias (one thread per (n, c)).
-// scale_align's backward (direct_backward: S <= 8, D not small) is the direct form of eq. 8 in two
-// launches: shift_matrix_kernel (the one-hot gradient as a [N*S, C*S] matrix) and one bmm in the
-// inputs' dtype against the other input. scale_correlation's (and scale_align's at larger S)
+// scale_align's backward (direct_backward: S <= 8, D not small) is the direct form of eq. 8 in at
+// most three launches for d phi, d weight and d bias together: shift_matrix_kernel (the one-hot
+// gradient as a [N*S, C*S] matrix, and d bias) and one bmm in the inputs' dtype per gradient
+// against the other input. scale_correlation's (and scale_align's at larger S)
 // runs grad_planes_kernel (the gradient's planes), the DFT of the other input, the products
 // and synthesis_kernel (the inverse DFT to d phi or d weight). Each DFT kernel computes the
 // twiddles into shared memory once per block.
@@ -82,6 +90,21 @@ __device__ acc_t chunk_sum(const acc_t* point, int64_t p, int64_t K, int64_t chu
     total = pending[--top] + total;
   }
   return total;
+}
+
+// *target = value, one store instruction of the whole warp wherever the caller chose the value
+// by a condition. nvcc selects the value and stores once; the host compiler of the traced
+// simulator (benchmarks/gpu_model.py) can turn a choice into a branch with a store on each side,
+// two instruction sites that the model would count as two scattered requests, so there this is
+// a function of its own that it may neither inline nor specialise.
+#if defined(SSANET_OPS_SIM_TRACE)
+#define SSANET_OPS_STORE_ONCE_INLINE __attribute__((noipa))
+#else
+#define SSANET_OPS_STORE_ONCE_INLINE __forceinline__
+#endif
+template <typename T>
+__device__ SSANET_OPS_STORE_ONCE_INLINE void store_once(T* target, T value) {
+  *target = value;
 }
 
 // ---- kernels ----
@@ -176,6 +199,216 @@ __device__ acc_t row_norm(const acc_t* squares, int64_t P) {
     total += squares[s];
   }
   return sqrt(total);
+}
+
+// ---- the fused forward products (product_kernel) ----
+
+// Unrolls a loop of a constant trip count under nvcc, so that the arrays it indexes stay in
+// registers (the host compiler, which knows no `#pragma unroll`, is left to itself).
+// SCALE_ALIGN_NO_UNROLL keeps a loop rolled (its array in local memory), where unrolling
+// would hold every iteration's temporaries in registers at once.
+#if defined(__CUDACC__)
+#define SCALE_ALIGN_UNROLL _Pragma("unroll")
+#define SCALE_ALIGN_NO_UNROLL _Pragma("unroll 1")
+#else
+#define SCALE_ALIGN_UNROLL
+#define SCALE_ALIGN_NO_UNROLL
+#endif
+
+// The most planes product_kernel keeps per thread (T <= 13: S <= 9); larger S takes the
+// analysis + bmm path.
+constexpr int64_t kFusedPlanes = 13;
+// Columns of one step of product_kernel: the planes of its rows at these columns are in shared
+// memory at a time.
+constexpr int64_t kStepColumns = 16;
+// The product loop reads the planes 16 bytes at a time (4 float32 or 2 float64 columns: one
+// shared-memory wavefront serves the whole warp's phi reads, a broadcast, for 4 columns
+// instead of 1); rows are padded by 16 bytes, so that 8 threads reading 8 different weight
+// rows (a quarter warp, one wavefront) hit 32 different banks: row r starts at bank 20r mod 32
+// (float32) or 36r mod 32 (float64).
+constexpr int64_t kVectorBytes = 16;
+template <typename acc_t>
+struct alignas(kVectorBytes) PlaneVector {
+  acc_t values[kVectorBytes / sizeof(acc_t)];
+};
+// Values of a padded row, and values before the planes (the twiddles, rounded up to 16 bytes).
+SSANET_HOST_DEVICE constexpr int64_t step_stride(int64_t value_bytes) {
+  return kStepColumns + kVectorBytes / value_bytes;
+}
+SSANET_HOST_DEVICE constexpr int64_t planes_offset(int64_t S, int64_t value_bytes) {
+  const int64_t per_vector = kVectorBytes / value_bytes;
+  return (2 * S + per_vector - 1) / per_vector * per_vector;
+}
+// Chunks of the feature axis per block of product_kernel: their products are added pairwise in
+// the block, the first two levels of align_kernel's pairwise sum (chunk_sum), so the partials
+// are a quarter as many (at N=96 D=2048 C=200, 1.1 MB instead of 4.3 MB, beside 6.1 MB of
+// bfloat16 inputs) and the sum is the same as over every chunk (see product_kernel).
+constexpr int64_t kChunksPerBlock = 4;
+// Loader slots per thread: (rows of phi + rows of weight) * kStepColumns / kThreads, at most
+// (8 + 32) * 16 / 256 rounded up.
+constexpr int64_t kLoadSlots = 3;
+
+// One input of product_kernel: x [G, R, S, D] of any strides (those of (g, r, s, d) in the
+// fields (n, c, h, w)), and where not null the sums of squares [G, R, B] of its rows over the B
+// block chunks of the feature axis (the tie tolerance's norms).
+template <typename scalar_t>
+struct ProductInput {
+  const scalar_t* x;
+  Strides4 strides;
+  int64_t R;
+  scale_dft::Packing packing;
+  opmath_t<scalar_t>* squares;
+};
+
+// partials[g, p, b, n, c] = the T plane products of phi[g, n] and weight[g, c] over block chunk
+// b of the feature axis, without the planes going through global memory. The axis is cut into
+// K chunks of W columns (zero past D) as the analysis + bmm path cuts it; block chunk b is
+// chunks 4b to 4b + 3 (those below K), whose products the block adds up as chunk_sum's binary
+// counter would, (c0 + c1) + (c2 + c3) and for a last block of three (c0 + c1) + c2; chunk_sum
+// then adds an earlier run onto a later sum (pending + value) both when a run completes and at
+// its end, so align_kernel's pairwise sum over the B = ceil(K / 4) block chunks is the same
+// sum, operation for operation, as over the K chunks. One block per tile of tile_rows (8 or
+// 16) rows of phi and kThreads / tile_rows rows of weight of one group and block chunk; per
+// step of kStepColumns columns its threads read each row's S values at those columns
+// (consecutive threads, consecutive columns), write their T planes (scale_dft::planes) into
+// shared memory, and each thread then adds the T products of its (n, c) over the step, in
+// column order. The rows' squares come from the same
+// read: the blocks of the first class tile write phi's, those of the first proposal tile
+// weight's, each a fixed-order sum (deterministic). Registers (sm_90 ptxas): unbounded and with
+// the loader unrolled, 245 (float32, float16, bfloat16: one block per SM); __launch_bounds__
+// for two blocks gives 128 with no spills (the loader's loop kept rolled); float64 takes 208
+// at one block (at two it spills 456 bytes).
+template <typename scalar_t>
+__global__ void __launch_bounds__(kThreads, sizeof(opmath_t<scalar_t>) == 8 ? 1 : 2)
+    product_kernel(ProductInput<scalar_t> phi, ProductInput<scalar_t> weight, int64_t G,
+                   int64_t S, int64_t D, int64_t K, int64_t W, int64_t B, int64_t tile_rows,
+                   opmath_t<scalar_t>* __restrict__ partials) {
+  using acc_t = opmath_t<scalar_t>;
+  const scale_dft::Twiddles<acc_t> tw = block_twiddles<acc_t>(S);
+  const int64_t T = scale_dft::plane_count(S);
+  const int64_t N = phi.R, C = weight.R;
+  const int64_t TN = tile_rows, TC = kThreads / tile_rows, rows = TN + TC;
+  // Shared memory after the twiddles: phi's planes [T, TN, stride], then weight's
+  // [T, TC, stride], 16-byte aligned; at the end, the loaders' sums of squares.
+  constexpr int64_t stride = step_stride(sizeof(acc_t));
+  constexpr int64_t vector = kVectorBytes / sizeof(acc_t);
+  acc_t* phi_planes = gpu::dynamic_shared<acc_t>() + planes_offset(S, sizeof(acc_t));
+  acc_t* weight_planes = phi_planes + T * TN * stride;
+  const int64_t n_tiles = (N + TN - 1) / TN, c_tiles = (C + TC - 1) / TC;
+  const int64_t tiles = G * B * n_tiles * c_tiles;
+  const int64_t column = threadIdx.x % kStepColumns;  // the loader's column in a step
+  const int64_t tn = threadIdx.x / TC, tc = threadIdx.x % TC;  // the product's (n, c)
+  for (int64_t tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
+    // tile = ((g * B + b) * n_tiles + n_tile) * c_tiles + c_tile
+    const int64_t c_tile = tile % c_tiles, n_tile = tile / c_tiles % n_tiles;
+    const int64_t b = tile / (c_tiles * n_tiles) % B, g = tile / (c_tiles * n_tiles * B);
+    const int64_t n0 = n_tile * TN, c0 = c_tile * TC;
+    acc_t squares[kLoadSlots] = {};
+    // chunk_sum's pending runs: the last even chunk's products, and the first pair's sum.
+    acc_t single[kFusedPlanes] = {};
+    acc_t pair[kFusedPlanes] = {};
+    const int64_t first_chunk = kChunksPerBlock * b;
+    // Not std::min, which would bind a reference to kChunksPerBlock (no object in device code).
+    const int64_t remaining = K - first_chunk;
+    const int64_t chunks = remaining < kChunksPerBlock ? remaining : kChunksPerBlock;
+    for (int64_t q = 0; q < chunks; ++q) {
+      const int64_t chunk_start = (first_chunk + q) * W;
+      acc_t sums[kFusedPlanes] = {};
+      for (int64_t step = 0; step < W; step += kStepColumns) {
+        const int64_t e = step + column;
+        const int64_t d = chunk_start + e;
+        const bool column_inside = e < W && d < D;
+SCALE_ALIGN_NO_UNROLL
+        for (int64_t slot = 0; slot < kLoadSlots; ++slot) {
+          const int64_t row = threadIdx.x / kStepColumns + slot * (kThreads / kStepColumns);
+          if (row < rows) {
+            const bool is_phi = row < TN;
+            const ProductInput<scalar_t> input = is_phi ? phi : weight;  // a copy, in registers
+            const int64_t r = is_phi ? n0 + row : c0 + row - TN;
+            const bool inside = column_inside && r < input.R;
+            const scalar_t* source = input.x + g * input.strides.n +
+                                     (inside ? r * input.strides.c + d * input.strides.w : 0);
+            const auto value = [&](int64_t j) {
+              return inside ? static_cast<acc_t>(source[j * input.strides.h]) : acc_t(0);
+            };
+            acc_t* target = is_phi ? phi_planes + row * stride + column
+                                   : weight_planes + (row - TN) * stride + column;
+            const int64_t plane_stride = (is_phi ? TN : TC) * stride;
+            const auto out = [&](int64_t p, acc_t plane) { target[p * plane_stride] = plane; };
+            scale_dft::planes<acc_t>(input.packing, /*conjugate=*/false, value, tw, out);
+            if (input.squares != nullptr) {
+              for (int64_t j = 0; j < S; ++j) {  // a second read of the column, from L1
+                const acc_t x = value(j);
+                squares[slot] += x * x;
+              }
+            }
+          }
+        }
+        __syncthreads();
+        const acc_t* phi_row = phi_planes + tn * stride;
+        const acc_t* weight_row = weight_planes + tc * stride;
+        for (int64_t k = 0; k < kStepColumns; k += vector) {  // in column order
+SCALE_ALIGN_UNROLL
+          for (int64_t p = 0; p < kFusedPlanes; ++p) {
+            if (p < T) {
+              using Vector = PlaneVector<acc_t>;
+              const Vector x = *reinterpret_cast<const Vector*>(phi_row + p * TN * stride + k);
+              const Vector y = *reinterpret_cast<const Vector*>(weight_row + p * TC * stride + k);
+SCALE_ALIGN_UNROLL
+              for (int64_t i = 0; i < vector; ++i) {
+                sums[p] += x.values[i] * y.values[i];
+              }
+            }
+          }
+        }
+        __syncthreads();  // the planes read before the next step overwrites them
+      }
+SCALE_ALIGN_UNROLL
+      for (int64_t p = 0; p < kFusedPlanes; ++p) {  // chunk_sum's order, kChunksPerBlock = 4
+        if (q % 2 == 0) {
+          single[p] = sums[p];
+        } else if (q == 1) {
+          pair[p] = single[p] + sums[p];
+        } else {
+          pair[p] = pair[p] + (single[p] + sums[p]);
+        }
+      }
+    }
+    const int64_t n = n0 + tn, c = c0 + tc;
+    if (n < N && c < C) {
+      acc_t* target = partials + ((g * T * B + b) * N + n) * C + c;
+SCALE_ALIGN_UNROLL
+      for (int64_t p = 0; p < kFusedPlanes; ++p) {
+        if (p < T) {
+          // chunks: 1 -> c0, 2 -> c0 + c1, 3 -> (c0 + c1) + c2, 4 -> (c0 + c1) + (c2 + c3)
+          target[p * B * N * C] =
+              chunks == 1 ? single[p] : (chunks == 3 ? pair[p] + single[p] : pair[p]);
+        }
+      }
+    }
+    if (phi.squares != nullptr) {  // uniform over the block (both inputs or neither)
+      acc_t* slot_squares = phi_planes;  // the planes are read (the last __syncthreads)
+SCALE_ALIGN_NO_UNROLL
+      for (int64_t slot = 0; slot < kLoadSlots; ++slot) {
+        const int64_t row = threadIdx.x / kStepColumns + slot * (kThreads / kStepColumns);
+        if (row < rows) {
+          slot_squares[row * kStepColumns + column] = squares[slot];
+        }
+      }
+      __syncthreads();
+      const int64_t row = threadIdx.x;
+      const bool is_phi = row < TN;
+      const int64_t r = is_phi ? n0 + row : c0 + row - TN;
+      if (row < rows && (is_phi ? c_tile == 0 && r < N : n_tile == 0 && r < C)) {
+        acc_t total = 0;
+        for (int64_t k = 0; k < kStepColumns; ++k) {
+          total += slot_squares[row * kStepColumns + k];
+        }
+        (is_phi ? phi : weight).squares[(g * (is_phi ? N : C) + r) * B + b] = total;
+      }
+      __syncthreads();  // read before the next tile overwrites them
+    }
+  }
 }
 
 // The most planes whose sums align_kernel keeps (T = 7 at S = 5, 13 at S = 9); beyond, it adds
@@ -305,34 +538,72 @@ __global__ void synthesis_kernel(const opmath_t<scalar_t>* __restrict__ products
 // The shift matrix of scale_align's one-hot gradient (docs/operators.md section 3, eq. 8):
 // A[g, n * S + j, c * S + m] = grad[g, n, c] where m = (j + shift[g, n, c]) mod S, else 0, so that
 // d phi[g] = A[g] @ weight[g] and d weight[g] = A[g]^T @ phi[g] as [N*S, C*S] x [C*S, D]
-// products (phi and weight as [R*S, D] matrices). One thread per entry of A (consecutive
-// threads, consecutive entries: coalesced stores; the S * S entries of one (n, c) read its
-// grad and shift together). A shift outside [0, S), which only a direct call of the private
-// backward op can pass, contributes nothing, as in grad_planes_kernel.
+// products (phi and weight as [R*S, D] matrices); and d bias[g, c] = sum over n of grad[g, n, c].
+// Units of work, one block each: `tiles` tiles of blockDim.x * S consecutive entries of A (none
+// when `matrix` is null), then the d bias columns, blockDim.x per unit (none when `bias_grad` is
+// null).
+// - A tile's entries i = (row * C + c) * S + m (row = (g * N + n) * S + j) take blockDim.x
+//   consecutive values of u = i / S = row * C + c. The block first reads the shift and grad of
+//   each u's pair (g, n, c) once, thread k for u0 + k (consecutive threads, consecutive c within
+//   a row: contiguous reads), into shared memory; then consecutive threads write consecutive
+//   entries (coalesced stores, each warp's 32 entries aligned as A's), reading shift and grad
+//   from shared memory. Reading them per entry from global memory instead made each warp's
+//   load a broadcast of about 32 / S pairs (sector use 0.71 in bfloat16,
+//   benchmarks/results/gpu_model_notes.md).
+// - A d bias column (g, c) adds up grad[g, :, c] in the order of n, in the accumulation type
+//   (deterministic; consecutive threads read consecutive c).
+// A shift outside [0, S), which only a direct call of the private backward op can pass,
+// contributes nothing to A, as in grad_planes_kernel (its grad still counts in d bias, which
+// does not depend on the shift).
 template <typename scalar_t>
 __global__ void shift_matrix_kernel(const scalar_t* __restrict__ grad, int64_t grad_stride_g,
                                     int64_t grad_stride_n, int64_t grad_stride_c,
-                                    const int64_t* __restrict__ shift, int64_t N, int64_t C,
-                                    int64_t S, int64_t entries, scalar_t* __restrict__ matrix) {
-  for (int64_t index = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; index < entries;
-       index += int64_t{gridDim.x} * blockDim.x) {
-    // index = (((g * N + n) * S + j) * C + c) * S + m
-    const int64_t m = index % S;
-    const int64_t c = (index / S) % C;
-    const int64_t row = index / (S * C);  // (g * N + n) * S + j
-    const int64_t j = row % S;
-    const int64_t n = (row / S) % N;
-    const int64_t g = row / (S * N);
-    const int64_t winner = shift[(g * N + n) * C + c];
-    int64_t target = j + winner;  // (j + winner) mod S for winner in [0, S)
-    target = target >= S ? target - S : target;
-    const bool hit = winner >= 0 && winner < S && m == target;
-    // Read by every thread (the S * S threads of one (n, c) read one value) and chosen from a
-    // pair, so that the store is one instruction of the whole warp for the host compiler too
-    // (a conditional expression became two stores, one per branch, in the traced simulator).
-    const scalar_t choices[2] = {scalar_t(0),
-                                 grad[g * grad_stride_g + n * grad_stride_n + c * grad_stride_c]};
-    matrix[index] = choices[hit ? 1 : 0];
+                                    const int64_t* __restrict__ shift, int64_t G, int64_t N,
+                                    int64_t C, int64_t S, int64_t tiles,
+                                    scalar_t* __restrict__ matrix,
+                                    scalar_t* __restrict__ bias_grad) {
+  using acc_t = opmath_t<scalar_t>;
+  __shared__ int64_t winners[kThreads];  // blockDim.x of them: kThreads (launch_shift_matrix)
+  __shared__ acc_t values[kThreads];
+  const int64_t entries = G * N * S * C * S;
+  const int64_t columns = bias_grad != nullptr ? G * C : 0;
+  const int64_t units = tiles + (columns + blockDim.x - 1) / blockDim.x;
+  for (int64_t unit = blockIdx.x; unit < units; unit += gridDim.x) {  // uniform over the block
+    if (unit >= tiles) {
+      const int64_t column = (unit - tiles) * blockDim.x + threadIdx.x;  // g * C + c
+      if (column < columns) {
+        const scalar_t* point = grad + column / C * grad_stride_g + column % C * grad_stride_c;
+        acc_t total = 0;
+        for (int64_t n = 0; n < N; ++n) {
+          total += static_cast<acc_t>(point[n * grad_stride_n]);
+        }
+        bias_grad[column] = static_cast<scalar_t>(total);
+      }
+      continue;
+    }
+    const int64_t first = unit * blockDim.x * S;
+    const int64_t end = std::min(first + int64_t{blockDim.x} * S, entries);
+    const int64_t u0 = first / S;  // the tile's u: u0 .. u0 + count - 1
+    const int64_t count = (end - 1) / S - u0 + 1;
+    if (threadIdx.x < count) {
+      const int64_t u = u0 + threadIdx.x;
+      const int64_t c = u % C, gn = u / C / S;  // gn = g * N + n
+      winners[threadIdx.x] = shift[gn * C + c];
+      values[threadIdx.x] = static_cast<acc_t>(
+          grad[gn / N * grad_stride_g + gn % N * grad_stride_n + c * grad_stride_c]);
+    }
+    __syncthreads();
+    for (int64_t index = first + threadIdx.x; index < end; index += blockDim.x) {
+      const int64_t m = index % S;
+      const int64_t k = index / S - u0;
+      const int64_t j = index / (S * C) % S;
+      const int64_t winner = winners[k];
+      int64_t target = j + winner;  // (j + winner) mod S for winner in [0, S)
+      target = target >= S ? target - S : target;
+      const bool hit = winner >= 0 && winner < S && m == target;
+      store_once(matrix + index, static_cast<scalar_t>(hit ? values[k] : acc_t(0)));
+    }
+    __syncthreads();  // the tile's values read before the next tile overwrites them
   }
 }
 
@@ -390,6 +661,49 @@ void launch_analysis(const AnalysisTensors& first, const std::optional<AnalysisT
               second_input, G, S, D, K, W, P);
 }
 
+// Shared memory a kernel may take without opting in: 48 KiB on every CUDA GPU.
+constexpr size_t kDefaultSharedBytes = 48 * 1024;
+
+// Rows of phi per tile of product_kernel: 8 for N <= 8 (the flattened maps' N = 8, with 32
+// classes a tile), else 16 (and 16 classes).
+inline int64_t product_tile_rows(int64_t N) { return N <= 8 ? 8 : 16; }
+
+// The dynamic shared memory of product_kernel: the twiddles, then the T planes of one step of
+// its rows, values of `value_bytes` each (the accumulation type's).
+inline size_t product_shared_bytes(int64_t S, int64_t tile_rows, size_t value_bytes) {
+  const int64_t bytes = static_cast<int64_t>(value_bytes);
+  const int64_t values = planes_offset(S, bytes) + scale_dft::plane_count(S) *
+                                                       (tile_rows + kThreads / tile_rows) *
+                                                       step_stride(bytes);
+  return static_cast<size_t>(values) * value_bytes;
+}
+
+// partials [G*T*B, N, C] and, if given, the rows' sums of squares [G, N, B], [G, C, B] from
+// phi [G, N, S, D] and weight [G, C, S, D] (any strides) in one product_kernel launch, over K
+// chunks of W columns added up in B = ceil(K / kChunksPerBlock) block chunks.
+template <typename scalar_t>
+void launch_products(const Tensor& phi4, const Tensor& weight4, Tensor* phi_squares,
+                     Tensor* weight_squares, int64_t K, int64_t W, Tensor& partials,
+                     gpu::Stream stream) {
+  using acc_t = opmath_t<scalar_t>;
+  const int64_t G = phi4.size(0), N = phi4.size(1), C = weight4.size(1);
+  const int64_t S = phi4.size(2), D = phi4.size(3);
+  const int64_t B = (K + kChunksPerBlock - 1) / kChunksPerBlock;
+  const int64_t tile_rows = product_tile_rows(N);
+  const int64_t TC = kThreads / tile_rows;
+  const int64_t tiles = G * B * ((N + tile_rows - 1) / tile_rows) * ((C + TC - 1) / TC);
+  const auto input = [&](const Tensor& x, scale_dft::Packing packing, Tensor* squares) {
+    acc_t* squares_data = squares != nullptr ? squares->mutable_data_ptr<acc_t>() : nullptr;
+    return ProductInput<scalar_t>{x.const_data_ptr<scalar_t>(), strides_of(x), x.size(1), packing,
+                                  squares_data};
+  };
+  gpu::launch(product_kernel<scalar_t>, std::min(tiles, kMaxBlocks), kThreads,
+              product_shared_bytes(S, tile_rows, sizeof(acc_t)), stream,
+              input(phi4, scale_dft::kPhiPacking, phi_squares),
+              input(weight4, scale_dft::kWeightPacking, weight_squares), G, S, D, K, W, B,
+              tile_rows, partials.mutable_data_ptr<acc_t>());
+}
+
 // logits and shift [G, N, C] from the partial products [G*T*K, N, C] and the rows' sums of
 // squares [G, N, P], [G, C, P]; bias [G, C] or undefined.
 template <typename scalar_t>
@@ -443,16 +757,24 @@ void launch_grad_planes(const Tensor& grad, const Tensor& shift, const Shape& sh
 }
 
 // The shift matrix [G, N*S, C*S] (grad's dtype) of grad [G, N, C] (any strides), one-hot at
-// shift [G, N, C] (contiguous).
+// shift [G, N, C] (contiguous), and d bias [G, C] (contiguous, grad's dtype), in one launch;
+// either output may be undefined, and then is not written (shift is not read without a matrix).
 template <typename scalar_t>
 void launch_shift_matrix(const Tensor& grad, const Tensor& shift, const Shape& shape,
-                         Tensor& matrix, gpu::Stream stream) {
-  const int64_t entries = matrix.numel();
-  const GridStride launch = grid_stride(entries);
-  gpu::launch(shift_matrix_kernel<scalar_t>, launch.blocks, launch.threads, 0, stream,
+                         Tensor& matrix, Tensor& bias_grad, gpu::Stream stream) {
+  const int64_t G = shape.groups, N = shape.proposals, C = shape.classes;
+  const bool has_matrix = matrix.defined(), has_bias = bias_grad.defined();
+  const int64_t tile_entries = kThreads * shape.scales;  // shift_matrix_kernel's tiles
+  const int64_t tiles = has_matrix ? (matrix.numel() + tile_entries - 1) / tile_entries : 0;
+  const int64_t units = tiles + (has_bias ? (G * C + kThreads - 1) / kThreads : 0);
+  if (units == 0) {
+    return;
+  }
+  gpu::launch(shift_matrix_kernel<scalar_t>, std::min(units, kMaxBlocks), kThreads, 0, stream,
               grad.const_data_ptr<scalar_t>(), grad.stride(0), grad.stride(1), grad.stride(2),
-              shift.const_data_ptr<int64_t>(), shape.proposals, shape.classes, shape.scales,
-              entries, matrix.mutable_data_ptr<scalar_t>());
+              has_matrix ? shift.const_data_ptr<int64_t>() : nullptr, G, N, C, shape.scales,
+              tiles, has_matrix ? matrix.mutable_data_ptr<scalar_t>() : nullptr,
+              has_bias ? bias_grad.mutable_data_ptr<scalar_t>() : nullptr);
 }
 
 // out [G, R, S, D] (contiguous) from the products [G*T, R, D].
@@ -509,18 +831,30 @@ inline int64_t product_chunks(const Shape& shape) {
 }
 
 // The forward's T plane products in K chunks of the feature axis, partials [G*T*K, N, C] in
-// the accumulation dtype (the kernel that reads them adds up the K chunks), and the sums of
-// squares of the rows of phi [G, N, P] and weight [G, C, P] over P slices of their columns, for
-// the tie tolerance's norms.
+// the accumulation dtype (the kernel that reads them adds up the K chunks pairwise; for
+// product_kernel's, K counts its block chunks), and the sums of squares of the rows of phi
+// [G, N, P] and weight [G, C, P] over P slices of their columns, for the tie tolerance's norms.
 struct ForwardProducts {
   Tensor partials;
   int64_t K;
   Tensor phi_squares, weight_squares;
 };
 
-// ForwardProducts in two launches: the planes and sums of squares of phi and weight
-// (analysis_kernel, one launch), and their products through ATen's bmm (on a GPU, cuBLAS: TF32
-// for float32 as torch.backends.cuda.matmul.allow_tf32 says) over the K chunks at once.
+// Whether the forward's products take product_kernel: T planes at most kFusedPlanes (S <= 9)
+// and its shared memory within the default 48 KiB (float64 exceeds it at S = 8 and 9, and at
+// S = 7 with N <= 8). Otherwise the planes go through memory and cuBLAS (forward_products).
+inline bool fused_products(const Shape& shape, ScalarType accumulation) {
+  const size_t value_bytes = accumulation == ScalarType::Double ? sizeof(double) : sizeof(float);
+  return shape.planes() <= kFusedPlanes &&
+         product_shared_bytes(shape.scales, product_tile_rows(shape.proposals), value_bytes) <=
+             kDefaultSharedBytes;
+}
+
+// ForwardProducts in one launch where fused_products allows (product_kernel: partials over B =
+// ceil(K / 4) block chunks, ForwardProducts::K = B), else in two: the planes and sums of
+// squares of phi and weight (analysis_kernel, one launch), and their products through ATen's
+// bmm (on a GPU, cuBLAS: TF32 for float32 as torch.backends.cuda.matmul.allow_tf32 says) over
+// the K chunks at once.
 inline ForwardProducts forward_products(const Tensor& phi4, const Tensor& weight4,
                                         const Shape& shape, bool with_norms,
                                         gpu::Stream stream) {
@@ -542,6 +876,21 @@ inline ForwardProducts forward_products(const Tensor& phi4, const Tensor& weight
   const int64_t wanted_chunks = product_chunks(shape);
   const int64_t W = (D + wanted_chunks - 1) / wanted_chunks;
   const int64_t K = (D + W - 1) / W;  // no chunk wholly past D
+  if (fused_products(shape, accumulation)) {
+    const int64_t B = (K + kChunksPerBlock - 1) / kChunksPerBlock;
+    if (with_norms) {
+      result.phi_squares = empty_like_device(phi4, {G, N, B}, accumulation);
+      result.weight_squares = empty_like_device(phi4, {G, C, B}, accumulation);
+    }
+    result.partials = empty_like_device(phi4, {batches * B, N, C}, accumulation);
+    result.K = B;
+    SSANET_DISPATCH_FLOATING_TYPES(phi4.scalar_type(), "scale_align_products", [&] {
+      launch_products<scalar_t>(phi4, weight4, with_norms ? &result.phi_squares : nullptr,
+                                with_norms ? &result.weight_squares : nullptr, K, W,
+                                result.partials, stream);
+    });
+    return result;
+  }
   if (with_norms) {
     const int64_t P = analysis_slices(K, W);
     result.phi_squares = empty_like_device(phi4, {G, N, P}, accumulation);
@@ -603,7 +952,7 @@ inline Tensor correlation(const Tensor& phi, const Tensor& weight, gpu::Stream s
 
 // The most scales at which scale_align's backward takes the direct form below rather than the
 // Fourier form: its products cost S * S multiply-adds per (n, c, d), the Fourier form's T (7 at
-// S = 5) plus the planes' traffic through memory (see align_backward_direct).
+// S = 5) plus the planes' traffic through memory (see direct_product).
 constexpr int64_t kDirectBackwardScales = 8;
 
 // Whether scale_align's backward takes the direct form: S at most kDirectBackwardScales, and its
@@ -616,37 +965,35 @@ inline bool direct_backward(const Shape& shape) {
 }
 
 // d phi [G, N, S, D] (for_weight false) or d weight [G, C, S, D] (for_weight true) of
-// scale_align, `result` (contiguous), in the direct form: the shift matrix A [G, N*S, C*S] of
-// the one-hot gradient (shift_matrix_kernel), then one product through ATen's bmm in the
-// inputs' dtype, d phi = A @ weight or d weight = A^T @ phi with phi and weight as [G, R*S, D]
-// (views where their strides allow, else ATen's copies). Two launches instead of the Fourier
-// form's four, and no planes or plane products through memory: the bmm reads the other input
-// once and writes the result once (cuBLAS accumulates in float32 for float16/bfloat16 inputs,
-// docs/operators.md section 4).
-inline void align_backward_direct(const Tensor& grad4, const Tensor& shift4,
-                                  const Tensor& other4, const Shape& shape, bool for_weight,
-                                  Tensor& result, gpu::Stream stream) {
+// scale_align, `result` (contiguous), in the direct form from the shift matrix A [G, N*S, C*S]
+// (shift_matrix_kernel): one product through ATen's bmm in the inputs' dtype, d phi = A @ weight
+// or d weight = A^T @ phi with phi and weight as [G, R*S, D] (views where their strides allow,
+// else ATen's copies). No planes or plane products go through memory: the bmm reads the other
+// input once and writes the result once (cuBLAS accumulates in float32 for float16/bfloat16
+// inputs, docs/operators.md section 4).
+inline void direct_product(const Tensor& matrix, const Tensor& other4, const Shape& shape,
+                           bool for_weight, Tensor& result) {
   const int64_t G = shape.groups, N = shape.proposals, C = shape.classes;
   const int64_t S = shape.scales, D = shape.features;
   const int64_t other_rows = for_weight ? N : C;
   const int64_t result_rows = for_weight ? C : N;
-  Tensor result3 = torch::stable::view(result, {G, result_rows * S, D});
+  if (result.numel() == 0) {
+    return;
+  }
   if (other_rows == 0) {
     torch::stable::zero_(result);  // a sum over no proposals (d weight with N = 0) or classes
     return;
   }
-  Tensor matrix = empty_like_device(grad4, {G, N * S, C * S});
-  SSANET_DISPATCH_FLOATING_TYPES(grad4.scalar_type(), "scale_align_shift_matrix", [&] {
-    launch_shift_matrix<scalar_t>(grad4, shift4, shape, matrix, stream);
-  });
+  Tensor result3 = torch::stable::view(result, {G, result_rows * S, D});
   const Tensor lhs = for_weight ? torch::stable::transpose(matrix, 1, 2) : matrix;
   bmm_out(result3, lhs, torch::stable::reshape(other4, {G, other_rows * S, D}));
 }
 
-// d phi (for_weight false) or d weight (for_weight true) of either op (docs/operators.md section 3,
-// eq. 8), as on the CPU (cpu.cpp, backward_cpu) but over the whole feature axis at once: `shift`
-// for scale_align, none for scale_correlation; `other` is the saved input, weight for d phi and
-// phi for d weight.
+// d phi (for_weight false) or d weight (for_weight true) of either op in the Fourier form
+// (docs/operators.md section 3, eq. 8), as on the CPU (cpu.cpp, backward_cpu) but over the whole
+// feature axis at once: `shift` for scale_align (align_backward, where the direct form does not
+// apply), none for scale_correlation; `other` is the saved input, weight for d phi and phi for
+// d weight.
 inline Tensor backward(const Tensor& grad, const std::optional<Tensor>& shift,
                        const Tensor& other, bool for_weight, const char* op, gpu::Stream stream) {
   const Shape shape = check_grad(grad, shift, other, /*other_is_weight=*/!for_weight, op);
@@ -665,10 +1012,6 @@ inline Tensor backward(const Tensor& grad, const std::optional<Tensor>& shift,
       shift.has_value()
           ? torch::stable::contiguous(grouped ? *shift : torch::stable::unsqueeze(*shift, 0))
           : Tensor();
-  if (shift.has_value() && direct_backward(shape)) {
-    align_backward_direct(grad4, shift4, as_grouped(other), shape, for_weight, result, stream);
-    return grouped ? result : torch::stable::squeeze(result, 0);
-  }
   const ScalarType accumulation = accumulation_dtype(grad.scalar_type());
   Tensor planes = empty_like_device(grad, {G, T, N, C}, accumulation);
   if (planes.numel() > 0) {
@@ -695,6 +1038,62 @@ inline Tensor backward(const Tensor& grad, const std::optional<Tensor>& shift,
     launch_synthesis<scalar_t>(products, /*conjugate=*/for_weight, result, stream);
   });
   return grouped ? result : torch::stable::squeeze(result, 0);
+}
+
+// scale_align's backward op (docs/operators.md section 3, eq. 8): d phi [G?, N, S, D], d weight
+// [G?, C, S, D] and d bias [G?, C] from the logits' gradient grad [G?, N, C], the forward's shift
+// and the saved phi and weight, each only where its flag asks for it (an empty [0] tensor
+// otherwise, and nothing computed for it). In the direct form (direct_backward) three launches
+// at most: shift_matrix_kernel writes the shift matrix A and d bias, then one bmm per gradient
+// asked for (direct_product). Otherwise each gradient takes the Fourier form (backward, four
+// launches), and d bias the same kernel without a matrix.
+inline std::tuple<Tensor, Tensor, Tensor> align_backward(const Tensor& grad, const Tensor& shift,
+                                                         const Tensor& phi, const Tensor& weight,
+                                                         bool phi_grad, bool weight_grad,
+                                                         bool bias_grad, gpu::Stream stream) {
+  constexpr const char* op = "scale_align backward";
+  const Shape shape = check_align_grad(grad, shift, phi, weight, op);
+  check_floating_dtype(grad, "grad", op);
+  const int64_t G = shape.groups, N = shape.proposals, C = shape.classes;
+  const int64_t S = shape.scales, D = shape.features;
+  const bool direct = direct_backward(shape);
+  Tensor grad_phi, grad_weight;
+  if (!direct) {
+    if (phi_grad) {
+      grad_phi = backward(grad, shift, weight, /*for_weight=*/false, op, stream);
+    }
+    if (weight_grad) {
+      grad_weight = backward(grad, shift, phi, /*for_weight=*/true, op, stream);
+    }
+  } else {
+    grad_phi = phi_grad ? empty_like_device(grad, {G, N, S, D}) : Tensor();
+    grad_weight = weight_grad ? empty_like_device(grad, {G, C, S, D}) : Tensor();
+  }
+  const bool products = direct && (phi_grad || weight_grad) && D > 0 && N * C > 0;
+  Tensor matrix = products ? empty_like_device(grad, {G, N * S, C * S}) : Tensor();
+  Tensor bias = bias_grad ? empty_like_device(grad, {G, C}) : Tensor();
+  if (matrix.defined() || bias.defined()) {
+    const Tensor grad4 = as_grouped_grad(grad, shape);
+    const Tensor shift4 = torch::stable::contiguous(as_grouped_grad(shift, shape));
+    SSANET_DISPATCH_FLOATING_TYPES(grad.scalar_type(), "scale_align_shift_matrix", [&] {
+      launch_shift_matrix<scalar_t>(grad4, shift4, shape, matrix, bias, stream);
+    });
+  }
+  if (direct) {
+    if (phi_grad) {
+      direct_product(matrix, as_grouped(weight), shape, /*for_weight=*/false, grad_phi);
+      grad_phi = ungroup_like(grad_phi, shape);
+    }
+    if (weight_grad) {
+      direct_product(matrix, as_grouped(phi), shape, /*for_weight=*/true, grad_weight);
+      grad_weight = ungroup_like(grad_weight, shape);
+    }
+  }
+  const auto or_empty = [&](const Tensor& result) {
+    return result.defined() ? result : empty_like_device(grad, {0});
+  };
+  return {or_empty(grad_phi), or_empty(grad_weight),
+          bias.defined() ? ungroup_like(bias, shape) : or_empty(bias)};
 }
 
 }  // namespace ssanet_ops::scale_align

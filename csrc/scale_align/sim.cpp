@@ -26,14 +26,11 @@ Tensor scale_correlation_backward_weight_sim(const Tensor& grad, const Tensor& p
   return backward(grad, std::nullopt, phi, true, "scale_correlation backward", gpu::Stream{});
 }
 
-Tensor scale_align_backward_phi_sim(const Tensor& grad, const Tensor& shift,
-                                    const Tensor& weight) {
-  return backward(grad, shift, weight, false, "scale_align backward", gpu::Stream{});
-}
-
-Tensor scale_align_backward_weight_sim(const Tensor& grad, const Tensor& shift,
-                                       const Tensor& phi) {
-  return backward(grad, shift, phi, true, "scale_align backward", gpu::Stream{});
+std::tuple<Tensor, Tensor, Tensor> scale_align_backward_sim(
+    const Tensor& grad, const Tensor& shift, const Tensor& phi, const Tensor& weight,
+    bool phi_grad, bool weight_grad, bool bias_grad) {
+  return align_backward(grad, shift, phi, weight, phi_grad, weight_grad, bias_grad,
+                        gpu::Stream{});
 }
 
 }  // namespace
@@ -43,8 +40,7 @@ STABLE_TORCH_LIBRARY_IMPL(ssanet_ops_sim, CPU, m) {
   m.impl("scale_align", TORCH_BOX(&scale_align_sim));
   m.impl("_scale_correlation_backward_phi", TORCH_BOX(&scale_correlation_backward_phi_sim));
   m.impl("_scale_correlation_backward_weight", TORCH_BOX(&scale_correlation_backward_weight_sim));
-  m.impl("_scale_align_backward_phi", TORCH_BOX(&scale_align_backward_phi_sim));
-  m.impl("_scale_align_backward_weight", TORCH_BOX(&scale_align_backward_weight_sim));
+  m.impl("_scale_align_backward", TORCH_BOX(&scale_align_backward_sim));
 }
 
 }  // namespace ssanet_ops::scale_align

@@ -286,20 +286,30 @@ class SSANet(nn.Module):
         """``images [B, 3, H, W]`` -> :class:`SSANetOutput` (paper section 3)."""
         if images.dim() != 4 or images.shape[1] != 3:
             raise ValueError(f"images must be [B, 3, H, W], got {tuple(images.shape)}")
-        view = self.global_view(images)
-        stride16, stride32 = self.backbone(view)
+        stride16, stride32 = self.backbone(self.global_view(images))
+        return self.forward_maps(images, stride16, stride32)
+
+    def forward_maps(
+        self, images: torch.Tensor, stride16: torch.Tensor, stride32: torch.Tensor
+    ) -> SSANetOutput:
+        """:meth:`forward` after the global pass: the heads on the backbone's ``stride16`` and
+        ``stride32`` maps of the global view of ``images`` (which ``crop_from="image"`` crops
+        from). ``forward(images)`` is ``forward_maps(images, *backbone(global_view(images)))``;
+        given other maps (e.g. the rotated maps of another image, ``ssanet.rotation``), it
+        runs the model downstream of its backbone's global pass on them."""
         if not self.proposals:
             logits = self.classifier(stride32.mean(dim=(-2, -1)))
             return SSANetOutput(logits, *([None] * (len(SSANetOutput._fields) - 1)))
         batch, _, height, width = images.shape
         ops = operators()
+        view_size = (height, width) if self.global_size is None else (self.global_size,) * 2
 
         # Section 3.1: K part proposals per image, [B, K, 4]; part j is the j-th best. The
         # anchors lie in the global view; the boxes are scaled to the input's pixels.
         proposal_map = stride16 if self.propose_on_stride16 else stride32
-        part_boxes, part_scores = self.propose(proposal_map, tuple(view.shape[-2:]))
-        if view is not images:
-            factors = [width / view.shape[-1], height / view.shape[-2]] * 2
+        part_boxes, part_scores = self.propose(proposal_map, view_size)
+        if self.global_size is not None:
+            factors = [width / view_size[1], height / view_size[0]] * 2
             part_boxes = part_boxes * part_boxes.new_tensor(factors)
         rois = _rois(part_boxes)  # [B*K, 5]
         # Section 3.2: the S scale candidates of every part and their maps [B, K, S, C, h, w].
