@@ -47,10 +47,12 @@ SSANET_HOST_DEVICE RoiGrid<T> candidate_grid(const CropParams<T>& p, const Box<T
 // (y, x) of grad * (y weight) * (x weight) / count, in a fixed order (rows, then columns).
 // Cells whose weight on (y, x) is zero on either axis are skipped, not multiplied by zero, so
 // that a NaN or infinite gradient reaches exactly the elements its cell's samples read with a
-// non-zero weight, as on the CPU and in the atomic kernel (issue 9 defect 8).
+// non-zero weight, as on the CPU and in the atomic kernel (issue 9 defect 8). row_offset: the
+// output row that grad's row 0 holds (0 for the whole gradient; the row a staged tile starts at).
 template <typename T, typename grad_t>
 SSANET_HOST_DEVICE T gather_gradient(const RoiGrid<T>& g, const grad_t* grad, int64_t stride_h,
-                                     int64_t stride_w, int64_t y, int64_t x) {
+                                     int64_t stride_w, int64_t y, int64_t x,
+                                     int64_t row_offset = 0) {
   int64_t first_row, last_row, first_column, last_column;
   outputs_reaching(g.y, y, first_row, last_row);
   outputs_reaching(g.x, x, first_column, last_column);
@@ -64,7 +66,7 @@ SSANET_HOST_DEVICE T gather_gradient(const RoiGrid<T>& g, const grad_t* grad, in
     for (int64_t pw = first_column; pw <= last_column; ++pw) {
       const T wx = weight_to(g.x, pw, x);
       if (wx != T(0)) {
-        row += wx * static_cast<T>(grad[ph * stride_h + pw * stride_w]);
+        row += wx * static_cast<T>(grad[(ph - row_offset) * stride_h + pw * stride_w]);
       }
     }
     total += wy * row;

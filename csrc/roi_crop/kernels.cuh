@@ -6,8 +6,9 @@
 //
 // multiscale_roi_crop makes at most three launches per call, counting what torch runs for it
 // (issue 24): one setup kernel (crop_setup_kernel: each image's default centre, summed once;
-// for the deterministic backward the boxes grouped by image, a stable counting sort without
-// torch's sort; for the atomic backward the zeroing of its accumulator), then the crop kernel,
+// for the deterministic backward with more than kThreads boxes the boxes grouped by image, a
+// stable counting sort without torch's sort; for the atomic backward the zeroing of its
+// accumulator), then the crop kernel,
 // and for float16 / bfloat16 atomic backward torch's conversion of the float32 accumulator.
 // With given centres the forward needs no setup. The crop kernels find each box's image
 // themselves (image_key). Forward: a block crops one candidate n = k * S + s for a chunk of
@@ -17,8 +18,10 @@
 // channels on a channels-last one, so that each warp's loads are contiguous. Backward: by
 // default one thread per output cell and group of channels adds its gradients with atomics;
 // with `deterministic` (which the Python layer sets from
-// torch.are_deterministic_algorithms_enabled()), one thread per input element gathers what the
-// candidates of its image send it, in a fixed order, without atomics. Float16 and bfloat16
+// torch.are_deterministic_algorithms_enabled()), a block per tile of one image's input
+// elements gathers what the candidates of that image send them, in a fixed order, without
+// atomics, from their gradient rows staged in shared memory (one launch up to kThreads boxes).
+// Float16 and bfloat16
 // accumulate in float32 (opmath_t) in all kernels. scale_candidates still groups the boxes
 // with torch's sort (image_segments; it is not a benchmarked path).
 //
@@ -28,6 +31,8 @@
 // candidates and passes no gradient.
 // ssanet_ops.check_boxes checks them on demand.
 
+#include <algorithm>
+#include <cstdint>
 #include <optional>
 
 #include "common/launch.h"
@@ -162,15 +167,34 @@ struct ForwardShared {
   T tile[kTileValues];
 };
 
-// ... and of crop_backward_gather_kernel, when K <= kThreads and B < kThreads: the boxes, their
-// grouping by image and the images' 2c, read coalesced once per block instead of by every
-// thread (broadcasts that use a few bytes of each sector).
+// The deterministic backward's tiles (crop_backward_gather_kernel): a block's input elements
+// are channels [c_begin, + channel_chunk) x rows [y_begin, + row_band) x columns [x_begin,
+// + column_chunk) of one image, at most kGatherElements per thread (their sums stay in
+// registers across the candidates).
+constexpr int64_t kGatherElements = 8;
+struct GatherTiles {
+  int64_t channel_chunk, row_band, column_chunk;
+  int64_t channel_chunks, row_bands, column_chunks;
+  int64_t blocks;  // B x the three chunk counts
+};
+
+// Bytes of the gather's staging tile: with the rest of GatherShared under the 48 KiB of shared
+// memory a launch gets without opting in (float64 included).
+constexpr int64_t kGatherTileBytes = 32768;
+
+// ... and of crop_backward_gather_kernel: the candidate's grid and n; its image's boxes and 2c;
+// all boxes and their images when K <= kThreads (else the setup kernel's grouping is read);
+// the staging tile of the candidate's output-gradient rows that reach the block's input rows.
 template <typename T>
 struct GatherShared {
+  RoiGrid<T> grid;
+  TwiceCenter center;
+  int64_t first, last;  // the block's image's boxes: keys (own grouping) or order positions
+  int64_t candidate;    // n
+  int64_t keys[kThreads];
+  int64_t scratch[kThreads];
   T boxes[5 * kThreads];
-  int64_t order[kThreads];
-  int64_t offsets[kThreads];
-  double twice_centers[2 * kThreads];
+  T tile[kGatherTileBytes / sizeof(T)];
 };
 
 // Boxes [start, start + blockDim.x) of `count` read coalesced into chunk (5 * blockDim.x
@@ -360,6 +384,54 @@ __device__ __forceinline__ void sample_cell(const RoiGrid<T>& g, int64_t ph, int
       }
     }
   }
+}
+
+// The least of value over the block's threads, returned to every thread (scratch: blockDim.x
+// values of shared memory, blockDim.x a power of 2).
+__device__ inline int64_t block_min(int64_t value, int64_t* scratch) {
+  const unsigned int t = threadIdx.x;
+  scratch[t] = value;
+  __syncthreads();
+  for (unsigned int half = blockDim.x / 2; half > 0; half /= 2) {
+    if (t < half && scratch[t + half] < scratch[t]) {
+      scratch[t] = scratch[t + half];
+    }
+    __syncthreads();
+  }
+  const int64_t least = scratch[0];
+  __syncthreads();
+  return least;
+}
+
+// src[0, count) into dst[0, count), converted to T, by the block's threads, each warp's loads
+// starting on a 128-byte line (lanes before src idle), so that every sector a request touches
+// is used but the run's first and last.
+template <typename scalar_t, typename T>
+__device__ void stage_run(const scalar_t* src, int64_t count, T* dst) {
+  const int64_t lead = static_cast<int64_t>(reinterpret_cast<uintptr_t>(src) % 128) /
+                       static_cast<int64_t>(sizeof(scalar_t));
+  for (int64_t i = int64_t{threadIdx.x} - lead; i < count; i += blockDim.x) {
+    if (i >= 0) {
+      dst[i] = static_cast<T>(src[i]);
+    }
+  }
+}
+
+// What candidate grid g sends to element (y, x) of its channel (gather_gradient): from the
+// staged rows [row_offset, last_staged] of the channel's gradient (tile; nullptr: none staged)
+// when they hold every output row that reaches y, else from the gradient itself (global), the
+// same values in the same order either way.
+template <typename T, typename scalar_t>
+__device__ __forceinline__ T candidate_gradient(const RoiGrid<T>& g, const T* tile,
+                                                int64_t row_offset, int64_t last_staged,
+                                                const scalar_t* global, int64_t out_w,
+                                                int64_t y, int64_t x) {
+  int64_t first, last;
+  outputs_reaching(g.y, y, first, last);
+  if (first > last || (tile != nullptr && first >= row_offset && last <= last_staged)) {
+    return gather_gradient(g, tile, out_w, int64_t{1}, y, x, row_offset);
+  }
+  return gather_gradient(g, global, out_w, int64_t{1}, y, x);
 }
 
 // ---- kernels ----
@@ -678,66 +750,141 @@ __global__ void crop_backward_atomic_kernel(const scalar_t* __restrict__ grad_ou
   }
 }
 
-// Deterministic: one thread per input element (b, c, y, x) sums, in the order of candidates
-// and then of output cells, what each candidate of image b sends it (gather_gradient). The
-// boxes of image b are order[offsets[b]:offsets[b + 1]], in index order (crop_setup_kernel).
-template <typename scalar_t, typename T, typename index_t>
-__global__ void crop_backward_gather_kernel(const scalar_t* __restrict__ grad_output,
-                                            const T* __restrict__ boxes,
-                                            const T* __restrict__ centers,
-                                            const double* __restrict__ twice_centers,
-                                            const int64_t* __restrict__ order,
-                                            const int64_t* __restrict__ offsets,
-                                            ScaleList<T> scales, CropParams<T> p, index_t items,
-                                            scalar_t* __restrict__ grad_input) {
+// Deterministic, tiled (issue 24): a block takes the input elements of one image b in a tile
+// of channels x rows x columns (GatherTiles), at most kGatherElements per thread. For each
+// candidate of image b, in the order of boxes (index order) and then of scales, it stages the
+// output-gradient rows that reach the tile's rows, for its channels, in shared memory with
+// coalesced loads, and each thread adds to each of its elements what the candidate sends it
+// (gather_gradient: rows, then columns), so every element's sum has the order of the
+// untiled gather and no atomics. Rows too many for the tile are read from global memory
+// (candidate_gradient), to the same result. The boxes of image b: with order == nullptr
+// (K <= kThreads) the block reads all K box rows into shared memory, finds their images and
+// sums its image's default centre as crop_setup_kernel does (no setup launch); otherwise
+// order[offsets[b]:offsets[b + 1]] and twice_centers from crop_setup_kernel.
+template <typename scalar_t, typename T>
+__global__ void __launch_bounds__(kThreads)
+    crop_backward_gather_kernel(const scalar_t* __restrict__ grad_output,
+                                const T* __restrict__ boxes, const T* __restrict__ centers,
+                                const double* __restrict__ twice_centers,
+                                const int64_t* __restrict__ order,
+                                const int64_t* __restrict__ offsets, ScaleList<T> scales,
+                                CropParams<T> p, GatherTiles tiles,
+                                scalar_t* __restrict__ grad_input) {
   GatherShared<T>& shared = *gpu::dynamic_shared<GatherShared<T>>();
-  if (p.boxes <= blockDim.x && p.batch < blockDim.x) {
-    for (int64_t i = threadIdx.x; i < 5 * p.boxes; i += blockDim.x) {
-      shared.boxes[i] = boxes[i];
+  constexpr int64_t tile_values = kGatherTileBytes / static_cast<int64_t>(sizeof(T));
+  const unsigned int t = threadIdx.x;
+  const bool own = order == nullptr;
+  if (own) {  // every box and its image, once for all the block's tiles
+    const int64_t key = chunk_key(boxes, p.boxes, 0, centers, p.batch, shared.boxes);
+    if (t < p.boxes) {
+      shared.keys[t] = key;
     }
-    for (int64_t i = threadIdx.x; i < p.boxes; i += blockDim.x) {
-      shared.order[i] = order[i];
-    }
-    for (int64_t i = threadIdx.x; i <= p.batch; i += blockDim.x) {
-      shared.offsets[i] = offsets[i];
-    }
-    for (int64_t i = threadIdx.x; i < 2 * p.batch; i += blockDim.x) {
-      // twice_given_center's 2c: doubling is exact.
-      shared.twice_centers[i] =
-          centers != nullptr ? 2.0 * static_cast<double>(centers[i]) : twice_centers[i];
-    }
-    __syncthreads();
-    boxes = shared.boxes;
-    order = shared.order;
-    offsets = shared.offsets;
-    twice_centers = shared.twice_centers;
-    centers = nullptr;
   }
-  const index_t width = p.width, height = p.height, channels = p.channels;
-  for (index_t item = blockIdx.x * blockDim.x + threadIdx.x; item < items;
-       item += gridDim.x * blockDim.x) {
-    const index_t x = item % width;
-    const index_t y = (item / width) % height;
-    const index_t c = (item / (width * height)) % channels;
-    const index_t b = item / (width * height * channels);
-    const TwiceCenter center =
-        centers != nullptr ? twice_given_center(centers, b)
-                           : TwiceCenter{twice_centers[2 * b], twice_centers[2 * b + 1]};
-    T total = 0;
-    for (int64_t i = offsets[b]; i < offsets[b + 1]; ++i) {
-      const int64_t k = order[i];
-      const Box<T> box = box_at(boxes, k);
-      const Anchors anchors = anchor_corners(box, center);
-      for (int64_t s = 0; s < p.scales; ++s) {
-        const RoiGrid<T> g = candidate_grid(
-            p, candidate_box(box, anchors, scales.values[s], p.clip, p.image_height,
-                             p.image_width));
-        const int64_t n = k * p.scales + s;
-        total += gather_gradient(g, grad_output + (n * p.channels + c) * p.cells(), p.out_w,
-                                 int64_t{1}, y, x);
+  for (int64_t block = blockIdx.x; block < tiles.blocks; block += gridDim.x) {
+    const int64_t x_begin = block % tiles.column_chunks * tiles.column_chunk;
+    const int64_t y_begin = block / tiles.column_chunks % tiles.row_bands * tiles.row_band;
+    const int64_t c_begin = block / (tiles.column_chunks * tiles.row_bands) %
+                            tiles.channel_chunks * tiles.channel_chunk;
+    const int64_t b = block / (tiles.column_chunks * tiles.row_bands * tiles.channel_chunks);
+    const int64_t channels = p.channels - c_begin < tiles.channel_chunk ? p.channels - c_begin
+                                                                          : tiles.channel_chunk;
+    const int64_t rows =
+        p.height - y_begin < tiles.row_band ? p.height - y_begin : tiles.row_band;
+    const int64_t columns =
+        p.width - x_begin < tiles.column_chunk ? p.width - x_begin : tiles.column_chunk;
+    const int64_t elements = channels * rows * columns;
+    __syncthreads();  // the keys are written; the previous tile's readers are done
+    if (t == 0) {  // image b's boxes and its 2c
+      if (own) {
+        shared.first = 0;
+        shared.last = p.boxes;
+        CenterSum sum;
+        for (int64_t j = 0; j < p.boxes && centers == nullptr; ++j) {
+          if (shared.keys[j] == b) {
+            sum.add(shared.boxes, j);
+          }
+        }
+        shared.center = centers != nullptr ? twice_given_center(centers, b) : sum.mean();
+      } else {
+        shared.first = offsets[b];
+        shared.last = offsets[b + 1];
+        shared.center = centers != nullptr
+                            ? twice_given_center(centers, b)
+                            : TwiceCenter{twice_centers[2 * b], twice_centers[2 * b + 1]};
       }
     }
-    grad_input[item] = static_cast<scalar_t>(total);
+    __syncthreads();
+    const int64_t first = shared.first, last = shared.last;
+    T total[kGatherElements];
+    for (int64_t e = 0; e < kGatherElements; ++e) {
+      total[e] = T(0);
+    }
+    for (int64_t i = first; i < last; ++i) {
+      if (own && shared.keys[i] != b) {
+        continue;  // the same for every thread
+      }
+      for (int64_t s = 0; s < p.scales; ++s) {
+        if (t == 0) {  // the candidate's grid, as the untiled gather computed it
+          const int64_t k = own ? i : order[i];
+          const T* row = own ? shared.boxes + 5 * k : boxes + 5 * k;
+          const Box<T> box = box_at(row, 0);
+          const Anchors anchors = anchor_corners(box, shared.center);
+          shared.grid = candidate_grid(p, candidate_box(box, anchors, scales.values[s], p.clip,
+                                                        p.image_height, p.image_width));
+          shared.candidate = k * p.scales + s;
+        }
+        __syncthreads();
+        const RoiGrid<T> g = shared.grid;
+        const int64_t n = shared.candidate;
+        // The output rows that reach the tile's rows, and a row more on each side (none: 0
+        // staged rows).
+        int64_t low = p.out_h, high = -1;
+        for (int64_t r = t; r < rows; r += blockDim.x) {
+          int64_t reach_first, reach_last;
+          outputs_reaching(g.y, y_begin + r, reach_first, reach_last);
+          if (reach_first <= reach_last) {
+            low = reach_first < low ? reach_first : low;
+            high = reach_last > high ? reach_last : high;
+          }
+        }
+        low = block_min(low, shared.scratch);
+        high = -block_min(-high, shared.scratch);
+        const int64_t row_offset = low - 1 > 0 ? low - 1 : 0;
+        const int64_t last_staged = high + 1 < p.out_h - 1 ? high + 1 : p.out_h - 1;
+        const int64_t staged = low <= high ? last_staged - row_offset + 1 : 0;
+        const bool fits = staged > 0 && channels * staged * p.out_w <= tile_values;
+        const scalar_t* candidate_grad = grad_output + (n * p.channels + c_begin) * p.cells();
+        if (fits && staged == p.out_h) {  // the chunk's channels: one run
+          stage_run(candidate_grad, channels * p.cells(), shared.tile);
+        } else if (fits) {
+          for (int64_t j = 0; j < channels; ++j) {
+            stage_run(candidate_grad + j * p.cells() + row_offset * p.out_w, staged * p.out_w,
+                      shared.tile + j * staged * p.out_w);
+          }
+        }
+        __syncthreads();
+        for (int64_t e = 0; e < kGatherElements; ++e) {
+          const int64_t local = t + e * int64_t{blockDim.x};
+          if (local < elements) {
+            const int64_t j = local / (rows * columns);
+            const int64_t y = y_begin + local / columns % rows, x = x_begin + local % columns;
+            total[e] += candidate_gradient(
+                g, fits ? shared.tile + j * staged * p.out_w : nullptr, row_offset, last_staged,
+                candidate_grad + j * p.cells(), p.out_w, y, x);
+          }
+        }
+        __syncthreads();  // the tile and grid are rewritten by the next candidate
+      }
+    }
+    for (int64_t e = 0; e < kGatherElements; ++e) {
+      const int64_t local = t + e * int64_t{blockDim.x};
+      if (local < elements) {
+        const int64_t j = local / (rows * columns);
+        const int64_t y = y_begin + local / columns % rows, x = x_begin + local % columns;
+        grad_input[((b * p.channels + c_begin + j) * p.height + y) * p.width + x] =
+            static_cast<scalar_t>(total[e]);
+      }
+    }
   }
 }
 
@@ -912,22 +1059,45 @@ void launch_crop_forward(const Tensor& input, const Tensor& boxes, const Tensor&
               blocks, stage_values, output.mutable_data_ptr<scalar_t>());
 }
 
+// The gather's tiles: whole rows of as many rows, and then whole planes of as many channels, as
+// a block's kThreads x kGatherElements elements hold, as many channels as the staging tile
+// holds whole candidates of (so that small maps stage every candidate whole, in one run).
+template <typename T>
+GatherTiles gather_tiles(const CropParams<T>& p) {
+  const int64_t capacity = kGatherElements * kThreads;
+  GatherTiles tiles;
+  tiles.column_chunk = std::min(p.width, capacity);
+  tiles.row_band = std::min(p.height, std::max<int64_t>(1, capacity / tiles.column_chunk));
+  tiles.channel_chunk = 1;
+  if (tiles.row_band == p.height) {
+    const int64_t whole = kGatherTileBytes / static_cast<int64_t>(sizeof(T)) / p.cells();
+    tiles.channel_chunk = std::min(
+        {p.channels, std::max<int64_t>(1, capacity / (p.height * tiles.column_chunk)),
+         std::max<int64_t>(1, whole)});
+  }
+  tiles.channel_chunks = (p.channels + tiles.channel_chunk - 1) / tiles.channel_chunk;
+  tiles.row_bands = (p.height + tiles.row_band - 1) / tiles.row_band;
+  tiles.column_chunks = (p.width + tiles.column_chunk - 1) / tiles.column_chunk;
+  tiles.blocks = p.batch * tiles.channel_chunks * tiles.row_bands * tiles.column_chunks;
+  return tiles;
+}
+
+// setup: crop_setup_kernel's grouping when K > kThreads; without it (K <= kThreads) the
+// gather's blocks group the boxes themselves.
 template <typename scalar_t, typename T>
 void launch_crop_backward_gather(const Tensor& grad_output, const Tensor& boxes,
                                  const Tensor& centers, const CropSetup& setup,
                                  DoubleArrayRef scales, const CropParams<T>& p,
                                  Tensor& grad_input, gpu::Stream stream) {
-  const int64_t items = grad_input.numel();
-  const GridStride launch = grid_stride(items);
-  with_index_type(launch, [&](auto index_type) {
-    using index_t = decltype(index_type);
-    gpu::launch(crop_backward_gather_kernel<scalar_t, T, index_t>, launch.blocks,
-                launch.threads, sizeof(GatherShared<T>), stream, grad_output.const_data_ptr<scalar_t>(),
-                boxes.const_data_ptr<T>(), centers_data<T>(centers),
-                twice_centers_data<T>(setup), setup.order.const_data_ptr<int64_t>(),
-                setup.offsets.const_data_ptr<int64_t>(), scale_list<T>(scales), p,
-                static_cast<index_t>(items), grad_input.mutable_data_ptr<scalar_t>());
-  });
+  const GatherTiles tiles = gather_tiles(p);
+  const bool grouped = setup.order.defined();
+  gpu::launch(crop_backward_gather_kernel<scalar_t, T>,
+              static_cast<unsigned int>(std::min(tiles.blocks, kMaxBlocks)), kThreads,
+              sizeof(GatherShared<T>), stream, grad_output.const_data_ptr<scalar_t>(),
+              boxes.const_data_ptr<T>(), centers_data<T>(centers), twice_centers_data<T>(setup),
+              grouped ? setup.order.const_data_ptr<int64_t>() : nullptr,
+              grouped ? setup.offsets.const_data_ptr<int64_t>() : nullptr, scale_list<T>(scales),
+              p, tiles, grad_input.mutable_data_ptr<scalar_t>());
 }
 
 // accumulator: [B, C, H, W] in T, zeroed by the setup.
@@ -1034,8 +1204,11 @@ inline Tensor crop_backward(const Tensor& grad_output, const Tensor& boxes, Doub
     const auto p = crop_params<T>(K, S, batch, channels, height, width, shape, spatial_scale,
                                   sampling_ratio, aligned, clip);
     if (deterministic) {
-      const CropSetup setup = launch_crop_setup<T>(boxes_c, given_centers, p.batch, true,
-                                                   nullptr, 0, stream);
+      // Up to kThreads boxes: the gather's blocks group them by image themselves (one launch).
+      const CropSetup setup =
+          K > kThreads ? launch_crop_setup<T>(boxes_c, given_centers, p.batch, true, nullptr, 0,
+                                              stream)
+                       : CropSetup{};
       grad_input = empty_like_device(grad_output, {batch, channels, height, width});
       launch_crop_backward_gather<scalar_t>(grad_c, boxes_c, given_centers, setup, scales, p,
                                             grad_input, stream);
