@@ -1,10 +1,12 @@
-"""multiscale_roi_crop's CUDA forward on NCHW input stages the map region each block samples in
+"""multiscale_roi_crop's CUDA forward on NCHW input, and on channels-last input with few channels
+(fewer than a warp, a pixel under 128 bytes), stages the map region each block samples in
 shared memory (issue 24: whole sectors per load request); only where the values are read from
-changes, not the arithmetic. Against the channels-last input, which the same kernel samples
-from global memory directly, bit for bit, and against the CPU reference to the tolerances of
-test_roi_crop.py, on the shapes of both benchmark workloads, every floating dtype, boxes partly
-outside the map, both kinds of sampling grid, strided and unaligned input, and regions too
-large for the stage (read directly)."""
+changes, not the arithmetic. Both against a channels-last input of many channels (40 more),
+which the same kernel samples from global memory directly, bit for bit (its first channels),
+and against the CPU reference to the tolerances of test_roi_crop.py, on the shapes of both
+benchmark workloads, every floating dtype, boxes partly outside the map, both kinds of
+sampling grid, strided and unaligned input, and regions too large for the stage (read
+directly)."""
 
 from __future__ import annotations
 
@@ -54,14 +56,24 @@ def crop(x, boxes, shape, sampling_ratio, aligned=True):
 
 
 def check_against_direct_reads(x: torch.Tensor, boxes, shape, sampling_ratio, aligned=True):
-    """x (NCHW, any strides) cropped in the simulator equals the channels-last crop bitwise and
-    the CPU reference to the tolerance."""
+    """x (NCHW, any strides) cropped in the simulator, and x channels-last, dense and with
+    pixels 40 values apart, equal bitwise the first channels of the crop of a channels-last
+    input of 40 more channels (read directly, a warp along its channels), and equal the CPU
+    reference to the tolerance."""
     boxes = boxes.to(torch.float64 if x.dtype == torch.float64 else torch.float32)
+    channels = x.shape[1]
+    wide = torch.randn(x.shape[0], channels + 40, *x.shape[2:]).to(x.dtype)
+    wide[:, :channels] = x
+    wide = wide.contiguous(memory_format=torch.channels_last)
     with simulate_cuda():
         staged = crop(x, boxes, shape, sampling_ratio, aligned)
-        direct = crop(x.contiguous(memory_format=torch.channels_last), boxes, shape,
-                      sampling_ratio, aligned)  # fmt: skip
+        last = crop(x.contiguous(memory_format=torch.channels_last), boxes, shape,
+                    sampling_ratio, aligned)  # fmt: skip
+        pixels = crop(wide[:, :channels], boxes, shape, sampling_ratio, aligned)
+        direct = crop(wide, boxes, shape, sampling_ratio, aligned)[:, :, :channels]
     torch.testing.assert_close(staged, direct, rtol=0, atol=0)
+    torch.testing.assert_close(last, direct, rtol=0, atol=0)
+    torch.testing.assert_close(pixels, direct, rtol=0, atol=0)
     # The reduced types against float32 (test_roi_crop.test_cuda_reduced_precision).
     wide = x if x.dtype in (torch.float32, torch.float64) else x.float()
     expected = reference.multiscale_roi_crop(
@@ -125,3 +137,18 @@ def test_regions_larger_than_the_stage_are_read_directly(dtype):
     boxes = torch.tensor([[0.0, 0.0, 0.0, 240.0, 200.0], [0.0, 100.0, 50.0, 104.0, 53.0]])
     check_against_direct_reads(x, boxes, shape, sampling_ratio=-1)
     check_against_direct_reads(x, boxes, shape, sampling_ratio=1)
+
+
+@requires_simulator
+@requires_torchvision
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("channels", [1, 3, 4])
+def test_few_channels_last_forward_matches_direct_reads(dtype, channels):
+    # The image crops' shape with 1, 3 and 4 channels: channels-last staged (a 1-channel map's
+    # channels-last strides are its NCHW ones, staged as NCHW).
+    shape = (2, channels, *SHAPES["image"][2:])
+    batch, _, height, width, _, spatial_scale = shape
+    x = torch.randn(batch, channels, height, width).to(dtype)
+    boxes = random_boxes(batch, height / spatial_scale, width / spatial_scale)
+    check_against_direct_reads(x, boxes, shape, sampling_ratio=-1)
+    check_against_direct_reads(x, boxes, shape, sampling_ratio=2, aligned=False)

@@ -15,7 +15,9 @@
 // channels and output cells into a shared tile, then writes the tile, whose rows are runs of
 // the output (coalesced stores); its threads run along the cells on an NCHW input (each
 // thread reading kChannelsPerThread channels with one set of sample weights), along the
-// channels on a channels-last one, so that each warp's loads are contiguous. Backward: by
+// channels on a channels-last one, so that each warp's loads are contiguous; NCHW blocks, and
+// channels-last ones with fewer channels than a warp, sample their map region staged in
+// shared memory. Backward: by
 // default one thread per output cell and group of channels adds its gradients with atomics;
 // with `deterministic` (which the Python layer sets from
 // torch.are_deterministic_algorithms_enabled()), a block per tile of one image's input
@@ -153,9 +155,10 @@ struct SetupShared {
 };
 
 // ... and of crop_forward_kernel: all boxes and their images (with the block's own centres),
-// the candidate's box row, image and grid, the scratch of its tap extents (NCHW) and the
-// output tile. On an NCHW input the launch's dynamic shared memory continues past it with the
-// stage, the staged input (kForwardSharedBytes in all).
+// the candidate's box row, image and grid, the scratch of its tap extents (staged launches)
+// and the output tile. On an NCHW input, and a channels-last one with few channels, the
+// launch's dynamic shared memory continues past it with the stage, the staged input
+// (kForwardSharedBytes in all).
 template <typename T>
 struct ForwardShared {
   RoiGrid<T> grid;
@@ -347,6 +350,20 @@ __device__ void stage_columns(const scalar_t* map, const Strides4& strides, Stag
     int64_t x = first + i % span;
     x = x < last ? x : last;
     stage[line * r.cols + x - r.col0] = row[x * strides.w];
+  }
+}
+
+// Channels [0, channels) of `map` (a channels-last input: strides.c < strides.w) in region r
+// into stage, in the input's own order: [row - row0][column - col0][channel]. Thread i loads
+// stage value i, so on a dense channels-last map (strides.c 1, strides.w channels) each region
+// row is one run of cols x channels values, loaded coalesced.
+template <typename scalar_t>
+__device__ void stage_pixels(const scalar_t* map, const Strides4& strides, StageRegion r,
+                             int64_t channels, scalar_t* stage) {
+  const int64_t line = r.cols * channels;
+  for (int64_t i = threadIdx.x; i < r.rows * line; i += blockDim.x) {
+    const int64_t y = i / line, x = i % line / channels, c = i % channels;
+    stage[i] = map[(r.row0 + y) * strides.h + (r.col0 + x) * strides.w + c * strides.c];
   }
 }
 
@@ -578,7 +595,10 @@ __global__ void __launch_bounds__(kThreads)
 // its cells' samples read (stage_region), as many of its channels at a time as the stage
 // holds, loaded in memory order (stage_columns), then samples the stage: a warp's taps, 32
 // cells apart on the map, no longer each move sectors of their own. A region of which not one
-// channel fits the stage is read from the input directly, as the channels-last path does.
+// channel fits the stage is read from the input directly, as the channels-last path does. A
+// channels-last launch with a stage (stage_values > 0: few channels, launch_crop_forward)
+// stages the region with all the block's channels in the input's order (stage_pixels) when it
+// fits, else reads directly.
 // Each value goes to a shared tile [channel][cell], written out by rows: the rows are runs of
 // the contiguous output [K, S, C, oh, ow], so the stores are coalesced. The default centres:
 // the setup kernel's (twice_centers), or, with neither those nor given centres
@@ -646,15 +666,16 @@ __global__ void __launch_bounds__(kThreads)
     const scalar_t* map =
         b != kNoImage ? input + b * strides.n + c_begin * strides.c : nullptr;
     // NCHW: the region to stage and how many channels of it fit at a time (none: read the
-    // input directly, all channels at once).
+    // input directly, all channels at once). Channels-last with a stage (few channels): the
+    // region with all the block's channels, or none of it.
     StageRegion region{0, 0, 0, 0, 0, -1};
     int64_t step = channels;
     bool staged = false;
-    if (kVector > 1 && b != kNoImage) {
+    if ((kVector > 1 || stage_values > 0) && b != kNoImage) {
       region = stage_region<scalar_t>(g, p.out_w, p_begin, cells, unit_columns, shared.extent);
       const int64_t fit = region.rows > 0 ? stage_values / (region.rows * region.cols) : 0;
-      staged = fit > 0;
-      if (staged && fit < channels) {
+      staged = kVector > 1 ? fit > 0 : fit >= channels;
+      if (kVector > 1 && staged && fit < channels) {
         step = fit >= kVector ? fit / kVector * kVector : fit;
       }
     }
@@ -662,8 +683,12 @@ __global__ void __launch_bounds__(kThreads)
       const int64_t count = channels - first < step ? channels - first : step;
       if (staged) {
         __syncthreads();  // the stage's previous readers are done
-        stage_columns(map + first * strides.c, strides, region, unit_columns, p.width, count,
-                      stage);
+        if (kVector > 1) {
+          stage_columns(map + first * strides.c, strides, region, unit_columns, p.width, count,
+                        stage);
+        } else {
+          stage_pixels(map, strides, region, count, stage);
+        }
         __syncthreads();
       }
       const int64_t groups = (count + kVector - 1) / kVector;
@@ -674,7 +699,10 @@ __global__ void __launch_bounds__(kThreads)
         const int64_t ph = (p_begin + cell) / p.out_w, pw = (p_begin + cell) % p.out_w;
         const int64_t here = count - c0 < kVector ? count - c0 : kVector;
         T total[kVector] = {};
-        if (staged) {
+        if (staged && kVector == 1) {  // the stage in the input's order, all channels
+          sample_cell<kVector>(g, ph, pw, stage + c0, int64_t{1}, region.cols * count, count,
+                               region.row0, region.col0, here, total);
+        } else if (staged) {
           sample_cell<kVector>(g, ph, pw, stage + c0 * region.rows * region.cols,
                                region.rows * region.cols, region.cols, int64_t{1}, region.row0,
                                region.col0, here, total);
@@ -1021,8 +1049,10 @@ const double* twice_centers_data(const CropSetup& setup) {
 // as many cells as the tile holds; on an NCHW one whole output rows, up to kThreads cells (so
 // that a block's samples span few map rows), by as many channels, in groups of
 // kChannelsPerThread, as the tile holds, and, on a map whose whole plane the stage holds in
-// such groups, as the stage holds (one stage per block). Each tile row is padded to an odd
-// length. The stage (NCHW) takes the rest of kForwardSharedBytes.
+// such groups, as the stage holds (one stage per block); channels-last with few channels: all
+// of them by whole output rows, as NCHW, within the tile. Each tile row is padded to an odd
+// length. The stage (NCHW, channels-last with few channels) takes the rest of
+// kForwardSharedBytes.
 template <typename scalar_t, typename T>
 void launch_crop_forward(const Tensor& input, const Tensor& boxes, const Tensor& centers,
                          const CropSetup& setup, DoubleArrayRef scales, const CropParams<T>& p,
@@ -1030,12 +1060,24 @@ void launch_crop_forward(const Tensor& input, const Tensor& boxes, const Tensor&
   const Strides4 strides = strides_of(input);
   const bool channels_last = strides.c < strides.w;
   int64_t channel_chunk, cell_chunk, stage_values = 0;
+  const int64_t rows = std::max<int64_t>(1, kThreads / p.out_w);
+  const int64_t row_cells =
+      std::min<int64_t>(p.cells(), p.out_w <= kThreads ? rows * p.out_w : kThreads);
+  // Channels-last with fewer channels than a warp and a pixel under a 128-byte line: a warp
+  // along the channels would span several pixels whose taps scatter, so the block stages its
+  // region (stage_pixels), over whole output rows as on NCHW.
+  const bool few_channels =
+      p.channels < 32 && p.channels * static_cast<int64_t>(sizeof(scalar_t)) < 128;
   if (channels_last) {
     channel_chunk = std::min<int64_t>(p.channels, 32);
     cell_chunk = std::min<int64_t>(p.cells(), kTileValues / channel_chunk - 1);
+    if (few_channels) {
+      cell_chunk = std::min(cell_chunk, row_cells);
+      stage_values = (kForwardSharedBytes - static_cast<int64_t>(sizeof(ForwardShared<T>))) /
+                     static_cast<int64_t>(sizeof(scalar_t));
+    }
   } else {
-    const int64_t rows = std::max<int64_t>(1, kThreads / p.out_w);
-    cell_chunk = std::min<int64_t>(p.cells(), p.out_w <= kThreads ? rows * p.out_w : kThreads);
+    cell_chunk = row_cells;
     const int64_t fit = kTileValues / (cell_chunk + 1) / kChannelsPerThread * kChannelsPerThread;
     channel_chunk = std::min<int64_t>(p.channels, std::max(kChannelsPerThread, fit));
     stage_values = (kForwardSharedBytes - static_cast<int64_t>(sizeof(ForwardShared<T>))) /
