@@ -40,8 +40,9 @@ def rotate_maps(x: torch.Tensor, angle: float, padding: str = "zeros") -> torch.
 
     Multiples of 90 degrees are exact (``torch.rot90``; a quarter turn swaps H and W); any
     other angle resamples bilinearly at the turned positions of the output's pixel centres
-    (``align_corners=False``, as torchvision's ``rotate``, which Table 1's :class:`Rotate`
-    uses), the size kept, ``padding`` ("zeros" or "border") outside the map.
+    (``align_corners=False``, as torchvision's ``rotate``, which Table 1's
+    :class:`~ssanet.data.transforms.Rotate` uses), the size kept, ``padding`` ("zeros" or
+    "border") outside the map.
     """
     if padding not in PADDING_MODES:
         raise ValueError(f"padding must be one of {PADDING_MODES}, got {padding!r}")
