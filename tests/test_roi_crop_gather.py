@@ -119,6 +119,7 @@ def test_gather_settings_match_reference(cuda_device, given_centres):
     torch.testing.assert_close(result.cpu(), expected, **tolerances(result))
 
 
+@requires_torchvision
 def test_gather_is_the_same_above_the_shared_memory_boxes(cuda_device):
     # Up to 256 boxes the gather's blocks group them by image themselves; with more,
     # crop_setup_kernel does. Boxes of image 2 do not change images 0 and 1: adding 300 of them
