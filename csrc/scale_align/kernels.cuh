@@ -555,6 +555,25 @@ struct BackwardTensors {
   int64_t G, N, C, D;
 };
 
+// A staged entry of backward_tile: grad at one (n, c) and the rotation of its shift.
+template <typename acc_t>
+struct alignas(2 * sizeof(acc_t)) StagedGrad {
+  acc_t value;
+  int rotation;
+};
+
+// acc[s] += value * x[(s + R) mod S] for every s (nothing for R >= S): the products of one
+// rotation, at register indices known at compile time.
+template <int R, typename acc_t, int S>
+__device__ __forceinline__ void add_rotated(acc_t (&acc)[S], acc_t value, const acc_t (&x)[S]) {
+  if constexpr (R < S) {
+    SCALE_ALIGN_UNROLL
+    for (int s = 0; s < S; ++s) {
+      acc[s] += value * x[(s + R) % S];
+    }
+  }
+}
+
 // One tile of the direct backward (docs/operators.md section 3, eq. 8): rows r0 .. r0 + TR - 1
 // of d phi (for_weight false: d phi[n, s, d] = sum over c of grad[n, c] * weight[c, (s + r*)
 // mod S, d]) or of d weight (for_weight true: d weight[c, m, d] = sum over n of grad[n, c] *
@@ -568,13 +587,14 @@ struct BackwardTensors {
 //   pass, stages rotation -1 and contributes nothing, as in grad_planes_kernel.
 // - Per row o, each thread reads other[o, :, d] once in its dtype (consecutive threads,
 //   consecutive columns), then adds its TR * S products with constant register indices: the
-//   rotation, the same for the whole block, picks one of S unrolled branches.
+//   rotation, the same for the whole block, picks one of S unrolled branches (add_rotated).
 template <typename scalar_t, int S>
 __device__ void backward_tile(const BackwardTensors<scalar_t>& t, bool for_weight, int64_t g,
-                              int64_t tile, int64_t slice, opmath_t<scalar_t>* values,
-                              int* rotations) {
+                              int64_t tile, int64_t slice,
+                              StagedGrad<opmath_t<scalar_t>>* staged) {
   using acc_t = opmath_t<scalar_t>;
   constexpr int TR = backward_tile_rows<acc_t>(S);
+  static_assert(S <= kDirectBackwardScales, "add_rotated's cases: S <= 8");
   const int64_t R = for_weight ? t.C : t.N;  // rows of the result
   const int64_t O = for_weight ? t.N : t.C;  // rows of the other input, summed over
   const scalar_t* other = for_weight ? t.phi : t.weight;
@@ -604,8 +624,7 @@ __device__ void backward_tile(const BackwardTensors<scalar_t>& t, bool for_weigh
           rotation = static_cast<int>(for_weight ? (S - winner) % S : winner);
         }
       }
-      values[i * chunk + q] = value;
-      rotations[i * chunk + q] = rotation;
+      staged[i * chunk + q] = {value, rotation};
     }
     __syncthreads();
     for (int64_t q = 0; q < count; ++q) {
@@ -617,16 +636,18 @@ __device__ void backward_tile(const BackwardTensors<scalar_t>& t, bool for_weigh
       }
       SCALE_ALIGN_UNROLL
       for (int i = 0; i < TR; ++i) {
-        const int rotation = rotations[i * chunk + q];
-        const acc_t value = values[i * chunk + q];
-        SCALE_ALIGN_UNROLL
-        for (int r = 0; r < S; ++r) {
-          if (rotation == r) {
-            SCALE_ALIGN_UNROLL
-            for (int s = 0; s < S; ++s) {
-              acc[i][s] += value * x[(s + r) % S];
-            }
-          }
+        const StagedGrad<acc_t> entry = staged[i * chunk + q];  // one shared load, a broadcast
+        const acc_t value = entry.value;
+        switch (entry.rotation) {  // the same in every thread of the block
+          case 0: add_rotated<0>(acc[i], value, x); break;
+          case 1: add_rotated<1>(acc[i], value, x); break;
+          case 2: add_rotated<2>(acc[i], value, x); break;
+          case 3: add_rotated<3>(acc[i], value, x); break;
+          case 4: add_rotated<4>(acc[i], value, x); break;
+          case 5: add_rotated<5>(acc[i], value, x); break;
+          case 6: add_rotated<6>(acc[i], value, x); break;
+          case 7: add_rotated<7>(acc[i], value, x); break;
+          default: break;  // -1: no row there, or its shift outside [0, S)
         }
       }
     }
@@ -659,8 +680,7 @@ __global__ void __launch_bounds__(kThreads, 2)
     align_backward_kernel(BackwardTensors<scalar_t> t, int64_t phi_tiles, int64_t weight_tiles,
                           int64_t slices) {
   using acc_t = opmath_t<scalar_t>;
-  __shared__ acc_t values[kThreads];  // blockDim.x of them, at most kThreads
-  __shared__ int rotations[kThreads];
+  __shared__ StagedGrad<acc_t> staged[kThreads];  // blockDim.x of them, at most kThreads
   const int64_t phi_units = t.G * slices * phi_tiles;
   const int64_t tile_units = phi_units + t.G * slices * weight_tiles;
   const int64_t columns = t.grad_bias != nullptr ? t.G * t.C : 0;
@@ -671,7 +691,7 @@ __global__ void __launch_bounds__(kThreads, 2)
       const int64_t local = for_weight ? unit - phi_units : unit;  // (g * slices + slice) * tiles
       const int64_t tiles = for_weight ? weight_tiles : phi_tiles;
       backward_tile<scalar_t, S>(t, for_weight, local / tiles / slices, local % tiles,
-                                 local / tiles % slices, values, rotations);
+                                 local / tiles % slices, staged);
       continue;
     }
     const int64_t column = (unit - tile_units) * blockDim.x + threadIdx.x;  // g * C + c
