@@ -527,13 +527,23 @@ __global__ void synthesis_kernel(const opmath_t<scalar_t>* __restrict__ products
 // compile time, one instantiation per S.
 constexpr int64_t kDirectBackwardScales = 8;
 
-// Rows of d phi (or d weight) that one block of align_backward_kernel accumulates: each thread
-// keeps rows * S accumulators for its column, at most 64 float32 (32 float64, two registers
-// each), and at most 32 rows (a staged chunk holds blockDim.x / rows rows of the other input).
+// A block of align_backward_kernel: kRowGroups groups of blockDim.x / kRowGroups threads (whole
+// warps), each group taking its own rows of the block's tile at every column of the block's
+// slice, blockDim.x columns, kColumnsPerThread per thread a warp apart (each load and store of a
+// warp on 32 consecutive columns). Two columns per thread share each staged entry and rotation
+// branch between twice the multiply-adds; two groups keep the rows per block, so the other
+// input's re-reads from L2 stay as few (the groups' reads of the same columns meet in L1).
+constexpr int kRowGroups = 2;
+constexpr int kColumnsPerThread = 2;
+
+// Rows of d phi (or d weight) per row group of align_backward_kernel: each thread keeps
+// rows * kColumnsPerThread * S accumulators, at most 64 float32 or 24 float64 (two registers
+// each; 32 spilled at S = 1 and 8 within 128 registers), and at most 16 rows (a staged chunk
+// holds blockDim.x / (kRowGroups * rows) rows of the other input, blockDim.x >= 64).
 template <typename acc_t>
 SSANET_HOST_DEVICE constexpr int backward_tile_rows(int S) {
-  const int budget = sizeof(acc_t) == 8 ? 32 : 64;
-  return budget / S < 32 ? budget / S : 32;
+  const int budget = (sizeof(acc_t) == 8 ? 24 : 64) / kColumnsPerThread;
+  return budget / S < 16 ? budget / S : 16;
 }
 
 // What align_backward_kernel reads and writes: grad [G, N, C] (any strides), shift [G, N, C]
@@ -562,56 +572,73 @@ struct alignas(2 * sizeof(acc_t)) StagedGrad {
   int rotation;
 };
 
-// acc[s] += value * x[(s + R) mod S] for every s (nothing for R >= S): the products of one
-// rotation, at register indices known at compile time.
-template <int R, typename acc_t, int S>
-__device__ __forceinline__ void add_rotated(acc_t (&acc)[S], acc_t value, const acc_t (&x)[S]) {
+// acc[k][s] += value * x[k][(s + R) mod S] for every column k and s (nothing for R >= S): the
+// products of one rotation, at register indices known at compile time.
+template <int R, typename acc_t, int K, int S>
+__device__ __forceinline__ void add_rotated(acc_t (&acc)[K][S], acc_t value,
+                                            const acc_t (&x)[K][S]) {
   if constexpr (R < S) {
     SCALE_ALIGN_UNROLL
-    for (int s = 0; s < S; ++s) {
-      acc[s] += value * x[(s + R) % S];
+    for (int k = 0; k < K; ++k) {
+      SCALE_ALIGN_UNROLL
+      for (int s = 0; s < S; ++s) {
+        acc[k][s] += value * x[k][(s + R) % S];
+      }
     }
   }
 }
 
-// One tile of the direct backward (docs/operators.md section 3, eq. 8): rows r0 .. r0 + TR - 1
+// One tile of the direct backward (docs/operators.md section 3, eq. 8): rows r0 .. r0 + TB - 1
 // of d phi (for_weight false: d phi[n, s, d] = sum over c of grad[n, c] * weight[c, (s + r*)
 // mod S, d]) or of d weight (for_weight true: d weight[c, m, d] = sum over n of grad[n, c] *
-// phi[n, (m - r*) mod S, d]) of group g, at one column d per thread (slice * blockDim.x +
-// threadIdx.x). Both are acc[i][s] += grad * other[o, (s + rotation) mod S] over the other
-// input's rows o in order (rotation r* for d phi, S - r* for d weight), so each result is one
-// thread's sum in a fixed order (deterministic), in the accumulation type, rounded once.
-// - The tile's grad and rotations, blockDim.x / TR rows o at a time, are staged in shared memory
+// phi[n, (m - r*) mod S, d]) of group g, at the blockDim.x columns of one slice; each thread
+// takes TR of the rows (its row group's) at kColumnsPerThread columns. Both are acc[i][s] +=
+// grad * other[o, (s + rotation) mod S] over the other input's rows o in order (rotation r* for
+// d phi, S - r* for d weight), so each result is one thread's sum in a fixed order
+// (deterministic), in the accumulation type, rounded once.
+// - The tile's grad and rotations, blockDim.x / TB rows o at a time, are staged in shared memory
 //   by one thread each, consecutive threads on consecutive classes (grad's and shift's last
 //   axis); a shift outside [0, S), which only a direct call of the private backward op can
 //   pass, stages rotation -1 and contributes nothing, as in grad_planes_kernel.
-// - Per row o, each thread reads other[o, :, d] once in its dtype (consecutive threads,
-//   consecutive columns), then adds its TR * S products with constant register indices: the
-//   rotation, the same for the whole block, picks one of S unrolled branches (add_rotated).
+// - Per row o, each thread reads other[o, :, d] at its columns d in their dtype (a warp's
+//   loads on 32 consecutive columns), then adds its TR * kColumnsPerThread * S products with
+//   constant register indices: the rotation, the same for the whole row group, picks one of S
+//   unrolled branches (add_rotated).
 template <typename scalar_t, int S>
 __device__ void backward_tile(const BackwardTensors<scalar_t>& t, bool for_weight, int64_t g,
                               int64_t tile, int64_t slice,
                               StagedGrad<opmath_t<scalar_t>>* staged) {
   using acc_t = opmath_t<scalar_t>;
-  constexpr int TR = backward_tile_rows<acc_t>(S);
+  constexpr int TR = backward_tile_rows<acc_t>(S);  // rows of a row group
+  constexpr int TB = kRowGroups * TR;                // rows of the tile
+  constexpr int K = kColumnsPerThread;
   static_assert(S <= kDirectBackwardScales, "add_rotated's cases: S <= 8");
   const int64_t R = for_weight ? t.C : t.N;  // rows of the result
   const int64_t O = for_weight ? t.N : t.C;  // rows of the other input, summed over
   const scalar_t* other = for_weight ? t.phi : t.weight;
   const Strides4 strides = for_weight ? t.phi_strides : t.weight_strides;
-  const int64_t r0 = tile * TR;
-  const int64_t rows = std::min<int64_t>(TR, R - r0);
-  const int64_t chunk = blockDim.x / TR;  // rows o staged at a time
-  const int64_t d = slice * blockDim.x + threadIdx.x;
-  const bool active = d < t.D;
-  const scalar_t* column = other + g * strides.n + (active ? d : 0) * strides.w;
-  acc_t acc[TR][S] = {};
+  const int64_t r0 = tile * TB;
+  const int64_t rows = std::min<int64_t>(TB, R - r0);
+  const int64_t chunk = blockDim.x / TB;  // rows o staged at a time
+  const int64_t group_threads = blockDim.x / kRowGroups;
+  const int64_t group = threadIdx.x / group_threads;  // rows group * TR .. of the tile
+  const int64_t member = threadIdx.x % group_threads;
+  // Column k of the thread: first + 32 * k (its warp's 32 * K columns, interleaved).
+  const int64_t first = slice * blockDim.x + member / 32 * (32 * K) + member % 32;
+  bool active[K];
+  const scalar_t* columns[K];
+  SCALE_ALIGN_UNROLL
+  for (int k = 0; k < K; ++k) {
+    active[k] = first + 32 * k < t.D;
+    columns[k] = other + g * strides.n + (active[k] ? first + 32 * k : 0) * strides.w;
+  }
+  acc_t acc[TR][K][S] = {};
   for (int64_t o0 = 0; o0 < O; o0 += chunk) {
     const int64_t count = std::min(chunk, O - o0);
-    if (threadIdx.x < TR * chunk) {
+    if (threadIdx.x < TB * chunk) {
       // Entry (i, q): result row r0 + i, other row o0 + q; the class varies fastest.
-      const int64_t i = for_weight ? threadIdx.x % TR : threadIdx.x / chunk;
-      const int64_t q = for_weight ? threadIdx.x / TR : threadIdx.x % chunk;
+      const int64_t i = for_weight ? threadIdx.x % TB : threadIdx.x / chunk;
+      const int64_t q = for_weight ? threadIdx.x / TB : threadIdx.x % chunk;
       acc_t value = 0;
       int rotation = -1;
       if (i < rows && q < count) {
@@ -628,17 +655,22 @@ __device__ void backward_tile(const BackwardTensors<scalar_t>& t, bool for_weigh
     }
     __syncthreads();
     for (int64_t q = 0; q < count; ++q) {
-      acc_t x[S];
+      acc_t x[K][S];
       SCALE_ALIGN_UNROLL
-      for (int j = 0; j < S; ++j) {
-        x[j] = active ? static_cast<acc_t>(column[(o0 + q) * strides.c + j * strides.h])
-                      : acc_t(0);
+      for (int k = 0; k < K; ++k) {
+        SCALE_ALIGN_UNROLL
+        for (int j = 0; j < S; ++j) {
+          x[k][j] = active[k] ? static_cast<acc_t>(
+                                    columns[k][(o0 + q) * strides.c + j * strides.h])
+                              : acc_t(0);
+        }
       }
       SCALE_ALIGN_UNROLL
       for (int i = 0; i < TR; ++i) {
-        const StagedGrad<acc_t> entry = staged[i * chunk + q];  // one shared load, a broadcast
+        // One shared load, a broadcast to the row group.
+        const StagedGrad<acc_t> entry = staged[(group * TR + i) * chunk + q];
         const acc_t value = entry.value;
-        switch (entry.rotation) {  // the same in every thread of the block
+        switch (entry.rotation) {  // the same in every thread of the row group
           case 0: add_rotated<0>(acc[i], value, x); break;
           case 1: add_rotated<1>(acc[i], value, x); break;
           case 2: add_rotated<2>(acc[i], value, x); break;
@@ -653,14 +685,16 @@ __device__ void backward_tile(const BackwardTensors<scalar_t>& t, bool for_weigh
     }
     __syncthreads();  // the chunk read before the next one overwrites it
   }
-  if (active) {
-    scalar_t* result = (for_weight ? t.grad_weight : t.grad_phi) + (g * R + r0) * S * t.D + d;
+  scalar_t* result = (for_weight ? t.grad_weight : t.grad_phi) + (g * R + r0) * S * t.D;
+  SCALE_ALIGN_UNROLL
+  for (int i = 0; i < TR; ++i) {
+    const int64_t row = group * TR + i;  // of the tile
     SCALE_ALIGN_UNROLL
-    for (int i = 0; i < TR; ++i) {
-      if (i < rows) {
+    for (int k = 0; k < K; ++k) {
+      if (row < rows && active[k]) {
         SCALE_ALIGN_UNROLL
         for (int s = 0; s < S; ++s) {
-          result[(i * S + s) * t.D] = static_cast<scalar_t>(acc[i][s]);
+          result[(row * S + s) * t.D + first + 32 * k] = static_cast<scalar_t>(acc[i][k][s]);
         }
       }
     }
@@ -859,8 +893,8 @@ void launch_grad_planes(const Tensor& grad, const Tensor& shift, const Shape& sh
 // scale_align's direct backward, align_backward_kernel: d phi [G, N, S, D] and d weight
 // [G, C, S, D] from grad [G, N, C] (any strides), shift [G, N, C] (contiguous), phi and weight
 // (any strides), and d bias [G, C], each where defined, in one launch. `scales` picks the
-// instantiation (S <= kDirectBackwardScales); with neither d phi nor d weight, any. Blocks of one
-// thread per column, blockDim.x the columns D rounded up to a warp, at most kThreads.
+// instantiation (S <= kDirectBackwardScales); with neither d phi nor d weight, any. Blocks of
+// blockDim.x columns: D rounded up to two warps, at most kThreads.
 template <typename scalar_t, int S = 1>
 void launch_align_backward(const Tensor& grad, const Tensor& shift, const Tensor& phi,
                            const Tensor& weight, int64_t scales, Tensor& grad_phi,
@@ -873,12 +907,12 @@ void launch_align_backward(const Tensor& grad, const Tensor& shift, const Tensor
     }
   }
   using acc_t = opmath_t<scalar_t>;
-  constexpr int TR = backward_tile_rows<acc_t>(S);
+  constexpr int TB = kRowGroups * backward_tile_rows<acc_t>(S);  // rows of a tile
   const int64_t G = grad.size(0), N = grad.size(1), C = grad.size(2), D = phi.size(3);
-  const int64_t threads = std::clamp<int64_t>((D + 31) / 32 * 32, 32, kThreads);
+  const int64_t threads = std::clamp<int64_t>((D + 63) / 64 * 64, 64, kThreads);
   const int64_t slices = (D + threads - 1) / threads;
-  const int64_t phi_tiles = grad_phi.defined() ? (N + TR - 1) / TR : 0;
-  const int64_t weight_tiles = grad_weight.defined() ? (C + TR - 1) / TR : 0;
+  const int64_t phi_tiles = grad_phi.defined() ? (N + TB - 1) / TB : 0;
+  const int64_t weight_tiles = grad_weight.defined() ? (C + TB - 1) / TB : 0;
   const int64_t units = G * slices * (phi_tiles + weight_tiles) +
                         (grad_bias.defined() ? (G * C + threads - 1) / threads : 0);
   if (units == 0) {
