@@ -103,6 +103,41 @@ __device__ V block_sum(V value, V* scratch) {
   return total;
 }
 
+// The least of each of values[0, kCount) over the block's threads, returned to every thread
+// (scratch: kCount * blockDim.x values of shared memory, blockDim.x a power of 2). Exact, in
+// any order. The scratch's previous readers must be done; ends with a barrier, so that the
+// scratch may be written right after.
+template <int kCount>
+__device__ void block_min(int64_t (&values)[kCount], int64_t* scratch) {
+  const unsigned int t = threadIdx.x;
+  for (int j = 0; j < kCount; ++j) {
+    scratch[j * blockDim.x + t] = values[j];
+  }
+  __syncthreads();
+  for (unsigned int half = blockDim.x / 2; half > 0; half /= 2) {
+    if (t < half) {
+      for (int j = 0; j < kCount; ++j) {
+        int64_t* mine = scratch + j * blockDim.x + t;
+        if (mine[half] < mine[0]) {
+          mine[0] = mine[half];
+        }
+      }
+    }
+    __syncthreads();
+  }
+  for (int j = 0; j < kCount; ++j) {
+    values[j] = scratch[j * blockDim.x];
+  }
+  __syncthreads();
+}
+
+// ... of one value (scratch: blockDim.x values).
+__device__ inline int64_t block_min(int64_t value, int64_t* scratch) {
+  int64_t values[1] = {value};
+  block_min(values, scratch);
+  return values[0];
+}
+
 // The inclusive prefix sum of flag over the block's threads (blockDim.x a power of 2).
 __device__ inline int64_t block_inclusive_scan(int64_t flag, int64_t* scratch) {
   const unsigned int t = threadIdx.x;
@@ -230,7 +265,8 @@ struct StageRegion {
 // The least map index and the greatest that the taps of outputs [first, first + outputs) of
 // one axis read (low > high: none), over every sample, as axis_tap computes them (their
 // order along the axis is not assumed: rounding could break it by an ulp). All threads of the
-// block call it; scratch: 2 * blockDim.x values. Begins and ends with a barrier.
+// block call it; scratch: 2 * blockDim.x values whose previous readers are done (as after
+// another tap_extent: it ends with a barrier).
 template <typename T>
 __device__ void tap_extent(const AxisGrid<T>& axis, int64_t first, int64_t outputs,
                            int64_t* scratch, int64_t& low, int64_t& high) {
@@ -244,21 +280,12 @@ __device__ void tap_extent(const AxisGrid<T>& axis, int64_t first, int64_t outpu
       high = tap.high > high ? tap.high : high;
     }
   }
-  __syncthreads();  // the scratch's previous readers are done
-  scratch[t] = low;
-  scratch[blockDim.x + t] = high;
-  __syncthreads();
-  for (unsigned int half = blockDim.x / 2; half > 0; half /= 2) {
-    if (t < half) {
-      const int64_t other_low = scratch[t + half], other_high = scratch[blockDim.x + t + half];
-      scratch[t] = other_low < scratch[t] ? other_low : scratch[t];
-      scratch[blockDim.x + t] =
-          other_high > scratch[blockDim.x + t] ? other_high : scratch[blockDim.x + t];
-    }
-    __syncthreads();
-  }
-  low = scratch[0];
-  high = scratch[blockDim.x];
+  // Both reductions in one (the greatest as the least of the negations: high >= -1, so -high
+  // cannot overflow).
+  int64_t bounds[2] = {low, -high};
+  block_min(bounds, scratch);
+  low = bounds[0];
+  high = -bounds[1];
 }
 
 // Values of scalar_t per 32-byte sector (the unit in which the memory system moves data).
@@ -401,23 +428,6 @@ __device__ __forceinline__ void sample_cell(const RoiGrid<T>& g, int64_t ph, int
       }
     }
   }
-}
-
-// The least of value over the block's threads, returned to every thread (scratch: blockDim.x
-// values of shared memory, blockDim.x a power of 2).
-__device__ inline int64_t block_min(int64_t value, int64_t* scratch) {
-  const unsigned int t = threadIdx.x;
-  scratch[t] = value;
-  __syncthreads();
-  for (unsigned int half = blockDim.x / 2; half > 0; half /= 2) {
-    if (t < half && scratch[t + half] < scratch[t]) {
-      scratch[t] = scratch[t + half];
-    }
-    __syncthreads();
-  }
-  const int64_t least = scratch[0];
-  __syncthreads();
-  return least;
 }
 
 // src[0, count) into dst[0, count), converted to T, by the block's threads, each warp's loads
