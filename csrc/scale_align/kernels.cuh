@@ -139,7 +139,8 @@ __device__ acc_t row_norm(const acc_t* squares, int64_t P, int64_t stride = 1) {
 // scale_align's epilogue at one (n, c) (align_kernel, product_kernel): from its T sums K(p),
 // the shift into *shift and the maximum response plus *bias (where not null) into *logit.
 template <typename scalar_t, typename Products>
-__device__ void store_alignment(const Products& K, const scale_dft::Twiddles<opmath_t<scalar_t>>& tw,
+__device__ void store_alignment(const Products& K,
+                                const scale_dft::Twiddles<opmath_t<scalar_t>>& tw,
                                 opmath_t<scalar_t> tolerance, const scalar_t* bias,
                                 scalar_t* logit, int64_t* shift) {
   using acc_t = opmath_t<scalar_t>;
@@ -348,8 +349,10 @@ struct ProductOutputs {
 //   __threadfence() reads the tile's B partials (chunk_sum, through L2) and squares, and
 //   finishes the tile's points as above. No block waits for another (no deadlock whatever
 //   the blocks' scheduling), and the counters stay zero between launches.
-// Registers (sm_90 ptxas): see the notes in benchmarks/results/gpu_model_notes.md;
-// __launch_bounds__ for two blocks per SM (float32, float16, bfloat16; one for float64).
+// Registers (sm_90 ptxas, nvcc 13.0): __launch_bounds__ for two blocks per SM gives 128 for
+// float32, float16 and bfloat16, with 72-132 bytes of spill stores at the tile and chunk level
+// (none in the product loop; with the epilogue unfused, none at all); float64 takes 228 at one
+// block, no spills (benchmarks/results/gpu_model_notes.md).
 template <typename scalar_t>
 __global__ void __launch_bounds__(kThreads, sizeof(opmath_t<scalar_t>) == 8 ? 1 : 2)
     product_kernel(ProductInput<scalar_t> phi, ProductInput<scalar_t> weight, int64_t G,
