@@ -366,7 +366,8 @@ __global__ void __launch_bounds__(kThreads, sizeof(opmath_t<scalar_t>) == 8 ? 1 
   const bool aligning = out.logits != nullptr;  // else scale_correlation
   // Shared memory after the twiddles: phi's planes [T, TN, stride], then weight's
   // [T, TC, stride], 16-byte aligned; after a tile's products, where its planes were, the
-  // loaders' sums of squares [rows, kStepColumns] and the rows' norms [rows].
+  // loaders' sums of squares [rows, kStepColumns] and the rows' norms [rows] (within the
+  // planes' T * rows * stride values for T >= 1, as stride > kStepColumns).
   constexpr int64_t stride = step_stride(sizeof(acc_t));
   constexpr int64_t vector = kVectorBytes / sizeof(acc_t);
   acc_t* phi_planes = gpu::dynamic_shared<acc_t>() + planes_offset(S, sizeof(acc_t));
@@ -797,8 +798,11 @@ void launch_analysis(const AnalysisTensors& first, const std::optional<AnalysisT
               second_input, G, S, D, K, W, P);
 }
 
-// Shared memory a kernel may take without opting in: 48 KiB on every CUDA GPU.
+// Shared memory a kernel may take without opting in: 48 KiB on every CUDA GPU, static and
+// dynamic together.
 constexpr size_t kDefaultSharedBytes = 48 * 1024;
+// product_kernel's static shared memory: its arrival flag, as sm_90's ptxas reports it.
+constexpr size_t kProductStaticSharedBytes = 16;
 
 // Rows of phi per tile of product_kernel: 8 for N <= 8 (the flattened maps' N = 8, with 32
 // classes a tile), else 16 (and 16 classes).
@@ -1053,7 +1057,8 @@ struct ForwardProducts {
 inline bool fused_products(const Shape& shape, ScalarType accumulation) {
   const size_t value_bytes = accumulation == ScalarType::Double ? sizeof(double) : sizeof(float);
   return shape.features > 0 && shape.planes() <= kFusedPlanes &&
-         product_shared_bytes(shape.scales, product_tile_rows(shape.proposals), value_bytes) <=
+         product_shared_bytes(shape.scales, product_tile_rows(shape.proposals), value_bytes) +
+                 kProductStaticSharedBytes <=
              kDefaultSharedBytes;
 }
 
