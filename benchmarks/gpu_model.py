@@ -71,7 +71,7 @@ CONSTANTS = {
 NOT_EXTRAPOLATED = {
     "scale_align": "its traced kernels are part of the op call (the plane products run on "
     "cuBLAS, untraced), and their bytes grow as (N+C)*D (the planes), N*C*K (the partial "
-    "products of K chunks of D) and N*C*S*S (the backward's shift matrix), not with the minimum, "
+    "products of K chunks of D), not with the minimum, "
     "(N+C)*S*D + N*C; gpu_model_notes.md counts its launches and bytes at the full sizes",
 }
 

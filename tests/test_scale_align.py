@@ -529,7 +529,7 @@ def test_frozen_weight_gets_no_gradient(device):
 
 @pytest.mark.parametrize("scales", [5, 9])  # CUDA's direct form (S <= 8) and its Fourier form
 @pytest.mark.parametrize("groups", [None, 2])
-# (N, C, D): one block of CUDA's shift matrix kernel, and 39 of them (its tiles: 256 * S entries)
+# (N, C, D): one tile of CUDA's direct backward kernel per gradient, and several partial ones
 @pytest.mark.parametrize("size", [(4, 3, 13), (37, 53, 80)])
 def test_backward_op_gives_each_gradient_asked_for(device, scales, groups, size):
     # scale_align's one backward op: d phi, d weight and d bias as the reference's autograd gives

@@ -21,10 +21,10 @@
 //      the feature axis whose partial products the next kernel adds up (issue 20);
 //   3. align_kernel / correlation_kernel: the sum over the chunks and the inverse DFT, fused
 //      with max, argmax (within the tie tolerance) and bias (one thread per (n, c)).
-// scale_align's backward (direct_backward: S <= 8, D not small) is the direct form of eq. 8 in at
-// most three launches for d phi, d weight and d bias together: shift_matrix_kernel (the one-hot
-// gradient as a [N*S, C*S] matrix, and d bias) and one bmm in the inputs' dtype per gradient
-// against the other input. scale_correlation's (and scale_align's at larger S)
+// scale_align's backward (S <= 8) is the direct form of eq. 8 in one launch for d phi, d weight
+// and d bias together: align_backward_kernel, per tile of result rows and slice of the feature
+// axis, adds up each column's S * N * C products straight from the one-hot gradient (no
+// intermediate tensor, no cuBLAS). scale_correlation's (and scale_align's at larger S)
 // runs grad_planes_kernel (the gradient's planes), the DFT of the other input, the products
 // and synthesis_kernel (the inverse DFT to d phi or d weight). Each DFT kernel computes the
 // twiddles into shared memory once per block.
@@ -108,21 +108,6 @@ __device__ acc_t chunk_sum(const acc_t* point, int64_t p, int64_t K, int64_t chu
     total = pending[--top] + total;
   }
   return total;
-}
-
-// *target = value, one store instruction of the whole warp wherever the caller chose the value
-// by a condition. nvcc selects the value and stores once; the host compiler of the traced
-// simulator (benchmarks/gpu_model.py) can turn a choice into a branch with a store on each side,
-// two instruction sites that the model would count as two scattered requests, so there this is
-// a function of its own that it may neither inline nor specialise.
-#if defined(SSANET_OPS_SIM_TRACE)
-#define SSANET_OPS_STORE_ONCE_INLINE __attribute__((noipa))
-#else
-#define SSANET_OPS_STORE_ONCE_INLINE __forceinline__
-#endif
-template <typename T>
-__device__ SSANET_OPS_STORE_ONCE_INLINE void store_once(T* target, T value) {
-  *target = value;
 }
 
 // The norm of a row from its P sums of squares, `stride` apart (analysis_kernel's slices,
@@ -672,75 +657,224 @@ __global__ void synthesis_kernel(const opmath_t<scalar_t>* __restrict__ products
   }
 }
 
-// The shift matrix of scale_align's one-hot gradient (docs/operators.md section 3, eq. 8):
-// A[g, n * S + j, c * S + m] = grad[g, n, c] where m = (j + shift[g, n, c]) mod S, else 0, so that
-// d phi[g] = A[g] @ weight[g] and d weight[g] = A[g]^T @ phi[g] as [N*S, C*S] x [C*S, D]
-// products (phi and weight as [R*S, D] matrices); and d bias[g, c] = sum over n of grad[g, n, c].
-// Units of work, one block each: `tiles` tiles of blockDim.x * S consecutive entries of A (none
-// when `matrix` is null), then the d bias columns, blockDim.x per unit (none when `bias_grad` is
-// null).
-// - A tile's entries i = (row * C + c) * S + m (row = (g * N + n) * S + j) take blockDim.x
-//   consecutive values of u = i / S = row * C + c. The block first reads the shift and grad of
-//   each u's pair (g, n, c) once, thread k for u0 + k (consecutive threads, consecutive c within
-//   a row: contiguous reads), into shared memory; then consecutive threads write consecutive
-//   entries (coalesced stores, each warp's 32 entries aligned as A's), reading shift and grad
-//   from shared memory. Reading them per entry from global memory instead made each warp's
-//   load a broadcast of about 32 / S pairs (sector use 0.71 in bfloat16,
-//   benchmarks/results/gpu_model_notes.md).
-// - A d bias column (g, c) adds up grad[g, :, c] in the order of n, in the accumulation type
-//   (deterministic; consecutive threads read consecutive c).
-// A shift outside [0, S), which only a direct call of the private backward op can pass,
-// contributes nothing to A, as in grad_planes_kernel (its grad still counts in d bias, which
-// does not depend on the shift).
+// ---- scale_align's backward in the direct form (align_backward_kernel) ----
+
+// The most scales at which scale_align's backward takes the direct form (align_backward_kernel)
+// rather than the Fourier form: the kernel's accumulators are registers of a size fixed at
+// compile time, one instantiation per S.
+constexpr int64_t kDirectBackwardScales = 8;
+
+// A block of align_backward_kernel: kRowGroups groups of blockDim.x / kRowGroups threads (whole
+// warps), each group taking its own rows of the block's tile at every column of the block's
+// slice, blockDim.x columns, kColumnsPerThread per thread a warp apart (each load and store of a
+// warp on 32 consecutive columns). Two columns per thread share each staged entry and rotation
+// branch between twice the multiply-adds; two groups keep the rows per block, so the other
+// input's re-reads from L2 stay as few (the groups' reads of the same columns meet in L1).
+constexpr int kRowGroups = 2;
+constexpr int kColumnsPerThread = 2;
+
+// Rows of d phi (or d weight) per row group of align_backward_kernel: each thread keeps
+// rows * kColumnsPerThread * S accumulators, at most 64 float32 or 24 float64 (two registers
+// each; 32 spilled at S = 1 and 8 within 128 registers), and at most 16 rows (a staged chunk
+// holds blockDim.x / (kRowGroups * rows) rows of the other input, blockDim.x >= 64).
+template <typename acc_t>
+SSANET_HOST_DEVICE constexpr int backward_tile_rows(int S) {
+  const int budget = (sizeof(acc_t) == 8 ? 24 : 64) / kColumnsPerThread;
+  return budget / S < 16 ? budget / S : 16;
+}
+
+// What align_backward_kernel reads and writes: grad [G, N, C] (any strides), shift [G, N, C]
+// (contiguous), phi [G, N, S, D] and weight [G, C, S, D] (any strides: those of (g, r, s, d) in
+// the fields (n, c, h, w)); d phi [G, N, S, D], d weight [G, C, S, D] and d bias [G, C]
+// (contiguous, grad's dtype), each null where not asked for.
 template <typename scalar_t>
-__global__ void shift_matrix_kernel(const scalar_t* __restrict__ grad, int64_t grad_stride_g,
-                                    int64_t grad_stride_n, int64_t grad_stride_c,
-                                    const int64_t* __restrict__ shift, int64_t G, int64_t N,
-                                    int64_t C, int64_t S, int64_t tiles,
-                                    scalar_t* __restrict__ matrix,
-                                    scalar_t* __restrict__ bias_grad) {
-  using acc_t = opmath_t<scalar_t>;
-  __shared__ int64_t winners[kThreads];  // blockDim.x of them: kThreads (launch_shift_matrix)
-  __shared__ acc_t values[kThreads];
-  const int64_t entries = G * N * S * C * S;
-  const int64_t columns = bias_grad != nullptr ? G * C : 0;
-  const int64_t units = tiles + (columns + blockDim.x - 1) / blockDim.x;
-  for (int64_t unit = blockIdx.x; unit < units; unit += gridDim.x) {  // uniform over the block
-    if (unit >= tiles) {
-      const int64_t column = (unit - tiles) * blockDim.x + threadIdx.x;  // g * C + c
-      if (column < columns) {
-        const scalar_t* point = grad + column / C * grad_stride_g + column % C * grad_stride_c;
-        acc_t total = 0;
-        for (int64_t n = 0; n < N; ++n) {
-          total += static_cast<acc_t>(point[n * grad_stride_n]);
-        }
-        bias_grad[column] = static_cast<scalar_t>(total);
+struct BackwardTensors {
+  const scalar_t* grad;
+  int64_t grad_stride_g, grad_stride_n, grad_stride_c;
+  const int64_t* shift;
+  const scalar_t* phi;
+  Strides4 phi_strides;
+  const scalar_t* weight;
+  Strides4 weight_strides;
+  scalar_t* grad_phi;
+  scalar_t* grad_weight;
+  scalar_t* grad_bias;
+  int64_t G, N, C, D;
+};
+
+// A staged entry of backward_tile: grad at one (n, c) and the rotation of its shift.
+template <typename acc_t>
+struct alignas(2 * sizeof(acc_t)) StagedGrad {
+  acc_t value;
+  int rotation;
+};
+
+// acc[k][s] += value * x[k][(s + R) mod S] for every column k and s (nothing for R >= S): the
+// products of one rotation, at register indices known at compile time.
+template <int R, typename acc_t, int K, int S>
+__device__ __forceinline__ void add_rotated(acc_t (&acc)[K][S], acc_t value,
+                                            const acc_t (&x)[K][S]) {
+  if constexpr (R < S) {
+    SCALE_ALIGN_UNROLL
+    for (int k = 0; k < K; ++k) {
+      SCALE_ALIGN_UNROLL
+      for (int s = 0; s < S; ++s) {
+        acc[k][s] += value * x[k][(s + R) % S];
       }
-      continue;
     }
-    const int64_t first = unit * blockDim.x * S;
-    const int64_t end = std::min(first + int64_t{blockDim.x} * S, entries);
-    const int64_t u0 = first / S;  // the tile's u: u0 .. u0 + count - 1
-    const int64_t count = (end - 1) / S - u0 + 1;
-    if (threadIdx.x < count) {
-      const int64_t u = u0 + threadIdx.x;
-      const int64_t c = u % C, gn = u / C / S;  // gn = g * N + n
-      winners[threadIdx.x] = shift[gn * C + c];
-      values[threadIdx.x] = static_cast<acc_t>(
-          grad[gn / N * grad_stride_g + gn % N * grad_stride_n + c * grad_stride_c]);
+  }
+}
+
+// One tile of the direct backward (docs/operators.md section 3, eq. 8): rows r0 .. r0 + TB - 1
+// of d phi (for_weight false: d phi[n, s, d] = sum over c of grad[n, c] * weight[c, (s + r*)
+// mod S, d]) or of d weight (for_weight true: d weight[c, m, d] = sum over n of grad[n, c] *
+// phi[n, (m - r*) mod S, d]) of group g, at the blockDim.x columns of one slice; each thread
+// takes TR of the rows (its row group's) at kColumnsPerThread columns. Both are acc[i][s] +=
+// grad * other[o, (s + rotation) mod S] over the other input's rows o in order (rotation r* for
+// d phi, S - r* for d weight), so each result is one thread's sum in a fixed order
+// (deterministic), in the accumulation type, rounded once.
+// - The tile's grad and rotations, blockDim.x / TB rows o at a time, are staged in shared memory
+//   by one thread each, consecutive threads on consecutive classes (grad's and shift's last
+//   axis); a shift outside [0, S), which only a direct call of the private backward op can
+//   pass, stages rotation -1 and contributes nothing, as in grad_planes_kernel.
+// - Per row o, each thread reads other[o, :, d] at its columns d in their dtype (a warp's
+//   loads on 32 consecutive columns), then adds its TR * kColumnsPerThread * S products with
+//   constant register indices: the rotation, the same for the whole row group, picks one of S
+//   unrolled branches (add_rotated).
+template <typename scalar_t, int S>
+__device__ void backward_tile(const BackwardTensors<scalar_t>& t, bool for_weight, int64_t g,
+                              int64_t tile, int64_t slice,
+                              StagedGrad<opmath_t<scalar_t>>* staged) {
+  using acc_t = opmath_t<scalar_t>;
+  constexpr int TR = backward_tile_rows<acc_t>(S);  // rows of a row group
+  constexpr int TB = kRowGroups * TR;                // rows of the tile
+  constexpr int K = kColumnsPerThread;
+  static_assert(S <= kDirectBackwardScales, "add_rotated's cases: S <= 8");
+  const int64_t R = for_weight ? t.C : t.N;  // rows of the result
+  const int64_t O = for_weight ? t.N : t.C;  // rows of the other input, summed over
+  const scalar_t* other = for_weight ? t.phi : t.weight;
+  const Strides4 strides = for_weight ? t.phi_strides : t.weight_strides;
+  const int64_t r0 = tile * TB;
+  const int64_t rows = std::min<int64_t>(TB, R - r0);
+  const int64_t chunk = blockDim.x / TB;  // rows o staged at a time
+  const int64_t group_threads = blockDim.x / kRowGroups;
+  const int64_t group = threadIdx.x / group_threads;  // rows group * TR .. of the tile
+  const int64_t member = threadIdx.x % group_threads;
+  // Column k of the thread: first + 32 * k (its warp's 32 * K columns, interleaved).
+  const int64_t first = slice * blockDim.x + member / 32 * (32 * K) + member % 32;
+  bool active[K];
+  const scalar_t* columns[K];
+  SCALE_ALIGN_UNROLL
+  for (int k = 0; k < K; ++k) {
+    active[k] = first + 32 * k < t.D;
+    columns[k] = other + g * strides.n + (active[k] ? first + 32 * k : 0) * strides.w;
+  }
+  acc_t acc[TR][K][S] = {};
+  for (int64_t o0 = 0; o0 < O; o0 += chunk) {
+    const int64_t count = std::min(chunk, O - o0);
+    if (threadIdx.x < TB * chunk) {
+      // Entry (i, q): result row r0 + i, other row o0 + q; the class varies fastest.
+      const int64_t i = for_weight ? threadIdx.x % TB : threadIdx.x / chunk;
+      const int64_t q = for_weight ? threadIdx.x / TB : threadIdx.x % chunk;
+      acc_t value = 0;
+      int rotation = -1;
+      if (i < rows && q < count) {
+        const int64_t n = for_weight ? o0 + q : r0 + i;
+        const int64_t c = for_weight ? r0 + i : o0 + q;
+        const int64_t winner = t.shift[(g * t.N + n) * t.C + c];
+        if (winner >= 0 && winner < S) {
+          value = static_cast<acc_t>(
+              t.grad[g * t.grad_stride_g + n * t.grad_stride_n + c * t.grad_stride_c]);
+          rotation = static_cast<int>(for_weight ? (S - winner) % S : winner);
+        }
+      }
+      staged[i * chunk + q] = {value, rotation};
     }
     __syncthreads();
-    for (int64_t index = first + threadIdx.x; index < end; index += blockDim.x) {
-      const int64_t m = index % S;
-      const int64_t k = index / S - u0;
-      const int64_t j = index / (S * C) % S;
-      const int64_t winner = winners[k];
-      int64_t target = j + winner;  // (j + winner) mod S for winner in [0, S)
-      target = target >= S ? target - S : target;
-      const bool hit = winner >= 0 && winner < S && m == target;
-      store_once(matrix + index, static_cast<scalar_t>(hit ? values[k] : acc_t(0)));
+    for (int64_t q = 0; q < count; ++q) {
+      acc_t x[K][S];
+      SCALE_ALIGN_UNROLL
+      for (int k = 0; k < K; ++k) {
+        SCALE_ALIGN_UNROLL
+        for (int j = 0; j < S; ++j) {
+          x[k][j] = active[k] ? static_cast<acc_t>(
+                                    columns[k][(o0 + q) * strides.c + j * strides.h])
+                              : acc_t(0);
+        }
+      }
+      SCALE_ALIGN_UNROLL
+      for (int i = 0; i < TR; ++i) {
+        // One shared load, a broadcast to the row group.
+        const StagedGrad<acc_t> entry = staged[(group * TR + i) * chunk + q];
+        const acc_t value = entry.value;
+        switch (entry.rotation) {  // the same in every thread of the row group
+          case 0: add_rotated<0>(acc[i], value, x); break;
+          case 1: add_rotated<1>(acc[i], value, x); break;
+          case 2: add_rotated<2>(acc[i], value, x); break;
+          case 3: add_rotated<3>(acc[i], value, x); break;
+          case 4: add_rotated<4>(acc[i], value, x); break;
+          case 5: add_rotated<5>(acc[i], value, x); break;
+          case 6: add_rotated<6>(acc[i], value, x); break;
+          case 7: add_rotated<7>(acc[i], value, x); break;
+          default: break;  // -1: no row there, or its shift outside [0, S)
+        }
+      }
     }
-    __syncthreads();  // the tile's values read before the next tile overwrites them
+    __syncthreads();  // the chunk read before the next one overwrites it
+  }
+  scalar_t* result = (for_weight ? t.grad_weight : t.grad_phi) + (g * R + r0) * S * t.D;
+  SCALE_ALIGN_UNROLL
+  for (int i = 0; i < TR; ++i) {
+    const int64_t row = group * TR + i;  // of the tile
+    SCALE_ALIGN_UNROLL
+    for (int k = 0; k < K; ++k) {
+      if (row < rows && active[k]) {
+        SCALE_ALIGN_UNROLL
+        for (int s = 0; s < S; ++s) {
+          result[(row * S + s) * t.D + first + 32 * k] = static_cast<scalar_t>(acc[i][k][s]);
+        }
+      }
+    }
+  }
+}
+
+// scale_align's backward in the direct form, d phi, d weight and d bias in one launch (those
+// asked for). Units of work, one block each: `phi_tiles` tiles of d phi per group and slice of
+// blockDim.x columns, then `weight_tiles` of d weight (backward_tile; the tiles of one slice
+// consecutive, so that blocks running together read the same columns of the other input, from
+// L2 after the first), then the d bias columns, blockDim.x per unit: d bias[g, c] adds up
+// grad[g, :, c] in the order of n, in the accumulation type (grad counts whatever the shift).
+// __launch_bounds__: two blocks (16 warps) per SM, up to 128 registers for the 64 accumulators
+// (see benchmarks/results/gpu_model_notes.md for ptxas's counts).
+template <typename scalar_t, int S>
+__global__ void __launch_bounds__(kThreads, 2)
+    align_backward_kernel(BackwardTensors<scalar_t> t, int64_t phi_tiles, int64_t weight_tiles,
+                          int64_t slices) {
+  using acc_t = opmath_t<scalar_t>;
+  __shared__ StagedGrad<acc_t> staged[kThreads];  // blockDim.x of them, at most kThreads
+  const int64_t phi_units = t.G * slices * phi_tiles;
+  const int64_t tile_units = phi_units + t.G * slices * weight_tiles;
+  const int64_t columns = t.grad_bias != nullptr ? t.G * t.C : 0;
+  const int64_t units = tile_units + (columns + blockDim.x - 1) / blockDim.x;
+  for (int64_t unit = blockIdx.x; unit < units; unit += gridDim.x) {  // uniform over the block
+    if (unit < tile_units) {
+      const bool for_weight = unit >= phi_units;
+      const int64_t local = for_weight ? unit - phi_units : unit;  // (g * slices + slice) * tiles
+      const int64_t tiles = for_weight ? weight_tiles : phi_tiles;
+      backward_tile<scalar_t, S>(t, for_weight, local / tiles / slices, local % tiles,
+                                 local / tiles % slices, staged);
+      continue;
+    }
+    const int64_t column = (unit - tile_units) * blockDim.x + threadIdx.x;  // g * C + c
+    if (column < columns) {
+      const scalar_t* point = t.grad + column / t.C * t.grad_stride_g +
+                              column % t.C * t.grad_stride_c;
+      acc_t total = 0;
+      for (int64_t n = 0; n < t.N; ++n) {
+        total += static_cast<acc_t>(point[n * t.grad_stride_n]);
+      }
+      t.grad_bias[column] = static_cast<scalar_t>(total);
+    }
   }
 }
 
@@ -957,25 +1091,56 @@ void launch_grad_planes(const Tensor& grad, const Tensor& shift, const Shape& sh
               planes.mutable_data_ptr<acc_t>());
 }
 
-// The shift matrix [G, N*S, C*S] (grad's dtype) of grad [G, N, C] (any strides), one-hot at
-// shift [G, N, C] (contiguous), and d bias [G, C] (contiguous, grad's dtype), in one launch;
-// either output may be undefined, and then is not written (shift is not read without a matrix).
-template <typename scalar_t>
-void launch_shift_matrix(const Tensor& grad, const Tensor& shift, const Shape& shape,
-                         Tensor& matrix, Tensor& bias_grad, gpu::Stream stream) {
-  const int64_t G = shape.groups, N = shape.proposals, C = shape.classes;
-  const bool has_matrix = matrix.defined(), has_bias = bias_grad.defined();
-  const int64_t tile_entries = kThreads * shape.scales;  // shift_matrix_kernel's tiles
-  const int64_t tiles = has_matrix ? (matrix.numel() + tile_entries - 1) / tile_entries : 0;
-  const int64_t units = tiles + (has_bias ? (G * C + kThreads - 1) / kThreads : 0);
+// scale_align's direct backward, align_backward_kernel: d phi [G, N, S, D] and d weight
+// [G, C, S, D] from grad [G, N, C] (any strides), shift [G, N, C] (contiguous), phi and weight
+// (any strides), and d bias [G, C], each where defined, in one launch. `scales` picks the
+// instantiation (S <= kDirectBackwardScales); with neither d phi nor d weight, any. Blocks of
+// blockDim.x columns: D rounded up to two warps, at most kThreads.
+template <typename scalar_t, int S = 1>
+void launch_align_backward(const Tensor& grad, const Tensor& shift, const Tensor& phi,
+                           const Tensor& weight, int64_t scales, Tensor& grad_phi,
+                           Tensor& grad_weight, Tensor& grad_bias, gpu::Stream stream) {
+  if constexpr (S < kDirectBackwardScales) {
+    if (scales != S) {
+      launch_align_backward<scalar_t, S + 1>(grad, shift, phi, weight, scales, grad_phi,
+                                             grad_weight, grad_bias, stream);
+      return;
+    }
+  }
+  using acc_t = opmath_t<scalar_t>;
+  constexpr int TB = kRowGroups * backward_tile_rows<acc_t>(S);  // rows of a tile
+  const int64_t G = grad.size(0), N = grad.size(1), C = grad.size(2), D = phi.size(3);
+  const int64_t threads = std::clamp<int64_t>((D + 63) / 64 * 64, 64, kThreads);
+  const int64_t slices = (D + threads - 1) / threads;
+  const int64_t phi_tiles = grad_phi.defined() ? (N + TB - 1) / TB : 0;
+  const int64_t weight_tiles = grad_weight.defined() ? (C + TB - 1) / TB : 0;
+  const int64_t units = G * slices * (phi_tiles + weight_tiles) +
+                        (grad_bias.defined() ? (G * C + threads - 1) / threads : 0);
   if (units == 0) {
     return;
   }
-  gpu::launch(shift_matrix_kernel<scalar_t>, std::min(units, kMaxBlocks), kThreads, 0, stream,
-              grad.const_data_ptr<scalar_t>(), grad.stride(0), grad.stride(1), grad.stride(2),
-              has_matrix ? shift.const_data_ptr<int64_t>() : nullptr, G, N, C, shape.scales,
-              tiles, has_matrix ? matrix.mutable_data_ptr<scalar_t>() : nullptr,
-              has_bias ? bias_grad.mutable_data_ptr<scalar_t>() : nullptr);
+  const auto output = [](Tensor& x) {
+    return x.defined() ? x.mutable_data_ptr<scalar_t>() : nullptr;
+  };
+  const bool tiles = phi_tiles + weight_tiles > 0;
+  const BackwardTensors<scalar_t> t{grad.const_data_ptr<scalar_t>(),
+                                    grad.stride(0),
+                                    grad.stride(1),
+                                    grad.stride(2),
+                                    tiles ? shift.const_data_ptr<int64_t>() : nullptr,
+                                    phi.const_data_ptr<scalar_t>(),
+                                    strides_of(phi),
+                                    weight.const_data_ptr<scalar_t>(),
+                                    strides_of(weight),
+                                    output(grad_phi),
+                                    output(grad_weight),
+                                    output(grad_bias),
+                                    G,
+                                    N,
+                                    C,
+                                    D};
+  gpu::launch(align_backward_kernel<scalar_t, S>, std::min(units, kMaxBlocks),
+              static_cast<int>(threads), 0, stream, t, phi_tiles, weight_tiles, slices);
 }
 
 // out [G, R, S, D] (contiguous) from the products [G*T, R, D].
@@ -1166,45 +1331,6 @@ inline Tensor correlation(const Tensor& phi, const Tensor& weight, gpu::Stream s
   return ungroup_like(corr, shape);
 }
 
-// The most scales at which scale_align's backward takes the direct form below rather than the
-// Fourier form: its products cost S * S multiply-adds per (n, c, d), the Fourier form's T (7 at
-// S = 5) plus the planes' traffic through memory (see direct_product).
-constexpr int64_t kDirectBackwardScales = 8;
-
-// Whether scale_align's backward takes the direct form: S at most kDirectBackwardScales, and its
-// shift matrix (N*S x C*S values) no larger than the planes the Fourier form would write
-// (T * (N + C) * D), which bounds its memory and arithmetic where D is small beside N and C.
-inline bool direct_backward(const Shape& shape) {
-  const int64_t N = shape.proposals, C = shape.classes, S = shape.scales;
-  return S <= kDirectBackwardScales &&
-         Checked(N) * C * S * S <= Checked(shape.planes()) * (N + C) * shape.features;
-}
-
-// d phi [G, N, S, D] (for_weight false) or d weight [G, C, S, D] (for_weight true) of
-// scale_align, `result` (contiguous), in the direct form from the shift matrix A [G, N*S, C*S]
-// (shift_matrix_kernel): one product through ATen's bmm in the inputs' dtype, d phi = A @ weight
-// or d weight = A^T @ phi with phi and weight as [G, R*S, D] (views where their strides allow,
-// else ATen's copies). No planes or plane products go through memory: the bmm reads the other
-// input once and writes the result once (cuBLAS accumulates in float32 for float16/bfloat16
-// inputs, docs/operators.md section 4).
-inline void direct_product(const Tensor& matrix, const Tensor& other4, const Shape& shape,
-                           bool for_weight, Tensor& result) {
-  const int64_t G = shape.groups, N = shape.proposals, C = shape.classes;
-  const int64_t S = shape.scales, D = shape.features;
-  const int64_t other_rows = for_weight ? N : C;
-  const int64_t result_rows = for_weight ? C : N;
-  if (result.numel() == 0) {
-    return;
-  }
-  if (other_rows == 0) {
-    torch::stable::zero_(result);  // a sum over no proposals (d weight with N = 0) or classes
-    return;
-  }
-  Tensor result3 = torch::stable::view(result, {G, result_rows * S, D});
-  const Tensor lhs = for_weight ? torch::stable::transpose(matrix, 1, 2) : matrix;
-  bmm_out(result3, lhs, torch::stable::reshape(other4, {G, other_rows * S, D}));
-}
-
 // d phi (for_weight false) or d weight (for_weight true) of either op in the Fourier form
 // (docs/operators.md section 3, eq. 8), as on the CPU (cpu.cpp, backward_cpu) but over the whole
 // feature axis at once: `shift` for scale_align (align_backward, where the direct form does not
@@ -1259,10 +1385,10 @@ inline Tensor backward(const Tensor& grad, const std::optional<Tensor>& shift,
 // scale_align's backward op (docs/operators.md section 3, eq. 8): d phi [G?, N, S, D], d weight
 // [G?, C, S, D] and d bias [G?, C] from the logits' gradient grad [G?, N, C], the forward's shift
 // and the saved phi and weight, each only where its flag asks for it (an empty [0] tensor
-// otherwise, and nothing computed for it). In the direct form (direct_backward) three launches
-// at most: shift_matrix_kernel writes the shift matrix A and d bias, then one bmm per gradient
-// asked for (direct_product). Otherwise each gradient takes the Fourier form (backward, four
-// launches), and d bias the same kernel without a matrix.
+// otherwise, and nothing computed for it). For S <= kDirectBackwardScales the direct form, all
+// three in one launch of align_backward_kernel (no intermediate tensor, no cuBLAS); otherwise
+// d phi and d weight take the Fourier form (backward, four launches each), and d bias the same
+// kernel without tiles.
 inline std::tuple<Tensor, Tensor, Tensor> align_backward(const Tensor& grad, const Tensor& shift,
                                                          const Tensor& phi, const Tensor& weight,
                                                          bool phi_grad, bool weight_grad,
@@ -1272,7 +1398,7 @@ inline std::tuple<Tensor, Tensor, Tensor> align_backward(const Tensor& grad, con
   check_floating_dtype(grad, "grad", op);
   const int64_t G = shape.groups, N = shape.proposals, C = shape.classes;
   const int64_t S = shape.scales, D = shape.features;
-  const bool direct = direct_backward(shape);
+  const bool direct = S <= kDirectBackwardScales;
   Tensor grad_phi, grad_weight;
   if (!direct) {
     if (phi_grad) {
@@ -1281,29 +1407,22 @@ inline std::tuple<Tensor, Tensor, Tensor> align_backward(const Tensor& grad, con
     if (weight_grad) {
       grad_weight = backward(grad, shift, phi, /*for_weight=*/true, op, stream);
     }
-  } else {
-    grad_phi = phi_grad ? empty_like_device(grad, {G, N, S, D}) : Tensor();
-    grad_weight = weight_grad ? empty_like_device(grad, {G, C, S, D}) : Tensor();
   }
-  const bool products = direct && (phi_grad || weight_grad) && D > 0 && N * C > 0;
-  Tensor matrix = products ? empty_like_device(grad, {G, N * S, C * S}) : Tensor();
+  // The direct form's outputs, [G, R, S, D]; in the Fourier form none (d bias alone).
+  Tensor tiled_phi = direct && phi_grad ? empty_like_device(grad, {G, N, S, D}) : Tensor();
+  Tensor tiled_weight = direct && weight_grad ? empty_like_device(grad, {G, C, S, D}) : Tensor();
   Tensor bias = bias_grad ? empty_like_device(grad, {G, C}) : Tensor();
-  if (matrix.defined() || bias.defined()) {
+  if (tiled_phi.defined() || tiled_weight.defined() || bias.defined()) {
     const Tensor grad4 = as_grouped_grad(grad, shape);
     const Tensor shift4 = torch::stable::contiguous(as_grouped_grad(shift, shape));
-    SSANET_DISPATCH_FLOATING_TYPES(grad.scalar_type(), "scale_align_shift_matrix", [&] {
-      launch_shift_matrix<scalar_t>(grad4, shift4, shape, matrix, bias, stream);
+    SSANET_DISPATCH_FLOATING_TYPES(grad.scalar_type(), "scale_align_backward", [&] {
+      launch_align_backward<scalar_t>(grad4, shift4, as_grouped(phi), as_grouped(weight),
+                                      direct ? S : 1, tiled_phi, tiled_weight, bias, stream);
     });
   }
   if (direct) {
-    if (phi_grad) {
-      direct_product(matrix, as_grouped(weight), shape, /*for_weight=*/false, grad_phi);
-      grad_phi = ungroup_like(grad_phi, shape);
-    }
-    if (weight_grad) {
-      direct_product(matrix, as_grouped(phi), shape, /*for_weight=*/true, grad_weight);
-      grad_weight = ungroup_like(grad_weight, shape);
-    }
+    grad_phi = tiled_phi.defined() ? ungroup_like(tiled_phi, shape) : Tensor();
+    grad_weight = tiled_weight.defined() ? ungroup_like(tiled_weight, shape) : Tensor();
   }
   const auto or_empty = [&](const Tensor& result) {
     return result.defined() ? result : empty_like_device(grad, {0});
