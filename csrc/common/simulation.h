@@ -17,6 +17,9 @@
 //     poisoned (all bytes 0xFF: NaN in floating types) before every block.
 //   - atomicAdd / atomicOr are plain read-modify-writes (one OS thread runs the fibers); the
 //     shuffled orders make order-dependent sums differ from launch to launch, as on a GPU.
+//     __threadfence() is nothing (a block sees the stores of the blocks run before it); since
+//     the blocks' order is shuffled, a kernel's "last block to arrive" is a different block
+//     from launch to launch.
 //     SSANET_OPS_SIM_SEED=<n> fixes the shuffles.
 //   - Floating point: sim*.cpp is compiled with -ffp-contract=fast (and -mfma where the host has
 //     FMA), as nvcc contracts a*b + c into an FMA by default. cos/sin come from the host's libm,
@@ -395,6 +398,10 @@ inline int64_t int32_index_limit() { return sim::index_limit.load(); }
 }  // namespace ssanet_ops::gpu
 
 inline void __syncthreads() { ssanet_ops::gpu::sim::syncthreads(); }
+
+// Nothing to order: blocks run one after another on one OS thread, so a block sees every store
+// of the blocks before it.
+inline void __threadfence() {}
 
 // Not inlined, so that the host compiler cannot contract the caller's a*b into the addition as
 // an FMA: on the GPU the value is rounded before the atomic adds it.

@@ -1,13 +1,14 @@
 #pragma once
 // scale_correlation and scale_align's CUDA kernels, in the Fourier form of common/scale_dft.h.
-// The forward makes two launches where fused_products allows (S <= 9; float64: S <= 6, or 7
-// when N > 8):
-//   1. product_kernel: per tile of rows of phi and weight and four chunks of the feature axis,
-//      the DFT planes of the inputs, read once in their dtype, in shared memory, and their T
-//      products over those chunks, added up pairwise into partials [G, T, ceil(K / 4), N, C]
-//      in the accumulation type, with the rows' sums of squares (the tie tolerance's norms);
-//   2. align_kernel / correlation_kernel as below.
-// Otherwise three:
+// The forward is one launch where fused_products allows (S <= 9; float64: S <= 6, or 7 when
+// N > 8): product_kernel, per tile of rows of phi and weight and four chunks of the feature
+// axis, takes the DFT planes of the inputs, read once in their dtype, in shared memory, and
+// their T products over those chunks, with the rows' sums of squares (the tie tolerance's
+// norms); where the feature axis spans several blocks of a tile, each writes its partial sums
+// [G, T, ceil(K / 4), N, C] in the accumulation type and the last to arrive adds them up
+// (pairwise); the tile's last (or only) block finishes its points as align_kernel /
+// correlation_kernel below would (the same device functions).
+// Otherwise three launches:
 //   1. analysis_kernel: the DFT over the scale axis of phi and weight in one launch (any
 //      strides; float32, float64, float16, bfloat16), one block per slice of a row, writing the
 //      T packed planes [G, T, K, R, W] in the accumulation type (float32 for float16/bfloat16:
@@ -38,8 +39,11 @@
 // torch.set_float32_matmul_precision, as for any torch.bmm.
 
 #include <algorithm>
+#include <map>
+#include <mutex>
 #include <optional>
 #include <tuple>
+#include <utility>
 #include <vector>
 
 #include "common/launch.h"
@@ -66,11 +70,25 @@ __device__ scale_dft::Twiddles<acc_t> block_twiddles(int64_t S) {
   return {cosines, sines, S};
 }
 
+// *address, a value in global memory that another block of the same launch may have written
+// (before a __threadfence and an atomic that this block observed): loaded through L2
+// (ld.global.cg), which every SM sees alike, never from this SM's L1.
+template <typename T>
+__device__ __forceinline__ T load_from_l2(const T* address) {
+#if defined(__CUDACC__)
+  return __ldcg(address);
+#else
+  return *address;
+#endif
+}
+
 // Product p of one point from partial products over K chunks of the feature axis, the chunks
 // `chunk_stride` apart and the planes K * chunk_stride apart, added up pairwise (the sum of
 // chunks 2m and 2m + 1, then of those pairs, and so on: a rounding error that grows with log K,
 // as the cascade sum of ATen's that these kernels replaced; added one after another, the K =
 // 392 chunks of D = 100,352 doubled the float32 error, benchmarks/scale_align_accuracy.py).
+// The chunks are read through L2 (load_from_l2): product_kernel's last block of a tile reads
+// those that other blocks of its launch wrote.
 template <typename acc_t>
 __device__ acc_t chunk_sum(const acc_t* point, int64_t p, int64_t K, int64_t chunk_stride) {
   const acc_t* chunks = point + p * K * chunk_stride;
@@ -79,7 +97,7 @@ __device__ acc_t chunk_sum(const acc_t* point, int64_t p, int64_t K, int64_t chu
   acc_t pending[kLevels];
   int top = 0;
   for (int64_t k = 0; k < K; ++k) {
-    acc_t value = chunks[k * chunk_stride];
+    acc_t value = load_from_l2(chunks + k * chunk_stride);
     for (int64_t run = k + 1; run % 2 == 0; run /= 2) {
       value = pending[--top] + value;
     }
@@ -90,6 +108,44 @@ __device__ acc_t chunk_sum(const acc_t* point, int64_t p, int64_t K, int64_t chu
     total = pending[--top] + total;
   }
   return total;
+}
+
+// The norm of a row from its P sums of squares, `stride` apart (analysis_kernel's slices,
+// product_kernel's block chunks), added up in order.
+template <typename acc_t>
+__device__ acc_t row_norm(const acc_t* squares, int64_t P, int64_t stride = 1) {
+  acc_t total = 0;
+  for (int64_t s = 0; s < P; ++s) {
+    total += squares[s * stride];
+  }
+  return sqrt(total);
+}
+
+// scale_align's epilogue at one (n, c) (align_kernel, product_kernel): from its T sums K(p),
+// the shift into *shift and the maximum response plus *bias (where not null) into *logit.
+template <typename scalar_t, typename Products>
+__device__ void store_alignment(const Products& K,
+                                const scale_dft::Twiddles<opmath_t<scalar_t>>& tw,
+                                opmath_t<scalar_t> tolerance, const scalar_t* bias,
+                                scalar_t* logit, int64_t* shift) {
+  using acc_t = opmath_t<scalar_t>;
+  acc_t response;
+  *shift = scale_dft::align_point(K, tw, tolerance, response);
+  if (bias != nullptr) {
+    response += static_cast<acc_t>(*bias);
+  }
+  *logit = static_cast<scalar_t>(response);
+}
+
+// scale_correlation's epilogue at one (n, c) (correlation_kernel, product_kernel): corr[:] (S
+// consecutive values) from its T sums K(p).
+template <typename scalar_t, typename Products>
+__device__ void store_correlation(const Products& K,
+                                  const scale_dft::Twiddles<opmath_t<scalar_t>>& tw,
+                                  scalar_t* corr) {
+  using acc_t = opmath_t<scalar_t>;
+  const auto out = [&](int64_t r, acc_t value) { corr[r] = static_cast<scalar_t>(value); };
+  scale_dft::synthesis<acc_t>(K, /*conjugate=*/false, tw, out);
 }
 
 // ---- kernels ----
@@ -176,16 +232,6 @@ __global__ void __launch_bounds__(kThreads, 4)
   }
 }
 
-// The norm of a row from its P sums of squares (analysis_kernel), added up in order.
-template <typename acc_t>
-__device__ acc_t row_norm(const acc_t* squares, int64_t P) {
-  acc_t total = 0;
-  for (int64_t s = 0; s < P; ++s) {
-    total += squares[s];
-  }
-  return sqrt(total);
-}
-
 // ---- the fused forward products (product_kernel) ----
 
 // Unrolls a loop of a constant trip count under nvcc, so that the arrays it indexes stay in
@@ -234,51 +280,86 @@ constexpr int64_t kChunksPerBlock = 4;
 constexpr int64_t kLoadSlots = 3;
 
 // One input of product_kernel: x [G, R, S, D] of any strides (those of (g, r, s, d) in the
-// fields (n, c, h, w)), and where not null the sums of squares [G, R, B] of its rows over the B
-// block chunks of the feature axis (the tie tolerance's norms).
+// fields (n, c, h, w)).
 template <typename scalar_t>
 struct ProductInput {
   const scalar_t* x;
   Strides4 strides;
   int64_t R;
   scale_dft::Packing packing;
-  opmath_t<scalar_t>* squares;
 };
 
-// partials[g, p, b, n, c] = the T plane products of phi[g, n] and weight[g, c] over block chunk
-// b of the feature axis, without the planes going through global memory. The axis is cut into
-// K chunks of W columns (zero past D) as the analysis + bmm path cuts it; block chunk b is
-// chunks 4b to 4b + 3 (those below K), whose products the block adds up as chunk_sum's binary
-// counter would, (c0 + c1) + (c2 + c3) and for a last block of three (c0 + c1) + c2; chunk_sum
-// then adds an earlier run onto a later sum (pending + value) both when a run completes and at
-// its end, so align_kernel's pairwise sum over the B = ceil(K / 4) block chunks is the same
-// sum, operation for operation, as over the K chunks. One block per tile of tile_rows (8 or
-// 16) rows of phi and kThreads / tile_rows rows of weight of one group and block chunk; per
-// step of kStepColumns columns its threads read each row's S values at those columns
-// (consecutive threads, consecutive columns), write their T planes (scale_dft::planes) into
-// shared memory, and each thread then adds the T products of its (n, c) over the step, in
-// column order. The rows' squares come from the same
-// read: the blocks of the first class tile write phi's, those of the first proposal tile
-// weight's, each a fixed-order sum (deterministic). Registers (sm_90 ptxas): unbounded and with
-// the loader unrolled, 245 (float32, float16, bfloat16: one block per SM); __launch_bounds__
-// for two blocks gives 128 with no spills (the loader's loop kept rolled); float64 takes 208
-// at one block (at two it spills 456 bytes).
+// What product_kernel makes of each (n, c)'s T sums, and its scratch memory. `logits` not null:
+// scale_align's logits and shift [G, N, C] (contiguous), plus bias[g * bias_stride_g + c *
+// bias_stride_c] where `bias` is not null; else scale_correlation's corr [G, N, C, S]
+// (contiguous). Where a tile's feature axis spans B > 1 block chunks: `partials` [G, T, B, N, C]
+// (the block chunks' products), `squares` [G * n_tiles * c_tiles, B, rows] (scale_align's: the
+// sums of squares of each tile's rows over each block chunk) and `counters` [G * n_tiles *
+// c_tiles], zero at the launch and left zero (see product_kernel); all null where B = 1.
+template <typename scalar_t>
+struct ProductOutputs {
+  scalar_t* logits;
+  int64_t* shift;
+  const scalar_t* bias;
+  int64_t bias_stride_g, bias_stride_c;
+  scalar_t* corr;
+  opmath_t<scalar_t>* partials;
+  opmath_t<scalar_t>* squares;
+  int* counters;
+};
+
+// scale_align's or scale_correlation's whole forward (ProductOutputs) from phi [G, N, S, D] and
+// weight [G, C, S, D], in one launch, the planes and their products never going through global
+// memory. The feature axis is cut into K chunks of W columns (zero past D) as the analysis +
+// bmm path cuts it; block chunk b is chunks 4b to 4b + 3 (those below K), B = ceil(K / 4) of
+// them. One block per tile of tile_rows (8 or 16) rows of phi and kThreads / tile_rows rows of
+// weight of one group and block chunk.
+// - Products: per step of kStepColumns columns the block's threads read each row's S values at
+//   those columns (consecutive threads, consecutive columns), write their T planes
+//   (scale_dft::planes) into shared memory, and each thread then adds the T products of its
+//   (n, c) over the step, in column order. The block adds its chunks' products as chunk_sum's
+//   binary counter would, (c0 + c1) + (c2 + c3) and for a last block of three (c0 + c1) + c2;
+//   chunk_sum then adds an earlier run onto a later sum (pending + value) both when a run
+//   completes and at its end, so its pairwise sum over the B block chunks is the same sum,
+//   operation for operation, as over the K chunks (the result is bitwise that of
+//   align_kernel over the analysis path's chunks had their products been the same).
+// - Norms (scale_align): each row's sum of squares over the block chunk comes from the same
+//   reads (a fixed-order sum: deterministic), the tie tolerance's norm being the square root of
+//   their sum over the B block chunks in order (row_norm, as align_kernel).
+// - Epilogue: where B = 1 the block has its tile's whole sums and aligns (store_alignment) or
+//   synthesises (store_correlation) its (n, c) points from registers. Otherwise each block
+//   writes its block chunk's sums (partials, and squares), then __threadfence() and one
+//   atomicAdd on the tile's counter; the block that finds B - 1 there arrived last: it resets
+//   the counter to 0 (no other block of the launch touches it again), and after a
+//   __threadfence() reads the tile's B partials (chunk_sum, through L2) and squares, and
+//   finishes the tile's points as above. No block waits for another (no deadlock whatever
+//   the blocks' scheduling), and the counters stay zero between launches.
+// Registers (sm_90 ptxas, nvcc 13.0): __launch_bounds__ for two blocks per SM gives 128 for
+// float32, float16 and bfloat16, with 72-132 bytes of spill stores at the tile and chunk level
+// (none in the product loop; with the epilogue unfused, none at all); float64 takes 228 at one
+// block, no spills (benchmarks/results/gpu_model_notes.md).
 template <typename scalar_t>
 __global__ void __launch_bounds__(kThreads, sizeof(opmath_t<scalar_t>) == 8 ? 1 : 2)
     product_kernel(ProductInput<scalar_t> phi, ProductInput<scalar_t> weight, int64_t G,
                    int64_t S, int64_t D, int64_t K, int64_t W, int64_t B, int64_t tile_rows,
-                   opmath_t<scalar_t>* __restrict__ partials) {
+                   ProductOutputs<scalar_t> out) {
   using acc_t = opmath_t<scalar_t>;
   const scale_dft::Twiddles<acc_t> tw = block_twiddles<acc_t>(S);
   const int64_t T = scale_dft::plane_count(S);
   const int64_t N = phi.R, C = weight.R;
   const int64_t TN = tile_rows, TC = kThreads / tile_rows, rows = TN + TC;
+  const bool aligning = out.logits != nullptr;  // else scale_correlation
   // Shared memory after the twiddles: phi's planes [T, TN, stride], then weight's
-  // [T, TC, stride], 16-byte aligned; at the end, the loaders' sums of squares.
+  // [T, TC, stride], 16-byte aligned; after a tile's products, where its planes were, the
+  // loaders' sums of squares [rows, kStepColumns] and the rows' norms [rows] (within the
+  // planes' T * rows * stride values for T >= 1, as stride > kStepColumns).
   constexpr int64_t stride = step_stride(sizeof(acc_t));
   constexpr int64_t vector = kVectorBytes / sizeof(acc_t);
   acc_t* phi_planes = gpu::dynamic_shared<acc_t>() + planes_offset(S, sizeof(acc_t));
   acc_t* weight_planes = phi_planes + T * TN * stride;
+  acc_t* slot_squares = phi_planes;
+  acc_t* norms = slot_squares + rows * kStepColumns;
+  __shared__ bool last_arrival;  // the block arrived last at its tile (B > 1)
   const int64_t n_tiles = (N + TN - 1) / TN, c_tiles = (C + TC - 1) / TC;
   const int64_t tiles = G * B * n_tiles * c_tiles;
   const int64_t column = threadIdx.x % kStepColumns;  // the loader's column in a step
@@ -287,6 +368,7 @@ __global__ void __launch_bounds__(kThreads, sizeof(opmath_t<scalar_t>) == 8 ? 1 
     // tile = ((g * B + b) * n_tiles + n_tile) * c_tiles + c_tile
     const int64_t c_tile = tile % c_tiles, n_tile = tile / c_tiles % n_tiles;
     const int64_t b = tile / (c_tiles * n_tiles) % B, g = tile / (c_tiles * n_tiles * B);
+    const int64_t tile_gnc = (g * n_tiles + n_tile) * c_tiles + c_tile;  // the tile over b
     const int64_t n0 = n_tile * TN, c0 = c_tile * TC;
     acc_t squares[kLoadSlots] = {};
     // chunk_sum's pending runs: the last even chunk's products, and the first pair's sum.
@@ -319,9 +401,11 @@ SCALE_ALIGN_NO_UNROLL
             acc_t* target = is_phi ? phi_planes + row * stride + column
                                    : weight_planes + (row - TN) * stride + column;
             const int64_t plane_stride = (is_phi ? TN : TC) * stride;
-            const auto out = [&](int64_t p, acc_t plane) { target[p * plane_stride] = plane; };
-            scale_dft::planes<acc_t>(input.packing, /*conjugate=*/false, value, tw, out);
-            if (input.squares != nullptr) {
+            const auto planes_out = [&](int64_t p, acc_t plane) {
+              target[p * plane_stride] = plane;
+            };
+            scale_dft::planes<acc_t>(input.packing, /*conjugate=*/false, value, tw, planes_out);
+            if (aligning) {
               for (int64_t j = 0; j < S; ++j) {  // a second read of the column, from L1
                 const acc_t x = value(j);
                 squares[slot] += x * x;
@@ -359,40 +443,98 @@ SCALE_ALIGN_UNROLL
         }
       }
     }
-    const int64_t n = n0 + tn, c = c0 + tc;
-    if (n < N && c < C) {
-      acc_t* target = partials + ((g * T * B + b) * N + n) * C + c;
+    // The block chunk's sums, into single:
+    // chunks: 1 -> c0, 2 -> c0 + c1, 3 -> (c0 + c1) + c2, 4 -> (c0 + c1) + (c2 + c3).
 SCALE_ALIGN_UNROLL
-      for (int64_t p = 0; p < kFusedPlanes; ++p) {
-        if (p < T) {
-          // chunks: 1 -> c0, 2 -> c0 + c1, 3 -> (c0 + c1) + c2, 4 -> (c0 + c1) + (c2 + c3)
-          target[p * B * N * C] =
-              chunks == 1 ? single[p] : (chunks == 3 ? pair[p] + single[p] : pair[p]);
-        }
-      }
+    for (int64_t p = 0; p < kFusedPlanes; ++p) {
+      single[p] = chunks == 1 ? single[p] : (chunks == 3 ? pair[p] + single[p] : pair[p]);
     }
-    if (phi.squares != nullptr) {  // uniform over the block (both inputs or neither)
-      acc_t* slot_squares = phi_planes;  // the planes are read (the last __syncthreads)
+    const int64_t n = n0 + tn, c = c0 + tc;
+    const bool point_inside = n < N && c < C;
+    const int64_t row = threadIdx.x;  // the norms' row, below `rows`
+    if (aligning) {  // the rows' sums of squares over the block chunk (planes all read)
 SCALE_ALIGN_NO_UNROLL
       for (int64_t slot = 0; slot < kLoadSlots; ++slot) {
-        const int64_t row = threadIdx.x / kStepColumns + slot * (kThreads / kStepColumns);
-        if (row < rows) {
-          slot_squares[row * kStepColumns + column] = squares[slot];
+        const int64_t loaded = threadIdx.x / kStepColumns + slot * (kThreads / kStepColumns);
+        if (loaded < rows) {
+          slot_squares[loaded * kStepColumns + column] = squares[slot];
         }
       }
       __syncthreads();
-      const int64_t row = threadIdx.x;
-      const bool is_phi = row < TN;
-      const int64_t r = is_phi ? n0 + row : c0 + row - TN;
-      if (row < rows && (is_phi ? c_tile == 0 && r < N : n_tile == 0 && r < C)) {
+      if (row < rows) {
         acc_t total = 0;
         for (int64_t k = 0; k < kStepColumns; ++k) {
           total += slot_squares[row * kStepColumns + k];
         }
-        (is_phi ? phi : weight).squares[(g * (is_phi ? N : C) + r) * B + b] = total;
+        if (B == 1) {
+          norms[row] = row_norm(&total, 1);
+        } else {
+          out.squares[(tile_gnc * B + b) * rows + row] = total;
+        }
       }
-      __syncthreads();  // read before the next tile overwrites them
     }
+    if (B > 1) {
+      if (point_inside) {
+        acc_t* target = out.partials + ((g * T * B + b) * N + n) * C + c;
+SCALE_ALIGN_UNROLL
+        for (int64_t p = 0; p < kFusedPlanes; ++p) {
+          if (p < T) {
+            target[p * B * N * C] = single[p];
+          }
+        }
+      }
+      __threadfence();  // this thread's partials and squares, before the block's arrival
+      __syncthreads();
+      if (threadIdx.x == 0) {
+        last_arrival = atomicAdd(out.counters + tile_gnc, 1) == B - 1;
+        if (last_arrival) {
+          out.counters[tile_gnc] = 0;  // every block of the tile has arrived
+        }
+      }
+      __syncthreads();
+      if (!last_arrival) {  // uniform over the block
+        continue;
+      }
+      __threadfence();  // the other blocks' partials and squares, after their arrival
+      if (point_inside) {
+        const acc_t* point = out.partials + g * T * B * N * C + n * C + c;
+SCALE_ALIGN_UNROLL
+        for (int64_t p = 0; p < kFusedPlanes; ++p) {
+          if (p < T) {
+            single[p] = chunk_sum(point, p, B, N * C);
+          }
+        }
+      }
+      if (aligning && row < rows) {
+        const acc_t* row_squares = out.squares + tile_gnc * B * rows + row;
+        acc_t total = 0;
+        for (int64_t k = 0; k < B; ++k) {  // row_norm's order, through L2
+          total += load_from_l2(row_squares + k * rows);
+        }
+        norms[row] = sqrt(total);
+      }
+    }
+    __syncthreads();  // the norms written
+    if (point_inside) {
+      // align_point reads every product S times and more: the sums from local memory.
+      acc_t sums[kFusedPlanes];
+SCALE_ALIGN_UNROLL
+      for (int64_t p = 0; p < kFusedPlanes; ++p) {
+        sums[p] = single[p];
+      }
+      const auto summed = [&](int64_t p) { return sums[p]; };
+      const int64_t index = (g * N + n) * C + c;
+      if (aligning) {
+        const acc_t tolerance = scale_dft::tie_tolerance(S, norms[tn], norms[TN + tc]);
+        const scalar_t* bias = out.bias != nullptr
+                                   ? out.bias + g * out.bias_stride_g + c * out.bias_stride_c
+                                   : nullptr;
+        store_alignment(summed, tw, tolerance, bias, out.logits + index, out.shift + index);
+      } else {
+        store_correlation(summed, tw, out.corr + index * S);
+      }
+    }
+    __syncthreads();  // the norms read before the next tile's planes overwrite them
   }
 }
 
@@ -424,7 +566,8 @@ __global__ void align_kernel(const opmath_t<scalar_t>* __restrict__ products,
     const auto sum = [&](int64_t p) { return chunk_sum(point, p, K, N * C); };
     const acc_t tolerance = scale_dft::tie_tolerance(S, row_norm(phi_squares + index / C * P, P),
                                                      row_norm(weight_squares + (g * C + c) * P, P));
-    acc_t response;
+    const scalar_t* bias_at =
+        bias != nullptr ? bias + g * bias_stride_g + c * bias_stride_c : nullptr;
     if (T <= kSummedPlanes) {
       // The T sums once each (align_point reads every product S times and more).
       acc_t sums[kSummedPlanes];
@@ -432,14 +575,10 @@ __global__ void align_kernel(const opmath_t<scalar_t>* __restrict__ products,
         sums[p] = sum(p);
       }
       const auto summed = [&](int64_t p) { return sums[p]; };
-      shift[index] = scale_dft::align_point(summed, tw, tolerance, response);
+      store_alignment(summed, tw, tolerance, bias_at, logits + index, shift + index);
     } else {
-      shift[index] = scale_dft::align_point(sum, tw, tolerance, response);
+      store_alignment(sum, tw, tolerance, bias_at, logits + index, shift + index);
     }
-    if (bias != nullptr) {
-      response += static_cast<acc_t>(bias[g * bias_stride_g + c * bias_stride_c]);
-    }
-    logits[index] = static_cast<scalar_t>(response);
   }
 }
 
@@ -456,9 +595,7 @@ __global__ void correlation_kernel(const opmath_t<scalar_t>* __restrict__ produc
     const int64_t g = index / (N * C);
     const acc_t* point = products + g * T * K * N * C + index % (N * C);
     const auto sum = [&](int64_t p) { return chunk_sum(point, p, K, N * C); };
-    scalar_t* target = corr + index * S;
-    const auto out = [&](int64_t r, acc_t value) { target[r] = static_cast<scalar_t>(value); };
-    scale_dft::synthesis<acc_t>(sum, /*conjugate=*/false, tw, out);
+    store_correlation(sum, tw, corr + index * S);
   }
 }
 
@@ -795,8 +932,11 @@ void launch_analysis(const AnalysisTensors& first, const std::optional<AnalysisT
               second_input, G, S, D, K, W, P);
 }
 
-// Shared memory a kernel may take without opting in: 48 KiB on every CUDA GPU.
+// Shared memory a kernel may take without opting in: 48 KiB on every CUDA GPU, static and
+// dynamic together.
 constexpr size_t kDefaultSharedBytes = 48 * 1024;
+// product_kernel's static shared memory: its arrival flag, as sm_90's ptxas reports it.
+constexpr size_t kProductStaticSharedBytes = 16;
 
 // Rows of phi per tile of product_kernel: 8 for N <= 8 (the flattened maps' N = 8, with 32
 // classes a tile), else 16 (and 16 classes).
@@ -812,30 +952,91 @@ inline size_t product_shared_bytes(int64_t S, int64_t tile_rows, size_t value_by
   return static_cast<size_t>(values) * value_bytes;
 }
 
-// partials [G*T*B, N, C] and, if given, the rows' sums of squares [G, N, B], [G, C, B] from
-// phi [G, N, S, D] and weight [G, C, S, D] (any strides) in one product_kernel launch, over K
-// chunks of W columns added up in B = ceil(K / kChunksPerBlock) block chunks.
+// The arrival counters of product_kernel's tiles where they span B > 1 block chunks: `count`
+// int32 zeros on `like`'s device, for a launch on `stream`. The kernel's last blocks leave them
+// zero, so a buffer per (device, stream), zeroed when allocated (or grown), serves every call
+// without a zeroing launch: launches on one stream run one after another, never sharing a
+// counter while both run, and launches on different streams get different buffers. A stream
+// being captured into a CUDA graph takes counters of its own for the call (zeroed by a memset
+// node the graph repeats at every replay), since the graph may replay beside eager calls on
+// any stream. The buffers are never freed (they would outlive the CUDA context at exit).
+// Not covered: a stream destroyed with work pending whose handle CUDA gives to a new stream
+// (PyTorch's streams come from its pool and are never destroyed). The simulator runs each
+// launch to its end on the calling OS thread: one buffer per OS thread.
+inline Tensor arrival_counters(const Tensor& like, int64_t count, gpu::Stream stream) {
+#if defined(__CUDACC__)
+  cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+  const cudaError_t error = cudaStreamIsCapturing(stream, &capture);
+  SSANET_CHECK(error == cudaSuccess, "scale_align: cudaStreamIsCapturing failed: ",
+               cudaGetErrorString(error));
+  if (capture != cudaStreamCaptureStatusNone) {
+    return zeros_like_device(like, {count}, ScalarType::Int);
+  }
+  static std::mutex mutex;
+  static auto* buffers = new std::map<std::pair<int32_t, cudaStream_t>, Tensor>();
+  const std::lock_guard<std::mutex> lock(mutex);
+  Tensor& buffer = (*buffers)[{like.get_device_index(), stream}];
+#else
+  (void)stream;
+  thread_local auto* buffers = new Tensor();
+  Tensor& buffer = *buffers;
+#endif
+  if (!buffer.defined() || buffer.numel() < count) {
+    // Grown at least twofold; the old buffer returns to the caching allocator, on this stream.
+    const int64_t size = std::max(count, buffer.defined() ? 2 * buffer.numel() : count);
+    buffer = zeros_like_device(like, {size}, ScalarType::Int);
+  }
+  return buffer;
+}
+
+// scale_align's logits and shift [G, N, C] (bias [G, C] or undefined), or scale_correlation's
+// corr [G, N, C, S] (`logits` undefined), from phi [G, N, S, D] and weight [G, C, S, D] (any
+// strides, D > 0) in one product_kernel launch, over K chunks of W columns added up in
+// B = ceil(K / kChunksPerBlock) block chunks.
 template <typename scalar_t>
-void launch_products(const Tensor& phi4, const Tensor& weight4, Tensor* phi_squares,
-                     Tensor* weight_squares, int64_t K, int64_t W, Tensor& partials,
-                     gpu::Stream stream) {
+void launch_fused_forward(const Tensor& phi4, const Tensor& weight4, int64_t K, int64_t W,
+                          const Tensor& bias, Tensor& logits, Tensor& shift, Tensor& corr,
+                          gpu::Stream stream) {
   using acc_t = opmath_t<scalar_t>;
   const int64_t G = phi4.size(0), N = phi4.size(1), C = weight4.size(1);
   const int64_t S = phi4.size(2), D = phi4.size(3);
+  const int64_t T = scale_dft::plane_count(S);
   const int64_t B = (K + kChunksPerBlock - 1) / kChunksPerBlock;
   const int64_t tile_rows = product_tile_rows(N);
   const int64_t TC = kThreads / tile_rows;
-  const int64_t tiles = G * B * ((N + tile_rows - 1) / tile_rows) * ((C + TC - 1) / TC);
-  const auto input = [&](const Tensor& x, scale_dft::Packing packing, Tensor* squares) {
-    acc_t* squares_data = squares != nullptr ? squares->mutable_data_ptr<acc_t>() : nullptr;
-    return ProductInput<scalar_t>{x.const_data_ptr<scalar_t>(), strides_of(x), x.size(1), packing,
-                                  squares_data};
+  const int64_t tiles_gnc = G * ((N + tile_rows - 1) / tile_rows) * ((C + TC - 1) / TC);
+  const bool aligning = logits.defined(), has_bias = bias.defined();
+  const ScalarType accumulation =
+      sizeof(acc_t) == sizeof(double) ? ScalarType::Double : ScalarType::Float;
+  ProductOutputs<scalar_t> out{};
+  Tensor partials, squares, counters;  // held until the launch is enqueued
+  if (aligning) {
+    out.logits = logits.mutable_data_ptr<scalar_t>();
+    out.shift = shift.mutable_data_ptr<int64_t>();
+    out.bias = has_bias ? bias.const_data_ptr<scalar_t>() : nullptr;
+    out.bias_stride_g = has_bias ? bias.stride(0) : 0;
+    out.bias_stride_c = has_bias ? bias.stride(1) : 0;
+  } else {
+    out.corr = corr.mutable_data_ptr<scalar_t>();
+  }
+  if (B > 1) {
+    partials = empty_like_device(phi4, {G * T * B, N, C}, accumulation);
+    out.partials = partials.mutable_data_ptr<acc_t>();
+    if (aligning) {
+      squares = empty_like_device(phi4, {tiles_gnc, B, tile_rows + TC}, accumulation);
+      out.squares = squares.mutable_data_ptr<acc_t>();
+    }
+    counters = arrival_counters(phi4, tiles_gnc, stream);
+    out.counters = counters.mutable_data_ptr<int32_t>();
+  }
+  const auto input = [&](const Tensor& x, scale_dft::Packing packing) {
+    return ProductInput<scalar_t>{x.const_data_ptr<scalar_t>(), strides_of(x), x.size(1),
+                                  packing};
   };
-  gpu::launch(product_kernel<scalar_t>, std::min(tiles, kMaxBlocks), kThreads,
+  gpu::launch(product_kernel<scalar_t>, std::min(tiles_gnc * B, kMaxBlocks), kThreads,
               product_shared_bytes(S, tile_rows, sizeof(acc_t)), stream,
-              input(phi4, scale_dft::kPhiPacking, phi_squares),
-              input(weight4, scale_dft::kWeightPacking, weight_squares), G, S, D, K, W, B,
-              tile_rows, partials.mutable_data_ptr<acc_t>());
+              input(phi4, scale_dft::kPhiPacking), input(weight4, scale_dft::kWeightPacking), G,
+              S, D, K, W, B, tile_rows, out);
 }
 
 // logits and shift [G, N, C] from the partial products [G*T*K, N, C] and the rows' sums of
@@ -995,31 +1196,40 @@ inline int64_t product_chunks(const Shape& shape) {
   return std::max<int64_t>(1, std::min(wanted, within_planes));
 }
 
+// The chunks {K, W} of the forward's feature axis (D > 0): K chunks of W columns, none wholly
+// past D.
+inline std::pair<int64_t, int64_t> product_chunking(const Shape& shape) {
+  const int64_t D = shape.features;
+  const int64_t wanted_chunks = product_chunks(shape);
+  const int64_t W = (D + wanted_chunks - 1) / wanted_chunks;
+  return {(D + W - 1) / W, W};
+}
+
 // The forward's T plane products in K chunks of the feature axis, partials [G*T*K, N, C] in
-// the accumulation dtype (the kernel that reads them adds up the K chunks pairwise; for
-// product_kernel's, K counts its block chunks), and the sums of squares of the rows of phi
-// [G, N, P] and weight [G, C, P] over P slices of their columns, for the tie tolerance's norms.
+// the accumulation dtype (the kernel that reads them adds up the K chunks pairwise), and the
+// sums of squares of the rows of phi [G, N, P] and weight [G, C, P] over P slices of their
+// columns, for the tie tolerance's norms (the path that fused_products does not take).
 struct ForwardProducts {
   Tensor partials;
   int64_t K;
   Tensor phi_squares, weight_squares;
 };
 
-// Whether the forward's products take product_kernel: T planes at most kFusedPlanes (S <= 9)
-// and its shared memory within the default 48 KiB (float64 exceeds it at S = 8 and 9, and at
-// S = 7 with N <= 8). Otherwise the planes go through memory and cuBLAS (forward_products).
+// Whether the forward takes product_kernel (one launch, launch_fused_forward): D > 0, T planes
+// at most kFusedPlanes (S <= 9) and its shared memory within the default 48 KiB (float64
+// exceeds it at S = 8 and 9, and at S = 7 with N <= 8). Otherwise the planes go through memory
+// and cuBLAS (forward_products) before align_kernel or correlation_kernel.
 inline bool fused_products(const Shape& shape, ScalarType accumulation) {
   const size_t value_bytes = accumulation == ScalarType::Double ? sizeof(double) : sizeof(float);
-  return shape.planes() <= kFusedPlanes &&
-         product_shared_bytes(shape.scales, product_tile_rows(shape.proposals), value_bytes) <=
+  return shape.features > 0 && shape.planes() <= kFusedPlanes &&
+         product_shared_bytes(shape.scales, product_tile_rows(shape.proposals), value_bytes) +
+                 kProductStaticSharedBytes <=
              kDefaultSharedBytes;
 }
 
-// ForwardProducts in one launch where fused_products allows (product_kernel: partials over B =
-// ceil(K / 4) block chunks, ForwardProducts::K = B), else in two: the planes and sums of
-// squares of phi and weight (analysis_kernel, one launch), and their products through ATen's
-// bmm (on a GPU, cuBLAS: TF32 for float32 as torch.backends.cuda.matmul.allow_tf32 says) over
-// the K chunks at once.
+// ForwardProducts in two launches: the planes and sums of squares of phi and weight
+// (analysis_kernel, one launch), and their products through ATen's bmm (on a GPU, cuBLAS: TF32
+// for float32 as torch.backends.cuda.matmul.allow_tf32 says) over the K chunks at once.
 inline ForwardProducts forward_products(const Tensor& phi4, const Tensor& weight4,
                                         const Shape& shape, bool with_norms,
                                         gpu::Stream stream) {
@@ -1038,24 +1248,8 @@ inline ForwardProducts forward_products(const Tensor& phi4, const Tensor& weight
     }
     return result;
   }
-  const int64_t wanted_chunks = product_chunks(shape);
-  const int64_t W = (D + wanted_chunks - 1) / wanted_chunks;
-  const int64_t K = (D + W - 1) / W;  // no chunk wholly past D
-  if (fused_products(shape, accumulation)) {
-    const int64_t B = (K + kChunksPerBlock - 1) / kChunksPerBlock;
-    if (with_norms) {
-      result.phi_squares = empty_like_device(phi4, {G, N, B}, accumulation);
-      result.weight_squares = empty_like_device(phi4, {G, C, B}, accumulation);
-    }
-    result.partials = empty_like_device(phi4, {batches * B, N, C}, accumulation);
-    result.K = B;
-    SSANET_DISPATCH_FLOATING_TYPES(phi4.scalar_type(), "scale_align_products", [&] {
-      launch_products<scalar_t>(phi4, weight4, with_norms ? &result.phi_squares : nullptr,
-                                with_norms ? &result.weight_squares : nullptr, K, W,
-                                result.partials, stream);
-    });
-    return result;
-  }
+  const std::pair<int64_t, int64_t> chunking = product_chunking(shape);
+  const int64_t K = chunking.first, W = chunking.second;
   if (with_norms) {
     const int64_t P = analysis_slices(K, W);
     result.phi_squares = empty_like_device(phi4, {G, N, P}, accumulation);
@@ -1087,14 +1281,25 @@ inline std::tuple<Tensor, Tensor> align(const Tensor& phi, const Tensor& weight,
   Tensor shift = empty_like_device(phi, {G, N, C}, ScalarType::Long);
   if (logits.numel() > 0) {
     const Tensor phi4 = as_grouped(phi), weight4 = as_grouped(weight);
-    const ForwardProducts products =
-        forward_products(phi4, weight4, shape, /*with_norms=*/true, stream);
     const Tensor bias_grouped =
         bias.has_value() ? torch::stable::reshape(*bias, {G, C}) : Tensor();
-    SSANET_DISPATCH_FLOATING_TYPES(phi.scalar_type(), "scale_align", [&] {
-      launch_align<scalar_t>(products.partials, products.K, products.phi_squares,
-                             products.weight_squares, bias_grouped, shape, logits, shift, stream);
-    });
+    if (fused_products(shape, accumulation_dtype(phi.scalar_type()))) {
+      const std::pair<int64_t, int64_t> chunking = product_chunking(shape);
+      const int64_t K = chunking.first, W = chunking.second;
+      Tensor no_corr;
+      SSANET_DISPATCH_FLOATING_TYPES(phi.scalar_type(), "scale_align", [&] {
+        launch_fused_forward<scalar_t>(phi4, weight4, K, W, bias_grouped, logits, shift, no_corr,
+                                       stream);
+      });
+    } else {
+      const ForwardProducts products =
+          forward_products(phi4, weight4, shape, /*with_norms=*/true, stream);
+      SSANET_DISPATCH_FLOATING_TYPES(phi.scalar_type(), "scale_align", [&] {
+        launch_align<scalar_t>(products.partials, products.K, products.phi_squares,
+                               products.weight_squares, bias_grouped, shape, logits, shift,
+                               stream);
+      });
+    }
   }
   return {ungroup_like(logits, shape), ungroup_like(shift, shape)};
 }
@@ -1106,11 +1311,22 @@ inline Tensor correlation(const Tensor& phi, const Tensor& weight, gpu::Stream s
   Tensor corr =
       empty_like_device(phi, {shape.groups, shape.proposals, shape.classes, shape.scales});
   if (corr.numel() > 0) {
-    const ForwardProducts products = forward_products(as_grouped(phi), as_grouped(weight), shape,
-                                                      /*with_norms=*/false, stream);
-    SSANET_DISPATCH_FLOATING_TYPES(phi.scalar_type(), "scale_correlation", [&] {
-      launch_correlation<scalar_t>(products.partials, products.K, shape, corr, stream);
-    });
+    const Tensor phi4 = as_grouped(phi), weight4 = as_grouped(weight);
+    if (fused_products(shape, accumulation_dtype(phi.scalar_type()))) {
+      const std::pair<int64_t, int64_t> chunking = product_chunking(shape);
+      const int64_t K = chunking.first, W = chunking.second;
+      Tensor no_logits, no_shift;
+      SSANET_DISPATCH_FLOATING_TYPES(phi.scalar_type(), "scale_correlation", [&] {
+        launch_fused_forward<scalar_t>(phi4, weight4, K, W, Tensor(), no_logits, no_shift, corr,
+                                       stream);
+      });
+    } else {
+      const ForwardProducts products =
+          forward_products(phi4, weight4, shape, /*with_norms=*/false, stream);
+      SSANET_DISPATCH_FLOATING_TYPES(phi.scalar_type(), "scale_correlation", [&] {
+        launch_correlation<scalar_t>(products.partials, products.K, shape, corr, stream);
+      });
+    }
   }
   return ungroup_like(corr, shape);
 }
