@@ -69,10 +69,11 @@ CONSTANTS = {
 # Ops whose traced bytes do not grow with their minimum bytes, so that the extrapolation to the
 # full sizes does not hold for them: their time target is judged at the traced size.
 NOT_EXTRAPOLATED = {
-    "scale_align": "its traced kernels are part of the op call (the plane products run on "
-    "cuBLAS, untraced), and their bytes grow as (N+C)*D (the planes), N*C*K (the partial "
-    "products of K chunks of D), not with the minimum, "
-    "(N+C)*S*D + N*C; gpu_model_notes.md counts its launches and bytes at the full sizes",
+    "scale_align": "its traced case covers D with one chunk group per tile, where the forward "
+    "writes no partial products; at the full sizes (several groups) it also moves the "
+    "partials (T*N*C a group), the rows' sums of squares and the tiles' counters, which do "
+    "not grow with the minimum, (N+C)*S*D + N*C; gpu_model_notes.md counts its bytes at "
+    "the full sizes",
 }
 
 # Mirrors of csrc/ssanet_ops_sim_trace.cpp's records.
@@ -460,8 +461,8 @@ def report(records: list[dict], command: str) -> str:
         "",
         "Not traced: what torch itself runs for an op (the crop's conversion of its float32 "
         "gradient accumulator to bfloat16 or float16, one launch; allocations; and "
-        "scale_align's products on cuBLAS, torch.bmm: the backward's, and the forward's at "
-        "S > 9), so "
+        "scale_align's products on cuBLAS, torch.bmm, in its fallbacks only: the forward at "
+        "S > 9, the Fourier backward at S > 8), so "
         "launches and bytes count the simulated kernels only. The minimum counts every input "
         "read once: a crop that samples only part of its input, or a backward that reads a "
         "saved index instead of its input (oriented_pool), moves less than that.",

@@ -21,23 +21,44 @@ from ._validation import (
 DETERMINISTIC_CUBLAS_CONFIGS = (":4096:8", ":16:8")
 
 
-def check_cublas_determinism(device: torch.device, op: str) -> None:
+def uses_cublas(phi: torch.Tensor, weight: torch.Tensor, op: str) -> bool:
+    """Whether a CUDA call of ``op`` ("scale_correlation" or "scale_align") on these inputs
+    runs products on cuBLAS (docs/operators.md section 3), mirroring the kernels' choice
+    (csrc/scale_align/kernels.cuh, ``fused_products`` and the backward's form). The forward
+    takes its own kernel where S <= 9 and D > 0, in float64 only while its planes fit the
+    default shared memory (S <= 6, or 7 with N > 8); the backward, when a gradient is
+    needed, its own kernel in scale_align at S <= 8 and cuBLAS otherwise (the Fourier form,
+    also scale_correlation's). float64 is judged before autocast's cast, which only lowers it,
+    so the answer errs towards cuBLAS."""
+    N, S, D = phi.shape[-3:]
+    float64 = torch.float64 in (phi.dtype, weight.dtype)
+    fused_forward = D > 0 and S <= 9 and (not float64 or S <= 6 or (S == 7 and N > 8))
+    if not fused_forward:
+        return True
+    needs_grad = torch.is_grad_enabled() and (phi.requires_grad or weight.requires_grad)
+    return needs_grad and (op == "scale_correlation" or S > 8)
+
+
+def check_cublas_determinism(phi: torch.Tensor, weight: torch.Tensor, op: str) -> None:
     """Raises, naming CUBLAS_WORKSPACE_CONFIG, where torch's deterministic mode would refuse the
     cuBLAS products of scale_correlation and scale_align on CUDA (docs/operators.md section
     4): ``torch.use_deterministic_algorithms(True)`` without ``warn_only`` and without a
-    deterministic cuBLAS workspace. Torch raises there too, from inside the kernel, where the
-    headers of torch 2.11 and 2.12 lose its message (common/stable.h, SSANET_SHIM_CHECK)."""
+    deterministic cuBLAS workspace, for a call that uses cuBLAS (:func:`uses_cublas`). Torch
+    raises there too, from inside the kernel, where the headers of torch 2.11 and 2.12 lose its
+    message (common/stable.h, SSANET_SHIM_CHECK)."""
     if (
-        device.type == "cuda"
+        phi.device.type == "cuda"
         and torch.are_deterministic_algorithms_enabled()
         and not torch.is_deterministic_algorithms_warn_only_enabled()
         and os.environ.get("CUBLAS_WORKSPACE_CONFIG") not in DETERMINISTIC_CUBLAS_CONFIGS
+        and uses_cublas(phi, weight, op)
     ):
         raise RuntimeError(
             f"{op}: torch.use_deterministic_algorithms(True) needs the environment variable "
             f"CUBLAS_WORKSPACE_CONFIG={DETERMINISTIC_CUBLAS_CONFIGS[0]} (or "
-            f"{DETERMINISTIC_CUBLAS_CONFIGS[1]}) for the op's cuBLAS products on CUDA; set it "
-            "before the process first uses cuBLAS, or pass warn_only=True"
+            f"{DETERMINISTIC_CUBLAS_CONFIGS[1]}) for the op's cuBLAS products on CUDA (this call's "
+            "scales, dtype or gradients take them); set it before the process first uses "
+            "cuBLAS, or pass warn_only=True"
         )
 
 

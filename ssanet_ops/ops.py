@@ -224,9 +224,9 @@ def scale_correlation(phi: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     their planes and products in float32). Under autocast the op behaves like a linear layer:
     the inputs are cast to the autocast dtype of their device type. On CUDA the forward's plane
     products run in the op's own kernel for S up to 9, in float32 (float64 for float64 inputs);
-    beyond, and the backward's, on cuBLAS (``torch.bmm``): TF32 for float32 when
+    beyond, and this op's backward, on cuBLAS (``torch.bmm``): TF32 for float32 when
     ``torch.backends.cuda.matmul.allow_tf32`` is on; under
-    ``torch.use_deterministic_algorithms(True)`` they need
+    ``torch.use_deterministic_algorithms(True)`` such calls need
     ``CUBLAS_WORKSPACE_CONFIG=:4096:8`` (or ``:16:8``) in the environment and raise naming it
     otherwise (docs/operators.md section 4). S is at most 2048.
 
@@ -240,7 +240,7 @@ def scale_correlation(phi: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     >>> torch.testing.assert_close(corr, direct, atol=1e-4, rtol=1e-4)  # sums of 2560 products
     """
     check_scale_align_inputs(phi, weight)
-    check_cublas_determinism(phi.device, "scale_correlation")
+    check_cublas_determinism(phi, weight, "scale_correlation")
     return torch.ops.ssanet_ops.scale_correlation(phi, weight)
 
 
@@ -264,7 +264,8 @@ def scale_align(
     Returns:
         ``(logits, shift)``: ``[N, C]`` (``[G, N, C]``) in the inputs' dtype, and int64.
 
-    Dtypes, autocast and the CUDA products as for :func:`scale_correlation`.
+    Dtypes, autocast and the CUDA forward's products as for :func:`scale_correlation`; the
+    backward runs in the op's own kernel for S up to 8 (no cuBLAS), on cuBLAS beyond.
 
     Example: the K = 4 parts of a batch in one call, each with its own filter bank.
 
@@ -277,7 +278,7 @@ def scale_align(
     >>> aligned = (2 - shift) % 5  # the candidate aligned with the filters' original scale
     """
     check_scale_align_inputs(phi, weight, bias)
-    check_cublas_determinism(phi.device, "scale_align")
+    check_cublas_determinism(phi, weight, "scale_align")
     return torch.ops.ssanet_ops.scale_align(phi, weight, bias)
 
 

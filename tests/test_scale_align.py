@@ -5,6 +5,7 @@ module."""
 from __future__ import annotations
 
 import os
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -707,27 +708,84 @@ def deterministic_mode():
 
 
 def test_deterministic_mode_names_cublas_workspace_config(monkeypatch, deterministic_mode):
-    # In deterministic mode torch refuses cuBLAS, which the CUDA products use, unless
+    # In deterministic mode torch refuses cuBLAS, which the CUDA products use at larger S, unless
     # CUBLAS_WORKSPACE_CONFIG is :4096:8 or :16:8; the ops say so before the kernel, where
-    # torch 2.11's stable ABI would lose torch's message. Checked here on the device alone.
+    # torch 2.11's stable ABI would lose torch's message. Checked here on the device alone
+    # (meta tensors standing for CUDA ones), for a call that takes cuBLAS (S = 10).
     check = _scale_align_arguments.check_cublas_determinism
-    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    phi, weight = torch.empty(4, 10, 8), torch.empty(3, 10, 8)
+    cuda = _OnDevice("cuda")
     monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
     deterministic_mode(True)
     with pytest.raises(RuntimeError, match="scale_align: .*CUBLAS_WORKSPACE_CONFIG=:4096:8"):
-        check(cuda, "scale_align")
-    check(cpu, "scale_align")
+        check(cuda(phi), weight, "scale_align")
+    check(phi, weight, "scale_align")
     monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", ":4096:2")  # not one torch accepts
     with pytest.raises(RuntimeError, match="CUBLAS_WORKSPACE_CONFIG"):
-        check(cuda, "scale_align")
+        check(cuda(phi), weight, "scale_align")
     for config in (":4096:8", ":16:8"):
         monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", config)
-        check(cuda, "scale_align")
+        check(cuda(phi), weight, "scale_align")
     monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG")
     deterministic_mode(True, warn_only=True)  # torch warns, and runs
-    check(cuda, "scale_align")
+    check(cuda(phi), weight, "scale_align")
     deterministic_mode(False)
-    check(cuda, "scale_align")
+    check(cuda(phi), weight, "scale_align")
+
+
+class _OnDevice:
+    """Wraps a tensor so that its ``device`` reads as another device's (the check reads only
+    the device type, the shapes, dtypes and requires_grad)."""
+
+    def __init__(self, device: str):
+        self.device = torch.device(device)
+
+    def __call__(self, tensor: torch.Tensor):
+        return SimpleNamespace(
+            device=self.device,
+            shape=tensor.shape,
+            dtype=tensor.dtype,
+            requires_grad=tensor.requires_grad,
+        )
+
+
+@pytest.mark.parametrize(
+    "op, S, N, dtype, grad, expected",
+    [
+        # The forward's own kernel: S <= 9 (float64 while its planes fit 48 KiB of shared
+        # memory: S <= 6, or 7 with N > 8); cuBLAS beyond.
+        ("scale_align", 9, 4, torch.float32, False, False),
+        ("scale_align", 10, 4, torch.float32, False, True),
+        ("scale_align", 6, 4, torch.float64, False, False),
+        ("scale_align", 7, 9, torch.float64, False, False),
+        ("scale_align", 7, 8, torch.float64, False, True),
+        ("scale_align", 8, 16, torch.float64, False, True),
+        ("scale_correlation", 9, 4, torch.bfloat16, False, False),
+        # The backward: scale_align's own kernel at S <= 8, the Fourier form on cuBLAS beyond;
+        # scale_correlation's backward is the Fourier form at every S.
+        ("scale_align", 8, 4, torch.float32, True, False),
+        ("scale_align", 9, 4, torch.float32, True, True),
+        ("scale_correlation", 5, 4, torch.float32, True, True),
+    ],
+)
+def test_deterministic_mode_needs_the_variable_only_where_cublas_runs(
+    monkeypatch, deterministic_mode, op, S, N, dtype, grad, expected
+):
+    # The operators' own kernels are deterministic without cuBLAS (docs/operators.md section
+    # 4): the variable is asked for only by the calls whose products run on cuBLAS.
+    phi = torch.empty(N, S, 16, dtype=dtype, device="meta", requires_grad=grad)
+    weight = torch.empty(3, S, 16, dtype=dtype, device="meta")
+    assert _scale_align_arguments.uses_cublas(phi, weight, op) == expected
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    deterministic_mode(True)
+    check = _scale_align_arguments.check_cublas_determinism
+    if expected:
+        with pytest.raises(RuntimeError, match=f"{op}: .*CUBLAS_WORKSPACE_CONFIG"):
+            check(_OnDevice("cuda")(phi), weight, op)
+    else:
+        check(_OnDevice("cuda")(phi), weight, op)
+    with torch.no_grad():  # no gradient: only the forward's (own kernel in every grad case)
+        assert _scale_align_arguments.uses_cublas(phi, weight, op) == (expected and not grad)
 
 
 def test_deterministic_mode_on_the_cpu_needs_no_cublas_config(monkeypatch, deterministic_mode):
@@ -741,19 +799,21 @@ def test_deterministic_mode_on_the_cpu_needs_no_cublas_config(monkeypatch, deter
 
 
 @requires_cuda
-def test_deterministic_mode_on_cuda(deterministic_mode):
-    # With a deterministic cuBLAS workspace the ops run and repeat to the bit; without one they
-    # raise, naming the variable, in the forward (the backward's products need the same).
-    phi, weight, bias = make_inputs(5, dtype=torch.float32, device="cuda", bias=True)
+@pytest.mark.parametrize("S", [5, 10])
+def test_deterministic_mode_on_cuda(deterministic_mode, S):
+    # scale_align at S = 5 runs on the operators' own kernels (forward and backward) and repeats
+    # to the bit without any cuBLAS workspace; at S = 10 (and scale_correlation's backward) its
+    # products run on cuBLAS: with a deterministic workspace they run and repeat to the bit,
+    # without one they raise, naming the variable, in the forward.
+    phi, weight, bias = make_inputs(S, dtype=torch.float32, device="cuda", bias=True)
     deterministic_mode(True)
     if os.environ.get("CUBLAS_WORKSPACE_CONFIG") not in (":4096:8", ":16:8"):
-        for call in (
-            lambda: ssanet_ops.scale_align(phi, weight, bias),
-            lambda: ssanet_ops.scale_correlation(phi, weight),
-        ):
+        with pytest.raises(RuntimeError, match="CUBLAS_WORKSPACE_CONFIG=:4096:8"):
+            ssanet_ops.scale_correlation(phi, weight)
+        if S > 9:
             with pytest.raises(RuntimeError, match="CUBLAS_WORKSPACE_CONFIG=:4096:8"):
-                call()
-        return
+                ssanet_ops.scale_align(phi, weight, bias)
+            return
     runs = []
     for _ in range(2):
         logits, shift = ssanet_ops.scale_align(phi, weight, bias)
