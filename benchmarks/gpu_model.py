@@ -483,6 +483,12 @@ def report(records: list[dict], command: str) -> str:
             )
     if not any(found for _, found in missed):
         lines.append("- none")
+    else:
+        lines += [
+            "",
+            "Why each is missed, measured, and the alternative that meets the targets: "
+            "gpu_model_notes.md, in the op's section.",
+        ]
     lines += [
         "",
         "## Per op call",
