@@ -263,9 +263,9 @@ def _scale_align_backward_backward(ctx, grad_grad_phi, grad_grad_weight, grad_gr
             grad_grad = grad_grad + _at_shift(ops.scale_correlation(phi, gg_weight), shift)
         if gg_bias is not None:
             grad_grad = grad_grad + gg_bias.unsqueeze(-2)
-    # d/d phi = _scale_align_backward_phi(grad, shift, gg_weight) and d/d weight =
-    # _scale_align_backward_weight(grad, shift, gg_phi): one call with gg_phi and gg_weight in the
-    # places of phi and weight (the saved input where one is absent, and not read then).
+    # d/d phi is the backward's d phi with gg_weight in the place of weight, and d/d weight its
+    # d weight with gg_phi in the place of phi: one _scale_align_backward call (the saved input
+    # where one is absent, and not read then).
     want_phi = ctx.needs_input_grad[2] and gg_weight is not None
     want_weight = ctx.needs_input_grad[3] and gg_phi is not None
     if want_phi or want_weight:
